@@ -1,0 +1,60 @@
+"""Flask CLI commands: ``flask --app wsgi serve`` and friends."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+from flask import Flask, current_app
+
+
+def register(app: Flask) -> None:
+    """Attach the CLI commands to ``app``."""
+    app.cli.add_command(serve)
+
+
+@click.command("serve")
+@click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="$HOST or 127.0.0.1")
+@click.option("--port", default=lambda: int(os.environ.get("PORT", "5000")), type=int, show_default="$PORT or 5000")
+@click.option("--workers", default=2, show_default=True, help="gunicorn worker processes")
+@click.option("--threads", default=8, show_default=True, help="threads per gunicorn worker (SSE streams hold one)")
+def serve(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the app with gunicorn and run the local job worker beside it.
+
+    SIGTERM or Ctrl-C stops both.
+    """
+    cfg = current_app.config
+    children: list[subprocess.Popen] = []
+    web = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
+                            "--workers", str(workers), "--threads", str(threads),
+                            "--worker-class", "gthread", "--graceful-timeout", "10",
+                            "--access-logfile", "-", "wsgi:app"])
+    children.append(web)
+    if cfg["QUEUE"] == "local" and "worker" in current_app.cli.commands:
+        children.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"]))
+    click.echo(f"serving on http://{host}:{port}/ (queue: {cfg['QUEUE']})", err=True)
+
+    def _stop(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while all(c.poll() is None for c in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.terminate()
+        deadline = time.monotonic() + 15
+        for c in children:
+            try:
+                c.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                c.kill()
+    codes = [c.returncode for c in children]
+    sys.exit(0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1)

@@ -1,0 +1,193 @@
+"""The store: the only module that runs SQL.
+
+SQLite (WAL) by default, any SQLAlchemy URL when scaling out. The store is the
+source of truth for job state; workers write to it, pages read from it.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import secrets
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+metadata = sa.MetaData()
+
+
+class JobStatus(str, enum.Enum):
+    """A job's life: queued -> running -> done | error | aborted | interrupted."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    ERROR = "error"
+    ABORTED = "aborted"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("owner", sa.String(80), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("started_at", sa.String(40)),
+    sa.Column("finished_at", sa.String(40)),
+    sa.Column("dataset", sa.String(80)),
+    sa.Column("device", sa.String(16), nullable=False, default="cpu"),
+    sa.Column("params", sa.Text, nullable=False, default="{}"),
+    sa.Column("python_layer", sa.Text),
+    sa.Column("progress", sa.Float, nullable=False, default=0.0),
+    sa.Column("iteration", sa.Integer, nullable=False, default=0),
+    sa.Column("max_iter", sa.Integer, nullable=False, default=0),
+    sa.Column("epoch", sa.Float, nullable=False, default=0.0),
+    sa.Column("eta_seconds", sa.Float),
+    sa.Column("metrics", sa.Text, nullable=False, default="{}"),
+    sa.Column("snapshots", sa.Text, nullable=False, default="[]"),
+    sa.Column("error", sa.Text),
+    sa.Column("abort_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("resume_from", sa.Integer),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("heartbeat_at", sa.Float),
+)
+
+job_events = sa.Table(
+    "job_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(40), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text),
+)
+
+# Columns stored as JSON text and decoded on read.
+_JSON_COLUMNS = ("params", "python_layer", "metrics", "snapshots", "error")
+
+
+def now_iso() -> str:
+    """Current UTC time as ISO-8601 with a Z suffix."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_job_id() -> str:
+    """A server-chosen job id: sortable by time, unguessable suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets the web process read while a worker writes; busy_timeout makes
+    # concurrent writers wait instead of failing with "database is locked".
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Store:
+    """Job, dataset and user records behind one SQLAlchemy engine."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def create_schema(self) -> None:
+        """Create missing tables (idempotent)."""
+        metadata.create_all(self.engine)
+
+    def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(sa.text("SELECT 1")).scalar() == 1
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    # ---- jobs ---------------------------------------------------------------
+    def insert_job(self, **fields: Any) -> dict:
+        """Insert a job row (status queued unless given) and return it."""
+        fields.setdefault("id", new_job_id())
+        fields.setdefault("created_at", now_iso())
+        fields.setdefault("status", JobStatus.QUEUED.value)
+        row = {k: (json.dumps(v) if k in _JSON_COLUMNS and v is not None else v)
+               for k, v in fields.items()}
+        with self.engine.begin() as conn:
+            conn.execute(jobs.insert().values(**row))
+            conn.execute(job_events.insert().values(
+                job_id=row["id"], at=row["created_at"], status=row["status"],
+                message="submitted"))
+        return self.get_job(row["id"])
+
+    def get_job(self, job_id: str) -> dict | None:
+        """One job as a dict (JSON columns decoded), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(jobs.select().where(jobs.c.id == job_id)).mappings().first()
+        return _decode(row) if row else None
+
+    def list_jobs(self, owner: str | None = None, status: str | None = None) -> list[dict]:
+        """Jobs newest first, optionally filtered by owner and status."""
+        q = jobs.select().order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        if owner is not None:
+            q = q.where(jobs.c.owner == owner)
+        if status:
+            q = q.where(jobs.c.status == status)
+        with self.engine.connect() as conn:
+            return [_decode(r) for r in conn.execute(q).mappings()]
+
+    def update_job(self, job_id: str, *, expect_status: Iterable[str] | None = None,
+                   **fields: Any) -> bool:
+        """Update fields; with ``expect_status`` only if the job is in one of
+        those states (an atomic compare-and-set). Returns whether a row changed.
+        A status change is also recorded in the job's history."""
+        row = {k: (json.dumps(v) if k in _JSON_COLUMNS and v is not None else v)
+               for k, v in fields.items()}
+        q = jobs.update().where(jobs.c.id == job_id).values(**row)
+        if expect_status is not None:
+            q = q.where(jobs.c.status.in_([str(s) for s in expect_status]))
+        with self.engine.begin() as conn:
+            changed = conn.execute(q).rowcount > 0
+            if changed and "status" in fields:
+                conn.execute(job_events.insert().values(
+                    job_id=job_id, at=now_iso(), status=str(fields["status"]),
+                    message=(fields.get("error") or {}).get("message")
+                    if isinstance(fields.get("error"), dict) else None))
+        return changed
+
+    def next_queued_job(self) -> dict | None:
+        """The oldest queued job that nobody asked to abort."""
+        q = (jobs.select().where(jobs.c.status == JobStatus.QUEUED.value)
+             .order_by(jobs.c.created_at, jobs.c.id).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return _decode(row) if row else None
+
+    def job_events(self, job_id: str) -> list[dict]:
+        """The job's status history, oldest first."""
+        q = job_events.select().where(job_events.c.job_id == job_id).order_by(job_events.c.id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove a job and its history."""
+        with self.engine.begin() as conn:
+            conn.execute(job_events.delete().where(job_events.c.job_id == job_id))
+            conn.execute(jobs.delete().where(jobs.c.id == job_id))
+
+
+def _decode(row) -> dict:
+    out = dict(row)
+    for k in _JSON_COLUMNS:
+        if out.get(k) is not None:
+            out[k] = json.loads(out[k])
+    return out

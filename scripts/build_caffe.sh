@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Build pycaffe (with the Python layer) from the pinned brocolli-caffe sdist and
+# install the `caffe` package into the project's virtualenv.
+#
+#   scripts/build_caffe.sh VENV_DIR
+#
+# Environment:
+#   CAFFE_GPU=1        build with CUDA (nvcc + cuBLAS/cuRAND); default 0 (CPU)
+#   CAFFE_CACHE_DIR    where builds are cached (default ~/.cache/caffe-service)
+#   CAFFE_JOBS         parallel compile jobs (default: nproc)
+#
+# The build is cached outside the checkout, keyed by the sdist hash, the
+# patches, this script, the compile flags and the numpy ABI, so a second
+# setup on the same machine only copies the finished package (seconds).
+# The sdist's setup.py is never used: it insists on conda and Python <= 3.9.
+set -euo pipefail
+
+VENV=${1:?usage: build_caffe.sh VENV_DIR}
+VENV=$(cd "$VENV" && pwd)
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+PY="$VENV/bin/python"
+
+SDIST_NAME=brocolli-caffe
+SDIST_VERSION=9.0.2
+SDIST_SHA256=c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a
+CAFFE_GPU=${CAFFE_GPU:-0}
+CACHE=${CAFFE_CACHE_DIR:-$HOME/.cache/caffe-service}
+JOBS=${CAFFE_JOBS:-$(nproc)}
+
+log() { printf '[build_caffe] %s\n' "$*" >&2; }
+
+mkdir -p "$CACHE/sdist"
+sdist="$CACHE/sdist/$SDIST_NAME-$SDIST_VERSION.tar.gz"
+if [ ! -f "$sdist" ] || ! echo "$SDIST_SHA256  $sdist" | sha256sum -c --status; then
+  log "downloading $SDIST_NAME==$SDIST_VERSION (sdist) with pip"
+  tmp=$(mktemp -d)
+  "$PY" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
+      "$SDIST_NAME==$SDIST_VERSION" -d "$tmp" 2>/dev/null \
+    || "$PY" -m pip download --quiet --no-deps --no-binary :all: \
+      "$SDIST_NAME==$SDIST_VERSION" -d "$tmp"
+  mv "$tmp/$SDIST_NAME-$SDIST_VERSION.tar.gz" "$sdist"
+  rm -rf "$tmp"
+fi
+echo "$SDIST_SHA256  $sdist" | sha256sum -c --status \
+  || { log "sha256 mismatch for $sdist"; exit 1; }
+
+PYINC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
+NPVER=$("$PY" -c 'import numpy; print(numpy.__version__.split(".")[0])')
+SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+CXXFLAGS="-I$PYINC -I$NPINC -I/usr/include/hdf5/serial \
+ -DUSE_LMDB -DUSE_LEVELDB -DUSE_HDF5 -DWITH_PYTHON_LAYER -DBOOST_BIND_GLOBAL_PLACEHOLDERS"
+LDFLAGS="-L/usr/lib/x86_64-linux-gnu/hdf5/serial"
+CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DCPU_ONLY=ON)
+if [ "$CAFFE_GPU" = 1 ]; then
+  # shellcheck source=cuda_env.sh
+  source "$HERE/scripts/cuda_env.sh"
+  CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DCPU_ONLY=OFF "${CUDA_CMAKE_ARGS[@]}")
+  CXXFLAGS="$CXXFLAGS $CUDA_CXXFLAGS"
+  LDFLAGS="$LDFLAGS $CUDA_LDFLAGS"
+fi
+
+key=$( { echo "$SDIST_SHA256"; cat "$HERE"/patches/caffe/*.patch "$0";
+         [ "$CAFFE_GPU" = 1 ] && cat "$HERE/scripts/cuda_env.sh";
+         echo "$CXXFLAGS $LDFLAGS ${CMAKE_ARGS[*]} numpy$NPVER $(uname -m)"; } \
+       | sha256sum | cut -c1-16)
+variant=$([ "$CAFFE_GPU" = 1 ] && echo gpu || echo cpu)
+out="$CACHE/build-$variant-$key"
+
+if [ ! -f "$out/caffe/_caffe.so" ]; then
+  log "building pycaffe ($variant, key $key) with $JOBS jobs; this takes several minutes"
+  work="$CACHE/work-$variant-$key"
+  rm -rf "$work" && mkdir -p "$work"
+  tar -xzf "$sdist" -C "$work"
+  src="$work/$SDIST_NAME-$SDIST_VERSION"
+  for p in "$HERE"/patches/caffe/*.patch; do
+    log "patch $(basename "$p")"
+    patch -p1 -s -d "$src" < "$p"
+  done
+  # The sdist ships a caffe.pb.h from an old protoc; the build generates its
+  # own, and the stale copy must never be picked up.
+  rm -f "$src/include/caffe/proto/caffe.pb.h" "$src/python/caffe/proto/caffe_pb2.py"
+  rm -rf "$src/python/caffe/__pycache__"
+  mkdir -p "$work/build"
+  (cd "$work/build" && cmake "$src" "${CMAKE_ARGS[@]}" \
+      -DCMAKE_CXX_FLAGS="$CXXFLAGS" -DCMAKE_SHARED_LINKER_FLAGS="$LDFLAGS" >cmake.log 2>&1) \
+    || { tail -40 "$work/build/cmake.log" >&2; exit 1; }
+  (cd "$work/build" && make -j"$JOBS" pycaffe >make.log 2>&1) \
+    || { grep -B2 -A8 -m5 'error' "$work/build/make.log" >&2 || tail -40 "$work/build/make.log" >&2; exit 1; }
+  stage="$out.tmp"
+  rm -rf "$stage" && mkdir -p "$stage"
+  cp -r "$src/python/caffe" "$stage/caffe"
+  rm -rf "$stage/caffe/test" "$stage/caffe/__pycache__"
+  rm -f "$stage/caffe/_caffe.so" "$stage/caffe/_caffe.cpp"
+  cp "$work/build/lib/_caffe.so" "$stage/caffe/_caffe.so"
+  cp "$src/LICENSE" "$stage/caffe/LICENSE"
+  rm -rf "$out" && mv "$stage" "$out"
+  rm -rf "$work"
+  log "built into $out"
+fi
+
+# Install: replace the package in the venv only when it differs.
+if ! cmp -s "$out/caffe/_caffe.so" "$SITE/caffe/_caffe.so" 2>/dev/null \
+   || [ "$(cat "$SITE/caffe/.build-key" 2>/dev/null)" != "$variant-$key" ]; then
+  rm -rf "$SITE/caffe"
+  cp -r "$out/caffe" "$SITE/caffe"
+  echo "$variant-$key" > "$SITE/caffe/.build-key"
+  log "installed caffe ($variant-$key) into $SITE"
+fi

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything the service needs on Debian 12, idempotently:
+# system packages, the virtualenv with pinned deps, pycaffe (cached build).
+# A second run on the same machine does no network or compile work.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# 1. Debian packages: only call apt when something is missing.
+mapfile -t pkgs < <(grep -v '^\s*#' scripts/debian-packages.txt | grep -v '^\s*$')
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. Virtualenv on Debian's Python 3.11 (the one Debian's boost_python311 is
+#    built for), with the pinned requirements.
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtualenv $VENV"
+  /usr/bin/python3.11 -m venv "$VENV"
+fi
+stamp="$VENV/.requirements.sha256"
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-64)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing Python requirements"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      -r requirements.txt -r requirements-dev.txt 2> >(grep -v 'is ignored' >&2)
+  echo "$want" > "$stamp"
+fi
+
+# 3. pycaffe, built from source (cached outside the checkout).
+bash scripts/build_caffe.sh "$VENV"
+log "ready"
