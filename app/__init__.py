@@ -26,14 +26,52 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.config.update(config.flask_settings(cfg))
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     Path(cfg["JOBS_DIR"]).mkdir(parents=True, exist_ok=True)
+    app.secret_key = cfg["SECRET_KEY"] or _instance_secret(Path(app.instance_path))
 
+    from . import sandbox
+    from .dispatch import Context
     from .store import Store
+    from .workspace import Workspace
     store = Store(str(cfg["DATABASE_URL"]))
     store.create_schema()
-    app.extensions["store"] = store
+    ws = Workspace(cfg["JOBS_DIR"])
+    containment = sandbox.mode(str(cfg["SANDBOX"]))
+    app.extensions.update(store=store, ctx=Context(cfg=app.config, store=store, ws=ws,
+                                                   containment=containment),
+                          containment=containment)
+    _ensure_sample_dataset(store, ws)
 
-    from . import cli, errors, web
+    from . import api, cli, errors, web
     errors.register(app)
     app.register_blueprint(web.bp)
+    app.register_blueprint(api.bp)
     cli.register(app)
     return app
+
+
+def _ensure_sample_dataset(store, ws) -> None:
+    # The built-in dataset exists on every install (built once per data root).
+    from .datasets import SAMPLE_ID, ensure_sample_digits
+    if (store.get_dataset(SAMPLE_ID) or {}).get("status") == "done":
+        return
+    info = ensure_sample_digits(ws.dataset_dir(SAMPLE_ID).parent)
+    store.upsert_dataset(SAMPLE_ID, name=info["name"], owner=None, status="done", info=info)
+
+
+def _instance_secret(instance: Path) -> str:
+    # Generated once and kept (0600) so sessions survive restarts and all
+    # gunicorn workers agree on it.
+    import os
+    import secrets
+    path = instance / "secret_key"
+    if not path.exists():
+        tmp = instance / f".secret_key.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # atomic; the first of several workers wins
+        except FileExistsError:
+            pass
+        os.unlink(tmp)
+    return path.read_text().strip()

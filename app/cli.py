@@ -14,6 +14,7 @@ from flask import Flask, current_app
 def register(app: Flask) -> None:
     """Attach the CLI commands to ``app``."""
     app.cli.add_command(serve)
+    app.cli.add_command(worker)
 
 
 @click.command("serve")
@@ -58,3 +59,20 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
                 c.kill()
     codes = [c.returncode for c in children]
     sys.exit(0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1)
+
+
+@click.command("worker")
+@click.option("--slots", default=None, type=int, help="jobs at once (default: WORKER_CONCURRENCY, "
+              "or one per GPU, else 1)")
+def worker(slots: int | None) -> None:
+    """Run the local job supervisor until SIGTERM/Ctrl-C."""
+    from .dispatch import LocalSupervisor
+    ctx = current_app.extensions["ctx"]
+    n = slots or int(current_app.config["WORKER_CONCURRENCY"]) or 1
+    sup = LocalSupervisor(ctx, n)
+    signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
+    click.echo(f"worker: {n} slot(s), containment {ctx.containment}", err=True)
+    try:
+        sup.serve_forever()
+    except KeyboardInterrupt:
+        sup.stopping.set()

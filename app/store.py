@@ -69,8 +69,19 @@ job_events = sa.Table(
     sa.Column("message", sa.Text),
 )
 
+datasets = sa.Table(
+    "datasets", metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("owner", sa.String(80)),           # None: built-in, visible to all
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("info", sa.Text, nullable=False, default="{}"),
+    sa.Column("error", sa.Text),
+)
+
 # Columns stored as JSON text and decoded on read.
-_JSON_COLUMNS = ("params", "python_layer", "metrics", "snapshots", "error")
+_JSON_COLUMNS = ("params", "python_layer", "metrics", "snapshots", "error", "info")
 
 
 def now_iso() -> str:
@@ -94,7 +105,37 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-class Store:
+class DatasetStore:
+    """Mixin: dataset records."""
+
+    engine: sa.Engine
+
+    def upsert_dataset(self, dataset_id: str, **fields: Any) -> None:
+        """Insert or update a dataset row."""
+        row = {k: (json.dumps(v) if k in _JSON_COLUMNS and v is not None else v)
+               for k, v in fields.items()}
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(datasets.c.id).where(datasets.c.id == dataset_id)).first()
+            if exists:
+                conn.execute(datasets.update().where(datasets.c.id == dataset_id).values(**row))
+            else:
+                row.setdefault("created_at", now_iso())
+                conn.execute(datasets.insert().values(id=dataset_id, **row))
+
+    def get_dataset(self, dataset_id: str) -> dict | None:
+        """One dataset as a dict, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).mappings().first()
+        return _decode(row) if row else None
+
+    def list_datasets(self) -> list[dict]:
+        """All datasets, built-in first then newest."""
+        q = datasets.select().order_by(datasets.c.owner.is_not(None), datasets.c.created_at.desc())
+        with self.engine.connect() as conn:
+            return [_decode(r) for r in conn.execute(q).mappings()]
+
+
+class Store(DatasetStore):
     """Job, dataset and user records behind one SQLAlchemy engine."""
 
     def __init__(self, url: str) -> None:

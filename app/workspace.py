@@ -50,7 +50,9 @@ class Workspace:
         """A fresh private directory for a validation run."""
         base = self.root / ".scratch"
         base.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=base))
+        path = Path(tempfile.mkdtemp(dir=base))
+        path.chmod(0o755)  # traversable by the sandbox uid
+        return path
 
     @staticmethod
     def _child(parent: Path, name: str) -> Path:
@@ -83,6 +85,7 @@ class Workspace:
         raw = data.encode() if isinstance(data, str) else data
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
+            os.fchmod(fd, 0o644)  # the sandbox uid reads job inputs
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)
             os.replace(tmp, path)
@@ -100,6 +103,7 @@ class Workspace:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         total = 0
         try:
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as fh:
                 while chunk := stream.read(64 * 1024):
                     total += len(chunk)
@@ -124,6 +128,15 @@ class Workspace:
             return os.read(fd, limit)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def open_regular(path: Path) -> IO[bytes]:
+        """Open a regular file for reading without following symlinks."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{Path(path).name} is not a regular file")
+        return os.fdopen(fd, "rb")
 
     @staticmethod
     def file_size(path: Path) -> int:

@@ -10,7 +10,7 @@
 #   CAFFE_JOBS         parallel compile jobs (default: nproc)
 #
 # The build is cached outside the checkout, keyed by the sdist hash, the
-# patches, this script, the compile flags and the numpy ABI, so a second
+# patches, the recipe version, the compile flags and the numpy ABI, so a second
 # setup on the same machine only copies the finished package (seconds).
 # The sdist's setup.py is never used: it insists on conda and Python <= 3.9.
 set -euo pipefail
@@ -23,6 +23,9 @@ PY="$VENV/bin/python"
 SDIST_NAME=brocolli-caffe
 SDIST_VERSION=9.0.2
 SDIST_SHA256=c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a
+# Bump when the build steps below change in a way that changes the result
+# (the cache key holds this, not the script's text, so comments are free).
+RECIPE=1
 CAFFE_GPU=${CAFFE_GPU:-0}
 CACHE=${CAFFE_CACHE_DIR:-$HOME/.cache/caffe-service}
 JOBS=${CAFFE_JOBS:-$(nproc)}
@@ -30,6 +33,10 @@ JOBS=${CAFFE_JOBS:-$(nproc)}
 log() { printf '[build_caffe] %s\n' "$*" >&2; }
 
 mkdir -p "$CACHE/sdist"
+# One build at a time per cache: concurrent setups (make run + make test)
+# would otherwise share and delete each other's work directory.
+exec 9>"$CACHE/.lock"
+flock 9
 sdist="$CACHE/sdist/$SDIST_NAME-$SDIST_VERSION.tar.gz"
 if [ ! -f "$sdist" ] || ! echo "$SDIST_SHA256  $sdist" | sha256sum -c --status; then
   log "downloading $SDIST_NAME==$SDIST_VERSION (sdist) with pip"
@@ -49,8 +56,12 @@ NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
 NPVER=$("$PY" -c 'import numpy; print(numpy.__version__.split(".")[0])')
 SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
+# ALLOW_LMDB_NOLOCK: datasets are mounted read-only in the sandbox, where
+# LMDB's reader lock file cannot be opened; they never change once built, so
+# lock-free readers are safe.
 CXXFLAGS="-I$PYINC -I$NPINC -I/usr/include/hdf5/serial \
- -DUSE_LMDB -DUSE_LEVELDB -DUSE_HDF5 -DWITH_PYTHON_LAYER -DBOOST_BIND_GLOBAL_PLACEHOLDERS"
+ -DUSE_LMDB -DUSE_LEVELDB -DUSE_HDF5 -DWITH_PYTHON_LAYER -DBOOST_BIND_GLOBAL_PLACEHOLDERS\
+ -DALLOW_LMDB_NOLOCK"
 LDFLAGS="-L/usr/lib/x86_64-linux-gnu/hdf5/serial"
 CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DCPU_ONLY=ON)
 if [ "$CAFFE_GPU" = 1 ]; then
@@ -61,7 +72,7 @@ if [ "$CAFFE_GPU" = 1 ]; then
   LDFLAGS="$LDFLAGS $CUDA_LDFLAGS"
 fi
 
-key=$( { echo "$SDIST_SHA256"; cat "$HERE"/patches/caffe/*.patch "$0";
+key=$( { echo "$SDIST_SHA256 recipe$RECIPE"; cat "$HERE"/patches/caffe/*.patch;
          [ "$CAFFE_GPU" = 1 ] && cat "$HERE/scripts/cuda_env.sh";
          echo "$CXXFLAGS $LDFLAGS ${CMAKE_ARGS[*]} numpy$NPVER $(uname -m)"; } \
        | sha256sum | cut -c1-16)
