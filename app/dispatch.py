@@ -102,8 +102,11 @@ def _progress(path: Path) -> dict:
     return out
 
 
-def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | None = None) -> str:
-    """Run a queued job to its end; return its final status."""
+def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | None = None,
+            shutdown: threading.Event | None = None) -> str:
+    """Run a queued job to its end; return its final status. When
+    ``shutdown`` is set the job is stopped with a snapshot and left
+    ``interrupted`` (resumable) rather than aborted."""
     if not _claim(ctx, job_id):
         return "skipped"
     ws, store = ctx.ws, ctx.store
@@ -134,7 +137,7 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
         t0 = time.monotonic()
         proc = sandbox.start(spec, ctx.containment, limits, log, log)
         try:
-            final, error = _watch(ctx, job_id, proc, limits, t0, out, control)
+            final, error = _watch(ctx, job_id, proc, limits, t0, out, control, shutdown)
         finally:
             if proc.poll() is None:
                 sandbox.kill(proc)
@@ -144,7 +147,8 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
 
 
 def _watch(ctx: Context, job_id: str, proc: subprocess.Popen, limits: sandbox.Limits,
-           t0: float, out: Path, control: Path) -> tuple[str, dict | None]:
+           t0: float, out: Path, control: Path, shutdown: threading.Event | None
+           ) -> tuple[str, dict | None]:
     store, tail = ctx.store, _Tail(out / "metrics.jsonl")
     tail.offset = Workspace.file_size(out / "metrics.jsonl")  # resume: skip old records
     poll = float(ctx.cfg["WORKER_POLL_SECONDS"])
@@ -157,7 +161,8 @@ def _watch(ctx: Context, job_id: str, proc: subprocess.Popen, limits: sandbox.Li
         store.update_job(job_id, heartbeat_at=time.time(), **fields)
         if job is None:
             return JobStatus.ABORTED.value, None
-        if job["abort_requested"] and not aborting:
+        stopping = shutdown is not None and shutdown.is_set()
+        if (job["abort_requested"] or stopping) and not aborting:
             aborting = True
             Workspace.write_atomic(control / "abort", b"1")
             if ctx.containment != "bwrap":
@@ -169,7 +174,12 @@ def _watch(ctx: Context, job_id: str, proc: subprocess.Popen, limits: sandbox.Li
             return JobStatus.ERROR.value, {"stage": "train", "message":
                                            f"Training exceeded the time limit of {limits.wall_seconds:g} s."}
         time.sleep(poll)
-    return _outcome(out, proc.returncode, aborting)
+    status, error = _outcome(out, proc.returncode, aborting)
+    if status == JobStatus.ABORTED.value and shutdown is not None and shutdown.is_set() \
+            and not (ctx.store.get_job(job_id) or {}).get("abort_requested"):
+        return JobStatus.INTERRUPTED.value, {"stage": "worker", "message": "The worker was shut down; "
+                                             "resume the job to continue from its last snapshot."}
+    return status, error
 
 
 def _signal(proc: subprocess.Popen) -> None:
@@ -238,7 +248,8 @@ class LocalSupervisor:
                 self.ctx.store.update_job(job["id"], expect_status=[JobStatus.QUEUED.value],
                                           status=JobStatus.ABORTED.value, finished_at=now_iso())
                 continue
-            t = threading.Thread(target=run_job, args=(self.ctx, job["id"]), daemon=True)
+            t = threading.Thread(target=run_job, args=(self.ctx, job["id"]),
+                                 kwargs={"shutdown": self.stopping}, daemon=True)
             self.threads[job["id"]] = t
             t.start()
 
@@ -248,7 +259,5 @@ class LocalSupervisor:
         while not self.stopping.is_set():
             self.tick()
             self.stopping.wait(float(self.ctx.cfg["WORKER_POLL_SECONDS"]))
-        for job_id in list(self.threads):
-            self.ctx.store.update_job(job_id, abort_requested=True)
         for t in self.threads.values():
             t.join(timeout=30)

@@ -137,6 +137,12 @@ def check(network: Network) -> None:
     """Static checks: Python module names, unproduced blobs. Raises NetworkError."""
     details = []
     for layer in network.net.layer:
+        if layer.include and layer.exclude:
+            details.append(network.detail("a layer may have include rules or exclude rules, not both "
+                                          "(Caffe refuses it).", layer.name))
+    if details:
+        raise NetworkError("A layer has both include and exclude rules.", details)
+    for layer in network.net.layer:
         if layer.type == "Python":
             module = layer.python_param.module
             if module != LAYER_MODULE:

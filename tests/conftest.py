@@ -75,3 +75,98 @@ def fresh_layer_module():
     yield
     sys.modules.pop("digits_python_layers", None)
     sys.path[:] = saved
+
+
+LENET_SEED = (DATA / "lenet_seed.prototxt").read_text()
+SEED_LAYER = (DATA / "seed_accuracy_layer.py").read_text()
+
+
+def layer_line(text: str, name: str) -> int:
+    """1-based line of the `layer {` that holds `name: "<name>"`."""
+    lines = text.splitlines()
+    idx = next(i for i, line in enumerate(lines) if f'name: "{name}"' in line)
+    while not lines[idx].lstrip().startswith("layer"):
+        idx -= 1
+    return idx + 1
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing ``needle``."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def post(client, url: str, network: str | None = LENET_SEED, layer: str | None = SEED_LAYER,
+         layer_name: str = "my_layers.py", **fields):
+    """POST a multipart job/validate request like an API client would."""
+    import io
+    data = {k: str(v) for k, v in fields.items()}
+    data.setdefault("dataset", "sample-digits")
+    if network is not None:
+        data["network"] = (io.BytesIO(network.encode()), "network.prototxt")
+    if layer is not None:
+        data["python_layer"] = (io.BytesIO(layer.encode()), layer_name)
+    return client.post(url, data=data, content_type="multipart/form-data")
+
+
+class WorkerProcess:
+    """The real local worker (`flask --app wsgi worker`) as a subprocess."""
+
+    def __init__(self, app) -> None:
+        import subprocess
+        env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=app.config["INSTANCE_DIR"],
+                   LAYERBENCH_JOBS_DIR=app.config["JOBS_DIR"],
+                   LAYERBENCH_DATABASE_URL=app.config["DATABASE_URL"],
+                   LAYERBENCH_WORKER_POLL_SECONDS="0.1")
+        self.log = open(Path(app.config["INSTANCE_DIR"]) / "worker.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
+                                     cwd=str(ROOT), env=env, stdout=self.log, stderr=self.log)
+
+    def kill(self) -> None:
+        import signal
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except Exception:
+                self.kill()
+        self.log.close()
+
+
+class Workers:
+    """Worker processes of one test; ``start()`` adds one."""
+
+    def __init__(self, app) -> None:
+        self.app, self.procs = app, []
+
+    def start(self) -> WorkerProcess:
+        w = WorkerProcess(self.app)
+        self.procs.append(w)
+        return w
+
+
+@pytest.fixture
+def worker(app):
+    """The real worker process for ``app`` (one started); stopped after the test."""
+    workers = Workers(app)
+    workers.start()
+    yield workers
+    for w in workers.procs:
+        w.stop()
+
+
+def wait_for(client, job_id: str, statuses, timeout: float = 120.0) -> dict:
+    """Poll the job JSON until its status is in ``statuses``."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/v1/jobs/{job_id}").get_json()
+        if job["status"] in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job stayed {job['status']}: {job}")
+        time.sleep(0.1)
