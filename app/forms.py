@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
-from wtforms import DecimalField, IntegerField, SelectField, StringField, TextAreaField
+from wtforms import DecimalField, IntegerField, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.validators import NumberRange, Optional
 
 from .solver import LR_POLICIES, SOLVER_TYPES
@@ -13,27 +13,28 @@ class JobForm(FlaskForm):
     """New job: network, Python layer, dataset and every solver field."""
 
     name = StringField("Job name", validators=[Optional()])
-    standard_network = SelectField("Standard network", choices=[("", "— custom —")], validators=[Optional()])
+    standard_network = SelectField("Standard network", choices=[SelectChoice("", "— custom —")], validators=[Optional()])
     network = FileField("Network prototxt file")
     network_text = TextAreaField("…or paste the network (all-in-one prototxt)")
     python_layer = FileField("Python layer file (saved as digits_python_layers.py)")
-    dataset = SelectField("Dataset", choices=[("", "— none (network brings its own data) —")],
+    dataset = SelectField("Dataset", choices=[SelectChoice("", "— none (network brings its own data) —")],
                           validators=[Optional()])
     train_epochs = DecimalField("Training epochs", default=30, validators=[Optional(), NumberRange(min=0)])
     max_iter = IntegerField("…or iterations (wins over epochs)", validators=[Optional(), NumberRange(min=1)])
     batch_size = IntegerField("Batch size (overrides the network's)", validators=[Optional(), NumberRange(min=1)])
     val_interval = DecimalField("Validation interval (epochs)", default=1, validators=[Optional()])
     snapshot_interval = DecimalField("Snapshot interval (epochs)", default=1, validators=[Optional()])
-    solver_type = SelectField("Solver", choices=[(s, s) for s in SOLVER_TYPES], default="SGD")
+    solver_type = SelectField("Solver", choices=[SelectChoice(s) for s in SOLVER_TYPES], default="SGD")
     learning_rate = DecimalField("Base learning rate", default=0.01, places=None, validators=[Optional()])
-    lr_policy = SelectField("Learning-rate policy", choices=[(p, p) for p in LR_POLICIES], default="fixed")
+    lr_policy = SelectField("Learning-rate policy", choices=[SelectChoice(p) for p in LR_POLICIES], default="fixed")
     gamma = DecimalField("gamma (step, multistep, exp, inv, sigmoid)", places=None, validators=[Optional()])
     power = DecimalField("power (inv, poly)", places=None, validators=[Optional()])
     stepsize = IntegerField("stepsize in iterations (step, sigmoid)", validators=[Optional()])
     stepvalues = StringField("step values in iterations, comma separated (multistep)", validators=[Optional()])
     random_seed = IntegerField("Random seed", validators=[Optional()])
-    device = SelectField("Device", choices=[("auto", "auto (a free GPU, else CPU)"), ("cpu", "CPU"),
-                                            ("gpu", "GPU (wait for a free one)")], default="auto")
+    device = SelectField("Device", choices=[SelectChoice("auto", "auto (a free GPU, else CPU)"),
+                                            SelectChoice("cpu", "CPU"),
+                                            SelectChoice("gpu", "GPU (wait for a free one)")], default="auto")
     solver = FileField("Full solver prototxt (optional; the fields above override it)")
 
 

@@ -11,6 +11,7 @@ from . import jobs
 from .auth import current_user
 from .errors import ApiError
 from .forms import ActionForm, JobForm
+from wtforms import SelectChoice
 from .submission import Upload
 
 bp = Blueprint("web", __name__)
@@ -63,11 +64,12 @@ def index():
 
 def _job_form() -> JobForm:
     form = JobForm()
-    form.standard_network.choices = [("", "— custom —")] + list(standard_networks().items())
-    form.dataset.choices = [("", "— none (network brings its own data) —")] + [
-        (d["id"], d["name"]) for d in jobs.ctx().store.list_datasets() if d["status"] == "done"]
+    form.standard_network.choices = [SelectChoice("", "— custom —")] + [
+        SelectChoice(k, v) for k, v in standard_networks().items()]
+    form.dataset.choices = [SelectChoice("", "— none (network brings its own data) —")] + [
+        SelectChoice(d["id"], d["name"]) for d in jobs.ctx().store.list_datasets() if d["status"] == "done"]
     if request.method == "GET" and not form.dataset.data and len(form.dataset.choices) > 1:
-        form.dataset.data = form.dataset.choices[1][0]
+        form.dataset.data = form.dataset.choices[1].value
     return form
 
 

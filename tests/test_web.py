@@ -1,4 +1,10 @@
-"""Pages blueprint: health check."""
+"""Pages: health check, the upload form (CSRF, validate, create) and the job page."""
+from __future__ import annotations
+
+import io
+import re
+
+from conftest import LENET_SEED, SEED_LAYER, wait_for
 
 
 def test_healthz_reports_caffe_containment_and_store(client):
@@ -9,7 +15,7 @@ def test_healthz_reports_caffe_containment_and_store(client):
     assert body["caffe"]["python_layer"] is True
     assert body["caffe"]["version"] == "1.0.0"
     assert body["store"] == {"ok": True, "backend": "sqlite"}
-    assert body["containment"] in {"bwrap", "unshare", "none"}
+    assert body["containment"] == "bwrap"
     assert resp.headers["Cache-Control"] == "no-store"
 
 
@@ -17,3 +23,89 @@ def test_unknown_api_route_gets_error_shape(client):
     resp = client.get("/api/v1/nope")
     assert resp.status_code == 404
     assert resp.get_json()["error"] == "not_found"
+
+
+def _csrf(client, url: str) -> str:
+    html = client.get(url).get_data(as_text=True)
+    return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
+
+
+def _form(token: str, action: str, **extra) -> dict:
+    data = {"csrf_token": token, "action": action, "dataset": "sample-digits", "train_epochs": "1",
+            "solver_type": "SGD", "lr_policy": "fixed", "learning_rate": "0.01", "device": "cpu",
+            "network": (io.BytesIO(LENET_SEED.encode()), "lenet.prototxt"),
+            "python_layer": (io.BytesIO(SEED_LAYER.encode()), "accuracy_layer.py")}
+    data.update(extra)
+    return data
+
+
+def test_form_lists_standard_networks_and_sample_dataset(client):
+    html = client.get("/jobs/new").get_data(as_text=True)
+    assert 'value="lenet"' in html and 'selected value="sample-digits"' in html
+    assert client.get("/networks/lenet.prototxt").get_data(as_text=True).startswith("# LeNet")
+    assert client.get("/networks/nope.prototxt").status_code == 404
+
+
+def test_form_validate_shows_report_without_creating_a_job(client):
+    resp = client.post("/jobs/new", data=_form(_csrf(client, "/jobs/new"), "validate"),
+                       content_type="multipart/form-data")
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200
+    assert "Valid: every layer built and ran." in html
+    assert "AccuracyLayer" in html and "Forward ms" in html
+    assert client.get("/api/v1/jobs").get_json()["jobs"] == []
+
+
+def test_form_validate_shows_errors_inline(client):
+    bad = SEED_LAYER.replace("    def forward(self, bottom, top):\n",
+                             "    def forward(self, bottom, top):\n        1 / 0\n")
+    data = _form(_csrf(client, "/jobs/new"), "validate",
+                 python_layer=(io.BytesIO(bad.encode()), "x.py"))
+    html = client.post("/jobs/new", data=data, content_type="multipart/form-data").get_data(as_text=True)
+    assert "ZeroDivisionError" in html and "digits_python_layers.py:16" in html
+    assert "layer <code>accuracy</code>" in html
+
+
+def test_form_without_csrf_token_is_refused(client):
+    data = _form("", "create")
+    del data["csrf_token"]
+    resp = client.post("/jobs/new", data=data, content_type="multipart/form-data")
+    assert resp.status_code == 400
+    assert client.get("/api/v1/jobs").get_json()["jobs"] == []
+
+
+def test_form_create_redirects_to_live_job_page(client, worker):
+    resp = client.post("/jobs/new", data=_form(_csrf(client, "/jobs/new"), "create", name="from the form"),
+                       content_type="multipart/form-data")
+    assert resp.status_code == 303
+    job_id = resp.headers["Location"].rsplit("/", 1)[1]
+    job = wait_for(client, job_id, {"done", "error"})
+    assert job["status"] == "done" and job["name"] == "from the form"
+    assert job["python_layer"]["original_filename"] == "accuracy_layer.py"
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    for needle in ("from the form", "chart-outputs", "chart-lr", "Download model", "Clone", "Delete",
+                   "Status history", "AccuracyLayer", "vendor/chart-4.6.1.umd.min.js"):
+        assert needle in page
+    index = client.get("/").get_data(as_text=True)
+    assert "from the form" in index and "sample-digits" in index
+
+    token = _csrf(client, f"/jobs/{job_id}")
+    resp = client.post(f"/jobs/{job_id}/clone", data={"csrf_token": token})
+    assert resp.status_code == 303
+    clone_id = resp.headers["Location"].rsplit("/", 1)[1]
+    assert clone_id != job_id
+    wait_for(client, clone_id, {"done", "error"})
+    resp = client.post(f"/jobs/{clone_id}/delete", data={"csrf_token": token})
+    assert resp.status_code == 303
+    assert client.get(f"/jobs/{clone_id}").status_code == 404
+
+
+def test_sse_stream_replays_and_ends(client, worker):
+    from conftest import post
+    job = post(client, "/api/v1/jobs", max_iter=6).get_json()
+    wait_for(client, job["id"], {"done"})
+    with client.get(f"/api/v1/jobs/{job['id']}/events") as resp:
+        body = resp.get_data(as_text=True)
+    assert resp.mimetype == "text/event-stream"
+    events = re.findall(r"^event: (\w+)$", body, flags=re.M)
+    assert events[0] == "status" and "metrics" in events and "log" in events and events[-1] == "end"
