@@ -105,7 +105,7 @@ class Runner:
                 point = {k: v / count for k, v in sums.items()}
                 bad = [k for k, v in point.items() if not math.isfinite(v)]
                 self.emit("train", iteration=it, epoch=epoch(it), **point)
-                self.emit("lr", iteration=it, lr=lr_at(sp, it))
+                self.emit("lr", iteration=it, epoch=epoch(it), lr=lr_at(sp, it))
                 sums, count = {k: 0.0 for k in outputs}, 0
                 if bad:
                     return {"status": "error", "error": {

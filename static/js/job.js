@@ -8,6 +8,7 @@
   var api = "/api/v1/jobs/" + encodeURIComponent(id);
   var palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563"];
   var series = {};  // "train loss" -> dataset
+  var ended = ["done", "error", "aborted", "interrupted"];
 
   function makeChart(canvas, yTitle) {
     return new Chart(canvas, {
@@ -55,7 +56,24 @@
 
   function setText(elId, v) { var el = document.getElementById(elId); if (el) el.textContent = v; }
 
+  function addHistory(status) {
+    var tbody = document.querySelector("#history tbody");
+    var tr = document.createElement("tr");
+    [new Date().toISOString().slice(0, 19).replace("T", " "), status, ""].forEach(function (v, i) {
+      var td = document.createElement("td");
+      if (i === 1) { var span = document.createElement("span"); span.className = "status " + v; span.textContent = v; td.appendChild(span); }
+      else { td.textContent = v; if (i === 0) td.className = "muted"; }
+      tr.appendChild(td);
+    });
+    tbody.appendChild(tr);
+  }
+
   function showStatus(j) {
+    if (j.status !== root.dataset.status) {
+      addHistory(j.status);
+      var abortForm = document.getElementById("form-abort");
+      if (abortForm && ended.indexOf(j.status) >= 0) abortForm.hidden = true;
+    }
     var st = document.getElementById("status");
     st.textContent = j.status; st.className = "status " + j.status;
     root.dataset.status = j.status;
@@ -84,7 +102,6 @@
     if (atBottom) log.scrollTop = log.scrollHeight;
   }
 
-  var ended = ["done", "error", "aborted", "interrupted"];
   function start() {
     if (!window.EventSource) return poll();
     var es = new EventSource(api + "/events");

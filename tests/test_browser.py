@@ -1,0 +1,128 @@
+"""A person's path in real Chromium against the real server (gunicorn + worker):
+open the form, customize LeNet, upload the seed layer, create, watch the
+live page reach done with charts drawn from the Python layer's accuracy."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, ROOT, _traversable
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, sample_datasets):
+    """`flask --app wsgi serve` on a free port with its own data root."""
+    _traversable(tmp_path)
+    shutil.copytree(sample_datasets, tmp_path / "jobs" / "datasets")
+    port = _free_port()
+    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(tmp_path / "instance"),
+               LAYERBENCH_JOBS_DIR=str(tmp_path / "jobs"), LAYERBENCH_WORKER_POLL_SECONDS="0.1",
+               HOST="127.0.0.1", PORT=str(port))
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "serve"], cwd=ROOT, env=env,
+                            stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=2).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian Chromium driven by the system chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1600", f"--user-data-dir={tmp_path / 'chrome'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _wait(fn, timeout=90.0, every=0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting in the browser")
+        time.sleep(every)
+
+
+def test_new_user_trains_seed_lenet_in_the_browser(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(server + "/jobs/new")
+    Select(browser.find_element(By.ID, "standard_network")).select_by_value("lenet")
+    browser.find_element(By.ID, "customize").click()
+    text = _wait(lambda: browser.find_element(By.ID, "network_text").get_attribute("value"))
+    assert 'name: "LeNet"' in text
+    # Swap LeNet's Accuracy layer for the seed page's Python one, as a user would.
+    browser.find_element(By.ID, "network_text").clear()
+    browser.find_element(By.ID, "network").send_keys(str(DATA / "lenet_seed.prototxt"))
+    browser.find_element(By.ID, "python_layer").send_keys(str(DATA / "seed_accuracy_layer.py"))
+    browser.find_element(By.ID, "train_epochs").clear()
+    browser.find_element(By.ID, "train_epochs").send_keys("2")
+    browser.find_element(By.ID, "name").send_keys("browser lenet")
+    browser.find_element(By.ID, "create").click()
+
+    _wait(lambda: "/jobs/" in browser.current_url and "new" not in browser.current_url)
+    status = _wait(lambda: (s := browser.find_element(By.ID, "status").text) in ("done", "error") and s)
+    assert status == "done"
+    series = _wait(lambda: browser.execute_script(
+        "var c = Chart.getChart(document.getElementById('chart-outputs'));"
+        "var r = {}; c.data.datasets.forEach(function (d) { r[d.label] = d.data.length; });"
+        "return r['val accuracy'] >= 2 ? r : null;"))
+    assert series["train loss"] > 10 and series["val loss"] >= 2
+    lr_points = browser.execute_script("return Chart.getChart(document.getElementById('chart-lr'))"
+                                       ".data.datasets[0].data.length")
+    assert lr_points > 10
+    assert browser.find_element(By.ID, "progress-text").text == "100.0%"
+    assert "Solver scaffolding done" in browser.find_element(By.ID, "log").text  # Caffe's own log, live
+    assert not browser.find_element(By.ID, "btn-abort").is_displayed()
+    history = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#history .status")]
+    assert history[-1] == "done"
+    lr_x = browser.execute_script("var d = Chart.getChart(document.getElementById('chart-lr'))"
+                                  ".data.datasets[0].data; return d[d.length - 1].x")
+    assert 2.0 <= lr_x < 2.1   # plotted by epoch, like the outputs
+    rows = browser.find_elements(By.CSS_SELECTOR, "#snapshots tbody tr")
+    assert len(rows) == 3
+    shots = Path(os.environ.get("LAYERBENCH_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(shots / "job-page.png"))
+    href = browser.find_element(By.ID, "btn-download").get_attribute("href")
+    with urllib.request.urlopen(href) as resp:
+        assert resp.headers["Content-Type"] == "application/gzip" and len(resp.read()) > 100_000
