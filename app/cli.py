@@ -17,6 +17,14 @@ def register(app: Flask) -> None:
     app.cli.add_command(worker)
 
 
+def gunicorn_argv(host: str, port: int, workers: int, threads: int, target: str,
+                  access_log: bool = True) -> list[str]:
+    """The gunicorn command line `serve` uses (bench/ reuses it for baselines)."""
+    return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
+            "--threads", str(threads), "--worker-class", "gthread", "--graceful-timeout", "10",
+            *(["--access-logfile", "-"] if access_log else []), target]
+
+
 @click.command("serve")
 @click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="$HOST or 127.0.0.1")
 @click.option("--port", default=lambda: int(os.environ.get("PORT", "5000")), type=int, show_default="$PORT or 5000")
@@ -29,10 +37,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     """
     cfg = current_app.config
     children: list[subprocess.Popen] = []
-    web = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
-                            "--workers", str(workers), "--threads", str(threads),
-                            "--worker-class", "gthread", "--graceful-timeout", "10",
-                            "--access-logfile", "-", "wsgi:app"])
+    web = subprocess.Popen(gunicorn_argv(host, port, workers, threads, "wsgi:app"))
     children.append(web)
     if cfg["QUEUE"] == "local" and "worker" in current_app.cli.commands:
         children.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"]))

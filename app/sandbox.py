@@ -141,9 +141,10 @@ def bwrap_argv(spec: Spec, limits: Limits) -> list[str]:
 def _env(spec: Spec) -> dict[str, str]:
     env = {"PATH": f"{Path(sys.prefix) / 'bin'}:/usr/bin:/bin", "HOME": "/tmp",
            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": str(config.ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
-    for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+           "PYTHONPATH": str(config.ROOT)}
+    # BLAS threading and CPU-type overrides pass through unchanged, so a job
+    # computes exactly as bare pycaffe would on this machine.
+    for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         if k in os.environ:
             env[k] = os.environ[k]
     env.update(spec.env)

@@ -33,6 +33,7 @@ class Runner:
         self.metrics = open(output_dir / "metrics.jsonl", "a", buffering=1)
         self.last_progress = 0.0
         self.shared = False
+        self.side_seconds = 0.0   # time in validation and snapshots
 
     # ---- output --------------------------------------------------------------
     def emit(self, kind: str, **fields) -> None:
@@ -92,6 +93,7 @@ class Runner:
         batch = max(1, min(50, max_iter // 1000 or 1))  # averaging window, <= ~1000 points
         sums = {k: 0.0 for k in outputs}
         count, t_start, it0 = 0, time.monotonic(), solver.iter
+        t_first = None
         while solver.iter < max_iter and not self.abort_requested():
             solver.step(1)
             it = solver.iter
@@ -100,7 +102,8 @@ class Runner:
                     else float(net.blobs[k].data.mean())
             count += 1
             if it == it0 + 1:
-                self.emit("first_iteration", seconds=round(time.monotonic() - t_start, 4))
+                t_first, self.side_seconds = time.monotonic(), 0.0
+                self.emit("first_iteration", seconds=round(t_first - t_start, 4), at=time.time())
             if count == batch or it == max_iter:
                 point = {k: v / count for k, v in sums.items()}
                 bad = [k for k, v in point.items() if not math.isfinite(v)]
@@ -116,11 +119,23 @@ class Runner:
             if snapshot_every and it % snapshot_every == 0 and it < max_iter:
                 self.snapshot(solver, epoch)
             self.progress(it, max_iter, it0, t_start, epoch(it))
+        if t_first is not None and solver.iter > it0 + 1:
+            # Training throughput after the first iteration, without our
+            # validation and snapshot passes (bench/ compares it to bare pycaffe).
+            self.emit("timing", iterations=solver.iter - it0 - 1,
+                      seconds=round(time.monotonic() - t_first - self.side_seconds, 6))
         self.snapshot(solver, epoch)
         self.progress(solver.iter, max_iter, it0, t_start, epoch(solver.iter), force=True)
         return {"status": self.stop_reason or "done"}
 
     def validate(self, solver, test_iter: int, it: int, ep) -> None:
+        t0 = time.monotonic()
+        try:
+            self._validate(solver, test_iter, it, ep)
+        finally:
+            self.side_seconds += time.monotonic() - t0
+
+    def _validate(self, solver, test_iter: int, it: int, ep) -> None:
         if not solver.test_nets:
             return
         net = solver.test_nets[0]
@@ -139,7 +154,9 @@ class Runner:
     def snapshot(self, solver, epoch) -> None:
         if any(self.output.glob(f"snapshot_iter_{solver.iter}.caffemodel")):
             return
+        t0 = time.monotonic()
         solver.snapshot()
+        self.side_seconds += time.monotonic() - t0
         self.emit("snapshot", iteration=solver.iter, epoch=epoch(solver.iter))
 
     def progress(self, it: int, max_iter: int, it0: int, t_start: float, ep, force=False) -> None:

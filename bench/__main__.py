@@ -1,0 +1,20 @@
+"""Run every benchmark and print its figures: ``python -m bench [name ...]``."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+def main(names: list[str]) -> None:
+    from . import http_load, train_speed, validation
+    suites = {"train_speed": train_speed.run, "validation": validation.run, "http_load": http_load.run}
+    for name in names or list(suites):
+        result = suites[name]()
+        print(f"{name}: {json.dumps(result)}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
