@@ -199,3 +199,10 @@ def _dataset_json(d: dict) -> dict:
             "num_classes": info.get("num_classes"), "labels": info.get("labels"),
             "train_count": info.get("train_count"), "val_count": info.get("val_count"),
             "image_shape": info.get("image_shape"), "error": d.get("error")}
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """OpenAPI 3 description of everything under /api/v1."""
+    from .openapi import spec
+    return jsonify(spec())

@@ -116,6 +116,9 @@ def new_job():
         error = ApiError(400, "invalid_request", "The form has errors.",
                          [{"field": k, "message": "; ".join(v)} for k, v in form.errors.items()])
     status = 400 if error is not None else 200
+    if request.headers.get("X-Requested-With") == "fetch":
+        # The page's script validates in place (keeping the chosen files).
+        return render_template("web/_report.html", report=report, error=error), status
     return render_template("web/new_job.html", form=form, report=report, error=error,
                            standard=standard_networks()), status
 

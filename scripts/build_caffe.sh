@@ -53,7 +53,7 @@ echo "$SDIST_SHA256  $sdist" | sha256sum -c --status \
 
 PYINC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
-NPVER=$("$PY" -c 'import numpy; print(numpy.__version__.split(".")[0])')
+NPVER=$("$PY" -c 'import numpy; print(numpy.__version__)')
 SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 # ALLOW_LMDB_NOLOCK: datasets are mounted read-only in the sandbox, where
@@ -74,7 +74,9 @@ fi
 
 key=$( { echo "$SDIST_SHA256 recipe$RECIPE"; cat "$HERE"/patches/caffe/*.patch;
          [ "$CAFFE_GPU" = 1 ] && cat "$HERE/scripts/cuda_env.sh";
-         echo "$CXXFLAGS $LDFLAGS ${CMAKE_ARGS[*]} numpy$NPVER $(uname -m)"; } \
+         # The venv's path (numpy's include dir lives there) is not part of
+         # the key: every clone of the project shares one cached build.
+         echo "${CXXFLAGS//$VENV/VENV} $LDFLAGS ${CMAKE_ARGS[*]} numpy$NPVER $(uname -m)"; } \
        | sha256sum | cut -c1-16)
 variant=$([ "$CAFFE_GPU" = 1 ] && echo gpu || echo cpu)
 out="$CACHE/build-$variant-$key"

@@ -183,3 +183,14 @@ def test_unknown_job_is_404_in_error_shape(client):
 def test_json_body_is_415(client):
     resp = client.post("/api/v1/jobs", json={"network": "x"})
     assert resp.status_code == 415 and resp.get_json()["error"] == "unsupported_media_type"
+
+
+def test_openapi_describes_every_api_route(app, client):
+    spec = client.get("/api/v1/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/api/v1/") and rule.endpoint != "api.openapi":
+            path = rule.rule.replace("<", "{").replace(">", "}")
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                assert (path, method) in documented, (path, method)

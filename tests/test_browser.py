@@ -97,6 +97,11 @@ def test_new_user_trains_seed_lenet_in_the_browser(server, browser, tmp_path):
     browser.find_element(By.ID, "train_epochs").clear()
     browser.find_element(By.ID, "train_epochs").send_keys("2")
     browser.find_element(By.ID, "name").send_keys("browser lenet")
+    browser.find_element(By.ID, "validate").click()
+    report = _wait(lambda: browser.find_elements(By.ID, "report"))[0]
+    assert "Valid: every layer built and ran." in report.text and "AccuracyLayer" in report.text
+    assert "/jobs/new" in browser.current_url   # validated in place; the chosen files are still set
+    assert browser.find_element(By.ID, "python_layer").get_attribute("value").endswith("seed_accuracy_layer.py")
     browser.find_element(By.ID, "create").click()
 
     _wait(lambda: "/jobs/" in browser.current_url and "new" not in browser.current_url)

@@ -12,3 +12,27 @@
       .then(function (t) { text.value = t; select.value = ""; text.focus(); });
   });
 })();
+
+// "Validate" without leaving the page: the browser would forget the chosen
+// files on a full round trip, so post the form in the background and show
+// the report above it.
+(function () {
+  "use strict";
+  var form = document.getElementById("job-form");
+  var btn = document.getElementById("validate");
+  var area = document.getElementById("report-area");
+  if (!form || !btn || !area || !window.fetch || !window.FormData) return;
+  btn.addEventListener("click", function (ev) {
+    ev.preventDefault();
+    var data = new FormData(form);
+    data.set("action", "validate");
+    btn.disabled = true;
+    btn.textContent = "Validating…";
+    fetch(form.action || window.location.href, {
+      method: "POST", body: data, headers: { "X-Requested-With": "fetch" }, credentials: "same-origin"
+    }).then(function (r) { return r.text(); }).then(function (html) {
+      area.innerHTML = html;
+      area.scrollIntoView({ behavior: "smooth" });
+    }).finally(function () { btn.disabled = false; btn.textContent = "Validate"; });
+  });
+})();
