@@ -28,7 +28,8 @@
     data.set("action", "validate");
     btn.disabled = true;
     btn.textContent = "Validating…";
-    fetch(form.action || window.location.href, {
+    // form.action is shadowed by the buttons named "action": read the attribute.
+    fetch(form.getAttribute("action") || window.location.href, {
       method: "POST", body: data, headers: { "X-Requested-With": "fetch" }, credentials: "same-origin"
     }).then(function (r) { return r.text(); }).then(function (html) {
       area.innerHTML = html;
