@@ -41,11 +41,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
                           containment=containment)
     _ensure_sample_dataset(store, ws)
 
-    from . import api, cli, errors, web
+    from . import api, auth, cli, errors, security, web
     errors.register(app)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
+    security.register(app)
+    auth.register(app)
     cli.register(app)
+    auth.ensure_initial_admin(app)
     return app
 
 

@@ -29,6 +29,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "WORKER_CONCURRENCY": (0, int),         # 0: one per GPU, else 1
     "WORKER_POLL_SECONDS": (0.2, float),
     "SECRET_KEY": (None, str),
+    "SECURE_COOKIES": (False, bool),         # set behind HTTPS
     "CAFFE_PYTHON": (None, str),            # interpreter with pycaffe
 }
 

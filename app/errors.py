@@ -36,7 +36,8 @@ def wants_json() -> bool:
     return best == "application/json" and not request.accept_mimetypes.accept_html
 
 
-def _respond(err: ApiError) -> Response:
+def respond(err: ApiError) -> Response:
+    """The error response, JSON or HTML as the request wants."""
     if wants_json():
         resp = jsonify(err.body())
     else:
@@ -50,7 +51,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
-        return _respond(err)
+        return respond(err)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -60,7 +61,7 @@ def register(app: Flask) -> None:
             message = ("The upload is larger than this server accepts "
                        f"({app.config['MAX_CONTENT_LENGTH'] // (1024 * 1024)} MiB), "
                        "or has too many parts or too large form fields.")
-        resp = _respond(ApiError(status, _CODES.get(status, "http_error"), message))
+        resp = respond(ApiError(status, _CODES.get(status, "http_error"), message))
         valid = getattr(exc, "valid_methods", None)
         if status == 405 and valid:
             resp.headers["Allow"] = ", ".join(valid)
@@ -69,5 +70,5 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         app.logger.exception("unhandled error on %s", request.path)
-        return _respond(ApiError(500, "internal_error",
+        return respond(ApiError(500, "internal_error",
                                  "The server hit an unexpected error; it has been logged."))

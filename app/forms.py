@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
-from wtforms import DecimalField, IntegerField, SelectChoice, SelectField, StringField, TextAreaField
-from wtforms.validators import NumberRange, Optional
+from wtforms import (DecimalField, IntegerField, PasswordField, SelectChoice, SelectField, StringField,
+                     TextAreaField)
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from .solver import LR_POLICIES, SOLVER_TYPES
 
@@ -40,3 +41,10 @@ class JobForm(FlaskForm):
 
 class ActionForm(FlaskForm):
     """An empty form: CSRF token for abort/clone/delete/resume buttons."""
+
+
+class LoginForm(FlaskForm):
+    """Username and password."""
+
+    username = StringField("Username", validators=[DataRequired(), Length(max=80)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=200)])

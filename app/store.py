@@ -80,6 +80,24 @@ datasets = sa.Table(
     sa.Column("error", sa.Text),
 )
 
+users = sa.Table(
+    "users", metadata,
+    sa.Column("name", sa.String(80), primary_key=True),
+    sa.Column("password_hash", sa.String(300), nullable=False),
+    sa.Column("admin", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens", metadata,
+    # sha256 of the token: tokens are 256-bit random, so a fast hash is safe
+    # and lets every API request find its token with one indexed lookup.
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user", sa.String(80), sa.ForeignKey("users.name", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
 _GET_JOB = jobs.select().where(jobs.c.id == sa.bindparam("job_id"))
 
 # Columns stored as JSON text and decoded on read.
@@ -137,7 +155,52 @@ class DatasetStore:
             return [_decode(r) for r in conn.execute(q).mappings()]
 
 
-class Store(DatasetStore):
+class UserStore:
+    """Mixin: users and API tokens."""
+
+    engine: sa.Engine
+
+    def add_user(self, name: str, password_hash: str, admin: bool) -> bool:
+        """Insert a user; False if the name is taken."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(users.insert().values(name=name, password_hash=password_hash,
+                                                   admin=admin, created_at=now_iso()))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def set_password(self, name: str, password_hash: str) -> bool:
+        """Replace a user's password hash."""
+        with self.engine.begin() as conn:
+            return conn.execute(users.update().where(users.c.name == name)
+                                .values(password_hash=password_hash)).rowcount > 0
+
+    def get_user(self, name: str) -> dict | None:
+        """A user row, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(users.select().where(users.c.name == name)).mappings().first()
+        return dict(row) if row else None
+
+    def count_users(self) -> int:
+        """How many users exist."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one()
+
+    def add_token(self, name: str, token_hash: str) -> None:
+        """Store a token (its hash) for a user."""
+        with self.engine.begin() as conn:
+            conn.execute(tokens.insert().values(token_hash=token_hash, user=name, created_at=now_iso()))
+
+    def user_for_token(self, token_hash: str) -> dict | None:
+        """The user owning a token hash, or None."""
+        q = sa.select(users).join(tokens, tokens.c.user == users.c.name).where(tokens.c.token_hash == token_hash)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return dict(row) if row else None
+
+
+class Store(UserStore, DatasetStore):
     """Job, dataset and user records behind one SQLAlchemy engine."""
 
     def __init__(self, url: str) -> None:

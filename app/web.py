@@ -10,7 +10,7 @@ from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redi
 from . import jobs
 from .auth import current_user
 from .errors import ApiError
-from .forms import ActionForm, JobForm
+from .forms import ActionForm, JobForm, LoginForm
 from wtforms import SelectChoice
 from .submission import Upload
 
@@ -51,6 +51,35 @@ def healthz():
     resp = jsonify(body)
     resp.headers["Cache-Control"] = "no-store"
     return resp
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """Session login for the pages."""
+    from flask_login import login_user
+    from .auth import check_login
+    form = LoginForm()
+    failed = False
+    if form.validate_on_submit():
+        user = check_login(form.username.data, form.password.data)
+        if user is not None:
+            login_user(user)
+            target = request.args.get("next") or ""
+            # Only local paths: never an open redirect to another site.
+            if not target.startswith("/") or target.startswith("//"):
+                target = url_for("web.index")
+            return redirect(target, code=303)
+        failed = True
+    return render_template("web/login.html", form=form, failed=failed), (401 if failed else 200)
+
+
+@bp.post("/logout")
+def logout():
+    """End the session."""
+    from flask_login import logout_user
+    if ActionForm().validate_on_submit():
+        logout_user()
+    return redirect(url_for("web.login"), code=303)
 
 
 @bp.get("/")

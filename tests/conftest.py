@@ -55,10 +55,23 @@ def app(tmp_path, sample_datasets):
     application.extensions["store"].engine.dispose()
 
 
+def client_for(app, name: str = "admin", admin: bool = False, password: str = "pw-for-tests"):
+    """A test client sending ``name``'s API token (the user is created if new)."""
+    from app import auth
+    with app.app_context():
+        if app.extensions["store"].get_user(name) is None:
+            auth.create_user(name, password, admin)
+        token = auth.new_token(name)
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    c.token = token
+    return c
+
+
 @pytest.fixture
 def client(app):
-    """Flask test client of ``app``."""
-    return app.test_client()
+    """Flask test client of ``app``, authenticated as the initial admin."""
+    return client_for(app, "admin")
 
 
 @pytest.fixture

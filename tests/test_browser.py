@@ -47,7 +47,7 @@ def server(tmp_path, sample_datasets):
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
             time.sleep(0.2)
-    yield url
+    yield url, tmp_path / "instance"
     proc.terminate()
     proc.wait(30)
     log.close()
@@ -60,6 +60,7 @@ def browser(tmp_path):
     from selenium.webdriver.chrome.service import Service
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1280,1600", f"--user-data-dir={tmp_path / 'chrome'}"):
@@ -81,11 +82,24 @@ def _wait(fn, timeout=90.0, every=0.2):
         time.sleep(every)
 
 
+def _login(browser, server, instance: Path) -> None:
+    from selenium.webdriver.common.by import By
+    creds = dict(line.split(": ", 1) for line in (instance / "initial-credentials.txt").read_text().splitlines())
+    assert (instance / "initial-credentials.txt").stat().st_mode & 0o777 == 0o600
+    browser.get(server + "/jobs/new")
+    assert "/login" in browser.current_url          # pages need a login
+    browser.find_element(By.ID, "username").send_keys(creds["user"])
+    browser.find_element(By.ID, "password").send_keys(creds["password"])
+    browser.find_element(By.ID, "login").click()
+    _wait(lambda: browser.current_url.endswith("/jobs/new"))
+
+
 def test_new_user_trains_seed_lenet_in_the_browser(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    browser.get(server + "/jobs/new")
+    server, instance = server
+    _login(browser, server, instance)
     Select(browser.find_element(By.ID, "standard_network")).select_by_value("lenet")
     browser.find_element(By.ID, "customize").click()
     text = _wait(lambda: browser.find_element(By.ID, "network_text").get_attribute("value"))
@@ -129,5 +143,9 @@ def test_new_user_trains_seed_lenet_in_the_browser(server, browser, tmp_path):
     shots.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(shots / "job-page.png"))
     href = browser.find_element(By.ID, "btn-download").get_attribute("href")
-    with urllib.request.urlopen(href) as resp:
+    creds = dict(line.split(": ", 1) for line in (instance / "initial-credentials.txt").read_text().splitlines())
+    req = urllib.request.Request(href, headers={"Authorization": f"Bearer {creds['token']}"})
+    with urllib.request.urlopen(req) as resp:
         assert resp.headers["Content-Type"] == "application/gzip" and len(resp.read()) > 100_000
+    csp = [e for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert csp == []

@@ -1,0 +1,43 @@
+"""Browser-facing protections: CSRF on every form, security headers,
+cookie flags. (Who may do what lives in auth.py.)"""
+from __future__ import annotations
+
+from flask import Flask, Response
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+from .errors import ApiError, respond
+
+# No inline scripts or styles anywhere: every script is a static file.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+       "frame-ancestors 'none'")
+
+csrf = CSRFProtect()
+
+
+def register(app: Flask) -> None:
+    """CSRF for forms (the token-authenticated API is exempt: API writes need
+    a bearer token, which browsers never attach on their own), headers, cookies."""
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=bool(app.config.get("SECURE_COOKIES")),
+        REMEMBER_COOKIE_HTTPONLY=True, REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=bool(app.config.get("SECURE_COOKIES")),
+        WTF_CSRF_TIME_LIMIT=None,  # valid for the session: long validations and open tabs
+    )
+    csrf.init_app(app)
+    from . import api
+    csrf.exempt(api.bp)
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(err: CSRFError):
+        return respond(ApiError(400, "invalid_request", "The form's CSRF token is missing or invalid "
+                                f"({err.description}). Reload the page and try again."))
+
+    @app.after_request
+    def _headers(resp: Response) -> Response:
+        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Referrer-Policy", "same-origin")
+        return resp
