@@ -26,6 +26,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "ALLOW_UNCONTAINED": (False, bool),
     "VALIDATE_TIMEOUT": (60, int),          # seconds, wall clock
     "TRAIN_TIMEOUT": (24 * 3600, int),      # seconds, wall clock per job
+    "MEMORY_LIMIT_MB": (8192, int),          # address space of user code
     "WORKER_CONCURRENCY": (0, int),         # 0: one per GPU, else 1
     "WORKER_POLL_SECONDS": (0.2, float),
     "SECRET_KEY": (None, str),

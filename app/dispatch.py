@@ -131,7 +131,8 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
                         read_only=[inp, control] + ([ds_dir] if ds_dir else []), writable=[out],
                         env=env, cwd=out)
     limits = sandbox.Limits(wall_seconds=float(ctx.cfg["TRAIN_TIMEOUT"]),
-                            cpu_seconds=int(ctx.cfg["TRAIN_TIMEOUT"]) * 4)
+                            cpu_seconds=int(ctx.cfg["TRAIN_TIMEOUT"]) * 4,
+                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
     final, error = JobStatus.ERROR.value, None
     with open(out / "train.log", "ab") as log:
         t0 = time.monotonic()

@@ -130,7 +130,9 @@ def bwrap_argv(spec: Spec, limits: Limits) -> list[str]:
         argv += ["--ro-bind", str(p), str(p)]
     for p in spec.writable:
         argv += ["--bind", str(p), str(p)]
-    argv += ["--clearenv"]
+    # The sandbox's own root (a tmpfs holding the mount points) is read-only
+    # too: the only writable places are the output dirs and the private /tmp.
+    argv += ["--remount-ro", "/", "--clearenv"]
     for k, v in _env(spec).items():
         argv += ["--setenv", k, v]
     if spec.cwd:

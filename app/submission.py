@@ -196,7 +196,8 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: d
                         read_only=[input_dir] + ([dataset_dir] if dataset_dir else []),
                         writable=[out_dir], cwd=out_dir)
     timeout = float(cfg["VALIDATE_TIMEOUT"])
-    limits = sandbox.Limits(wall_seconds=timeout, cpu_seconds=int(timeout * 2) + 5)
+    limits = sandbox.Limits(wall_seconds=timeout, cpu_seconds=int(timeout * 2) + 5,
+                            address_space=int(cfg["MEMORY_LIMIT_MB"]) << 20)
     t0 = time.perf_counter()
     result = sandbox.run(spec, how, limits)
     seconds = round(time.perf_counter() - t0, 3)
