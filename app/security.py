@@ -2,7 +2,7 @@
 cookie flags. (Who may do what lives in auth.py.)"""
 from __future__ import annotations
 
-from flask import Flask, Response
+from flask import Flask, Request, Response
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from .errors import ApiError, respond
@@ -15,6 +15,22 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 csrf = CSRFProtect()
 
 
+class ClosingRequest(Request):
+    """A request that closes every upload stream it opened, also when the
+    form parser gave up half-way (too many parts, too large): Werkzeug only
+    closes the files of a completed parse, leaking descriptors under attack."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        stream = super()._get_file_stream(total_content_length, content_type, filename, content_length)
+        self.__dict__.setdefault("_upload_streams", []).append(stream)
+        return stream
+
+    def close(self) -> None:
+        super().close()
+        for stream in self.__dict__.pop("_upload_streams", []):
+            stream.close()
+
+
 def register(app: Flask) -> None:
     """CSRF for forms (the token-authenticated API is exempt: API writes need
     a bearer token, which browsers never attach on their own), headers, cookies."""
@@ -25,6 +41,7 @@ def register(app: Flask) -> None:
         REMEMBER_COOKIE_SECURE=bool(app.config.get("SECURE_COOKIES")),
         WTF_CSRF_TIME_LIMIT=None,  # valid for the session: long validations and open tabs
     )
+    app.request_class = ClosingRequest
     csrf.init_app(app)
     from . import api
     csrf.exempt(api.bp)

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -124,12 +129,12 @@ def post(client, url: str, network: str | None = LENET_SEED, layer: str | None =
 class WorkerProcess:
     """The real local worker (`flask --app wsgi worker`) as a subprocess."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, **extra_env: str) -> None:
         import subprocess
         env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=app.config["INSTANCE_DIR"],
                    LAYERBENCH_JOBS_DIR=app.config["JOBS_DIR"],
                    LAYERBENCH_DATABASE_URL=app.config["DATABASE_URL"],
-                   LAYERBENCH_WORKER_POLL_SECONDS="0.1")
+                   LAYERBENCH_WORKER_POLL_SECONDS="0.1", **extra_env)
         self.log = open(Path(app.config["INSTANCE_DIR"]) / "worker.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
                                      cwd=str(ROOT), env=env, stdout=self.log, stderr=self.log)
@@ -156,8 +161,8 @@ class Workers:
     def __init__(self, app) -> None:
         self.app, self.procs = app, []
 
-    def start(self) -> WorkerProcess:
-        w = WorkerProcess(self.app)
+    def start(self, **extra_env: str) -> WorkerProcess:
+        w = WorkerProcess(self.app, **extra_env)
         self.procs.append(w)
         return w
 
@@ -183,3 +188,39 @@ def wait_for(client, job_id: str, statuses, timeout: float = 120.0) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"job stayed {job['status']}: {job}")
         time.sleep(0.1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, sample_datasets):
+    """`flask --app wsgi serve` on a free port with its own data root."""
+    _traversable(tmp_path)
+    shutil.copytree(sample_datasets, tmp_path / "jobs" / "datasets")
+    port = _free_port()
+    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(tmp_path / "instance"),
+               LAYERBENCH_JOBS_DIR=str(tmp_path / "jobs"), LAYERBENCH_WORKER_POLL_SECONDS="0.1",
+               HOST="127.0.0.1", PORT=str(port))
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "serve"], cwd=ROOT, env=env,
+                            stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=2).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.2)
+    yield url, tmp_path / "instance"
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+

@@ -4,53 +4,15 @@ live page reach done with charts drawn from the Python layer's accuracy."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import DATA, ROOT, _traversable
+from conftest import DATA
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(tmp_path, sample_datasets):
-    """`flask --app wsgi serve` on a free port with its own data root."""
-    _traversable(tmp_path)
-    shutil.copytree(sample_datasets, tmp_path / "jobs" / "datasets")
-    port = _free_port()
-    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(tmp_path / "instance"),
-               LAYERBENCH_JOBS_DIR=str(tmp_path / "jobs"), LAYERBENCH_WORKER_POLL_SECONDS="0.1",
-               HOST="127.0.0.1", PORT=str(port))
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "serve"], cwd=ROOT, env=env,
-                            stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=2).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(0.2)
-    yield url, tmp_path / "instance"
-    proc.terminate()
-    proc.wait(30)
-    log.close()
 
 
 @pytest.fixture
