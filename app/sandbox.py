@@ -76,7 +76,7 @@ def mode(requested: str = "auto") -> str:
         return "bwrap"
     if requested == "bwrap":
         raise RuntimeError("LAYERBENCH_SANDBOX=bwrap but bubblewrap cannot run here")
-    if shutil.which("unshare") and _probe(["unshare", "--net", "--pid", "--fork", "--kill-child", "true"]):
+    if shutil.which("unshare") and _probe(command(Spec(["true"]), "unshare", Limits())):
         print("WARNING: bubblewrap unavailable; user code runs with rlimits + unshare only "
               "(no filesystem isolation)", file=sys.stderr)
         return "unshare"
@@ -176,7 +176,12 @@ def command(spec: Spec, how: str, limits: Limits) -> list[str]:
     if how == "bwrap":
         return bwrap_argv(spec, limits)
     if how == "unshare":
-        return _drop() + ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"] + spec.argv
+        # Namespaces first (creating them needs root, or a user namespace
+        # when we are not root), then drop to the unprivileged uid.
+        ns = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+        if os.geteuid() != 0:
+            ns.insert(1, "--map-root-user")
+        return ns + _drop() + spec.argv
     return list(spec.argv)
 
 

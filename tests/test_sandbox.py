@@ -138,3 +138,32 @@ def test_file_size_limit(box):
     result, log = run("open('big', 'wb').write(b'x' * (2 << 20))\n", file_size=1 << 20)
     assert result.returncode != 0
     assert (out / "big").stat().st_size <= 1 << 20
+
+
+def test_unshare_fallback_still_blocks_network_and_drops_privileges(tmp_path):
+    # The fallback where bubblewrap cannot run: no filesystem view, but its
+    # own network and pid namespaces and an unprivileged uid.
+    _traversable(tmp_path)
+    code = ("import os, socket\nprint(os.getuid(), sorted(n for _, n in socket.if_nameindex()))\n"
+            "s = socket.socket()\ntry:\n    s.connect(('127.0.0.1', 22)); print('connected')\n"
+            "except OSError: print('refused')\nprint('pids', len([p for p in os.listdir('/proc') if p.isdigit()]))\n")
+    out = tmp_path / "log"
+    with open(out, "wb") as log:
+        result = sandbox.run(sandbox.Spec([sys.executable, "-c", code]), "unshare",
+                             sandbox.Limits(wall_seconds=20), log, log)
+    text = out.read_text()
+    assert result.returncode == 0, text
+    assert "65534 ['lo']" in text and "refused" in text
+    assert int(text.split("pids ")[1]) <= 3
+
+
+def test_uncontained_uploads_are_refused_unless_allowed(tmp_path, sample_datasets):
+    from conftest import client_for, make_app, post
+    app = make_app(tmp_path, sample_datasets, SANDBOX="none")
+    assert app.extensions["containment"] == "none"
+    client = client_for(app)
+    resp = post(client, "/api/v1/validate")
+    assert resp.status_code == 503 and resp.get_json()["error"] == "unavailable"
+    assert client.get("/healthz").get_json()["containment"] == "none"
+    app.config["ALLOW_UNCONTAINED"] = True
+    assert post(client, "/api/v1/validate").get_json()["ok"] is True
