@@ -41,10 +41,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
                           containment=containment)
     _ensure_sample_dataset(store, ws)
 
-    from . import api, auth, cli, errors, security, web
+    from . import api, auth, cli, compat, errors, security, web
     errors.register(app)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(compat.bp)
     security.register(app)
     auth.register(app)
     cli.register(app)

@@ -95,7 +95,7 @@ def _authenticate() -> None:
     if login_user_proxy.is_authenticated:
         # Session cookies authenticate the pages and the API's reads (the job
         # page polls them); API writes need a token, so no CSRF exposure.
-        if request.path.startswith("/api/") and request.method not in ("GET", "HEAD", "OPTIONS"):
+        if request.blueprint in ("api", "compat") and request.method not in ("GET", "HEAD", "OPTIONS"):
             raise ApiError(401, "unauthorized", "API writes need an 'Authorization: Bearer <token>' header.")
         g.user = {"name": login_user_proxy.name, "admin": login_user_proxy.admin}
         g.via_token = False

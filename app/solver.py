@@ -126,9 +126,15 @@ def _lr_policy(sp: Message, params: dict, max_iter: int) -> None:
             setattr(sp, name, float(params[name]))
     if params.get("stepsize") is not None:
         sp.stepsize = int(params["stepsize"])
+    elif params.get("stepsize_percent") is not None:   # DIGITS: % of training
+        sp.stepsize = max(1, int(round(max_iter * float(params["stepsize_percent"]) / 100)))
     if params.get("stepvalues"):
         sp.ClearField("stepvalue")
         sp.stepvalue.extend(int(v) for v in str(params["stepvalues"]).replace(",", " ").split())
+    elif params.get("stepvalues_percent"):
+        sp.ClearField("stepvalue")
+        sp.stepvalue.extend(max(1, int(round(max_iter * float(v) / 100)))
+                            for v in str(params["stepvalues_percent"]).replace(",", " ").split())
     # DIGITS-like defaults so every policy works without extra fields.
     if policy in ("step", "sigmoid") and not sp.stepsize:
         sp.stepsize = max(1, max_iter // 3 if policy == "step" else max_iter // 2)

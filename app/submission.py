@@ -47,7 +47,7 @@ class Prepared:
 _NUMBERS = {"train_epochs": float, "max_iter": int, "learning_rate": float, "batch_size": int,
             "val_interval": float, "snapshot_interval": float, "random_seed": int,
             "gamma": float, "power": float, "stepsize": int, "momentum": float,
-            "weight_decay": float}
+            "weight_decay": float, "stepsize_percent": float}
 
 
 def parse_params(fields: dict[str, str]) -> dict:
@@ -68,7 +68,7 @@ def parse_params(fields: dict[str, str]) -> dict:
         if value <= 0 and name not in ("random_seed", "gamma", "weight_decay", "momentum"):
             details.append({"field": name, "message": "must be greater than zero"})
         params[name] = value
-    for name in ("solver_type", "lr_policy", "stepvalues", "name", "dataset"):
+    for name in ("solver_type", "lr_policy", "stepvalues", "stepvalues_percent", "name", "dataset"):
         if (fields.get(name) or "").strip():
             params[name] = fields[name].strip()
     device = (fields.get("device") or "auto").strip().lower()
