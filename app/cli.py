@@ -71,12 +71,15 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
               "or one per GPU, else 1)")
 def worker(slots: int | None) -> None:
     """Run the local job supervisor until SIGTERM/Ctrl-C."""
+    from . import gpus
     from .dispatch import LocalSupervisor
+    from .probe import caffe_info
     ctx = current_app.extensions["ctx"]
+    found = [g["index"] for g in gpus.detect()] if caffe_info(current_app).get("gpu_build") else []
     n = slots or int(current_app.config["WORKER_CONCURRENCY"]) or 1
-    sup = LocalSupervisor(ctx, n)
+    sup = LocalSupervisor(ctx, cpu_slots=n, gpu_indices=found)
     signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
-    click.echo(f"worker: {n} slot(s), containment {ctx.containment}", err=True)
+    click.echo(f"worker: {len(found)} GPU(s) {found}, {n} CPU slot(s), containment {ctx.containment}", err=True)
     try:
         sup.serve_forever()
     except KeyboardInterrupt:

@@ -125,11 +125,15 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
         (out / stale).unlink(missing_ok=True)
     ds_dir = ws.dataset_dir(job["dataset"]) if job.get("dataset") else None
     env = {"LAYERBENCH_DEVICE": device, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1"}
+    devices: list[str] = []
     if gpu_index is not None:
+        # The job sees exactly one GPU: CUDA numbering and device nodes alike.
+        from .gpus import device_nodes
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
+        devices = device_nodes(gpu_index)
     spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.train", str(inp), str(out), str(control)],
                         read_only=[inp, control] + ([ds_dir] if ds_dir else []), writable=[out],
-                        env=env, cwd=out)
+                        env=env, cwd=out, devices=devices)
     limits = sandbox.Limits(wall_seconds=float(ctx.cfg["TRAIN_TIMEOUT"]),
                             cpu_seconds=int(ctx.cfg["TRAIN_TIMEOUT"]) * 4,
                             address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
@@ -230,29 +234,75 @@ def recover(ctx: Context, stale_after: float | None = None) -> list[str]:
     return changed
 
 
-class LocalSupervisor:
-    """Runs queued jobs on this machine, oldest first, ``slots`` at a time."""
+class Allocator:
+    """Which device a job may run on now: one job per GPU, ``cpu_slots``
+    jobs on the CPU. ``pick`` returns ("gpu", index), ("cpu", None) or None
+    (wait)."""
 
-    def __init__(self, ctx: Context, slots: int = 1) -> None:
-        self.ctx, self.slots = ctx, max(1, slots)
+    def __init__(self, gpu_indices: list[int], cpu_slots: int) -> None:
+        self.free_gpus, self.cpu_free = list(gpu_indices), max(1, cpu_slots)
+
+    def pick(self, device: str) -> tuple[str, int | None] | None:
+        """Reserve a device for a job asking for ``device`` (auto|cpu|gpu|gpu:N)."""
+        if device.startswith("gpu:"):
+            want = int(device[4:])
+            if want in self.free_gpus:
+                self.free_gpus.remove(want)
+                return "gpu", want
+            return None
+        if device in ("gpu", "auto") and self.free_gpus:
+            return "gpu", self.free_gpus.pop(0)
+        if device in ("cpu", "auto") and self.cpu_free > 0:
+            self.cpu_free -= 1
+            return "cpu", None
+        return None
+
+    def release(self, kind: str, index: int | None) -> None:
+        """Give a device back."""
+        if kind == "gpu":
+            self.free_gpus.append(index)
+            self.free_gpus.sort()
+        else:
+            self.cpu_free += 1
+
+
+class LocalSupervisor:
+    """Runs queued jobs on this machine in submission order: one per GPU
+    (when Caffe has CUDA), ``cpu_slots`` on the CPU; a job waiting for a
+    busy device lets later jobs that can run go first."""
+
+    def __init__(self, ctx: Context, cpu_slots: int = 1, gpu_indices: list[int] | None = None) -> None:
+        self.ctx = ctx
+        self.alloc = Allocator(gpu_indices or [], cpu_slots)
         self.threads: dict[str, threading.Thread] = {}
         self.stopping = threading.Event()
 
     def tick(self) -> None:
-        """Start queued jobs while slots are free."""
+        """Start every queued job whose device is free."""
         self.threads = {j: t for j, t in self.threads.items() if t.is_alive()}
-        while len(self.threads) < self.slots and not self.stopping.is_set():
-            job = self.ctx.store.next_queued_job()
-            if job is None:
+        for job in self.ctx.store.list_jobs(status=JobStatus.QUEUED.value)[::-1]:
+            if self.stopping.is_set():
                 return
+            if job["id"] in self.threads:
+                continue
             if job["abort_requested"]:
                 self.ctx.store.update_job(job["id"], expect_status=[JobStatus.QUEUED.value],
                                           status=JobStatus.ABORTED.value, finished_at=now_iso())
                 continue
-            t = threading.Thread(target=run_job, args=(self.ctx, job["id"]),
-                                 kwargs={"shutdown": self.stopping}, daemon=True)
+            slot = self.alloc.pick((job.get("params") or {}).get("device", "auto"))
+            if slot is None:
+                continue
+            t = threading.Thread(target=self._run, args=(job["id"], slot), daemon=True)
             self.threads[job["id"]] = t
             t.start()
+
+    def _run(self, job_id: str, slot: tuple[str, int | None]) -> None:
+        kind, index = slot
+        try:
+            run_job(self.ctx, job_id, device="cpu" if kind == "cpu" else f"gpu:{index}",
+                    gpu_index=index, shutdown=self.stopping)
+        finally:
+            self.alloc.release(kind, index)
 
     def serve_forever(self) -> None:
         """Recover, then poll the store until ``stopping`` is set."""

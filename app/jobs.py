@@ -38,10 +38,21 @@ def ready_datasets(store: Store, ws: Workspace) -> dict[str, network.DatasetInfo
 
 
 def _validate_into(upload: Upload, input_dir: Path, out_dir: Path) -> tuple[Prepared, dict]:
+    from . import gpus
+    from .probe import caffe_info
     c = ctx()
     prepared = prepare(upload, input_dir, cfg=c.cfg, datasets=ready_datasets(c.store, c.ws))
+    found = gpus.detect()
+    gpu_build = bool(caffe_info(current_app).get("gpu_build"))
+    problem = gpus.parse_device(prepared.params["device"], len(found), gpu_build)
+    if problem:
+        raise ApiError(400, "invalid_request", problem, [{"field": "device", "message": problem}])
     ds_dir = c.ws.dataset_dir(prepared.dataset) if prepared.dataset else None
     report = run_validation(input_dir, out_dir, prepared, cfg=c.cfg, how=c.containment, dataset_dir=ds_dir)
+    if found and gpu_build and prepared.params["device"] != "cpu" and prepared.python_layer:
+        report["warnings"].append({"field": "python_layer", "message": "Python layers run on the CPU: on a "
+                                   "GPU their input and output blobs are copied between device and host "
+                                   "every iteration."})
     return prepared, report
 
 
@@ -96,7 +107,7 @@ def submit(upload: Upload, owner: str, resume_from: int | None = None) -> dict:
     params["iters_per_epoch"] = prepared.iters_per_epoch
     params["validation_seconds"] = report.get("seconds")
     return c.store.insert_job(id=job_id, name=name[:200], owner=owner, dataset=prepared.dataset,
-                              device=params["device"] if params["device"] == "cpu" else "auto",
+                              device=params["device"],
                               params=params, python_layer=prepared.python_layer,
                               max_iter=prepared.max_iter)
 
@@ -122,6 +133,9 @@ def to_json(job: dict) -> dict:
     out = {k: job.get(k) for k in keys}
     if out["status"] != JobStatus.RUNNING.value:
         out["eta_seconds"] = None
+    if job.get("device", "").startswith("gpu:") and job["status"] == JobStatus.RUNNING.value:
+        from . import gpus
+        out["gpu"] = gpus.usage(int(job["device"][4:]))
     out["links"] = {"self": base, "page": f"/jobs/{job['id']}", "log": f"{base}/log",
                     "metrics": f"{base}/metrics", "events": f"{base}/events",
                     "download": f"{base}/download"}

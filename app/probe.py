@@ -51,3 +51,13 @@ def probe(python: str, timeout: float = 60) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def caffe_info(app) -> dict:
+    """This install's pycaffe report, probed once per process (the web
+    process never imports caffe itself)."""
+    info = app.extensions.get("caffe_info")
+    if info is None or not info.get("ok"):
+        info = probe(str(app.config["CAFFE_PYTHON"]))
+        app.extensions["caffe_info"] = info
+    return info

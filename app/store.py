@@ -284,14 +284,6 @@ class Store(UserStore, DatasetStore):
                     if isinstance(fields.get("error"), dict) else None))
         return changed
 
-    def next_queued_job(self) -> dict | None:
-        """The oldest queued job that nobody asked to abort."""
-        q = (jobs.select().where(jobs.c.status == JobStatus.QUEUED.value)
-             .order_by(jobs.c.created_at, jobs.c.id).limit(1))
-        with self.engine.connect() as conn:
-            row = conn.execute(q).mappings().first()
-        return _decode(row) if row else None
-
     def job_events(self, job_id: str) -> list[dict]:
         """The job's status history, oldest first."""
         q = job_events.select().where(job_events.c.job_id == job_id).order_by(job_events.c.id)

@@ -24,21 +24,12 @@ def standard_networks() -> dict[str, str]:
     return {stem: names.get(stem, stem) for stem in sorted(p.stem for p in STANDARD_DIR.glob("*.prototxt"))}
 
 
-def _caffe_info() -> dict:
-    # Probed once per process in a subprocess: the web process never imports
-    # caffe itself.
-    info = current_app.extensions.get("caffe_info")
-    if info is None or not info.get("ok"):
-        from .probe import probe
-        info = probe(str(current_app.config["CAFFE_PYTHON"]))
-        current_app.extensions["caffe_info"] = info
-    return info
-
-
 @bp.get("/healthz")
 def healthz():
     """Liveness and what this install can do; no auth."""
-    caffe = _caffe_info()
+    from . import gpus
+    from .probe import caffe_info
+    caffe = caffe_info(current_app)
     store_ok = current_app.extensions["store"].ping()
     body = {
         "ok": bool(caffe.get("ok") and caffe.get("python_layer") and store_ok),
@@ -47,6 +38,7 @@ def healthz():
         "containment": current_app.extensions.get("containment", "none"),
         "store": {"ok": store_ok, "backend": current_app.extensions["store"].engine.dialect.name},
         "queue": current_app.config["QUEUE"],
+        "gpus": list(gpus.detect()),
     }
     resp = jsonify(body)
     resp.headers["Cache-Control"] = "no-store"
@@ -97,6 +89,9 @@ def _job_form() -> JobForm:
         SelectChoice(k, v) for k, v in standard_networks().items()]
     form.dataset.choices = [SelectChoice("", "— none (network brings its own data) —")] + [
         SelectChoice(d["id"], d["name"]) for d in jobs.ctx().store.list_datasets() if d["status"] == "done"]
+    from . import gpus
+    form.device.choices = list(form.device.choices[:3]) + [
+        SelectChoice(f"gpu:{g['index']}", f"GPU {g['index']}: {g['name']}") for g in gpus.detect()]
     if request.method == "GET" and not form.dataset.data and len(form.dataset.choices) > 1:
         form.dataset.data = form.dataset.choices[1].value
     return form

@@ -72,11 +72,14 @@ if [ "$CAFFE_GPU" = 1 ]; then
   LDFLAGS="$LDFLAGS $CUDA_LDFLAGS"
 fi
 
-key=$( { echo "$SDIST_SHA256 recipe$RECIPE"; cat "$HERE"/patches/caffe/*.patch;
+PATCHES=("$HERE"/patches/caffe/*.patch)
+[ "$CAFFE_GPU" = 1 ] && PATCHES+=("$HERE"/patches/caffe-cuda/*.patch)
+key=$( { echo "$SDIST_SHA256 recipe$RECIPE"; cat "${PATCHES[@]}";
          [ "$CAFFE_GPU" = 1 ] && cat "$HERE/scripts/cuda_env.sh";
          # The venv's path (numpy's include dir lives there) is not part of
          # the key: every clone of the project shares one cached build.
-         echo "${CXXFLAGS//$VENV/VENV} $LDFLAGS ${CMAKE_ARGS[*]} numpy$NPVER $(uname -m)"; } \
+         flags="$CXXFLAGS $LDFLAGS ${CMAKE_ARGS[*]}"
+         echo "${flags//$VENV/VENV} numpy$NPVER $(uname -m)"; } \
        | sha256sum | cut -c1-16)
 variant=$([ "$CAFFE_GPU" = 1 ] && echo gpu || echo cpu)
 out="$CACHE/build-$variant-$key"
@@ -87,7 +90,7 @@ if [ ! -f "$out/caffe/_caffe.so" ]; then
   rm -rf "$work" && mkdir -p "$work"
   tar -xzf "$sdist" -C "$work"
   src="$work/$SDIST_NAME-$SDIST_VERSION"
-  for p in "$HERE"/patches/caffe/*.patch; do
+  for p in "${PATCHES[@]}"; do
     log "patch $(basename "$p")"
     patch -p1 -s -d "$src" < "$p"
   done

@@ -27,11 +27,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3.11 -m venv "$VENV"
 fi
 stamp="$VENV/.requirements.sha256"
-want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-64)
+REQS=(-r requirements.txt -r requirements-dev.txt)
+[ "${CAFFE_GPU:-0}" = 1 ] && REQS+=(-r requirements-gpu.txt)
+want=$(echo "${REQS[*]}" | cat - requirements*.txt | sha256sum | cut -c1-64)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python requirements"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-      -r requirements.txt -r requirements-dev.txt 2> >(grep -v 'is ignored' >&2)
+      "${REQS[@]}" 2> >(grep -v 'is ignored' >&2)
   echo "$want" > "$stamp"
 fi
 

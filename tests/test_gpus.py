@@ -1,0 +1,59 @@
+"""GPU detection and allocation. This machine (and CI) has no GPU: detection
+must say so, `auto` must train on the CPU and `gpu` must be refused."""
+from __future__ import annotations
+
+from app import gpus
+from app.dispatch import Allocator
+from conftest import post, wait_for
+
+
+def test_no_gpu_here_is_detected_and_reported(client):
+    assert gpus.detect() == ()
+    assert gpus.device_nodes(0) == []
+    assert client.get("/healthz").get_json()["gpus"] == []
+
+
+def test_gpu_requests_are_400_without_a_gpu(client):
+    for device in ("gpu", "gpu:0", "gpu:3"):
+        resp = post(client, "/api/v1/jobs", max_iter=3, device=device)
+        assert resp.status_code == 400, device
+        body = resp.get_json()
+        assert body["error"] == "invalid_request" and body["details"][0]["field"] == "device"
+        assert "has none" in body["message"]
+    assert post(client, "/api/v1/jobs", max_iter=3, device="tpu").status_code == 400
+    assert client.get("/api/v1/jobs").get_json()["jobs"] == []
+
+
+def test_auto_trains_on_the_cpu(client, worker):
+    job = post(client, "/api/v1/jobs", max_iter=5, device="auto").get_json()
+    assert job["device"] == "auto"
+    done = wait_for(client, job["id"], {"done", "error"})
+    assert done["status"] == "done" and done["device"] == "cpu"
+    assert "gpu" not in done
+
+
+def test_device_messages():
+    assert gpus.parse_device("auto", 0, False) is None and gpus.parse_device("cpu", 0, True) is None
+    assert "built without CUDA" in gpus.parse_device("gpu", 2, False)
+    assert "GPUs 0..1" in gpus.parse_device("gpu:2", 2, True)
+    assert gpus.parse_device("gpu:1", 2, True) is None
+
+
+def test_allocator_one_job_per_gpu_then_cpu():
+    a = Allocator([0, 1], cpu_slots=1)
+    assert a.pick("gpu:1") == ("gpu", 1)
+    assert a.pick("gpu:1") is None            # busy: waits
+    assert a.pick("auto") == ("gpu", 0)       # auto takes a free GPU first
+    assert a.pick("gpu") is None              # none free: waits
+    assert a.pick("auto") == ("cpu", None)    # then the CPU
+    assert a.pick("auto") is None and a.pick("cpu") is None
+    a.release("gpu", 1)
+    assert a.pick("gpu") == ("gpu", 1)
+    a.release("cpu", None)
+    assert a.pick("cpu") == ("cpu", None)
+
+
+def test_allocator_without_gpus():
+    a = Allocator([], cpu_slots=2)
+    assert a.pick("auto") == ("cpu", None) and a.pick("cpu") == ("cpu", None)
+    assert a.pick("auto") is None and a.pick("gpu") is None
