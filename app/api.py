@@ -178,27 +178,68 @@ def download_job(job_id: str):
                      download_name=f"{job['id']}.tar.gz", max_age=0)
 
 
+@bp.post("/jobs/<job_id>/infer")
+def infer(job_id: str):
+    """Classify uploaded images with the job's latest (or ?snapshot=) model."""
+    from . import inference
+    job = _job(job_id)
+    raw = request.form.get("snapshot") or request.args.get("snapshot")
+    try:
+        snapshot = int(raw) if raw else None
+    except ValueError:
+        raise ApiError(400, "invalid_request", "snapshot must be an iteration number.") from None
+    files = [(f.stream, f.filename) for f in request.files.getlist("image")]
+    return _no_store(jsonify(inference.classify(jobs.ctx(), job, files, snapshot)))
+
+
 @bp.get("/datasets")
 def list_datasets():
-    """Datasets visible to everyone (built-in) and the user's own."""
-    return _no_store(jsonify({"datasets": [_dataset_json(d) for d in jobs.ctx().store.list_datasets()]}))
+    """Built-in datasets and the user's own."""
+    from . import dataset_service
+    user = current_user()
+    rows = [d for d in jobs.ctx().store.list_datasets() if dataset_service.visible(d, user)]
+    return _no_store(jsonify({"datasets": [dataset_service.to_json(d) for d in rows]}))
+
+
+@bp.post("/datasets")
+def create_dataset():
+    """202: the archive is stored and the dataset is built in the background."""
+    from . import dataset_service
+    if request.mimetype != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type", "Send multipart/form-data with an 'archive' file.")
+    archive = request.files.get("archive")
+    ds = dataset_service.create(jobs.ctx(), archive.stream if archive and archive.filename is not None else None,
+                                dict(request.form.items()), current_user()["name"])
+    resp = jsonify(dataset_service.to_json(ds))
+    resp.status_code = 202
+    resp.headers["Location"] = f"/api/v1/datasets/{ds['id']}"
+    return resp
+
+
+def _dataset(dataset_id: str) -> dict:
+    from . import dataset_service
+    ds = jobs.ctx().store.get_dataset(dataset_id)
+    if not dataset_service.visible(ds, current_user()):
+        raise ApiError(404, "not_found", "No such dataset.")
+    return ds
 
 
 @bp.get("/datasets/<dataset_id>")
 def get_dataset(dataset_id: str):
     """One dataset's JSON."""
-    d = jobs.ctx().store.get_dataset(dataset_id)
-    if d is None:
+    from . import dataset_service
+    return _no_store(jsonify(dataset_service.to_json(_dataset(dataset_id))))
+
+
+@bp.delete("/datasets/<dataset_id>")
+def delete_dataset(dataset_id: str):
+    """204; 409 while a job uses it."""
+    from . import dataset_service
+    ds = _dataset(dataset_id)
+    if ds["owner"] is None and not current_user().get("admin"):
         raise ApiError(404, "not_found", "No such dataset.")
-    return _no_store(jsonify(_dataset_json(d)))
-
-
-def _dataset_json(d: dict) -> dict:
-    info = d.get("info") or {}
-    return {"id": d["id"], "name": d["name"], "status": d["status"],
-            "num_classes": info.get("num_classes"), "labels": info.get("labels"),
-            "train_count": info.get("train_count"), "val_count": info.get("val_count"),
-            "image_shape": info.get("image_shape"), "error": d.get("error")}
+    dataset_service.delete(jobs.ctx(), ds)
+    return Response(status=204)
 
 
 @bp.get("/openapi.json")

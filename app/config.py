@@ -27,6 +27,9 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "VALIDATE_TIMEOUT": (60, int),          # seconds, wall clock
     "TRAIN_TIMEOUT": (24 * 3600, int),      # seconds, wall clock per job
     "MEMORY_LIMIT_MB": (8192, int),          # address space of user code
+    "DATASET_MAX_FILES": (200_000, int),     # entries in an uploaded archive
+    "DATASET_MAX_MB": (4096, int),           # uncompressed bytes in an archive
+    "DATASET_TIMEOUT": (3600, int),          # seconds to build one dataset
     "WORKER_CONCURRENCY": (0, int),         # 0: one per GPU, else 1
     "WORKER_POLL_SECONDS": (0.2, float),
     "SECRET_KEY": (None, str),

@@ -64,16 +64,20 @@ def stratified_split(labels: np.ndarray, val_percent: float, seed: int = 0
 
 def write_dataset(dest: Path, images: np.ndarray, labels: np.ndarray,
                   class_names: list[str], val_percent: float, name: str,
-                  seed: int = 0) -> dict:
-    """Write a complete dataset directory atomically and return its info."""
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+                  seed: int = 0, in_place: bool = False) -> dict:
+    """Write a complete dataset directory and return its info: atomically
+    (temp dir + rename), or straight into an existing ``dest`` (the sandboxed
+    builder, whose output its caller publishes)."""
+    tmp = dest if in_place else dest.with_name(dest.name + ".partial")
+    if not in_place:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     tr, va = stratified_split(labels, val_percent, seed)
     write_lmdb(tmp / "train_db", images[tr], labels[tr])
     write_lmdb(tmp / "val_db", images[va], labels[va])
-    write_mean(tmp / "mean.binaryproto", images[tr])
+    mean = write_mean(tmp / "mean.binaryproto", images[tr])
     (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in class_names))
+    _previews(tmp, mean, images, labels, len(class_names))
     info = {
         "name": name, "num_classes": len(class_names), "labels": class_names,
         "train_count": int(len(tr)), "val_count": int(len(va)),
@@ -83,9 +87,26 @@ def write_dataset(dest: Path, images: np.ndarray, labels: np.ndarray,
                       for i, c in enumerate(class_names)},
     }
     (tmp / "info.json").write_text(json.dumps(info, indent=1))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    if not in_place:
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
     return info
+
+
+def _previews(dest: Path, mean: np.ndarray, images: np.ndarray, labels: np.ndarray, n_classes: int,
+              per_class: int = 6) -> None:
+    # mean.png and samples/<class index>_<k>.png for the dataset page.
+    from PIL import Image
+
+    def save(arr: np.ndarray, path: Path) -> None:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+        Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(path)
+
+    save(mean, dest / "mean.png")
+    (dest / "samples").mkdir(exist_ok=True)
+    for cls in range(n_classes):
+        for k, idx in enumerate(np.flatnonzero(labels == cls)[:per_class]):
+            save(images[idx], dest / "samples" / f"{cls}_{k}.png")
 
 
 def sample_digits_arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -231,6 +231,11 @@ def recover(ctx: Context, stale_after: float | None = None) -> list[str]:
                                     error={"stage": "worker", "message": "The worker running this job "
                                            "stopped; resume it to continue from the last snapshot."}):
                 changed.append(job["id"])
+    if stale_after is None:
+        for ds in ctx.store.list_datasets(status="running"):
+            ctx.store.upsert_dataset(ds["id"], status="error",
+                                     error="The worker stopped while building this dataset; upload it again.")
+            ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]) / "build")
     return changed
 
 
@@ -275,10 +280,13 @@ class LocalSupervisor:
         self.ctx = ctx
         self.alloc = Allocator(gpu_indices or [], cpu_slots)
         self.threads: dict[str, threading.Thread] = {}
+        self.dataset_thread: threading.Thread | None = None
         self.stopping = threading.Event()
 
     def tick(self) -> None:
-        """Start every queued job whose device is free."""
+        """Start every queued job whose device is free, and the oldest queued
+        dataset build when none is running."""
+        self._datasets()
         self.threads = {j: t for j, t in self.threads.items() if t.is_alive()}
         for job in self.ctx.store.list_jobs(status=JobStatus.QUEUED.value)[::-1]:
             if self.stopping.is_set():
@@ -295,6 +303,15 @@ class LocalSupervisor:
             t = threading.Thread(target=self._run, args=(job["id"], slot), daemon=True)
             self.threads[job["id"]] = t
             t.start()
+
+    def _datasets(self) -> None:
+        if self.dataset_thread is not None and self.dataset_thread.is_alive():
+            return
+        queued = self.ctx.store.list_datasets(status="queued")
+        if queued and not self.stopping.is_set():
+            from .dataset_service import build
+            self.dataset_thread = threading.Thread(target=build, args=(self.ctx, queued[-1]["id"]), daemon=True)
+            self.dataset_thread.start()
 
     def _run(self, job_id: str, slot: tuple[str, int | None]) -> None:
         kind, index = slot

@@ -48,3 +48,24 @@ class LoginForm(FlaskForm):
 
     username = StringField("Username", validators=[DataRequired(), Length(max=80)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=200)])
+
+
+class DatasetForm(FlaskForm):
+    """New dataset from an image archive (one folder per class)."""
+
+    name = StringField("Dataset name", validators=[DataRequired(), Length(max=200)])
+    archive = FileField("Archive (zip or tar.gz, one folder per class)")
+    image_width = IntegerField("Image width", default=28, validators=[NumberRange(min=1, max=1024)])
+    image_height = IntegerField("Image height", default=28, validators=[NumberRange(min=1, max=1024)])
+    channels = SelectField("Channels", choices=[SelectChoice("1", "1 (grayscale)"), SelectChoice("3", "3 (RGB)")],
+                           default="3")
+    resize_mode = SelectField("Resize", choices=[SelectChoice(m) for m in ("squash", "crop", "fill", "half_crop")],
+                              default="squash")
+    val_percent = IntegerField("Validation %", default=25, validators=[NumberRange(min=0, max=90)])
+
+
+class InferForm(FlaskForm):
+    """Images to classify with a trained job."""
+
+    image = FileField("Images")
+    snapshot = SelectField("Snapshot", validators=[Optional()])

@@ -24,12 +24,13 @@ def ctx() -> Context:
     return current_app.extensions["ctx"]
 
 
-def ready_datasets(store: Store, ws: Workspace) -> dict[str, network.DatasetInfo]:
-    """Datasets a job can use, by id."""
+def ready_datasets(store: Store, ws: Workspace, user: dict | None = None) -> dict[str, network.DatasetInfo]:
+    """Datasets ``user`` may train on, by id."""
+    from .dataset_service import visible
     out = {}
     for d in store.list_datasets():
         info = d.get("info") or {}
-        if d["status"] == "done" and info.get("image_shape"):
+        if d["status"] == "done" and info.get("image_shape") and (user is None or visible(d, user)):
             out[d["id"]] = network.DatasetInfo(
                 path=ws.dataset_dir(d["id"]), num_classes=info["num_classes"],
                 image_shape=info["image_shape"], train_count=info["train_count"],
@@ -41,7 +42,8 @@ def _validate_into(upload: Upload, input_dir: Path, out_dir: Path) -> tuple[Prep
     from . import gpus
     from .probe import caffe_info
     c = ctx()
-    prepared = prepare(upload, input_dir, cfg=c.cfg, datasets=ready_datasets(c.store, c.ws))
+    from .auth import current_user
+    prepared = prepare(upload, input_dir, cfg=c.cfg, datasets=ready_datasets(c.store, c.ws, current_user()))
     found = gpus.detect()
     gpu_build = bool(caffe_info(current_app).get("gpu_build"))
     problem = gpus.parse_device(prepared.params["device"], len(found), gpu_build)

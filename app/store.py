@@ -148,11 +148,32 @@ class DatasetStore:
             row = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).mappings().first()
         return _decode(row) if row else None
 
-    def list_datasets(self) -> list[dict]:
+    def list_datasets(self, status: str | None = None) -> list[dict]:
         """All datasets, built-in first then newest."""
         q = datasets.select().order_by(datasets.c.owner.is_not(None), datasets.c.created_at.desc())
+        if status:
+            q = q.where(datasets.c.status == status)
         with self.engine.connect() as conn:
             return [_decode(r) for r in conn.execute(q).mappings()]
+
+    def claim_dataset(self, dataset_id: str, from_status: str, to_status: str) -> bool:
+        """Atomically move a dataset between states; False if it was not in ``from_status``."""
+        q = (datasets.update().where(datasets.c.id == dataset_id, datasets.c.status == from_status)
+             .values(status=to_status))
+        with self.engine.begin() as conn:
+            return conn.execute(q).rowcount > 0
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Remove a dataset record."""
+        with self.engine.begin() as conn:
+            conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
+
+    def jobs_using(self, dataset_id: str) -> list[str]:
+        """Ids of queued or running jobs that read this dataset."""
+        q = sa.select(jobs.c.id).where(jobs.c.dataset == dataset_id,
+                                       jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(q)]
 
 
 class UserStore:

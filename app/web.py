@@ -10,9 +10,10 @@ from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redi
 from . import jobs
 from .auth import current_user
 from .errors import ApiError
-from .forms import ActionForm, JobForm, LoginForm
+from .forms import ActionForm, DatasetForm, InferForm, JobForm, LoginForm
 from wtforms import SelectChoice
 from .submission import Upload
+from .workspace import Workspace
 
 bp = Blueprint("web", __name__)
 STANDARD_DIR = Path(__file__).resolve().parent / "standard_networks"
@@ -164,8 +165,11 @@ def job_page(job_id: str):
     path = jobs.ctx().ws.job_dir(job_id) / "validation" / "report.json"
     if path.is_file():
         report = json.loads(path.read_text())
+    infer_form = InferForm()
+    infer_form.snapshot.choices = [SelectChoice(str(s["iteration"]), f"iteration {s['iteration']}")
+                                   for s in reversed(job.get("snapshots") or [])]
     return render_template("web/job.html", job=job, data=jobs.to_json(job), events=store.job_events(job_id),
-                           report=report, action_form=ActionForm())
+                           report=report, action_form=ActionForm(), infer_form=infer_form)
 
 
 @bp.post("/jobs/<job_id>/<action>")
@@ -191,10 +195,85 @@ def job_action(job_id: str, action: str):
     return redirect(url_for("web.job_page", job_id=job_id), code=303)
 
 
+@bp.route("/datasets/new", methods=["GET", "POST"])
+def new_dataset():
+    """Upload an image archive; the dataset builds in the background."""
+    from . import dataset_service
+    form = DatasetForm()
+    error = None
+    if form.validate_on_submit():
+        f = form.archive.data
+        fields = {k: str(form[k].data) for k in ("name", "image_width", "image_height", "channels",
+                                                  "resize_mode", "val_percent")}
+        try:
+            ds = dataset_service.create(jobs.ctx(), f.stream if f is not None and getattr(f, "filename", None)
+                                        else None, fields, current_user()["name"])
+            return redirect(url_for("web.dataset_page", dataset_id=ds["id"]), code=303)
+        except ApiError as err:
+            if err.status >= 500:
+                raise
+            error = err
+    return render_template("web/new_dataset.html", form=form, error=error), (400 if error else 200)
+
+
+def _dataset(dataset_id: str) -> dict:
+    from . import dataset_service
+    ds = jobs.ctx().store.get_dataset(dataset_id)
+    if not dataset_service.visible(ds, current_user()):
+        abort(404)
+    return ds
+
+
 @bp.get("/datasets/<dataset_id>")
 def dataset_page(dataset_id: str):
-    """A dataset's counts and labels."""
-    d = jobs.ctx().store.get_dataset(dataset_id)
-    if d is None:
+    """A dataset: status and progress, counts, sample images, mean image."""
+    from . import dataset_service
+    ds = _dataset(dataset_id)
+    samples_dir = jobs.ctx().ws.dataset_dir(dataset_id) / "samples"
+    samples = sorted(p.name for p in samples_dir.glob("*.png")) if samples_dir.is_dir() else []
+    return render_template("web/dataset.html", dataset=ds, data=dataset_service.to_json(ds), samples=samples,
+                           action_form=ActionForm())
+
+
+@bp.get("/datasets/<dataset_id>/files/<path:name>")
+def dataset_file(dataset_id: str, name: str):
+    """The dataset's preview images only (mean.png, samples/*.png)."""
+    import re
+    if not re.fullmatch(r"mean\.png|samples/\d+_\d+\.png", name):
         abort(404)
-    return render_template("web/dataset.html", dataset=d)
+    path = jobs.ctx().ws.dataset_dir(_dataset(dataset_id)["id"]) / name
+    try:
+        with Workspace.open_regular(path) as fh:
+            data = fh.read(8 << 20)
+    except OSError:
+        abort(404)
+    return Response(data, mimetype="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@bp.post("/datasets/<dataset_id>/delete")
+def dataset_delete(dataset_id: str):
+    """Delete from the dataset page (409 page while a job uses it)."""
+    from . import dataset_service
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    ds = _dataset(dataset_id)
+    if ds["owner"] is None and not current_user().get("admin"):
+        abort(404)
+    dataset_service.delete(jobs.ctx(), ds)
+    flash(f"Deleted dataset {ds['name']}.")
+    return redirect(url_for("web.index"), code=303)
+
+
+@bp.post("/jobs/<job_id>/infer")
+def job_infer(job_id: str):
+    """Classify images from the job page."""
+    from . import inference
+    job = jobs.get(job_id, current_user())
+    form = InferForm()
+    form.snapshot.choices = [SelectChoice(str(s["iteration"])) for s in job.get("snapshots") or []]
+    if not form.validate_on_submit():
+        abort(400)
+    files = [(f.stream, f.filename) for f in request.files.getlist("image") if f.filename]
+    snap = int(form.snapshot.data) if form.snapshot.data else None
+    result = inference.classify(jobs.ctx(), job, files, snap)
+    return render_template("web/infer.html", job=job, result=result)

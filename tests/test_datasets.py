@@ -1,0 +1,169 @@
+"""Datasets from image archives: real PNGs (scikit-learn digits), the real
+contained builder, real LMDB; every bad-archive case."""
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+import zipfile
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import client_for, post, wait_for
+
+
+def _pngs(classes=(0, 1, 2), per_class=60, size=8):
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    out = {}
+    for c in classes:
+        idx = np.flatnonzero(d.target == c)[:per_class]
+        for k, i in enumerate(idx):
+            buf = io.BytesIO()
+            img = Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).resize((size * 3, size * 3))
+            img.save(buf, format="PNG")
+            out[f"digit_{c}/{k:03d}.png"] = buf.getvalue()
+    return out
+
+
+def _zip(files: dict[str, bytes], wrap: str = "") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(wrap + name, data)
+    return buf.getvalue()
+
+
+def _tgz(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+def _upload(client, archive: bytes, filename="digits.zip", **fields):
+    data = {"name": "three digits", "image_width": "28", "image_height": "28", "channels": "1",
+            "resize_mode": "squash", "val_percent": "25", **{k: str(v) for k, v in fields.items()}}
+    data["archive"] = (io.BytesIO(archive), filename)
+    return client.post("/api/v1/datasets", data=data, content_type="multipart/form-data")
+
+
+def _built(client, ds_id: str, timeout=60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        ds = client.get(f"/api/v1/datasets/{ds_id}").get_json()
+        if ds["status"] in ("done", "error") or time.monotonic() > deadline:
+            return ds
+        time.sleep(0.1)
+
+
+def test_archive_becomes_dataset_and_lenet_trains_on_it(app, client, worker):
+    files = _pngs()
+    files["digit_1/readme.txt"] = b"not an image"
+    t0 = time.monotonic()
+    resp = _upload(client, _zip(files, wrap="mydigits/"))
+    assert resp.status_code == 202 and resp.get_json()["status"] == "queued"
+    ds = _built(client, resp.get_json()["id"])
+    build_seconds = time.monotonic() - t0
+    assert ds["status"] == "done", ds["error"]
+    assert ds["labels"] == ["digit_0", "digit_1", "digit_2"] and ds["num_classes"] == 3
+    assert ds["image_shape"] == [1, 28, 28]
+    assert ds["train_count"] == 135 and ds["val_count"] == 45     # 25% of 60 per class, stratified
+    assert ds["per_class"]["digit_2"] == {"train": 45, "val": 15}
+    assert ds["skipped"] == {"not an image": 1}
+    root = app.config["JOBS_DIR"] + f"/datasets/{ds['id']}"
+    import os
+    assert sorted(os.listdir(root)) == ["build.log", "info.json", "labels.txt", "mean.binaryproto", "mean.png",
+                                        "samples", "train_db", "val_db"]
+    page = client.get(f"/datasets/{ds['id']}").get_data(as_text=True)
+    assert "digit_2" in page and "mean.png" in page and "samples/2_0.png" in page
+    assert client.get(f"/datasets/{ds['id']}/files/mean.png").mimetype == "image/png"
+    print(f"dataset build: {build_seconds:.2f} s")
+
+    job = post(client, "/api/v1/jobs", dataset=ds["id"], layer=None,
+               network=(Path(app.root_path) / "standard_networks" / "lenet.prototxt").read_text(),
+               train_epochs=8).get_json()
+    done = wait_for(client, job["id"], {"done", "error"})
+    assert done["status"] == "done", done["error"]
+    assert done["metrics"]["val"]["accuracy"] > 0.8
+    # held-out images (beyond the 60 per class used for the dataset)
+    held = {k: v for k, v in _pngs(per_class=80).items() if int(k.split("/")[1][:3]) >= 60}
+    data = {"image": [(io.BytesIO(v), k.replace("/", "_")) for k, v in held.items()]}
+    resp = client.post(f"/api/v1/jobs/{job['id']}/infer", data=data, content_type="multipart/form-data")
+    assert resp.status_code == 200, resp.get_json()
+    preds = resp.get_json()["predictions"]
+    assert len(preds) == len(held) == 60
+    right = sum(p["top"][0]["label"] == p["filename"].split("_")[0] + "_" + p["filename"].split("_")[1]
+                for p in preds)
+    assert right / len(preds) > 0.8, right
+    assert len(preds[0]["top"]) == 3 and abs(sum(t["probability"] for t in preds[0]["top"]) - 1) < 1e-3
+    assert client.delete(f"/api/v1/datasets/{ds['id']}").status_code == 204
+
+
+@pytest.mark.parametrize("case,archive,message", [
+    ("not an archive", b"just some bytes, no archive", "not a zip or tar"),
+    ("dotdot", _zip({"../evil/x.png": b"x", "a/1.png": b"x"}), "'..'"),
+    ("absolute", _tgz({"/etc/cron.d/x.png": b"x"}), "absolute"),
+    ("symlink", _tgz({"a/1.png": b"x"}, links={"b/passwd.png": "/etc/passwd"}), "link"),
+    ("one class", _zip({f"only/{i}.png": v for i, v in enumerate(list(_pngs((0,), 5).values()))}), "two class"),
+    ("empty class", _zip({**_pngs((0, 1), 5), "digit_9/notes.txt": b"hi"}), "without any image: digit_9"),
+])
+def test_bad_archives_fail_clearly_and_leave_nothing(app, client, worker, case, archive, message):
+    resp = _upload(client, archive, filename="x.tgz")
+    assert resp.status_code == 202
+    ds = _built(client, resp.get_json()["id"])
+    assert ds["status"] == "error" and message in ds["error"], (case, ds["error"])
+    import os
+    left = os.listdir(app.config["JOBS_DIR"] + f"/datasets/{ds['id']}")
+    assert left == ["build.log"], left                    # nothing half-made
+    assert "sample-digits" in [d["id"] for d in client.get("/api/v1/datasets").get_json()["datasets"]]
+
+
+def test_zip_bomb_is_capped(app, client, worker):
+    bomb = _zip({**_pngs((0, 1), 3), "digit_0/zeros.png": b"\0" * (8 << 20)})
+    assert len(bomb) < 100_000       # 8 MiB of zeros compress to almost nothing
+    app.config["DATASET_MAX_MB"] = 4  # the cap is fixed when the archive is accepted
+    ds = _built(client, _upload(client, bomb).get_json()["id"])
+    assert ds["status"] == "error" and "zip bomb" in ds["error"]
+
+
+def test_fields_are_checked(client):
+    resp = _upload(client, _zip(_pngs((0, 1), 2)), channels="2", resize_mode="stretch", image_width="0")
+    assert resp.status_code == 400
+    fields = {d["field"] for d in resp.get_json()["details"]}
+    assert fields == {"channels", "resize_mode", "image_width"}
+    assert client.get("/api/v1/datasets").get_json()["datasets"][0]["id"] == "sample-digits"
+
+
+@pytest.mark.parametrize("mode", ["squash", "crop", "fill", "half_crop"])
+def test_resize_modes(mode):
+    from app.dataset_build import resize
+    img = Image.fromarray(np.full((20, 40), 200, np.uint8), "L")
+    out = resize(img, 16, 16, mode, np.random.default_rng(0))
+    arr = np.asarray(out)
+    assert out.size == (16, 16)
+    if mode in ("squash", "crop"):
+        assert (arr == 200).all()
+    else:   # letterboxed: noise above and below the image
+        assert (arr[8] == 200).all() and not (arr[0] == 200).all()
+
+
+def test_dataset_in_use_cannot_be_deleted_and_others_cannot_see_it(app, client):
+    ds_id = _upload(client, _zip(_pngs((0, 1), 4))).get_json()["id"]
+    other = client_for(app, "eve")
+    assert other.get(f"/api/v1/datasets/{ds_id}").status_code == 404
+    assert ds_id not in [d["id"] for d in other.get("/api/v1/datasets").get_json()["datasets"]]
+    job = post(client, "/api/v1/jobs", max_iter=3).get_json()     # uses sample-digits, stays queued
+    resp = client.delete("/api/v1/datasets/sample-digits")
+    assert resp.status_code == 409 and job["id"] in resp.get_json()["details"][0]["message"]
