@@ -148,6 +148,44 @@ def new_job():
                            standard=standard_networks()), status
 
 
+def _svg(net) -> Response:
+    from .netdraw import render_svg
+    try:
+        svg = render_svg(net)
+    except RuntimeError as exc:
+        raise ApiError(500, "internal_error", str(exc)) from None
+    # An SVG may carry scripts: served with its own strict CSP, shown via <img>.
+    return Response(svg, mimetype="image/svg+xml",
+                    headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                             "Cache-Control": "private, no-store"})
+
+
+@bp.post("/networks/visualize")
+def visualize():
+    """The network in the form (file or text) as an SVG graph."""
+    from . import network
+    f = request.files.get("network")
+    text = f.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024) if f and f.filename else \
+        (request.form.get("network_text") or "").encode()
+    if not text.strip() and request.form.get("standard_network") in standard_networks():
+        text = (STANDARD_DIR / f"{request.form['standard_network']}.prototxt").read_bytes()
+    try:
+        net = network.parse(text.decode("utf-8"), "network.prototxt")
+    except (UnicodeDecodeError, network.NetworkError) as exc:
+        details = getattr(exc, "details", [{"field": "network", "message": "not UTF-8 text"}])
+        raise ApiError(400, "invalid_network", "The network cannot be drawn: it does not parse.", details) from None
+    return _svg(net.net)
+
+
+@bp.get("/jobs/<job_id>/network.svg")
+def job_network_svg(job_id: str):
+    """The job's network (as uploaded, all stages) as an SVG graph."""
+    from . import network
+    job = jobs.get(job_id, current_user())
+    text = (jobs.ctx().ws.input_dir(job["id"]) / "train_val.prototxt").read_text()
+    return _svg(network.parse(text).net)
+
+
 @bp.get("/networks/<name>.prototxt")
 def standard_network(name: str):
     """A standard network's text (the form's "customize" action)."""

@@ -37,3 +37,30 @@
     }).finally(function () { btn.disabled = false; btn.textContent = "Validate"; });
   });
 })();
+
+// "Visualize": draw the network (file, pasted text or standard network) as a
+// graph before submitting; the SVG is shown through an <img> (no scripts).
+(function () {
+  "use strict";
+  var btn = document.getElementById("visualize");
+  var form = document.getElementById("job-form");
+  var area = document.getElementById("netgraph-area");
+  var img = document.getElementById("netgraph");
+  if (!btn || !form || !area || !img) return;
+  btn.addEventListener("click", function () {
+    var data = new FormData(form);
+    fetch("/networks/visualize", { method: "POST", body: data, credentials: "same-origin",
+                                   headers: { "Accept": "application/json, image/svg+xml" } })
+      .then(function (r) {
+        if (!r.ok) return r.json().then(function (e) { throw new Error(e.message); });
+        return r.text();
+      })
+      .then(function (svg) {
+        img.src = "data:image/svg+xml;base64," + btoa(unescape(encodeURIComponent(svg)));
+        img.alt = "network graph";
+        area.hidden = false;
+        area.scrollIntoView({ behavior: "smooth" });
+      })
+      .catch(function (e) { area.hidden = false; img.removeAttribute("src"); img.alt = "Cannot draw: " + e.message; });
+  });
+})();
