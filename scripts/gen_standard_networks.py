@@ -1,0 +1,163 @@
+"""Write app/standard_networks/{alexnet,googlenet}.prototxt in the DIGITS
+all-in-one format (stages train/val/deploy, Data layers without source, the
+classifiers without num_output). Run: .venv/bin/python scripts/gen_standard_networks.py
+The files are committed; this script is how they were made."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from google.protobuf import text_format  # noqa: E402
+
+from app.caffe_proto import caffe_pb2  # noqa: E402
+
+pb = caffe_pb2()
+
+
+class Net:
+    """A tiny builder over NetParameter."""
+
+    def __init__(self, name: str) -> None:
+        self.net = pb.NetParameter(name=name)
+
+    def layer(self, name, type_, bottom=(), top=None, stage=None, not_deploy=False, **params):
+        lay = self.net.layer.add(name=name, type=type_, bottom=list(bottom), top=[top or name])
+        if stage:
+            lay.include.add(stage=[stage])
+        if not_deploy:
+            lay.exclude.add(stage=["deploy"])
+        for key, value in params.items():
+            if key == "lr":
+                for mult, decay in value:
+                    lay.param.add(lr_mult=mult, decay_mult=decay)
+            else:
+                text_format.Parse(value, getattr(lay, key))
+        return top or name
+
+    def data(self, crop: int, train_batch: int, val_batch: int) -> None:
+        for stage, batch, mirror in (("train", train_batch, "true"), ("val", val_batch, "false")):
+            lay = self.net.layer.add(name=f"{stage}-data", type="Data", top=["data", "label"])
+            lay.include.add(stage=[stage])
+            text_format.Parse(f"crop_size: {crop} mirror: {mirror}", lay.transform_param)
+            lay.data_param.batch_size = batch
+
+    def conv(self, name, bottom, n, k, s=1, p=0, g=1, std="xavier", bias=0.0, relu=True):
+        filler = 'weight_filler { type: "xavier" }' if std == "xavier" else \
+            f'weight_filler {{ type: "gaussian" std: {std} }}'
+        top = self.layer(name, "Convolution", [bottom], lr=[(1, 1), (2, 0)], convolution_param=(
+            f"num_output: {n} kernel_size: {k} stride: {s} pad: {p} group: {g} {filler} "
+            f"bias_filler {{ type: \"constant\" value: {bias} }}"))
+        if relu:
+            self.layer(f"{name}/relu" if "/" in name else f"relu_{name}", "ReLU", [top], top)
+        return top
+
+    def fc(self, name, bottom, n=None, std=0.005, bias=0.1, relu=False, drop=None):
+        num = f"num_output: {n} " if n else ""
+        top = self.layer(name, "InnerProduct", [bottom], lr=[(1, 1), (2, 0)], inner_product_param=(
+            f'{num}weight_filler {{ type: "gaussian" std: {std} }} bias_filler {{ type: "constant" value: {bias} }}'))
+        sub = (lambda what: f"{name}/{what}") if "/" in name else (lambda what: f"{what}_{name}")
+        if relu:
+            self.layer(sub("relu"), "ReLU", [top], top)
+        if drop:
+            self.layer(sub("drop"), "Dropout", [top], top, dropout_param=f"dropout_ratio: {drop}")
+        return top
+
+    def pool(self, name, bottom, k, s, kind="MAX", p=0):
+        return self.layer(name, "Pooling", [bottom], pooling_param=f"pool: {kind} kernel_size: {k} stride: {s} pad: {p}")
+
+    def lrn(self, name, bottom):
+        return self.layer(name, "LRN", [bottom], lrn_param="local_size: 5 alpha: 0.0001 beta: 0.75")
+
+    def heads(self, logits: str, loss_weight: float = 1.0, prefix: str = "", deploy_softmax: bool = True) -> None:
+        acc = f"{prefix}accuracy" if prefix else "accuracy"
+        self.layer(acc, "Accuracy", [logits, "label"], stage="val")
+        loss = self.layer(f"{prefix}loss" if prefix else "loss", "SoftmaxWithLoss", [logits, "label"],
+                          not_deploy=True)
+        if loss_weight != 1.0:
+            self.net.layer[-1].loss_weight.append(loss_weight)
+        if deploy_softmax:
+            self.layer("softmax", "Softmax", [logits], stage="deploy")
+        return loss
+
+    def text(self, header: str) -> str:
+        return header + text_format.MessageToString(self.net)
+
+
+def alexnet() -> str:
+    n = Net("AlexNet")
+    n.data(crop=227, train_batch=128, val_batch=32)
+    x = n.conv("conv1", "data", 96, 11, s=4, std=0.01)
+    x = n.pool("pool1", n.lrn("norm1", x), 3, 2)
+    x = n.conv("conv2", x, 256, 5, p=2, g=2, std=0.01, bias=0.1)
+    x = n.pool("pool2", n.lrn("norm2", x), 3, 2)
+    x = n.conv("conv3", x, 384, 3, p=1, std=0.01)
+    x = n.conv("conv4", x, 384, 3, p=1, g=2, std=0.01, bias=0.1)
+    x = n.conv("conv5", x, 256, 3, p=1, g=2, std=0.01, bias=0.1)
+    x = n.pool("pool5", x, 3, 2)
+    x = n.fc("fc6", x, 4096, relu=True, drop=0.5)
+    x = n.fc("fc7", x, 4096, relu=True, drop=0.5)
+    x = n.fc("fc8", x, std=0.01, bias=0.0)
+    n.heads(x)
+    return n.text("# AlexNet in the DIGITS all-in-one format (stages train/val/deploy).\n"
+                  "# Generated by scripts/gen_standard_networks.py. Needs images of at least 227x227\n"
+                  "# (DIGITS used 256x256 datasets); fc8 gets the dataset's class count.\n")
+
+
+def inception(n: Net, name: str, x: str, c1, r3, c3, r5, c5, pp) -> str:
+    p = f"inception_{name}/"
+    b1 = n.conv(p + "1x1", x, c1, 1)
+    b3 = n.conv(p + "3x3", n.conv(p + "3x3_reduce", x, r3, 1), c3, 3, p=1)
+    b5 = n.conv(p + "5x5", n.conv(p + "5x5_reduce", x, r5, 1), c5, 5, p=2)
+    bp = n.conv(p + "pool_proj", n.pool(p + "pool", x, 3, 1, p=1), pp, 1)
+    return n.layer(p + "output", "Concat", [b1, b3, b5, bp])
+
+
+def aux(n: Net, k: int, x: str) -> None:
+    p = f"loss{k}/"
+    y = n.pool(p + "ave_pool", x, 5, 3, kind="AVE")
+    y = n.conv(p + "conv", y, 128, 1)
+    y = n.fc(p + "fc", y, 1024, std=0.001, bias=0.2, relu=True, drop=0.7)
+    y = n.fc(p + "classifier", y, std=0.001, bias=0.0)
+    for lay in n.net.layer:
+        if lay.name.startswith(p):
+            lay.exclude.add(stage=["deploy"])   # auxiliary heads only train and validate
+    n.heads(y, loss_weight=0.3, prefix=p, deploy_softmax=False)
+
+
+def googlenet() -> str:
+    n = Net("GoogLeNet")
+    n.data(crop=224, train_batch=32, val_batch=16)
+    x = n.conv("conv1/7x7_s2", "data", 64, 7, s=2, p=3)
+    x = n.lrn("pool1/norm1", n.pool("pool1/3x3_s2", x, 3, 2))
+    x = n.conv("conv2/3x3", n.conv("conv2/3x3_reduce", x, 64, 1), 192, 3, p=1)
+    x = n.pool("pool2/3x3_s2", n.lrn("conv2/norm2", x), 3, 2)
+    x = inception(n, "3a", x, 64, 96, 128, 16, 32, 32)
+    x = inception(n, "3b", x, 128, 128, 192, 32, 96, 64)
+    x = n.pool("pool3/3x3_s2", x, 3, 2)
+    x = inception(n, "4a", x, 192, 96, 208, 16, 48, 64)
+    aux(n, 1, x)
+    x = inception(n, "4b", x, 160, 112, 224, 24, 64, 64)
+    x = inception(n, "4c", x, 128, 128, 256, 24, 64, 64)
+    x = inception(n, "4d", x, 112, 144, 288, 32, 64, 64)
+    aux(n, 2, x)
+    x = inception(n, "4e", x, 256, 160, 320, 32, 128, 128)
+    x = n.pool("pool4/3x3_s2", x, 3, 2)
+    x = inception(n, "5a", x, 256, 160, 320, 32, 128, 128)
+    x = inception(n, "5b", x, 384, 192, 384, 48, 128, 128)
+    x = n.pool("pool5/7x7_s1", x, 7, 1, kind="AVE")
+    n.layer("pool5/drop_7x7_s1", "Dropout", [x], x, dropout_param="dropout_ratio: 0.4")
+    x = n.fc("loss3/classifier", x, std=0.01, bias=0.0)
+    n.heads(x, prefix="loss3/")
+    return n.text("# GoogLeNet in the DIGITS all-in-one format (stages train/val/deploy), with the\n"
+                  "# two auxiliary classifiers in train/val only. Generated by\n"
+                  "# scripts/gen_standard_networks.py. Needs images of at least 224x224.\n")
+
+
+if __name__ == "__main__":
+    out = ROOT / "app" / "standard_networks"
+    (out / "alexnet.prototxt").write_text(alexnet())
+    (out / "googlenet.prototxt").write_text(googlenet())
+    print("wrote", out / "alexnet.prototxt", out / "googlenet.prototxt")
