@@ -34,9 +34,14 @@ def browser(tmp_path):
 
 
 def _wait(fn, timeout=90.0, every=0.2):
+    """Poll ``fn`` until truthy; a page still navigating counts as "not yet"."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     deadline = time.monotonic() + timeout
     while True:
-        value = fn()
+        try:
+            value = fn()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -53,7 +58,10 @@ def _login(browser, server, instance: Path) -> None:
     browser.find_element(By.ID, "username").send_keys(creds["user"])
     browser.find_element(By.ID, "password").send_keys(creds["password"])
     browser.find_element(By.ID, "login").click()
-    _wait(lambda: browser.current_url.endswith("/jobs/new"))
+    # The redirected page itself, not just its URL: a get() issued while it
+    # still loads would race it.
+    _wait(lambda: browser.current_url.endswith("/jobs/new") and browser.find_elements(By.ID, "job-form")
+          and browser.execute_script("return document.readyState") == "complete")
 
 
 def test_new_user_trains_seed_lenet_in_the_browser(server, browser, tmp_path):
@@ -111,3 +119,48 @@ def test_new_user_trains_seed_lenet_in_the_browser(server, browser, tmp_path):
         assert resp.headers["Content-Type"] == "application/gzip" and len(resp.read()) > 100_000
     csp = [e for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
     assert csp == []
+
+
+def test_whole_digits_round_in_the_browser(server, browser, tmp_path):
+    """Images -> dataset -> LeNet + the seed's Python layer -> train -> classify."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from test_datasets import _pngs, _zip
+    server, instance = server
+    archive = tmp_path / "three_digits.zip"
+    archive.write_bytes(_zip(_pngs(per_class=60), wrap="three_digits/"))
+    held = tmp_path / "digit_2_held_out.png"
+    held.write_bytes(_pngs(classes=(2,), per_class=70)["digit_2/065.png"])
+    _login(browser, server, instance)
+
+    browser.get(server + "/datasets/new")
+    browser.find_element(By.ID, "name").send_keys("three digits")
+    browser.find_element(By.ID, "archive").send_keys(str(archive))
+    Select(browser.find_element(By.ID, "channels")).select_by_value("1")
+    t0 = time.monotonic()
+    browser.find_element(By.ID, "create-dataset").click()
+    _wait(lambda: browser.find_element(By.ID, "status").text == "done", timeout=60, every=0.1)
+    print(f"dataset built (browser view): {time.monotonic() - t0:.2f} s")
+    assert "digit_2" in browser.page_source and len(browser.find_elements(By.CSS_SELECTOR, ".samples img")) == 18
+    dataset_id = browser.find_element(By.ID, "dataset").get_attribute("data-dataset-id")
+
+    browser.get(server + "/jobs/new")
+    Select(browser.find_element(By.ID, "dataset")).select_by_value(dataset_id)
+    browser.find_element(By.ID, "network").send_keys(str(DATA / "lenet_seed.prototxt"))
+    browser.find_element(By.ID, "python_layer").send_keys(str(DATA / "seed_accuracy_layer.py"))
+    browser.find_element(By.ID, "train_epochs").clear()
+    browser.find_element(By.ID, "train_epochs").send_keys("10")
+    browser.find_element(By.ID, "visualize").click()
+    _wait(lambda: (browser.find_element(By.ID, "netgraph").get_attribute("src") or "").startswith("data:image/svg"),
+          timeout=20)
+    browser.find_element(By.ID, "create").click()
+    _wait(lambda: (s := browser.find_element(By.ID, "status").text) in ("done", "error") and s, timeout=120)
+    assert browser.find_element(By.ID, "status").text == "done"
+    browser.refresh()   # the classify form appears once snapshots exist
+    browser.find_element(By.ID, "image").send_keys(str(held))
+    browser.find_element(By.ID, "btn-infer").click()
+    first = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#predictions ol.top li strong"))[0]
+    assert first.text == "digit_2"
+    shots = Path(os.environ.get("LAYERBENCH_SCREENSHOTS", tmp_path))
+    browser.save_screenshot(str(shots / "classified.png"))
