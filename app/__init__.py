@@ -19,6 +19,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     if overrides and "INSTANCE_DIR" in overrides and "DATABASE_URL" not in overrides:
         cfg["DATABASE_URL"] = f"sqlite:///{Path(cfg['INSTANCE_DIR']) / 'layerbench.sqlite3'}"
 
+    if cfg["QUEUE"] != "local":
+        # Celery scale-out is designed (dispatch.run_job is what a task would
+        # call) but not built yet; refusing beats queueing jobs nobody runs.
+        raise RuntimeError(f"LAYERBENCH_QUEUE={cfg['QUEUE']!r} is not supported yet; use 'local'.")
     app = Flask(__name__, instance_path=str(Path(cfg["INSTANCE_DIR"]).resolve()),
                 template_folder=str(config.ROOT / "templates"),
                 static_folder=str(config.ROOT / "static"))

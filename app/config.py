@@ -17,7 +17,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "JOBS_DIR": (str(ROOT / "jobs"), str),
     "INSTANCE_DIR": (str(ROOT / "instance"), str),
     "DATABASE_URL": (None, str),
-    "QUEUE": ("local", str),                # local | celery
+    "QUEUE": ("local", str),                # local (celery: not built yet)
     "REDIS_URL": ("redis://127.0.0.1:6379/0", str),
     "MAX_UPLOAD_MB": (64, int),
     "MAX_LAYER_FILE_KB": (512, int),

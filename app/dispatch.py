@@ -4,7 +4,7 @@
 store, starts ``app.train`` in the sandbox, turns the runner's files into store
 updates, passes aborts on, and always records a final state. The ``local``
 queue is a supervisor on this machine that calls it for queued jobs in
-submission order; the ``celery`` queue calls the same function in a task.
+submission order; a Celery task (not built yet) would call the same function.
 """
 from __future__ import annotations
 

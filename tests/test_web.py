@@ -109,3 +109,10 @@ def test_sse_stream_replays_and_ends(client, worker):
     assert resp.mimetype == "text/event-stream"
     events = re.findall(r"^event: (\w+)$", body, flags=re.M)
     assert events[0] == "status" and "metrics" in events and "log" in events and events[-1] == "end"
+
+
+def test_unsupported_queue_is_refused_at_start(tmp_path):
+    import pytest
+    from app import create_app
+    with pytest.raises(RuntimeError, match="not supported yet"):
+        create_app({"INSTANCE_DIR": str(tmp_path / "i"), "JOBS_DIR": str(tmp_path / "j"), "QUEUE": "celery"})
