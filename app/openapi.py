@@ -44,6 +44,10 @@ def _op(summary: str, responses: dict, body: dict | None = None, params: list | 
     return op
 
 
+def _ds_id() -> list:
+    return [{"name": "dataset_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
 def spec() -> dict:
     """The OpenAPI document."""
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -98,9 +102,28 @@ def spec() -> dict:
                 "202": _json(_ref("Job"), "Queued again"), "409": _ERRORS["409"]}, params=jid)},
             "/api/v1/jobs/{job_id}/download": {"get": _op("Model tarball", {"200": {
                 "description": "tar.gz", "content": {"application/gzip": {}}}}, params=jid)},
-            "/api/v1/datasets": {"get": _op("Datasets", {"200": _json({"type": "object", "properties": {
-                "datasets": {"type": "array", "items": _ref("Dataset")}}}, "Datasets")})},
-            "/api/v1/datasets/{dataset_id}": {"get": _op("One dataset", {"200": _json(_ref("Dataset"), "The dataset")},
-                params=[{"name": "dataset_id", "in": "path", "required": True, "schema": {"type": "string"}}])},
+            "/api/v1/jobs/{job_id}/infer": {"post": _op("Classify images with a snapshot", {
+                "200": _json({"type": "object", "properties": {"predictions": {"type": "array"}}},
+                             "Top-5 labels per image"), **errs, "409": _ERRORS["409"]},
+                {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "snapshot": {"type": "integer"}}}}}}, params=jid)},
+            "/api/v1/datasets": {
+                "get": _op("Datasets", {"200": _json({"type": "object", "properties": {
+                    "datasets": {"type": "array", "items": _ref("Dataset")}}}, "Datasets")}),
+                "post": _op("Build a dataset from an image archive", {"202": _json(_ref("Dataset"), "Queued"), **errs},
+                            {"required": True, "content": {"multipart/form-data": {"schema": {
+                                "type": "object", "required": ["name", "archive", "image_width", "image_height"],
+                                "properties": {"name": {"type": "string"},
+                                               "archive": {"type": "string", "format": "binary"},
+                                               "image_width": {"type": "integer"}, "image_height": {"type": "integer"},
+                                               "channels": {"type": "integer", "enum": [1, 3]},
+                                               "resize_mode": {"type": "string",
+                                                               "enum": ["squash", "crop", "fill", "half_crop"]},
+                                               "val_percent": {"type": "number", "default": 25}}}}}})},
+            "/api/v1/datasets/{dataset_id}": {
+                "get": _op("One dataset", {"200": _json(_ref("Dataset"), "The dataset")}, params=_ds_id()),
+                "delete": _op("Delete a dataset (409 while a job uses it)", {"204": {"description": "Deleted"},
+                                                                            "409": _ERRORS["409"]}, params=_ds_id())},
         },
     }

@@ -33,10 +33,6 @@ JOBS=${CAFFE_JOBS:-$(nproc)}
 log() { printf '[build_caffe] %s\n' "$*" >&2; }
 
 mkdir -p "$CACHE/sdist"
-# One build at a time per cache: concurrent setups (make run + make test)
-# would otherwise share and delete each other's work directory.
-exec 9>"$CACHE/.lock"
-flock 9
 sdist="$CACHE/sdist/$SDIST_NAME-$SDIST_VERSION.tar.gz"
 if [ ! -f "$sdist" ] || ! echo "$SDIST_SHA256  $sdist" | sha256sum -c --status; then
   log "downloading $SDIST_NAME==$SDIST_VERSION (sdist) with pip"
@@ -83,6 +79,11 @@ key=$( { echo "$SDIST_SHA256 recipe$RECIPE"; cat "${PATCHES[@]}";
        | sha256sum | cut -c1-16)
 variant=$([ "$CAFFE_GPU" = 1 ] && echo gpu || echo cpu)
 out="$CACHE/build-$variant-$key"
+# One build per key at a time: concurrent setups of the same build (make run
+# + make test) would share and delete each other's work directory; other
+# variants (a GPU build) do not block this one.
+exec 9>"$CACHE/.lock-$variant-$key"
+flock 9
 
 if [ ! -f "$out/caffe/_caffe.so" ]; then
   log "building pycaffe ($variant, key $key) with $JOBS jobs; this takes several minutes"
