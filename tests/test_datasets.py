@@ -138,6 +138,12 @@ def test_zip_bomb_is_capped(app, client, worker):
     assert ds["status"] == "error" and "zip bomb" in ds["error"]
 
 
+def test_too_many_files_is_capped(app, client, worker):
+    app.config["DATASET_MAX_FILES"] = 10
+    ds = _built(client, _upload(client, _zip(_pngs((0, 1), 8))).get_json()["id"])
+    assert ds["status"] == "error" and "more than 10 files" in ds["error"]
+
+
 def test_fields_are_checked(client):
     resp = _upload(client, _zip(_pngs((0, 1), 2)), channels="2", resize_mode="stretch", image_width="0")
     assert resp.status_code == 400

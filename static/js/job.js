@@ -81,6 +81,9 @@
     setText("progress-text", (j.progress * 100).toFixed(1) + "%");
     setText("iteration", j.iteration); setText("max-iter", j.max_iter);
     setText("epoch", j.epoch); setText("eta", fmtEta(j.eta_seconds)); setText("device", j.device);
+    // NVML figures while a GPU job runs (job JSON "gpu").
+    setText("gpu-usage", j.gpu ? " (GPU " + j.gpu.utilization_percent + "% busy, " +
+            j.gpu.memory_used_mb + "/" + j.gpu.memory_total_mb + " MiB)" : "");
     var tbody = document.querySelector("#snapshots tbody");
     tbody.textContent = "";
     (j.snapshots || []).forEach(function (s) {
