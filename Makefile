@@ -5,7 +5,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-gpu-build bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,8 +16,14 @@ run: setup
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# The CUDA build of Caffe in its own venv, then the whole suite with it: on a
+# machine without a GPU everything must still pass in CPU mode.
+test-gpu-build:
+	VENV=.venv-gpu CAFFE_GPU=1 bash scripts/setup.sh
+	.venv-gpu/bin/python -m pytest $(PYTEST_ARGS)
+
 bench: setup
 	$(VENV)/bin/python -m bench
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache
+	rm -rf $(VENV) .venv-gpu instance .pytest_cache
