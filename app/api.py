@@ -99,7 +99,7 @@ def job_log(job_id: str):
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str):
     """Server-Sent Events: status, metrics, log; ends when the job ends."""
-    job = _job(job_id)
+    _job(job_id)   # 404 unless visible to this user
     store, ws = jobs.ctx().store, jobs.ctx().ws
 
     def stream():

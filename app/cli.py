@@ -72,7 +72,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
 def worker(slots: int | None) -> None:
     """Run the local job supervisor until SIGTERM/Ctrl-C."""
     from . import gpus
-    from .dispatch import LocalSupervisor
+    from .supervisor import LocalSupervisor
     from .probe import caffe_info
     ctx = current_app.extensions["ctx"]
     found = [g["index"] for g in gpus.detect()] if caffe_info(current_app).get("gpu_build") else []

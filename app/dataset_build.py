@@ -81,7 +81,7 @@ def members(path: str, max_files: int, max_bytes: int):
             yield p, tf.extractfile(info).read()
 
 
-def _noise(size: tuple[int, int], mode: str, rng) -> "Image.Image":
+def _noise(size: tuple[int, int], mode: str, rng):
     from PIL import Image
     shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
     return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)

@@ -3,7 +3,7 @@ must say so, `auto` must train on the CPU and `gpu` must be refused."""
 from __future__ import annotations
 
 from app import gpus
-from app.dispatch import Allocator
+from app.supervisor import Allocator
 from conftest import post, wait_for
 
 
