@@ -161,11 +161,12 @@ def _watch(ctx: Context, job_id: str, proc: subprocess.Popen, limits: sandbox.Li
     while True:
         done = proc.poll() is not None
         job = store.get_job(job_id)
+        if job is None:          # deleted while running: stop it, record nothing
+            sandbox.kill(proc)
+            return JobStatus.ABORTED.value, None
         fields = _fold(job, tail.lines())
         fields.update(_progress(out / "progress.json"))
         store.update_job(job_id, heartbeat_at=time.time(), **fields)
-        if job is None:
-            return JobStatus.ABORTED.value, None
         stopping = shutdown is not None and shutdown.is_set()
         if (job["abort_requested"] or stopping) and not aborting:
             aborting = True
