@@ -224,3 +224,15 @@ def server(tmp_path, sample_datasets):
     log.close()
 
 
+
+
+def no_live_sandbox_processes(timeout: float = 10.0) -> bool:
+    """No live process of the sandbox uid is left (zombies, state Z, are
+    exited processes waiting for PID 1 to reap them: they cannot run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = subprocess.run(["ps", "-u", "65534", "-o", "stat="], capture_output=True, text=True).stdout.split()
+        if all(s.startswith("Z") for s in states):
+            return True
+        time.sleep(0.1)
+    return False

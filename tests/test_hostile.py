@@ -9,14 +9,13 @@ import hashlib
 import io
 import os
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import LENET_SEED, SEED_LAYER, client_for, line_of, post, wait_for
+from conftest import LENET_SEED, SEED_LAYER, client_for, line_of, no_live_sandbox_processes, post, wait_for
 
 MARK = "layerbench-pwned"
 
@@ -48,16 +47,7 @@ def guard(app, client, tmp_path):
            if not p.name.startswith("layerbench.sqlite3") and p.name != "worker.log"}
     assert new == set(), f"written outside the job directories: {new}"
     assert not list(Path("/tmp").glob(f"{MARK}*")), "a marker reached the host's /tmp"
-    assert _no_sandbox_processes(), "a sandboxed process outlived its run"
-
-
-def _no_sandbox_processes(timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not subprocess.run(["pgrep", "-u", "65534"], capture_output=True, text=True).stdout.strip():
-            return True
-        time.sleep(0.1)
-    return False
+    assert no_live_sandbox_processes(), "a sandboxed process outlived its run"
 
 
 def _valid(client, layer: str, **kw) -> dict:

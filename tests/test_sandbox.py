@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app import sandbox
-from conftest import _traversable
+from conftest import _traversable, no_live_sandbox_processes
 
 
 @pytest.fixture
@@ -76,15 +75,6 @@ def test_reads_and_writes_are_confined(box, tmp_path, app):
     assert not (tmp_path / "outside.txt").exists() and not (inp / "new").exists()
 
 
-def _no_sandbox_processes(timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not subprocess.run(["pgrep", "-u", str(sandbox.NOBODY)], capture_output=True, text=True).stdout.strip():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_wall_clock_kills_everything_including_daemons(box, tmp_path):
     run, inp, out = box
     marker = f"layerbench-daemon-{os.getpid()}-{time.monotonic_ns()}"
@@ -95,7 +85,7 @@ def test_wall_clock_kills_everything_including_daemons(box, tmp_path):
     t0 = time.monotonic()
     result, log = run(code, wall=2)
     assert result.timed_out and time.monotonic() - t0 < 10
-    assert _no_sandbox_processes()
+    assert no_live_sandbox_processes()
 
 
 def test_daemon_dies_when_the_main_process_exits(box):
@@ -114,7 +104,7 @@ def test_fork_bomb_is_bounded(box):
     result, log = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
                       wall=3, processes=64)
     assert result.timed_out
-    assert _no_sandbox_processes()
+    assert no_live_sandbox_processes()
 
 
 def test_memory_limit(box):
