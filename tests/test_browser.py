@@ -164,3 +164,39 @@ def test_whole_digits_round_in_the_browser(server, browser, tmp_path):
     assert first.text == "digit_2"
     shots = Path(os.environ.get("LAYERBENCH_SCREENSHOTS", tmp_path))
     browser.save_screenshot(str(shots / "classified.png"))
+
+
+def test_job_list_updates_live(server, browser):
+    from selenium.webdriver.common.by import By
+    import json
+    server, instance = server
+    creds = dict(line.split(": ", 1) for line in (instance / "initial-credentials.txt").read_text().splitlines())
+    _login(browser, server, instance)
+
+    def api(method: str, path: str, fields: dict | None = None):
+        import uuid
+        body, headers = None, {"Authorization": f"Bearer {creds['token']}"}
+        if fields is not None:
+            boundary = uuid.uuid4().hex
+            parts = []
+            for k, (name, data) in fields.items():
+                disp = f'form-data; name="{k}"' + (f'; filename="{name}"' if name else "")
+                parts.append(f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n")
+            body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+            headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        req = urllib.request.Request(server + path, data=body, headers=headers, method=method)
+        with urllib.request.urlopen(req) as resp:
+            return json.loads(resp.read() or b"null")
+
+    job = api("POST", "/api/v1/jobs", {
+        "network": ("n.prototxt", (DATA / "lenet_seed.prototxt").read_bytes()),
+        "python_layer": ("l.py", (DATA / "seed_accuracy_layer.py").read_bytes()),
+        "dataset": (None, b"sample-digits"), "max_iter": (None, b"100000")})
+    browser.get(server + "/")
+    row = f'#jobs tr[data-job-id="{job["id"]}"]'
+    _wait(lambda: browser.find_element(By.CSS_SELECTOR, row + " .status").text == "running", timeout=30)
+    first = float(browser.find_element(By.CSS_SELECTOR, row + " progress").get_attribute("value"))
+    _wait(lambda: float(browser.find_element(By.CSS_SELECTOR, row + " progress").get_attribute("value")) > first,
+          timeout=30)
+    api("POST", f"/api/v1/jobs/{job['id']}/abort")
+    _wait(lambda: browser.find_element(By.CSS_SELECTOR, row + " .status").text == "aborted", timeout=30)
