@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -74,6 +75,29 @@ def current_user() -> dict:
     return g.user
 
 
+_TOKEN_CACHE: dict[str, tuple[float, dict]] = {}
+TOKEN_CACHE_SECONDS = 10.0
+
+
+def user_for_token(token: str) -> dict | None:
+    """The user of an API token. Positive answers are cached for 10 s per
+    process (clients poll job JSON many times a second; the lookup was a
+    third of that route's time). Tokens cannot be revoked yet; whoever adds
+    revocation must clear this cache or accept the 10 s."""
+    key = token_hash(token)
+    now = time.monotonic()
+    hit = _TOKEN_CACHE.get(key)
+    if hit and hit[0] > now:
+        return hit[1]
+    row = _store().user_for_token(key)
+    if row is not None:
+        if len(_TOKEN_CACHE) > 4096:
+            _TOKEN_CACHE.clear()
+        _TOKEN_CACHE[key] = (now + TOKEN_CACHE_SECONDS, {"name": row["name"], "admin": bool(row["admin"])})
+        return _TOKEN_CACHE[key][1]
+    return None
+
+
 def _bearer() -> str | None:
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
@@ -86,10 +110,10 @@ def _authenticate() -> None:
         return None
     token = _bearer()
     if token is not None:
-        row = _store().user_for_token(token_hash(token))
-        if row is None:
+        user = user_for_token(token)
+        if user is None:
             raise ApiError(401, "unauthorized", "The API token is not valid.")
-        g.user = {"name": row["name"], "admin": bool(row["admin"])}
+        g.user = dict(user)
         g.via_token = True
         return None
     if login_user_proxy.is_authenticated:

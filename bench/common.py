@@ -29,6 +29,17 @@ def make_app(root: Path, **overrides):
                        "WORKER_POLL_SECONDS": 0.2, **overrides})
 
 
+def client(app):
+    """A test client with an API token (as admin), like a real API client."""
+    from app import auth
+    with app.app_context():
+        token = auth.new_token("admin")
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    c.token = token
+    return c
+
+
 def upload(**fields) -> dict:
     """Multipart fields for the LeNet + seed-layer job."""
     data = {k: str(v) for k, v in fields.items()}

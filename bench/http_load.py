@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from .common import ROOT, cleanup, make_app, temp_root, upload
+from .common import client as common_client, ROOT, cleanup, make_app, temp_root, upload
 
 
 def _port() -> int:
@@ -35,13 +35,17 @@ def _up(port: int, path: str, timeout: float = 30) -> None:
     raise RuntimeError(f"server on {port} did not come up")
 
 
-def _wrk(port: int, path: str, seconds: int = 6) -> float:
-    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", f"http://127.0.0.1:{port}{path}"],
-                         capture_output=True, text=True, check=True).stdout
+def _wrk(port: int, path: str, token: str, seconds: int = 6) -> float:
+    # Both routes get the same header, so the comparison is like for like.
+    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "-H", f"Authorization: Bearer {token}",
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise RuntimeError(f"{path}: {non2xx.group(1)} error responses")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
-def _fixed_rate(port: int, path: str, rate: float, seconds: float, threads: int = 16) -> list[float]:
+def _fixed_rate(port: int, path: str, token: str, rate: float, seconds: float, threads: int = 16) -> list[float]:
     total = int(rate * seconds)
     t0 = time.perf_counter() + 0.2
     lock, nxt, lat = threading.Lock(), [0], []
@@ -58,9 +62,11 @@ def _fixed_rate(port: int, path: str, rate: float, seconds: float, threads: int 
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            conn.request("GET", path)
+            conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
             resp = conn.getresponse()
             resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"{path}: HTTP {resp.status}")
             lat.append(time.perf_counter() - due)
 
     ts = [threading.Thread(target=worker) for _ in range(threads)]
@@ -80,7 +86,7 @@ def run() -> dict:
     procs = []
     try:
         app = make_app(root)   # builds sample-digits, creates the database
-        client = app.test_client()
+        client = common_client(app)
         job = client.post("/api/v1/jobs", data=upload(max_iter=5), content_type="multipart/form-data").get_json()
         env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(root / "instance"),
                    LAYERBENCH_JOBS_DIR=str(root / "jobs"))
@@ -94,8 +100,8 @@ def run() -> dict:
         _up(p_triv, "/ping")
         rps_job, rps_triv = [], []
         for _ in range(2):
-            rps_triv.append(_wrk(p_triv, "/ping"))
-            rps_job.append(_wrk(p_app, route))
+            rps_triv.append(_wrk(p_triv, "/ping", client.token))
+            rps_job.append(_wrk(p_app, route, client.token))
         procs[1].terminate()
         # A job trains while the job route is polled at 200 req/s.
         procs.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"], cwd=ROOT,
@@ -107,7 +113,7 @@ def run() -> dict:
             if time.monotonic() > deadline:
                 raise RuntimeError("training job did not start")
             time.sleep(0.2)
-        lat = _fixed_rate(p_app, f"/api/v1/jobs/{train['id']}", 200, 10)
+        lat = _fixed_rate(p_app, f"/api/v1/jobs/{train['id']}", client.token, 200, 10)
         running = client.get(f"/api/v1/jobs/{train['id']}").get_json()["status"]
         client.post(f"/api/v1/jobs/{train['id']}/abort")
 

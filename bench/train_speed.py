@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .common import ROOT, cleanup, make_app, median, records, temp_root, upload, wait
+from .common import client as common_client, ROOT, cleanup, make_app, median, records, temp_root, upload, wait
 
 BASELINE = r"""
 import os, sys, time, json
@@ -40,7 +40,7 @@ def run(rounds: int = 3, iters: int = 300) -> dict:
     root = temp_root()
     try:
         app = make_app(root)
-        client = app.test_client()
+        client = common_client(app)
         sup = LocalSupervisor(app.extensions["ctx"], 1)
         threading.Thread(target=sup.serve_forever, daemon=True).start()
         job_ips, base_ips = [], []

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
-from .common import cleanup, make_app, median, records, temp_root, upload, wait
+from .common import client as common_client, cleanup, make_app, median, records, temp_root, upload, wait
 
 
 def _validate_times(app, n: int) -> list[float]:
-    client = app.test_client()
+    client = common_client(app)
     out = []
     for _ in range(n):
         t = time.perf_counter()
@@ -32,7 +32,7 @@ def run(n: int = 7) -> dict:
         for _ in range(n):  # alternate to share any drift
             c_times += _validate_times(contained, 1)
             b_times += _validate_times(bare, 1)
-        client = contained.test_client()
+        client = common_client(contained)
         sup = LocalSupervisor(contained.extensions["ctx"], 1)
         threading.Thread(target=sup.serve_forever, daemon=True).start()
         beyond = []
