@@ -90,6 +90,9 @@ class Runner:
         epoch = (lambda it: round(it / per_epoch, 4)) if per_epoch else (lambda it: None)
         net = solver.net
         outputs = list(net.outputs)
+        # pycaffe's net.blobs builds a new OrderedDict of every blob on each
+        # access: look the output blobs up once (the Blob objects persist).
+        out_blobs = {k: net.blobs[k] for k in outputs}
         batch = max(1, min(50, max_iter // 1000 or 1))  # averaging window, <= ~1000 points
         sums = {k: 0.0 for k in outputs}
         count, t_start, it0 = 0, time.monotonic(), solver.iter
@@ -97,9 +100,9 @@ class Runner:
         while solver.iter < max_iter and not self.abort_requested():
             solver.step(1)
             it = solver.iter
-            for k in outputs:
-                sums[k] += float(net.blobs[k].data.ravel()[0]) if net.blobs[k].data.size == 1 \
-                    else float(net.blobs[k].data.mean())
+            for k, blob in out_blobs.items():
+                data = blob.data
+                sums[k] += float(data.flat[0]) if data.size == 1 else float(data.mean())
             count += 1
             if it == it0 + 1:
                 t_first, self.side_seconds = time.monotonic(), 0.0
