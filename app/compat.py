@@ -8,7 +8,7 @@ from . import jobs
 from .auth import current_user
 from .errors import ApiError
 from .submission import Upload
-from .web import STANDARD_DIR, standard_networks
+from .network import standard_network_text, standard_networks
 
 bp = Blueprint("compat", __name__)
 
@@ -31,10 +31,11 @@ def _digits_upload() -> Upload:
     method = form.get("method", "custom")
     if method == "standard":
         name = form.get("standard_networks", "")
-        if name not in standard_networks():
+        text = standard_network_text(name)
+        if text is None:
             raise ApiError(400, "invalid_request", f"Unknown standard network '{name[:40]}'.",
                            [{"field": "standard_networks", "message": "use " + ", ".join(standard_networks())}])
-        text, filename = (STANDARD_DIR / f"{name}.prototxt").read_text(), f"{name}.prototxt"
+        filename = f"{name}.prototxt"
     elif method == "custom":
         text, filename = form.get("custom_network"), "custom_network.prototxt"
     else:

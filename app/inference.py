@@ -15,21 +15,17 @@ MAX_IMAGES = 100
 MAX_IMAGE_BYTES = 20 << 20
 
 
-def snapshot_model(ctx: Context, job: dict, iteration: int | None) -> Path:
-    """The caffemodel to use: the given iteration or the latest; 409 if none."""
-    models = {}
-    for p in Workspace.regular_files(ctx.ws.output_dir(job["id"]), ".caffemodel"):
-        tail = p.stem.rsplit("_", 1)[-1]
-        if tail.isdigit():
-            models[int(tail)] = p
+def snapshot_model(ctx: Context, job: dict, iteration: int | None) -> tuple[int, Path]:
+    """(iteration, caffemodel) to use: the given iteration or the latest; 409 if none."""
+    models = Workspace.snapshots(ctx.ws.output_dir(job["id"]), ".caffemodel")
     if not models:
         raise ApiError(409, "conflict", "This job has no snapshot yet to classify with.")
     if iteration is None:
-        return models[max(models)]
+        iteration = max(models)
     if iteration not in models:
         raise ApiError(400, "invalid_request", f"No snapshot at iteration {iteration}.",
                        [{"field": "snapshot", "message": "available: " + ", ".join(map(str, sorted(models)))}])
-    return models[iteration]
+    return iteration, models[iteration]
 
 
 def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iteration: int | None) -> dict:
@@ -41,7 +37,7 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
                        [{"field": "image", "message": "required"}])
     if len(images) > MAX_IMAGES:
         raise ApiError(413, "payload_too_large", f"At most {MAX_IMAGES} images at once.")
-    model = snapshot_model(ctx, job, iteration)
+    iteration, model = snapshot_model(ctx, job, iteration)
     work = ctx.ws.scratch_dir()
     try:
         names = []
@@ -50,7 +46,7 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
                 Workspace.save_stream(work / f"img_{k}", stream, MAX_IMAGE_BYTES)
             except ValueError:
                 raise ApiError(413, "payload_too_large", f"{filename[:80]} is larger than 20 MiB.") from None
-            names.append([f"img_{k}", _display(filename, k)])
+            names.append([f"img_{k}", Workspace.display_name(filename, f"image{k}")])
         Workspace.write_json(work / "files.json", names)
         ds = ctx.ws.dataset_dir(job["dataset"])
         spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.infer", str(ctx.ws.input_dir(job["id"])),
@@ -71,12 +67,7 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
             raise ApiError(400, "invalid_python_layer", f"Inference failed: {result.get('message')}",
                            [{"field": "python_layer", "file": "digits_python_layers.py",
                              "message": result.get("message"), "traceback": result.get("traceback")}])
-        tail = model.stem.rsplit("_", 1)[-1]
-        return {"predictions": result["predictions"], "snapshot": int(tail)}
+        return {"predictions": result["predictions"], "snapshot": iteration}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-
-def _display(name: str | None, k: int) -> str:
-    base = (name or f"image{k}").replace("\\", "/").rsplit("/", 1)[-1]
-    return "".join(ch for ch in base if ch.isprintable())[:200] or f"image{k}"

@@ -199,8 +199,7 @@ def resume(job: dict) -> dict:
     if job["status"] not in (JobStatus.INTERRUPTED.value, JobStatus.ABORTED.value):
         raise ApiError(409, "conflict", f"Only interrupted or aborted jobs can be resumed (this one is "
                        f"{job['status']}).")
-    states = sorted(i for i in map(_iteration_of, Workspace.regular_files(
-        c.ws.output_dir(job["id"]), ".solverstate")) if i >= 0)
+    states = sorted(Workspace.snapshots(c.ws.output_dir(job["id"]), ".solverstate"))
     if not states:
         raise ApiError(409, "conflict", "This job has no snapshot to resume from.")
     c.store.update_job(job["id"], expect_status=[job["status"]], status=JobStatus.QUEUED.value,
@@ -259,15 +258,16 @@ def download(job: dict) -> Path:
                                                      "solver.prototxt") else f"original_{orig}")
         for name in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt", LAYER_FILE):
             add(inp / name, name)
-        models = sorted(Workspace.regular_files(out, ".caffemodel"), key=_iteration_of)
-        if models:
-            add(models[-1], models[-1].name)
+        models = Workspace.snapshots(out, ".caffemodel")
+        latest = models[max(models)] if models else None
+        if latest:
+            add(latest, latest.name)
         if job.get("dataset"):
             ds = c.ws.dataset_dir(job["dataset"])
             add(ds / "labels.txt", "labels.txt")
             add(ds / "mean.binaryproto", "mean.binaryproto")
         info = dict(to_json(job), framework="caffe",
-                    snapshot=models[-1].name if models else None)
+                    snapshot=latest.name if latest else None)
         data = json.dumps(info, indent=1).encode()
         ti = tarfile.TarInfo("info.json")
         ti.size, ti.mtime = len(data), int(time.time())
@@ -275,7 +275,3 @@ def download(job: dict) -> Path:
     os.replace(tmp, dest)
     return dest
 
-
-def _iteration_of(path: Path) -> int:
-    tail = path.stem.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else -1

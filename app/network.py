@@ -166,6 +166,23 @@ def check(network: Network) -> None:
             raise NetworkError(f"A layer reads a blob that nobody produces in the {stage} net.", details)
 
 
+STANDARD_DIR = Path(__file__).resolve().parent / "standard_networks"
+_STANDARD_NAMES = {"lenet": "LeNet", "alexnet": "AlexNet", "googlenet": "GoogLeNet"}
+
+
+def standard_networks() -> dict[str, str]:
+    """Standard network id -> display name (LeNet, AlexNet, GoogLeNet)."""
+    return {stem: _STANDARD_NAMES.get(stem, stem)
+            for stem in sorted(p.stem for p in STANDARD_DIR.glob("*.prototxt"))}
+
+
+def standard_network_text(name: str | None) -> str | None:
+    """A standard network's prototxt, or None for an unknown name."""
+    if name not in standard_networks():
+        return None
+    return (STANDARD_DIR / f"{name}.prototxt").read_text()
+
+
 def python_layers(net: Message) -> list[Message]:
     """Every Python layer of the net."""
     return [layer for layer in net.layer if layer.type == "Python"]

@@ -123,21 +123,16 @@ def _save_layer(upload: Upload, input_dir: Path, limit: int) -> dict | None:
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_python_layer", "The Python layer file is not UTF-8 text.",
                        [{**detail, "line": data[:exc.start].count(b"\n") + 1, "message": str(exc)}]) from None
-    return {"module": network.LAYER_MODULE, "original_filename": _display_name(upload.layer_filename),
+    return {"module": network.LAYER_MODULE,
+            "original_filename": Workspace.display_name(upload.layer_filename, LAYER_FILE),
             "classes": []}
-
-
-def _display_name(name: str | None) -> str:
-    # Kept only as metadata; never used as a path.
-    base = (name or LAYER_FILE).replace("\\", "/").rsplit("/", 1)[-1]
-    return "".join(ch for ch in base if ch.isprintable())[:200] or LAYER_FILE
 
 
 def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, network.DatasetInfo]
             ) -> Prepared:
     """Check the upload and write every job input into ``input_dir``."""
     params = parse_params(upload.fields)
-    net_name = _display_name(upload.network_filename) or "network.prototxt"
+    net_name = Workspace.display_name(upload.network_filename, NETWORK_FILE)
     text = _text(upload.network_text, "network", net_name, int(cfg["MAX_NETWORK_FILE_KB"]) * 1024)
     python_layer = _save_layer(upload, input_dir, int(cfg["MAX_LAYER_FILE_KB"]) * 1024)
     try:

@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-LAYER_FILE = "digits_python_layers.py"
+from .workspace import LAYER_FILE
 
 
 class Runner:
@@ -176,10 +176,8 @@ class Runner:
 
 
 def _python_error(exc: BaseException) -> dict:
-    line = None
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if Path(frame.filename).name == LAYER_FILE:
-            line = frame.lineno
+    from .validate import user_line
+    line = user_line(exc.__traceback__)
     return {"stage": "train", "message": f"{type(exc).__name__}: {exc}",
             "file": LAYER_FILE if line else None, "line": line,
             "traceback": "".join(traceback.format_exception(exc))[-6000:]}

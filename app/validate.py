@@ -19,7 +19,8 @@ import time
 import traceback
 from pathlib import Path
 
-LAYER_FILE = "digits_python_layers.py"
+from .workspace import LAYER_FILE
+
 MODULE = "digits_python_layers"
 
 
@@ -31,8 +32,8 @@ class Failure(Exception):
         self.detail = detail
 
 
-def _user_frame(tb) -> int | None:
-    # The innermost traceback line that lies in the uploaded file.
+def user_line(tb) -> int | None:
+    """The innermost traceback line that lies in the uploaded layer file."""
     line = None
     for frame in traceback.extract_tb(tb):
         if Path(frame.filename).name == LAYER_FILE:
@@ -42,7 +43,7 @@ def _user_frame(tb) -> int | None:
 
 def _python_error(exc: BaseException, stage: str, layer: str | None, method: str | None) -> Failure:
     where = f" in {method}()" if method else ""
-    return Failure(field="python_layer", file=LAYER_FILE, line=_user_frame(exc.__traceback__),
+    return Failure(field="python_layer", file=LAYER_FILE, line=user_line(exc.__traceback__),
                    layer=layer, stage=stage,
                    message=f"{type(exc).__name__}{where}: {exc}",
                    traceback="".join(traceback.format_exception(exc))[-4000:])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template,
                    request, url_for)
@@ -11,18 +10,12 @@ from . import jobs
 from .auth import current_user
 from .errors import ApiError
 from .forms import ActionForm, DatasetForm, InferForm, JobForm, LoginForm
+from .network import standard_network_text, standard_networks
 from wtforms import SelectChoice
 from .submission import Upload
 from .workspace import Workspace
 
 bp = Blueprint("web", __name__)
-STANDARD_DIR = Path(__file__).resolve().parent / "standard_networks"
-
-
-def standard_networks() -> dict[str, str]:
-    """Standard network name -> file stem (LeNet, AlexNet, GoogLeNet…)."""
-    names = {"lenet": "LeNet", "alexnet": "AlexNet", "googlenet": "GoogLeNet"}
-    return {stem: names.get(stem, stem) for stem in sorted(p.stem for p in STANDARD_DIR.glob("*.prototxt"))}
 
 
 @bp.get("/healthz")
@@ -103,8 +96,8 @@ def _upload_from_form(form: JobForm) -> Upload:
     f = form.network.data
     if f is not None and getattr(f, "filename", None):
         text, name = f.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024 + 1), f.filename
-    elif not (text or "").strip() and form.standard_network.data in standard_networks():
-        text = (STANDARD_DIR / f"{form.standard_network.data}.prototxt").read_text()
+    elif not (text or "").strip() and standard_network_text(form.standard_network.data):
+        text = standard_network_text(form.standard_network.data)
         name = f"{form.standard_network.data}.prototxt"
     layer = form.python_layer.data
     solver_file = form.solver.data
@@ -144,8 +137,7 @@ def new_job():
     if request.headers.get("X-Requested-With") == "fetch":
         # The page's script validates in place (keeping the chosen files).
         return render_template("web/_report.html", report=report, error=error), status
-    return render_template("web/new_job.html", form=form, report=report, error=error,
-                           standard=standard_networks()), status
+    return render_template("web/new_job.html", form=form, report=report, error=error), status
 
 
 def _svg(net) -> Response:
@@ -167,8 +159,8 @@ def visualize():
     f = request.files.get("network")
     text = f.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024) if f and f.filename else \
         (request.form.get("network_text") or "").encode()
-    if not text.strip() and request.form.get("standard_network") in standard_networks():
-        text = (STANDARD_DIR / f"{request.form['standard_network']}.prototxt").read_bytes()
+    if not text.strip():
+        text = (standard_network_text(request.form.get("standard_network")) or "").encode()
     try:
         net = network.parse(text.decode("utf-8"), "network.prototxt")
     except (UnicodeDecodeError, network.NetworkError) as exc:
@@ -189,9 +181,10 @@ def job_network_svg(job_id: str):
 @bp.get("/networks/<name>.prototxt")
 def standard_network(name: str):
     """A standard network's text (the form's "customize" action)."""
-    if name not in standard_networks():
+    text = standard_network_text(name)
+    if text is None:
         abort(404)
-    return Response((STANDARD_DIR / f"{name}.prototxt").read_text(), mimetype="text/plain")
+    return Response(text, mimetype="text/plain")
 
 
 @bp.get("/jobs/<job_id>")

@@ -148,6 +148,22 @@ class Workspace:
         return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
     @staticmethod
+    def snapshots(directory: Path, suffix: str) -> dict[int, Path]:
+        """Caffe snapshots (``*_iter_N<suffix>``, regular files only) by iteration."""
+        out = {}
+        for p in Workspace.regular_files(directory, suffix):
+            tail = p.stem.rsplit("_", 1)[-1]
+            if tail.isdigit():
+                out[int(tail)] = p
+        return out
+
+    @staticmethod
+    def display_name(name: str | None, fallback: str) -> str:
+        """A client-sent file name reduced to printable metadata (never a path)."""
+        base = (name or fallback).replace("\\", "/").rsplit("/", 1)[-1]
+        return "".join(ch for ch in base if ch.isprintable())[:200] or fallback
+
+    @staticmethod
     def regular_files(directory: Path, suffix: str) -> Iterator[Path]:
         """Regular files (never links) directly in ``directory`` ending in ``suffix``."""
         try:
