@@ -5,7 +5,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-gpu-build bench clean
+.PHONY: setup run test test-fast test-gpu-build bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,10 @@ run: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: everything but the slow end-to-end tests (marked `slow`).
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The CUDA build of Caffe in its own venv, then the whole suite with it: on a
 # machine without a GPU everything must still pass in CPU mode.

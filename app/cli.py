@@ -1,6 +1,7 @@
 """Flask CLI commands: ``flask --app wsgi serve`` and friends."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,25 @@ def register(app: Flask) -> None:
     """Attach the CLI commands to ``app``."""
     app.cli.add_command(serve)
     app.cli.add_command(worker)
+    app.cli.add_command(selftest_command)
+
+
+def _selftest() -> dict:
+    """Run the contained self-test for this app and keep its answer."""
+    from . import selftest
+    from .jobs import ready_datasets
+    c = current_app.extensions["ctx"]
+    result = selftest.run(c.cfg, c.ws, c.containment, ready_datasets(c.store, c.ws))
+    selftest.save(current_app.instance_path, result)
+    return result
+
+
+@click.command("selftest")
+def selftest_command() -> None:
+    """Validate a tiny net with a Python layer contained, as an upload would; exit 1 on failure."""
+    result = _selftest()
+    click.echo(json.dumps(result))
+    sys.exit(0 if result["ok"] else 1)
 
 
 def gunicorn_argv(host: str, port: int, workers: int, threads: int, target: str,
@@ -36,6 +56,14 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     SIGTERM or Ctrl-C stops both.
     """
     cfg = current_app.config
+    check = _selftest()
+    if check["ok"]:
+        click.echo(f"self-test: contained validation ok in {check['seconds']} s "
+                   f"(containment {check['containment']})", err=True)
+    else:
+        # Serve anyway: /healthz says ok: false with this reason, and every
+        # upload is answered as the server's fault rather than the user's.
+        click.echo(f"SELF-TEST FAILED: {check['reason']}", err=True)
     children: list[subprocess.Popen] = []
     web = subprocess.Popen(gunicorn_argv(host, port, workers, threads, "wsgi:app"))
     children.append(web)

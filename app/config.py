@@ -23,6 +23,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "MAX_LAYER_FILE_KB": (512, int),
     "MAX_NETWORK_FILE_KB": (1024, int),
     "SANDBOX": ("auto", str),               # auto | bwrap | none
+    "SANDBOX_UIDS": ("3000000-3000999", str),  # uids leased one per sandboxed run (root only)
     "ALLOW_UNCONTAINED": (False, bool),
     "VALIDATE_TIMEOUT": (60, int),          # seconds, wall clock
     "TRAIN_TIMEOUT": (24 * 3600, int),      # seconds, wall clock per job

@@ -3,13 +3,22 @@
 bubblewrap with every namespace unshared (no network at all), a read-only
 view of /usr, the Python env and the app, the job's inputs read-only, one
 writable output directory, a private size-limited /tmp and a cleared
-environment; started as an unprivileged uid (setpriv) when we are root, with
-rlimits and a wall-clock limit that kills the whole sandbox. Where bubblewrap
-cannot run: rlimits + ``unshare`` (network and pid namespaces), said loudly.
+environment, with rlimits and a wall-clock limit that kills the whole sandbox.
+
+Identity: when the service runs as root, bwrap itself runs as root (so it can
+bind paths wherever the checkout lives, e.g. under a 0700 home directory) and
+the command inside drops to an unprivileged uid leased for this run alone from
+``SANDBOX_UIDS`` (so RLIMIT_NPROC, which counts per uid, is per run: one
+tenant's fork bomb cannot starve another's). As an ordinary user, bwrap uses
+an unprivileged user namespace and the run keeps the user's own uid.
+Where bubblewrap cannot run: rlimits + ``unshare`` (network and pid
+namespaces), said loudly.
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import resource
 import shutil
 import signal
@@ -23,6 +32,9 @@ from pathlib import Path
 from . import config
 
 NOBODY = 65534
+# Leases of sandbox uids are flocks on files here (root only: as an ordinary
+# user every run keeps the user's uid). /run is per boot, like the leases.
+LEASE_DIR = Path("/run/layerbench-sandbox-uids")
 
 
 @dataclass
@@ -67,66 +79,157 @@ def _base_ro() -> list[Path]:
     return [p for p in paths if p.exists() and not p.resolve().is_relative_to("/usr")]
 
 
+# Why the preferred containment is not in force (empty when it is); /healthz
+# and the start-up self-test report it.
+DEGRADED: dict[str, str] = {}
+
+
 @lru_cache(maxsize=4)
 def mode(requested: str = "auto") -> str:
     """The containment in force: ``bwrap``, ``unshare`` or ``none``."""
     if requested == "none":
         return "none"
-    if shutil.which("bwrap") and _self_test_bwrap():
+    why = "bwrap is not installed" if not shutil.which("bwrap") else _self_test_bwrap()
+    if not why:
         return "bwrap"
     if requested == "bwrap":
-        raise RuntimeError("LAYERBENCH_SANDBOX=bwrap but bubblewrap cannot run here")
-    if shutil.which("unshare") and _probe(command(Spec(["true"]), "unshare", Limits())):
-        print("WARNING: bubblewrap unavailable; user code runs with rlimits + unshare only "
-              "(no filesystem isolation)", file=sys.stderr)
+        raise RuntimeError(f"LAYERBENCH_SANDBOX=bwrap but bubblewrap cannot run here: {why}")
+    DEGRADED["bwrap"] = why
+    if shutil.which("unshare") and not _probe(command(Spec(["true"]), "unshare", Limits())):
+        print(f"WARNING: bubblewrap unavailable ({why}); user code runs with rlimits + unshare "
+              "only (no filesystem isolation)", file=sys.stderr)
         return "unshare"
-    print("WARNING: no containment available for user code", file=sys.stderr)
+    print(f"WARNING: no containment available for user code ({why})", file=sys.stderr)
     return "none"
 
 
-def _probe(argv: list[str]) -> bool:
+def _probe(argv: list[str]) -> str:
+    """Run ``argv``; '' when it succeeds, else the reason (its stderr)."""
     try:
-        return subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+        out = subprocess.run(argv, capture_output=True, timeout=20, text=True, errors="replace")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if out.returncode == 0:
+        return ""
+    return (out.stderr.strip() or f"exit status {out.returncode}")[-500:]
 
 
-def _self_test_bwrap() -> bool:
-    # Proves the sandbox starts, has no network interface but loopback and
-    # cannot write to a directory it was not given.
+def _self_test_bwrap() -> str:
+    # Proves the sandbox starts with every path a real run binds (venv, app),
+    # has no network interface but loopback, runs unprivileged and cannot
+    # write to a directory it was not given. '' when all hold.
     code = ("import os,socket,sys\n"
             "ifs=sorted(n for _,n in socket.if_nameindex())\n"
             "try:\n open('/usr/probe-write','w'); sys.exit(3)\n"
             "except OSError: pass\n"
+            "if os.geteuid()==0: sys.exit(5)\n"
+            "import app\n"
             "sys.exit(0 if ifs==['lo'] else 4)\n")
-    argv = bwrap_argv(Spec([sys.executable, "-c", code]), Limits())
-    return _probe(argv)
+    with lease() as uid:
+        why = _probe(bwrap_argv(Spec([sys.executable, "-c", code]), Limits(), uid))
+    return {"exit status 3": "the sandbox could write to /usr",
+            "exit status 4": "the sandbox has a network interface",
+            "exit status 5": "the sandbox runs as root"}.get(why, why)
 
 
-def _drop() -> list[str]:
-    # bwrap started by root stays root on the host: drop to nobody first.
-    if os.geteuid() != 0:
+def uid_range() -> range:
+    """The uids sandboxed runs may be given (``SANDBOX_UIDS``, e.g. 3000000-3000999)."""
+    lo, _, hi = str(config.load().get("SANDBOX_UIDS", "")).partition("-")
+    return range(int(lo), int(hi or lo) + 1)
+
+
+class lease:
+    """A uid from ``uid_range()`` held for one run (a flock; None when we are
+    not root and every run keeps our own uid). Usable as a context manager."""
+
+    def __init__(self) -> None:
+        self.uid: int | None = None
+        self._fh = None
+        if os.geteuid() != 0:
+            return
+        LEASE_DIR.mkdir(mode=0o700, exist_ok=True)
+        uids = uid_range()
+        start = random.randrange(len(uids))
+        for i in range(len(uids)):
+            uid = uids[(start + i) % len(uids)]
+            fh = open(LEASE_DIR / str(uid), "a")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            self.uid, self._fh = uid, fh
+            return
+        raise RuntimeError(f"all {len(uids)} sandbox uids are in use")
+
+    def release(self) -> None:
+        """Give the uid back (its processes are gone: the pid namespace died)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> int | None:
+        return self.uid
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _drop(uid: int | None) -> list[str]:
+    # Run as the leased uid with no capabilities and no way to regain any;
+    # as an ordinary user (uid None) there is nothing to drop.
+    if uid is None:
         return []
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            "--inh-caps=-all", "--"]
+    return ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 
 
-def bwrap_argv(spec: Spec, limits: Limits) -> list[str]:
-    """The full bwrap command line for ``spec``."""
-    argv = _drop() + ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-                      "--ro-bind", "/usr", "/usr"]
+def _parents(paths: list[Path]) -> list[Path]:
+    """Ancestors of the bind targets that bwrap must create, shallowest first.
+
+    bwrap copies a missing parent's mode from the host (a 0700 home directory
+    stays 0700 inside), which would lock the unprivileged uid out of the paths
+    bound beneath it; we create them 0755 ourselves.
+    """
+    out: set[Path] = set()
+    for p in paths:
+        for a in p.parents:
+            if a in (Path("/"), Path("/tmp"), Path("/dev")) or a.is_relative_to("/usr"):
+                continue
+            if any(a == q or a.is_relative_to(q) for q in paths):
+                continue
+            out.add(a)
+    return sorted(out, key=lambda a: (len(a.parts), str(a)))
+
+
+def bwrap_argv(spec: Spec, limits: Limits, uid: int | None = None) -> list[str]:
+    """The full bwrap command line for ``spec``, run as ``uid`` inside."""
+    if os.geteuid() == 0:
+        # No user namespace: bwrap, as root, mounts what it is given wherever
+        # it lives; the command then drops to ``uid`` (setpriv, below).
+        ns = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+              "--unshare-cgroup-try"]
+    else:
+        ns = ["--unshare-all"]
+    argv = ["bwrap", *ns, "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
     for link in ("bin", "lib", "lib64", "sbin"):
         if Path("/" + link).is_symlink():
             argv += ["--symlink", f"usr/{link}", f"/{link}"]
-    for etc in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d"):
-        if Path(etc).exists():
-            argv += ["--ro-bind", etc, etc]
+    etc = [Path(p) for p in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf",
+                             "/etc/ld.so.conf.d") if Path(p).exists()]
+    for parent in _parents(etc):
+        argv += ["--perms", "0755", "--dir", str(parent)]
+    for p in etc:
+        argv += ["--ro-bind", str(p), str(p)]
     argv += ["--proc", "/proc", "--dev", "/dev",
              # /tmp first: later binds may lie under it (pytest's tmp_path).
-             "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+             "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
     for dev in spec.devices:
         argv += ["--dev-bind", dev, dev]
-    for p in dict.fromkeys(_base_ro() + list(spec.read_only)):
+    read_only = list(dict.fromkeys(_base_ro() + list(spec.read_only)))
+    for parent in _parents(read_only + list(spec.writable)):
+        argv += ["--perms", "0755", "--dir", str(parent)]
+    for p in read_only:
         argv += ["--ro-bind", str(p), str(p)]
     for p in spec.writable:
         argv += ["--bind", str(p), str(p)]
@@ -137,7 +240,7 @@ def bwrap_argv(spec: Spec, limits: Limits) -> list[str]:
         argv += ["--setenv", k, v]
     if spec.cwd:
         argv += ["--chdir", str(spec.cwd)]
-    return argv + list(spec.argv)
+    return argv + _drop(uid) + list(spec.argv)
 
 
 def _env(spec: Spec) -> dict[str, str]:
@@ -155,6 +258,9 @@ def _env(spec: Spec) -> dict[str, str]:
 
 def _rlimits(limits: Limits):
     def apply() -> None:
+        # bwrap creates missing mount points with our umask: a service
+        # started under umask 077 would lock the sandbox uid out of them.
+        os.umask(0o022)
         for res, val in ((resource.RLIMIT_AS, limits.address_space),
                          (resource.RLIMIT_CPU, limits.cpu_seconds),
                          (resource.RLIMIT_FSIZE, limits.file_size),
@@ -165,34 +271,57 @@ def _rlimits(limits: Limits):
     return apply
 
 
-def prepare_writable(path: Path) -> None:
-    """Make ``path`` writable by the sandbox uid."""
-    if os.geteuid() == 0:
-        os.chown(path, NOBODY, NOBODY)
+def prepare_writable(path: Path, uid: int | None) -> None:
+    """Make ``path`` (and what earlier runs left in it) writable by ``uid``."""
+    if uid is None:
+        return
+    os.chown(path, uid, uid)
+    for top, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(top, name), uid, uid, follow_symlinks=False)
 
 
-def command(spec: Spec, how: str, limits: Limits) -> list[str]:
-    """The argv that runs ``spec`` under containment ``how``."""
+def command(spec: Spec, how: str, limits: Limits, uid: int | None = None) -> list[str]:
+    """The argv that runs ``spec`` under containment ``how`` as ``uid``."""
     if how == "bwrap":
-        return bwrap_argv(spec, limits)
+        return bwrap_argv(spec, limits, uid)
     if how == "unshare":
         # Namespaces first (creating them needs root, or a user namespace
         # when we are not root), then drop to the unprivileged uid.
         ns = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
         if os.geteuid() != 0:
             ns.insert(1, "--map-root-user")
-        return ns + _drop() + spec.argv
+        return ns + _drop(NOBODY if uid is None and os.geteuid() == 0 else uid) + spec.argv
     return list(spec.argv)
 
 
 def start(spec: Spec, how: str, limits: Limits, stdout, stderr) -> subprocess.Popen:
-    """Start ``spec`` contained; the caller waits with ``wait``."""
-    for p in spec.writable:
-        prepare_writable(p)
-    env = None if how == "bwrap" else _env(spec)
-    return subprocess.Popen(command(spec, how, limits), stdin=subprocess.DEVNULL,
-                            stdout=stdout, stderr=stderr, env=env, cwd=spec.cwd,
-                            preexec_fn=_rlimits(limits), start_new_session=True)
+    """Start ``spec`` contained; the caller waits with ``wait`` (or ``kill``),
+    which gives the run's uid back."""
+    held = lease() if how != "none" else None
+    uid = held.uid if held else None
+    try:
+        for p in spec.writable:
+            prepare_writable(p, uid)
+        env = None if how == "bwrap" else _env(spec)
+        proc = subprocess.Popen(command(spec, how, limits, uid), stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=stderr, env=env, cwd=spec.cwd,
+                                preexec_fn=_rlimits(limits), start_new_session=True)
+    except BaseException:
+        if held:
+            held.release()
+        raise
+    # The lease lives as long as the Popen (closed with it if a caller never
+    # waits); wait() and kill() give it back as soon as the run has ended.
+    proc.sandbox_lease = held  # type: ignore[attr-defined]
+    proc.sandbox_uid = uid     # type: ignore[attr-defined]
+    return proc
+
+
+def _release(proc: subprocess.Popen) -> None:
+    held = getattr(proc, "sandbox_lease", None)
+    if held is not None:
+        held.release()
 
 
 def wait(proc: subprocess.Popen, limits: Limits, t0: float, poll: float = 0.02) -> Result:
@@ -203,6 +332,7 @@ def wait(proc: subprocess.Popen, limits: Limits, t0: float, poll: float = 0.02) 
             kill(proc)
             return Result(proc.returncode, True, time.monotonic() - t0)
         time.sleep(poll)
+    _release(proc)
     return Result(proc.returncode, False, time.monotonic() - t0)
 
 
@@ -213,6 +343,7 @@ def kill(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+    _release(proc)
 
 
 def run(spec: Spec, how: str, limits: Limits, stdout=subprocess.DEVNULL,

@@ -7,6 +7,7 @@ validator, turning every failure into the API's error details.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,9 +16,11 @@ from typing import IO
 
 from . import network, sandbox, solver
 from .errors import ApiError
+from .validate import STARTED
 from .workspace import LAYER_FILE, NETWORK_FILE, Workspace
 
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -194,9 +197,14 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: d
     limits = sandbox.Limits(wall_seconds=timeout, cpu_seconds=int(timeout * 2) + 5,
                             address_space=int(cfg["MEMORY_LIMIT_MB"]) << 20)
     t0 = time.perf_counter()
-    result = sandbox.run(spec, how, limits)
+    # bwrap's own complaints (a path it cannot bind, no namespaces) come
+    # before the validator opens its log: keep them for the server log.
+    with open(out_dir / "sandbox.log", "wb") as box_log:
+        result = sandbox.run(spec, how, limits, stderr=box_log)
     seconds = round(time.perf_counter() - t0, 3)
     report = _read_report(report_path)
+    if report is None and not result.timed_out and not (out_dir / STARTED).exists():
+        raise _server_fault(result, out_dir, log_path)
     if report is None:
         report = {"ok": False, "warnings": [], "layers": [], "timing": [],
                   "errors": [_crash_detail(result, log_path, timeout)]}
@@ -205,6 +213,24 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: d
     report["seconds"] = seconds
     report["containment"] = how
     return report
+
+
+def _server_fault(result: sandbox.Result, out_dir: Path, log_path: Path) -> ApiError:
+    """The validator died before it reached the upload: say so as a 5xx and
+    put what the sandbox printed in the server log."""
+    text = b""
+    for path in (out_dir / "sandbox.log", log_path):
+        try:
+            text += Workspace.read_capped(path, 64 << 10)[-4000:]
+        except OSError:
+            pass
+    log.error("validator failed before running user code (exit status %s): %s",
+              result.returncode, text.decode("utf-8", "replace").strip() or "no output")
+    err = ApiError(503, "validator_unavailable", "The server could not start the validator (exit "
+                   f"status {result.returncode}); this is a fault of the server, not of your upload. "
+                   "Try again later; the administrator has the details in the server log.")
+    err.server_log = text.decode("utf-8", "replace").strip()[-1500:]  # type: ignore[attr-defined]
+    return err
 
 
 def _read_report(path: Path) -> dict | None:

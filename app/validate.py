@@ -22,6 +22,7 @@ from pathlib import Path
 from .workspace import LAYER_FILE
 
 MODULE = "digits_python_layers"
+STARTED = "user-code-started"   # written beside the report before user code runs
 
 
 class Failure(Exception):
@@ -147,7 +148,7 @@ def check_tops(net, stage: str) -> None:
                               "(does the layer produce as many tops as the prototxt lists?)")
 
 
-def validate(input_dir: Path, log: Path) -> dict:
+def validate(input_dir: Path, log: Path, started: Path | None = None) -> dict:
     """Run every check; return the report (raises Failure on the first error)."""
     os.environ["GLOG_minloglevel"] = "0"
     os.environ["GLOG_logtostderr"] = "1"
@@ -156,6 +157,10 @@ def validate(input_dir: Path, log: Path) -> dict:
     from google.protobuf import text_format
 
     caffe.set_mode_cpu()
+    # From here on a death without a report is the upload's doing; before it,
+    # the validator itself could not start: the server's fault, not the user's.
+    if started is not None:
+        started.touch()
     module = import_layers(input_dir)
     nets_txt = {}
     for name in ("train_val", "deploy"):
@@ -195,7 +200,7 @@ def main(argv: list[str]) -> int:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 2)  # C++ (glog) and Python stderr both land in the log
     try:
-        report = validate(input_dir, log)
+        report = validate(input_dir, log, report_path.with_name(STARTED))
     except Failure as f:
         report = {"ok": False, "errors": [f.detail], "warnings": [], "layers": [], "timing": []}
     report_path.write_text(json.dumps(report))

@@ -23,13 +23,20 @@ def healthz():
     """Liveness and what this install can do; no auth."""
     from . import gpus
     from .probe import caffe_info
+    from . import sandbox, selftest
     caffe = caffe_info(current_app)
     store_ok = current_app.extensions["store"].ping()
+    check = selftest.load(current_app.instance_path)
     body = {
-        "ok": bool(caffe.get("ok") and caffe.get("python_layer") and store_ok),
+        "ok": bool(caffe.get("ok") and caffe.get("python_layer") and store_ok
+                   and (check is None or check.get("ok"))),
+        # The start-up self-test (a real contained validation); null when
+        # the server was not started by `flask serve`.
+        "selftest": check,
         "caffe": {"version": caffe.get("version"), "python_layer": caffe.get("python_layer", False),
                   "gpu_build": caffe.get("gpu_build", False), "error": caffe.get("error")},
         "containment": current_app.extensions.get("containment", "none"),
+        "containment_degraded": sandbox.DEGRADED.get("bwrap"),
         "store": {"ok": store_ok, "backend": current_app.extensions["store"].engine.dialect.name},
         "queue": current_app.config["QUEUE"],
         "gpus": list(gpus.detect()),

@@ -25,7 +25,7 @@ SDIST_VERSION=9.0.2
 SDIST_SHA256=c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a
 # Bump when the build steps below change in a way that changes the result
 # (the cache key holds this, not the script's text, so comments are free).
-RECIPE=1
+RECIPE=2
 CAFFE_GPU=${CAFFE_GPU:-0}
 CACHE=${CAFFE_CACHE_DIR:-$HOME/.cache/caffe-service}
 JOBS=${CAFFE_JOBS:-$(nproc)}
@@ -59,7 +59,9 @@ CXXFLAGS="-I$PYINC -I$NPINC -I/usr/include/hdf5/serial \
  -DUSE_LMDB -DUSE_LEVELDB -DUSE_HDF5 -DWITH_PYTHON_LAYER -DBOOST_BIND_GLOBAL_PLACEHOLDERS\
  -DALLOW_LMDB_NOLOCK"
 LDFLAGS="-L/usr/lib/x86_64-linux-gnu/hdf5/serial"
-CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DCPU_ONLY=ON)
+# No RUNPATH at all: libraries come from the system, and CMake would pad a
+# build-tree RUNPATH with empty entries (which mean "the current directory").
+CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DCPU_ONLY=ON -DCMAKE_SKIP_RPATH=ON)
 if [ "$CAFFE_GPU" = 1 ]; then
   # shellcheck source=cuda_env.sh
   source "$HERE/scripts/cuda_env.sh"
@@ -112,6 +114,10 @@ if [ ! -f "$out/caffe/_caffe.so" ]; then
   rm -f "$stage/caffe/_caffe.so" "$stage/caffe/_caffe.cpp"
   cp "$work/build/lib/_caffe.so" "$stage/caffe/_caffe.so"
   cp "$src/LICENSE" "$stage/caffe/LICENSE"
+  # What the compiler and linker were told, kept beside the build so a test
+  # can prove no flag names a path outside the system, venv and cache.
+  cat "$work/build/python/CMakeFiles/pycaffe.dir/flags.make" \
+      "$work/build/python/CMakeFiles/pycaffe.dir/link.txt" > "$stage/caffe/.build-flags"
   rm -rf "$out" && mv "$stage" "$out"
   rm -rf "$work"
   log "built into $out"

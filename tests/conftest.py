@@ -14,22 +14,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-SEED_PAGE = ROOT.parent / "shared" / "seed" / "python-layers.txt"
+# A copy of ../shared/seed/python-layers.txt (the original DIGITS "Python
+# layers" page this product is built from), so the suite runs from any clone.
+SEED_PAGE = DATA / "python-layers.txt"
 
 # Caffe logs every layer it builds; keep test output readable. Must be set
 # before pycaffe initialises glog.
 os.environ.setdefault("GLOG_minloglevel", "2")
-
-
-def _traversable(path: Path) -> None:
-    # pytest makes its temp dirs 0700; the sandbox runs user code as an
-    # unprivileged uid that must reach the job directories inside them.
-    for p in [path, *path.parents]:
-        if p == Path("/"):
-            break
-        mode = p.stat().st_mode
-        if mode & 0o011 != 0o011:
-            p.chmod(mode | 0o011)
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +36,6 @@ def make_app(tmp_path: Path, sample_datasets: Path, **overrides):
     """An app on ``tmp_path`` with sample-digits already in place."""
     import shutil
     from app import create_app
-    _traversable(tmp_path)
     jobs_dir = tmp_path / "jobs"
     shutil.copytree(sample_datasets, jobs_dir / "datasets")
     return create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(jobs_dir),
@@ -199,7 +189,6 @@ def _free_port() -> int:
 @pytest.fixture
 def server(tmp_path, sample_datasets):
     """`flask --app wsgi serve` on a free port with its own data root."""
-    _traversable(tmp_path)
     shutil.copytree(sample_datasets, tmp_path / "jobs" / "datasets")
     port = _free_port()
     env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(tmp_path / "instance"),
@@ -227,11 +216,15 @@ def server(tmp_path, sample_datasets):
 
 
 def no_live_sandbox_processes(timeout: float = 10.0) -> bool:
-    """No live process of the sandbox uid is left (zombies, state Z, are
+    """No live process of any sandbox uid is left (zombies, state Z, are
     exited processes waiting for PID 1 to reap them: they cannot run)."""
+    from app import sandbox
+    uids = sandbox.uid_range()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = subprocess.run(["ps", "-u", "65534", "-o", "stat="], capture_output=True, text=True).stdout.split()
+        rows = subprocess.run(["ps", "-e", "-o", "uid=,stat="], capture_output=True, text=True).stdout
+        states = [stat for uid, stat in (r.split() for r in rows.splitlines() if r.strip())
+                  if int(uid) in uids or int(uid) == sandbox.NOBODY]
         if all(s.startswith("Z") for s in states):
             return True
         time.sleep(0.1)

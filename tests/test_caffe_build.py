@@ -1,6 +1,7 @@
 """The foundation: the pycaffe built by scripts/build_caffe.sh, for real."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -121,3 +122,31 @@ snapshot: 60 snapshot_prefix: "{tmp_path / 'snap'}" random_seed: 1 type: "SGD"
     solver.snapshot()
     assert list(tmp_path.glob("snap_iter_60.caffemodel"))
     assert list(tmp_path.glob("snap_iter_60.solverstate"))
+
+
+def test_no_build_flag_or_runpath_names_a_foreign_path():
+    # The fork's CMake files named its author's conda (/root/miniconda3):
+    # harmless for root, 'Permission denied' for everyone else. Every -I/-L
+    # path and every RUNPATH entry must lie in the system, the venv or the
+    # build cache.
+    import re
+    import subprocess
+    import caffe
+    pkg = Path(caffe.__file__).resolve().parent
+    flags = (pkg / ".build-flags").read_text()
+    cache = Path(os.environ.get("CAFFE_CACHE_DIR", Path.home() / ".cache" / "caffe-service")).resolve()
+    allowed = [Path("/usr"), Path(sys.prefix).resolve(), cache]
+    paths = re.findall(r"(?:^|\s)-(?:I|L|isystem\s*)(\S+)", flags)
+    paths += re.findall(r"-Wl,-rpath,(\S+)", flags)
+    dynamic = subprocess.run(["readelf", "-d", str(pkg / "_caffe.so")], capture_output=True, text=True,
+                             check=True).stdout
+    runpaths = re.findall(r"\((?:RUNPATH|RPATH)\).*\[(.*)\]", dynamic)
+    # An empty entry means the current directory; $ORIGIN is the .so's own
+    # (the CUDA build finds the wheels' libraries beside it in the venv).
+    paths += [p.replace("$ORIGIN", str(pkg)) or "<empty: the current directory>"
+              for entry in runpaths for p in entry.split(":")]
+    assert paths, flags   # the flags file holds the compile line
+    foreign = [p for p in paths if not p.startswith("/")
+               or not any(Path(p).resolve().is_relative_to(a) for a in allowed)]
+    assert not foreign, f"paths outside the system, venv and cache: {foreign}"
+    assert "miniconda" not in flags and "miniconda" not in dynamic

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from app import sandbox
-from conftest import _traversable, no_live_sandbox_processes
+from conftest import no_live_sandbox_processes
 
 
 @pytest.fixture
 def box(tmp_path):
     """(run, out): run Python code contained with ``out`` as the writable dir."""
-    _traversable(tmp_path)
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     out.mkdir()
@@ -48,7 +47,9 @@ def test_unprivileged_no_network_private_tmp(box, tmp_path):
         "open('/tmp/x', 'w').write('private')\n"
         "print('env', sorted(os.environ))\n")
     assert result.returncode == 0, log
-    assert "uid 65534 65534" in log
+    uid_line = next(line for line in log.splitlines() if line.startswith("uid"))
+    _, real, effective = uid_line.split()
+    assert real == effective and int(real) in sandbox.uid_range()
     assert "ifs ['lo']" in log and "connected" not in log and "no dns" in log
     assert not Path("/tmp/x").exists() or Path("/tmp/x").read_text() != "private"
     env_line = next(line for line in log.splitlines() if line.startswith("env"))
@@ -68,9 +69,9 @@ def test_reads_and_writes_are_confined(box, tmp_path, app):
     result, log = run(code)
     assert result.returncode == 0, log
     assert "READ" not in log
-    # A path under /tmp lands in the sandbox's private tmpfs, never on the host.
-    assert [line for line in log.splitlines() if line.startswith("WROTE")] == \
-        [f"WROTE {tmp_path / 'outside.txt'}"]
+    # The job's parent directories exist inside only as read-only mount points
+    # (and /tmp is a private tmpfs): nothing lands beside the job on the host.
+    assert [line for line in log.splitlines() if line.startswith("WROTE")] == []
     assert (out / "ok.txt").read_text() == "fine"
     assert not (tmp_path / "outside.txt").exists() and not (inp / "new").exists()
 
@@ -133,7 +134,6 @@ def test_file_size_limit(box):
 def test_unshare_fallback_still_blocks_network_and_drops_privileges(tmp_path):
     # The fallback where bubblewrap cannot run: no filesystem view, but its
     # own network and pid namespaces and an unprivileged uid.
-    _traversable(tmp_path)
     code = ("import os, socket\nprint(os.getuid(), sorted(n for _, n in socket.if_nameindex()))\n"
             "s = socket.socket()\ntry:\n    s.connect(('127.0.0.1', 22)); print('connected')\n"
             "except OSError: print('refused')\nprint('pids', len([p for p in os.listdir('/proc') if p.isdigit()]))\n")
@@ -143,7 +143,8 @@ def test_unshare_fallback_still_blocks_network_and_drops_privileges(tmp_path):
                              sandbox.Limits(wall_seconds=20), log, log)
     text = out.read_text()
     assert result.returncode == 0, text
-    assert "65534 ['lo']" in text and "refused" in text
+    uid, ifs = text.split(" ", 1)
+    assert int(uid) in sandbox.uid_range() and ifs.startswith("['lo']") and "refused" in text
     assert int(text.split("pids ")[1]) <= 3
 
 
@@ -157,3 +158,74 @@ def test_uncontained_uploads_are_refused_unless_allowed(tmp_path, sample_dataset
     assert client.get("/healthz").get_json()["containment"] == "none"
     app.config["ALLOW_UNCONTAINED"] = True
     assert post(client, "/api/v1/validate").get_json()["ok"] is True
+
+
+def test_paths_under_a_0700_directory_are_reachable(tmp_path):
+    # A checkout in root's home (mode 0700): bwrap must bind what lies
+    # beneath, and the unprivileged uid must reach it inside.
+    home = tmp_path / "home"
+    (home / "project" / "in").mkdir(parents=True)
+    home.chmod(0o700)
+    (home / "project").chmod(0o700)
+    (home / "project" / "in" / "data.txt").write_text("behind a locked door")
+    out = home / "project" / "out"
+    out.mkdir()
+    code = "print(open(%r).read()); open('written', 'w').write('ok')" % str(home / "project" / "in" / "data.txt")
+    spec = sandbox.Spec([sys.executable, "-c", code], read_only=[home / "project" / "in"], writable=[out], cwd=out)
+    with open(tmp_path / "log", "wb") as log:
+        result = sandbox.run(spec, "bwrap", sandbox.Limits(wall_seconds=20), log, log)
+    text = (tmp_path / "log").read_text()
+    assert result.returncode == 0, text
+    assert "behind a locked door" in text and (out / "written").read_text() == "ok"
+    # The parents stay locked on the host.
+    assert home.stat().st_mode & 0o777 == 0o700
+
+
+def test_self_test_binds_the_real_venv_and_app():
+    assert sandbox._self_test_bwrap() == ""
+
+
+def test_each_run_has_its_own_uid(box, tmp_path):
+    inp = tmp_path / "in"
+    code = "import os, time; open('/tmp/x','w'); time.sleep(1.5); print('uid', os.getuid())"
+    logs = [open(tmp_path / f"l{i}", "wb") for i in range(3)]
+    procs = [sandbox.start(sandbox.Spec([sys.executable, "-c", code], read_only=[inp]), "bwrap",
+                           sandbox.Limits(wall_seconds=20), log, log) for log in logs]
+    uids = {p.sandbox_uid for p in procs}
+    for p in procs:
+        assert sandbox.wait(p, sandbox.Limits(wall_seconds=20), time.monotonic()).returncode == 0
+    for log in logs:
+        log.close()
+    seen = {(tmp_path / f"l{i}").read_text().split()[-1] for i in range(3)}
+    assert len(uids) == 3 and {str(u) for u in uids} == seen
+    # Leases are given back when a run ends.
+    assert all(p.sandbox_lease._fh is None for p in procs)
+
+
+def test_a_fork_bomb_does_not_starve_another_run(box, tmp_path):
+    # RLIMIT_NPROC counts per uid: with one shared uid, a bomb at its limit
+    # made every other tenant's sandbox fail to start.
+    run, inp, out = box
+    bomb = ("import os, time\nwhile True:\n    try:\n        os.fork()\n"
+            "    except OSError:\n        time.sleep(0.01)\n")
+    limits = sandbox.Limits(wall_seconds=15, processes=64)
+    log = open(tmp_path / "bomb.log", "wb")
+    proc = sandbox.start(sandbox.Spec([sys.executable, "-c", bomb]), "bwrap", limits, log, log)
+    try:
+        deadline = time.monotonic() + 10
+        while _count_processes(proc.sandbox_uid) < 60:   # the bomb is at its limit
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        result, text = run("import os; print('fine', os.getuid())", wall=20, processes=64)
+        assert result.returncode == 0 and "fine" in text, text
+        assert int(text.split()[-1]) != proc.sandbox_uid
+    finally:
+        sandbox.kill(proc)
+        log.close()
+    assert no_live_sandbox_processes()
+
+
+def _count_processes(uid: int) -> int:
+    import subprocess
+    out = subprocess.run(["ps", "-u", str(uid), "-o", "pid="], capture_output=True, text=True).stdout
+    return len(out.split())
