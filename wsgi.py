@@ -1,4 +1,4 @@
 """What gunicorn serves: ``gunicorn wsgi:app``."""
-from app import create_app
+from app.web import create_app
 
 app = create_app()

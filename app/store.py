@@ -5,7 +5,6 @@ source of truth for job state; workers write to it, pages read from it.
 """
 from __future__ import annotations
 
-import enum
 import json
 import secrets
 from datetime import datetime, timezone
@@ -14,22 +13,9 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from app.core.status import JobStatus
+
 metadata = sa.MetaData()
-
-
-class JobStatus(str, enum.Enum):
-    """A job's life: queued -> running -> done | error | aborted | interrupted."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    ERROR = "error"
-    ABORTED = "aborted"
-    INTERRUPTED = "interrupted"
-
-    @property
-    def ended(self) -> bool:
-        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 jobs = sa.Table(

@@ -9,7 +9,9 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 def main(names: list[str]) -> None:
-    from . import http_load, train_speed, validation
+    from app import http_load
+    from app import train_speed
+    from app import validation
     suites = {"train_speed": train_speed.run, "validation": validation.run, "http_load": http_load.run}
     for name in names or list(suites):
         result = suites[name]()

@@ -24,14 +24,14 @@ def temp_root() -> Path:
 
 def make_app(root: Path, **overrides):
     """An app on ``root`` (sample-digits built on first use)."""
-    from app import create_app
+    from app.web import create_app
     return create_app({"INSTANCE_DIR": str(root / "instance"), "JOBS_DIR": str(root / "jobs"),
                        "WORKER_POLL_SECONDS": 0.2, **overrides})
 
 
 def client(app):
     """A test client with an API token (as admin), like a real API client."""
-    from app import auth
+    from app.web import auth
     with app.app_context():
         token = auth.new_token("admin")
     c = app.test_client()

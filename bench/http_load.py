@@ -79,7 +79,7 @@ def _fixed_rate(port: int, path: str, token: str, rate: float, seconds: float, t
 
 def run() -> dict:
     """Requests/second of both routes, and latency percentiles while training."""
-    from app.cli import gunicorn_argv
+    from app.web.cli import gunicorn_argv
     if not shutil.which("wrk"):
         raise RuntimeError("wrk is not installed (scripts/debian-packages.txt lists it)")
     root = temp_root()

@@ -36,7 +36,7 @@ print(json.dumps({"iterations": sp.max_iter - 1, "seconds": time.perf_counter() 
 
 def run(rounds: int = 3, iters: int = 300) -> dict:
     """Return iterations/second of job and baseline, and their ratio."""
-    from app.supervisor import LocalSupervisor
+    from app.worker.supervisor import LocalSupervisor
     root = temp_root()
     try:
         app = make_app(root)

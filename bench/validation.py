@@ -21,7 +21,7 @@ def _validate_times(app, n: int) -> list[float]:
 
 def run(n: int = 7) -> dict:
     """Medians in seconds, and the sandbox's overhead ratio."""
-    from app.supervisor import LocalSupervisor
+    from app.worker.supervisor import LocalSupervisor
     root = temp_root()
     try:
         contained = make_app(root)

@@ -26,7 +26,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 @pytest.fixture(scope="session")
 def sample_datasets(tmp_path_factory) -> Path:
     """sample-digits built once per test session (copied into each app)."""
-    from app.datasets import ensure_sample_digits
+    from app.caffe.datasets import ensure_sample_digits
     root = tmp_path_factory.mktemp("sample") / "datasets"
     ensure_sample_digits(root)
     return root
@@ -35,7 +35,7 @@ def sample_datasets(tmp_path_factory) -> Path:
 def make_app(tmp_path: Path, sample_datasets: Path, **overrides):
     """An app on ``tmp_path`` with sample-digits already in place."""
     import shutil
-    from app import create_app
+    from app.web import create_app
     jobs_dir = tmp_path / "jobs"
     shutil.copytree(sample_datasets, jobs_dir / "datasets")
     return create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(jobs_dir),
@@ -52,7 +52,7 @@ def app(tmp_path, sample_datasets):
 
 def client_for(app, name: str = "admin", admin: bool = False, password: str = "pw-for-tests"):
     """A test client sending ``name``'s API token (the user is created if new)."""
-    from app import auth
+    from app.web import auth
     with app.app_context():
         if app.extensions["store"].get_user(name) is None:
             auth.create_user(name, password, admin)
@@ -218,7 +218,7 @@ def server(tmp_path, sample_datasets):
 def no_live_sandbox_processes(timeout: float = 10.0) -> bool:
     """No live process of any sandbox uid is left (zombies, state Z, are
     exited processes waiting for PID 1 to reap them: they cannot run)."""
-    from app import sandbox
+    from app.services import sandbox
     uids = sandbox.uid_range()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

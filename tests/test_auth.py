@@ -117,7 +117,7 @@ def test_first_start_credentials_file(app):
     assert creds["user"] == "admin"
     resp = app.test_client().get("/api/v1/jobs", headers={"Authorization": f"Bearer {creds['token']}"})
     assert resp.status_code == 200
-    from app import create_app
+    from app.web import create_app
     again = create_app({"INSTANCE_DIR": app.config["INSTANCE_DIR"], "JOBS_DIR": app.config["JOBS_DIR"]})
     assert path.read_text().count("token:") == 1   # not recreated on the next start
     again.extensions["store"].engine.dispose()

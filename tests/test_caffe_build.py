@@ -100,7 +100,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: 
 
 def test_short_solve_on_digits_lowers_loss_and_snapshots(tmp_path):
     import caffe
-    from app.datasets import ensure_sample_digits
+    from app.caffe.datasets import ensure_sample_digits
     info = ensure_sample_digits(tmp_path / "datasets")
     ds = tmp_path / "datasets" / "sample-digits"
     assert info["train_count"] + info["val_count"] == 1797

@@ -154,7 +154,7 @@ def test_fields_are_checked(client):
 
 @pytest.mark.parametrize("mode", ["squash", "crop", "fill", "half_crop"])
 def test_resize_modes(mode):
-    from app.dataset_build import resize
+    from app.caffe.images import resize
     img = Image.fromarray(np.full((20, 40), 200, np.uint8), "L")
     out = resize(img, 16, 16, mode, np.random.default_rng(0))
     arr = np.asarray(out)

@@ -2,8 +2,8 @@
 must say so, `auto` must train on the CPU and `gpu` must be refused."""
 from __future__ import annotations
 
-from app import gpus
-from app.supervisor import Allocator
+from app.services import gpus
+from app.worker.supervisor import Allocator
 from conftest import post, wait_for
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from app import netdraw, network
+from app.caffe import netdraw
+from app.caffe import network
 from conftest import LENET_SEED, post
 
 

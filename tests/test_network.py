@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from app import network
+from app.caffe import network
 from conftest import LENET_SEED, layer_line
 
 RULES_NET = """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app import sandbox
+from app.services import sandbox
 from conftest import no_live_sandbox_processes
 
 

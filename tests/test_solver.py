@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from app import solver
+from app.caffe import solver
 
 NET = """name: "tiny"
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.datasets import write_dataset
+from app.caffe.datasets import write_dataset
 from conftest import post
 
-STANDARD = Path(__file__).resolve().parent.parent / "app" / "standard_networks"
+STANDARD = Path(__file__).resolve().parent.parent / "app" / "caffe" / "standard_networks"
 
 
 @pytest.fixture

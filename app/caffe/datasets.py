@@ -1,0 +1,132 @@
+"""Datasets: LMDB train/val sets with labels and a mean image.
+
+A dataset directory holds ``train_db/`` and ``val_db/`` (LMDB of Caffe
+``Datum``), ``labels.txt`` (one class name per line, index = label),
+``mean.binaryproto`` and ``info.json``. The built-in ``sample-digits`` set is
+scikit-learn's bundled 8x8 digits scaled to 28x28 grayscale.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from app.caffe.proto import caffe_pb2
+
+SAMPLE_ID = "sample-digits"
+
+
+def write_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write uint8 images (N, C, H, W) with int labels as a Caffe LMDB."""
+    import lmdb
+
+    pb = caffe_pb2()
+    n, c, h, w = images.shape
+    # map_size is an upper bound of the file's size, not an allocation.
+    env = lmdb.open(str(path), map_size=max(1 << 24, images.nbytes * 3 + (n << 10)),
+                    subdir=True, lock=True)
+    try:
+        with env.begin(write=True) as txn:
+            for i in range(n):
+                datum = pb.Datum(channels=c, height=h, width=w,
+                                 data=np.ascontiguousarray(images[i], dtype=np.uint8).tobytes(),
+                                 label=int(labels[i]))
+                txn.put(f"{i:08d}".encode(), datum.SerializeToString())
+    finally:
+        env.close()
+
+
+def write_mean(path: Path, images: np.ndarray) -> np.ndarray:
+    """Write the per-pixel mean of uint8 images (N, C, H, W) as binaryproto."""
+    mean = images.astype(np.float64).mean(axis=0).astype(np.float32)
+    blob = caffe_pb2().BlobProto()
+    blob.shape.dim.extend([1, *mean.shape])
+    blob.data.extend(mean.ravel().tolist())
+    path.write_bytes(blob.SerializeToString())
+    return mean
+
+
+def stratified_split(labels: np.ndarray, val_percent: float, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): ``val_percent`` of every class goes to val."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        k = int(round(len(idx) * val_percent / 100.0))
+        val.extend(idx[:k])
+        train.extend(idx[k:])
+    return rng.permutation(np.array(train, dtype=int)), rng.permutation(np.array(val, dtype=int))
+
+
+def write_dataset(dest: Path, images: np.ndarray, labels: np.ndarray,
+                  class_names: list[str], val_percent: float, name: str,
+                  seed: int = 0, in_place: bool = False) -> dict:
+    """Write a complete dataset directory and return its info: atomically
+    (temp dir + rename), or straight into an existing ``dest`` (the sandboxed
+    builder, whose output its caller publishes)."""
+    tmp = dest if in_place else dest.with_name(dest.name + ".partial")
+    if not in_place:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    tr, va = stratified_split(labels, val_percent, seed)
+    write_lmdb(tmp / "train_db", images[tr], labels[tr])
+    write_lmdb(tmp / "val_db", images[va], labels[va])
+    mean = write_mean(tmp / "mean.binaryproto", images[tr])
+    (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in class_names))
+    _previews(tmp, mean, images, labels, len(class_names))
+    info = {
+        "name": name, "num_classes": len(class_names), "labels": class_names,
+        "train_count": int(len(tr)), "val_count": int(len(va)),
+        "image_shape": [int(s) for s in images.shape[1:]],
+        "backend": "LMDB",
+        "per_class": {c: {"train": int((labels[tr] == i).sum()), "val": int((labels[va] == i).sum())}
+                      for i, c in enumerate(class_names)},
+    }
+    (tmp / "info.json").write_text(json.dumps(info, indent=1))
+    if not in_place:
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    return info
+
+
+def _previews(dest: Path, mean: np.ndarray, images: np.ndarray, labels: np.ndarray, n_classes: int,
+              per_class: int = 6) -> None:
+    # mean.png and samples/<class index>_<k>.png for the dataset page.
+    from PIL import Image
+
+    def save(arr: np.ndarray, path: Path) -> None:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+        Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(path)
+
+    save(mean, dest / "mean.png")
+    (dest / "samples").mkdir(exist_ok=True)
+    for cls in range(n_classes):
+        for k, idx in enumerate(np.flatnonzero(labels == cls)[:per_class]):
+            save(images[idx], dest / "samples" / f"{cls}_{k}.png")
+
+
+def sample_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as uint8 (N, 1, 28, 28) images and labels."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(im).resize((28, 28), Image.BILINEAR))
+                    for im in small])
+    return big[:, None, :, :], digits.target.astype(np.int64)
+
+
+def ensure_sample_digits(datasets_dir: Path) -> dict:
+    """Build ``sample-digits`` under ``datasets_dir`` unless already there."""
+    dest = datasets_dir / SAMPLE_ID
+    info_path = dest / "info.json"
+    if info_path.is_file():
+        return json.loads(info_path.read_text())
+    images, labels = sample_digits_arrays()
+    return write_dataset(dest, images, labels, [str(d) for d in range(10)],
+                         val_percent=25, name="Sample digits (scikit-learn 8x8, 28x28)")

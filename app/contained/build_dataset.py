@@ -1,0 +1,156 @@
+"""Build a dataset from an image archive, executed inside the sandbox:
+
+    python -m app.contained.build_dataset ARCHIVE OUT_DIR PARAMS_JSON
+
+The archive (zip or tar.gz, one folder per class) is read member by member,
+never extracted: entries with absolute paths, `..` or links are refused, and
+the entry count and total uncompressed bytes are capped while reading (zip
+bombs). Files that are not images are skipped and counted. Writes the
+dataset (see datasets.py) into OUT_DIR, `progress.json` while working and
+`result.json` at the end.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tarfile
+import zipfile
+from collections import defaultdict
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+class ArchiveError(Exception):
+    """The archive cannot become a dataset; the message says why."""
+
+
+def _check_name(name: str) -> PurePosixPath:
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or name.startswith("/"):
+        raise ArchiveError(f"refused entry '{name[:200]}': absolute path or '..'")
+    return p
+
+
+def members(path: str, max_files: int, max_bytes: int):
+    """Yield (path, bytes) of the archive's regular files, checked and capped."""
+    total = count = 0
+
+    def account(size: int) -> None:
+        nonlocal total, count
+        total += size
+        count += 1
+        if count > max_files:
+            raise ArchiveError(f"the archive has more than {max_files} files")
+        if total > max_bytes:
+            raise ArchiveError(f"the archive unpacks to more than {max_bytes >> 20} MiB (zip bomb?)")
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                p = _check_name(info.filename)
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise ArchiveError(f"refused entry '{info.filename[:200]}': symbolic link")
+                if info.is_dir():
+                    continue
+                with zf.open(info) as fh:
+                    # Never trust the header's size: read at most what is left.
+                    data = fh.read(max_bytes - total + 1)
+                account(len(data))
+                yield p, data
+        return
+    try:
+        tf = tarfile.open(path, mode="r:*")
+    except tarfile.TarError:
+        raise ArchiveError("the upload is not a zip or tar(.gz) archive") from None
+    with tf:
+        for info in tf:
+            p = _check_name(info.name)
+            if info.issym() or info.islnk():
+                raise ArchiveError(f"refused entry '{info.name[:200]}': link")
+            if info.isdir():
+                continue
+            if not info.isfile():
+                raise ArchiveError(f"refused entry '{info.name[:200]}': not a regular file")
+            account(info.size)
+            yield p, tf.extractfile(info).read()
+
+
+def build(archive: str, out: str, params: dict) -> dict:
+    """Decode, resize and split the archive's images; write the dataset."""
+    from PIL import Image
+
+    from app.caffe.datasets import write_dataset
+    from app.caffe.images import resize
+    Image.MAX_IMAGE_PIXELS = int(params.get("max_pixels", 40_000_000))  # decompression bombs
+    width, height, channels = int(params["image_width"]), int(params["image_height"]), int(params["channels"])
+    mode = "L" if channels == 1 else "RGB"
+    rng = np.random.default_rng(0)
+    entries = list(members(archive, int(params["max_files"]), int(params["max_bytes"])))
+    roots = {e[0].parts[0] for e in entries if len(e[0].parts) > 1}
+    # One wrapping folder ("mydata/cat/1.png") is common: look inside it.
+    strip = 1 if len(roots) == 1 and all(len(e[0].parts) > 2 for e in entries if len(e[0].parts) > 1) else 0
+    by_class: dict[str, list] = defaultdict(list)
+    skipped: dict[str, int] = defaultdict(int)
+    folders = set()
+    for i, (path, data) in enumerate(entries):
+        parts = path.parts[strip:]
+        if len(parts) < 2 or parts[-1].startswith("."):
+            skipped["not in a class folder"] += 1
+            continue
+        folders.add(parts[0])
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                arr = np.asarray(resize(im.convert(mode), width, height, params["resize_mode"], rng))
+        except Image.DecompressionBombError:
+            skipped["too many pixels"] += 1
+            continue
+        except Exception:       # anything Pillow cannot decode is "not an image"
+            skipped["not an image"] += 1
+            continue
+        by_class[parts[0]].append(arr.reshape(height, width, -1).transpose(2, 0, 1))
+        if i % 50 == 0:
+            _progress(out, 0.9 * (i + 1) / len(entries))
+    empty = sorted(folders - set(by_class))
+    if empty:
+        raise ArchiveError(f"class folder(s) without any image: {', '.join(empty[:10])}")
+    if len(by_class) < 2:
+        raise ArchiveError(f"a dataset needs at least two class folders with images (found {len(by_class)})")
+    names = sorted(by_class)
+    images = np.concatenate([np.stack(by_class[n]) for n in names]).astype(np.uint8)
+    labels = np.concatenate([np.full(len(by_class[n]), i) for i, n in enumerate(names)])
+    info = write_dataset(Path(out), images, labels, names, float(params["val_percent"]), params["name"],
+                         in_place=True)
+    info["skipped"] = dict(skipped)
+    info["resize_mode"] = params["resize_mode"]
+    return info
+
+
+def _progress(out: str, value: float) -> None:
+    tmp = os.path.join(out, ".progress.tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"progress": round(value, 3)}, fh)
+    os.replace(tmp, os.path.join(out, "progress.json"))
+
+
+def main(argv: list[str]) -> None:
+    """Entry point: always writes result.json."""
+    archive, out, params = argv[0], argv[1], json.loads(open(argv[2]).read())
+    try:
+        result = {"status": "done", "info": build(archive, out, params)}
+    except ArchiveError as exc:
+        result = {"status": "error", "message": str(exc)}
+    except MemoryError:
+        result = {"status": "error", "message": "the dataset does not fit in the memory limit"}
+    with open(os.path.join(out, "result.json"), "w") as fh:
+        json.dump(result, fh)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,104 @@
+"""Classify images with a trained job, executed inside the sandbox:
+
+    python -m app.contained.infer INPUT_DIR CAFFEMODEL DATASET_DIR WORK_DIR
+
+WORK_DIR holds the uploaded images (`files.json` maps server names to the
+original names) and receives `result.json`. Images get the training
+pipeline's preprocessing: the dataset's size, channels and resize mode, then
+the train Data layer's transform (mean, centre crop, scale); the deploy net
+(with the job's own digits_python_layers.py) gives the probabilities.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _transform(input_dir: Path, caffe_pb2, text_format):
+    net = caffe_pb2.NetParameter()
+    text_format.Parse((input_dir / "train_val.prototxt").read_text(), net)
+    for layer in net.layer:
+        if layer.type == "Data":
+            return layer.transform_param
+    return caffe_pb2.TransformationParameter()
+
+
+def _mean(tp, caffe_pb2, shape):
+    if tp.mean_file:
+        blob = caffe_pb2.BlobProto()
+        blob.ParseFromString(Path(tp.mean_file).read_bytes())
+        return np.array(blob.data, dtype=np.float32).reshape(shape)
+    if tp.mean_value:
+        return np.array(tp.mean_value, dtype=np.float32).reshape(-1, 1, 1)
+    return np.float32(0)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    if (x >= 0).all() and abs(float(x.sum()) - 1.0) < 1e-3:
+        return x   # already probabilities (the deploy net ends in Softmax)
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def classify(input_dir: Path, model: Path, dataset: Path, work: Path) -> list[dict]:
+    """Predictions for every uploaded image, in upload order."""
+    sys.path.insert(0, str(input_dir))
+    import caffe
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    from PIL import Image
+
+    from app.caffe.images import resize
+    caffe.set_mode_cpu()
+    info = json.loads((dataset / "info.json").read_text())
+    labels = (dataset / "labels.txt").read_text().splitlines()
+    c, h, w = info["image_shape"]
+    tp = _transform(input_dir, caffe_pb2, text_format)
+    mean = _mean(tp, caffe_pb2, (c, h, w))
+    net = caffe.Net(str(input_dir / "deploy.prototxt"), str(model), caffe.TEST)
+    data_name = net.inputs[0]
+    out_name = net.outputs[-1]
+    rng = np.random.default_rng(0)
+    results = []
+    for server_name, original in json.loads((work / "files.json").read_text()):
+        try:
+            with Image.open(work / server_name) as im:
+                im.load()
+                img = resize(im.convert("L" if c == 1 else "RGB"), w, h, info.get("resize_mode", "squash"), rng)
+        except Exception as exc:      # not an image: report it, classify the rest
+            results.append({"filename": original, "error": f"not a readable image ({type(exc).__name__})"})
+            continue
+        x = np.asarray(img, dtype=np.float32).reshape(h, w, -1).transpose(2, 0, 1) - mean
+        if tp.crop_size:
+            top, left = (h - tp.crop_size) // 2, (w - tp.crop_size) // 2
+            x = x[:, top:top + tp.crop_size, left:left + tp.crop_size]
+        x = x * (tp.scale if tp.HasField("scale") else 1.0)
+        net.blobs[data_name].reshape(1, *x.shape)
+        net.blobs[data_name].data[0] = x
+        probs = _softmax(net.forward()[out_name].reshape(-1).astype(np.float64))
+        order = np.argsort(-probs)[:5]
+        results.append({"filename": original, "top": [
+            {"label": labels[i] if i < len(labels) else str(i), "probability": round(float(probs[i]), 6)}
+            for i in order]})
+    return results
+
+
+def main(argv: list[str]) -> None:
+    """Entry point: result.json holds predictions or the error."""
+    work = Path(argv[3])
+    try:
+        result = {"ok": True, "predictions": classify(Path(argv[0]), Path(argv[1]), Path(argv[2]), work)}
+    except BaseException as exc:   # a Python layer may raise anything
+        import traceback
+        result = {"ok": False, "message": f"{type(exc).__name__}: {exc}",
+                  "traceback": "".join(traceback.format_exception(exc))[-4000:]}
+    (work / "result.json").write_text(json.dumps(result))
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,200 @@
+"""The training runner, executed inside the sandbox:
+
+    python -m app.contained.train INPUT_DIR OUTPUT_DIR CONTROL_DIR
+
+A pycaffe solver loop that writes, to OUTPUT_DIR only: ``metrics.jsonl``
+(train/val outputs per blob, learning rate, snapshots), ``progress.json``,
+snapshots, and ``result.json`` at the end. It stops early with a final
+snapshot on SIGTERM or when CONTROL_DIR/abort appears (the supervisor's
+read-only channel to us), resumes from CONTROL_DIR/resume.json, and ends in
+error on a NaN loss or an exception in a Python layer. Knows nothing of Flask.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from app.core.workspace import LAYER_FILE, user_line
+
+
+class Runner:
+    """One training run; ``run()`` always leaves a result.json."""
+
+    def __init__(self, input_dir: Path, output_dir: Path, control_dir: Path) -> None:
+        self.input, self.output, self.control = input_dir, output_dir, control_dir
+        self.meta = json.loads((input_dir / "job.json").read_text())
+        self.stop_reason: str | None = None
+        self.metrics = open(output_dir / "metrics.jsonl", "a", buffering=1)
+        self.last_progress = 0.0
+        self.shared = False
+        self.side_seconds = 0.0   # time in validation and snapshots
+
+    # ---- output --------------------------------------------------------------
+    def emit(self, kind: str, **fields) -> None:
+        self.metrics.write(json.dumps({"type": kind, **fields}) + "\n")
+
+    def write_json(self, name: str, obj: dict) -> None:
+        tmp = self.output / f".{name}.tmp"
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, self.output / name)
+
+    # ---- control -------------------------------------------------------------
+    def _on_term(self, _signum, _frame) -> None:
+        self.stop_reason = "aborted"
+
+    def abort_requested(self) -> bool:
+        if self.stop_reason is None and (self.control / "abort").exists():
+            self.stop_reason = "aborted"
+        return self.stop_reason is not None
+
+    # ---- the loop ------------------------------------------------------------
+    def run(self) -> dict:
+        signal.signal(signal.SIGTERM, self._on_term)
+        sys.path.insert(0, str(self.input))
+        import caffe
+        from caffe.proto import caffe_pb2
+        from google.protobuf import text_format
+
+        from app.caffe.solver import lr_at
+
+        device = os.environ.get("LAYERBENCH_DEVICE", "cpu")
+        if device.startswith("gpu"):
+            caffe.set_device(0)  # CUDA_VISIBLE_DEVICES holds exactly our GPU
+            caffe.set_mode_gpu()
+        else:
+            caffe.set_mode_cpu()
+        sp = caffe_pb2.SolverParameter()
+        text_format.Parse((self.input / "solver.prototxt").read_text(), sp)
+        test_interval, snapshot_every, test_iter = sp.test_interval, sp.snapshot, sp.test_iter[0]
+        # We run validation and snapshots ourselves (to record every output
+        # blob); Caffe's own copies of them are switched off.
+        run_sp = caffe_pb2.SolverParameter()
+        run_sp.CopyFrom(sp)
+        run_sp.test_interval, run_sp.snapshot = sp.max_iter + 1, 0
+        run_path = Path("/tmp") / f"solver-{os.getpid()}.prototxt"
+        run_path.write_text(text_format.MessageToString(run_sp))
+        solver = caffe.get_solver(str(run_path))
+        resume = self.control / "resume.json"
+        if resume.exists():
+            state = json.loads(resume.read_text())["solverstate"]
+            solver.restore(str(self.output / Path(state).name))
+            self.emit("resumed", iteration=solver.iter)
+
+        max_iter, per_epoch = sp.max_iter, self.meta.get("iters_per_epoch")
+        epoch = (lambda it: round(it / per_epoch, 4)) if per_epoch else (lambda it: None)
+        net = solver.net
+        outputs = list(net.outputs)
+        # pycaffe's net.blobs builds a new OrderedDict of every blob on each
+        # access: look the output blobs up once (the Blob objects persist).
+        out_blobs = {k: net.blobs[k] for k in outputs}
+        batch = max(1, min(50, max_iter // 1000 or 1))  # averaging window, <= ~1000 points
+        sums = {k: 0.0 for k in outputs}
+        count, t_start, it0 = 0, time.monotonic(), solver.iter
+        t_first = None
+        while solver.iter < max_iter and not self.abort_requested():
+            solver.step(1)
+            it = solver.iter
+            for k, blob in out_blobs.items():
+                data = blob.data
+                sums[k] += float(data.flat[0]) if data.size == 1 else float(data.mean())
+            count += 1
+            if it == it0 + 1:
+                t_first, self.side_seconds = time.monotonic(), 0.0
+                self.emit("first_iteration", seconds=round(t_first - t_start, 4), at=time.time())
+            if count == batch or it == max_iter:
+                point = {k: v / count for k, v in sums.items()}
+                bad = [k for k, v in point.items() if not math.isfinite(v)]
+                self.emit("train", iteration=it, epoch=epoch(it), **point)
+                self.emit("lr", iteration=it, epoch=epoch(it), lr=lr_at(sp, it))
+                sums, count = {k: 0.0 for k in outputs}, 0
+                if bad:
+                    return {"status": "error", "error": {
+                        "stage": "train", "message": f"Training diverged: '{bad[0]}' became "
+                        f"{point[bad[0]]} at iteration {it}. Try a lower learning rate."}}
+            if test_interval and it % test_interval == 0 or it == max_iter:
+                self.validate(solver, test_iter, it, epoch(it))
+            if snapshot_every and it % snapshot_every == 0 and it < max_iter:
+                self.snapshot(solver, epoch)
+            self.progress(it, max_iter, it0, t_start, epoch(it))
+        if t_first is not None and solver.iter > it0 + 1:
+            # Training throughput after the first iteration, without our
+            # validation and snapshot passes (bench/ compares it to bare pycaffe).
+            self.emit("timing", iterations=solver.iter - it0 - 1,
+                      seconds=round(time.monotonic() - t_first - self.side_seconds, 6))
+        self.snapshot(solver, epoch)
+        self.progress(solver.iter, max_iter, it0, t_start, epoch(solver.iter), force=True)
+        return {"status": self.stop_reason or "done"}
+
+    def validate(self, solver, test_iter: int, it: int, ep) -> None:
+        t0 = time.monotonic()
+        try:
+            self._validate(solver, test_iter, it, ep)
+        finally:
+            self.side_seconds += time.monotonic() - t0
+
+    def _validate(self, solver, test_iter: int, it: int, ep) -> None:
+        if not solver.test_nets:
+            return
+        net = solver.test_nets[0]
+        # Caffe's Solver::Test shares the trained weights with the test net;
+        # we test ourselves, so share them here (pointers: stays shared).
+        if not self.shared:
+            net.share_with(solver.net)
+            self.shared = True
+        sums = {k: 0.0 for k in net.outputs}
+        for _ in range(test_iter):
+            out = net.forward()
+            for k in sums:
+                sums[k] += float(out[k].mean())
+        self.emit("val", iteration=it, epoch=ep, **{k: v / test_iter for k, v in sums.items()})
+
+    def snapshot(self, solver, epoch) -> None:
+        if any(self.output.glob(f"snapshot_iter_{solver.iter}.caffemodel")):
+            return
+        t0 = time.monotonic()
+        solver.snapshot()
+        self.side_seconds += time.monotonic() - t0
+        self.emit("snapshot", iteration=solver.iter, epoch=epoch(solver.iter))
+
+    def progress(self, it: int, max_iter: int, it0: int, t_start: float, ep, force=False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_progress < 0.5:
+            return
+        self.last_progress = now
+        rate = (it - it0) / max(now - t_start, 1e-9)
+        self.write_json("progress.json", {
+            "iteration": it, "max_iter": max_iter, "epoch": ep,
+            "progress": round(it / max_iter, 4) if max_iter else 0.0,
+            "iterations_per_second": round(rate, 3),
+            "eta_seconds": round((max_iter - it) / rate, 1) if rate > 0 else None})
+
+
+def _python_error(exc: BaseException) -> dict:
+    line = user_line(exc.__traceback__)
+    return {"stage": "train", "message": f"{type(exc).__name__}: {exc}",
+            "file": LAYER_FILE if line else None, "line": line,
+            "traceback": "".join(traceback.format_exception(exc))[-6000:]}
+
+
+def main(argv: list[str]) -> int:
+    """Entry point; the exit status is 0 whenever result.json was written."""
+    runner = Runner(Path(argv[0]), Path(argv[1]), Path(argv[2]))
+    try:
+        result = runner.run()
+    except BaseException as exc:  # a Python layer may raise anything
+        result = {"status": "error", "error": _python_error(exc)}
+    runner.metrics.flush()
+    runner.write_json("result.json", result)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip teardown: prefetch threads and user objects may hang it
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

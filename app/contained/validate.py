@@ -1,0 +1,204 @@
+"""The validation run, executed inside the sandbox (never in the web process):
+
+    python -m app.contained.validate INPUT_DIR REPORT_JSON LOG_FILE
+
+Imports digits_python_layers.py, checks each referenced class, builds the
+train, val and deploy nets with pycaffe (instantiating every layer and running
+setup/reshape with the real shapes), runs one forward/backward on the train
+net and one forward on the val and deploy nets, timing each layer. Writes the
+report of API.md (less network line numbers, which the caller adds).
+A Caffe CHECK failure aborts this process; the caller reads LOG_FILE then.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from app.core.workspace import LAYER_FILE, VALIDATION_STARTED, user_line
+
+MODULE = "digits_python_layers"
+
+
+class Failure(Exception):
+    """One validation error, already in detail form."""
+
+    def __init__(self, **detail) -> None:
+        super().__init__(detail.get("message"))
+        self.detail = detail
+
+
+def _python_error(exc: BaseException, stage: str, layer: str | None, method: str | None) -> Failure:
+    where = f" in {method}()" if method else ""
+    return Failure(field="python_layer", file=LAYER_FILE, line=user_line(exc.__traceback__),
+                   layer=layer, stage=stage,
+                   message=f"{type(exc).__name__}{where}: {exc}",
+                   traceback="".join(traceback.format_exception(exc))[-4000:])
+
+
+def _last_layer_in_log(log: Path) -> str | None:
+    # glog's "Creating Layer X" / "Setting up X" lines say which layer
+    # Caffe was building when a Python exception came through.
+    name = None
+    try:
+        for line in log.read_text(errors="replace").splitlines()[-400:]:
+            for marker in ("] Creating Layer ", "] Setting up "):
+                if marker in line:
+                    name = line.split(marker, 1)[1].strip()
+    except OSError:
+        pass
+    return name
+
+
+def import_layers(input_dir: Path):
+    """Compile and import the uploaded module; None when there is none."""
+    path = input_dir / LAYER_FILE
+    if not path.exists():
+        return None
+    source = path.read_bytes()
+    try:
+        compile(source, LAYER_FILE, "exec")
+    except SyntaxError as exc:
+        raise Failure(field="python_layer", file=LAYER_FILE, line=exc.lineno, layer=None,
+                      stage="import", message=f"SyntaxError: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise Failure(field="python_layer", file=LAYER_FILE, line=None, layer=None,
+                      stage="import", message=f"{type(exc).__name__}: {exc}") from None
+    sys.path.insert(0, str(input_dir))
+    try:
+        return importlib.import_module(MODULE)
+    except BaseException as exc:  # anything at import time, SystemExit included
+        raise _python_error(exc, "import", None, None) from None
+
+
+def check_classes(module, layers: list, caffe) -> None:
+    """Each Python layer's class exists in the module and subclasses caffe.Layer."""
+    for layer in layers:
+        cls_name = layer.python_param.layer
+        if module is None:
+            raise Failure(field="python_layer", file=LAYER_FILE, line=None, layer=layer.name,
+                          stage="import", message=f"layer '{layer.name}' is a Python layer but no "
+                          "Python layer file was uploaded.")
+        cls = getattr(module, cls_name, None)
+        if cls is None:
+            raise Failure(field="python_layer", file=LAYER_FILE, line=None, layer=layer.name,
+                          stage="import", message=f"class '{cls_name}' is not defined in {LAYER_FILE}.")
+        if not (isinstance(cls, type) and issubclass(cls, caffe.Layer)):
+            raise Failure(field="python_layer", file=LAYER_FILE, line=None, layer=layer.name,
+                          stage="import", message=f"'{cls_name}' is not a subclass of caffe.Layer.")
+
+
+def build_net(caffe, path: Path, phase, stage: str, log: Path):
+    """caffe.Net for one stage; a Python exception names the layer from the log."""
+    try:
+        return caffe.Net(str(path), phase, stages=[stage])
+    except BaseException as exc:
+        layer = _last_layer_in_log(log)
+        tb = traceback.extract_tb(exc.__traceback__)
+        method = next((f.name for f in reversed(tb) if Path(f.filename).name == LAYER_FILE), None)
+        raise _python_error(exc, stage, layer, method or "setup") from None
+
+
+def run_layers(net, stage: str, backward: bool, timing: dict) -> None:
+    """Forward (and backward) one layer at a time, timing each."""
+    names = list(net._layer_names)
+    for i, name in enumerate(names):
+        t0 = time.perf_counter()
+        try:
+            net._forward(i, i)
+        except BaseException as exc:
+            raise _python_error(exc, stage, name, "forward") from None
+        timing.setdefault(name, {"layer": name, "forward_ms": 0.0, "backward_ms": 0.0})
+        timing[name]["forward_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+    if not backward:
+        return
+    for i in reversed(range(len(names))):
+        t0 = time.perf_counter()
+        try:
+            net._backward(i, i)
+        except BaseException as exc:
+            raise _python_error(exc, stage, names[i], "backward") from None
+        timing[names[i]]["backward_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+
+
+def check_tops(net, stage: str) -> None:
+    """Every top of every layer must have been shaped by its layer."""
+    for i, name in enumerate(net._layer_names):
+        for top_id in net._top_ids(i):
+            blob_name = net._blob_names[top_id]
+            if net._blobs[top_id].count == 0:
+                raise Failure(field="python_layer" if net.layers[i].type == "Python" else "network",
+                              file=LAYER_FILE if net.layers[i].type == "Python" else None,
+                              line=None, layer=name, stage=stage,
+                              message=f"top '{blob_name}' was never shaped by layer '{name}' "
+                              "(does the layer produce as many tops as the prototxt lists?)")
+
+
+def validate(input_dir: Path, log: Path, started: Path | None = None) -> dict:
+    """Run every check; return the report (raises Failure on the first error)."""
+    os.environ["GLOG_minloglevel"] = "0"
+    os.environ["GLOG_logtostderr"] = "1"
+    import caffe
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    caffe.set_mode_cpu()
+    # From here on a death without a report is the upload's doing; before it,
+    # the validator itself could not start: the server's fault, not the user's.
+    if started is not None:
+        started.touch()
+    module = import_layers(input_dir)
+    nets_txt = {}
+    for name in ("train_val", "deploy"):
+        nets_txt[name] = caffe_pb2.NetParameter()
+        text_format.Parse((input_dir / f"{name}.prototxt").read_text(), nets_txt[name])
+    py_layers = [lay for n in nets_txt.values() for lay in n.layer if lay.type == "Python"]
+    check_classes(module, py_layers, caffe)
+
+    timing: dict[str, dict] = {}
+    built = {}
+    for stage, phase, path in (("train", caffe.TRAIN, "train_val"), ("val", caffe.TEST, "train_val"),
+                               ("deploy", caffe.TEST, "deploy")):
+        net = build_net(caffe, input_dir / f"{path}.prototxt", phase, stage, log)
+        check_tops(net, stage)
+        run_layers(net, stage, backward=(stage == "train"), timing=timing)
+        built[stage] = net
+
+    layers, seen = [], {}
+    py_class = {lay.name: lay.python_param.layer for lay in py_layers}
+    for stage, net in built.items():
+        for i, name in enumerate(net._layer_names):
+            if name in seen:
+                seen[name]["stages"].append(stage)
+                continue
+            entry = {"name": name, "type": net.layers[i].type, "stages": [stage],
+                     "python_class": py_class.get(name),
+                     "top_shapes": [list(net._blobs[t].shape) for t in net._top_ids(i)]}
+            seen[name] = entry
+            layers.append(entry)
+    return {"ok": True, "errors": [], "warnings": [], "layers": layers,
+            "timing": list(timing.values())}
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: write the report JSON; exit 0 even when invalid."""
+    input_dir, report_path, log = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 2)  # C++ (glog) and Python stderr both land in the log
+    try:
+        report = validate(input_dir, log, report_path.with_name(VALIDATION_STARTED))
+    except Failure as f:
+        report = {"ok": False, "errors": [f.detail], "warnings": [], "layers": [], "timing": []}
+    report_path.write_text(json.dumps(report))
+    sys.stdout.flush()
+    # Skip interpreter teardown: Caffe's prefetch threads and the user's
+    # objects can crash or hang at exit, and we already have the answer.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,75 @@
+"""Settings, read from environment variables. The only module that reads env.
+
+Every setting is ``LAYERBENCH_<NAME>`` in the environment and ``<NAME>`` in
+``app.config``; ``create_app(overrides)`` wins over both.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PREFIX = "LAYERBENCH_"
+ROOT = Path(__file__).resolve().parents[2]   # the checkout: app/core/config.py
+
+# name -> (default, parser). Defaults that depend on other settings are None
+# and filled in by `load()`.
+_SETTINGS: dict[str, tuple[object, type]] = {
+    "JOBS_DIR": (str(ROOT / "jobs"), str),
+    "INSTANCE_DIR": (str(ROOT / "instance"), str),
+    "DATABASE_URL": (None, str),
+    "QUEUE": ("local", str),                # local (celery: not built yet)
+    "REDIS_URL": ("redis://127.0.0.1:6379/0", str),
+    "MAX_UPLOAD_MB": (64, int),
+    "MAX_LAYER_FILE_KB": (512, int),
+    "MAX_NETWORK_FILE_KB": (1024, int),
+    "SANDBOX": ("auto", str),               # auto | bwrap | none
+    "SANDBOX_UIDS": ("3000000-3000999", str),  # uids leased one per sandboxed run (root only)
+    "ALLOW_UNCONTAINED": (False, bool),
+    "VALIDATE_TIMEOUT": (60, int),          # seconds, wall clock
+    "TRAIN_TIMEOUT": (24 * 3600, int),      # seconds, wall clock per job
+    "MEMORY_LIMIT_MB": (8192, int),          # address space of user code
+    "DATASET_MAX_FILES": (200_000, int),     # entries in an uploaded archive
+    "DATASET_MAX_MB": (4096, int),           # uncompressed bytes in an archive
+    "DATASET_TIMEOUT": (3600, int),          # seconds to build one dataset
+    "WORKER_CONCURRENCY": (0, int),         # 0: one per GPU, else 1
+    "WORKER_POLL_SECONDS": (0.2, float),
+    "SECRET_KEY": (None, str),
+    "SECURE_COOKIES": (False, bool),         # set behind HTTPS
+    "CAFFE_PYTHON": (None, str),            # interpreter with pycaffe
+}
+
+
+def _parse(kind: type, raw: str) -> object:
+    if kind is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    return kind(raw)
+
+
+def load(environ: dict[str, str] | None = None) -> dict[str, object]:
+    """Return the settings dict from ``environ`` (default: ``os.environ``)."""
+    env = os.environ if environ is None else environ
+    cfg: dict[str, object] = {}
+    for name, (default, kind) in _SETTINGS.items():
+        raw = env.get(PREFIX + name)
+        cfg[name] = _parse(kind, raw) if raw not in (None, "") else default
+    instance = Path(str(cfg["INSTANCE_DIR"]))
+    if not cfg["DATABASE_URL"]:
+        cfg["DATABASE_URL"] = f"sqlite:///{instance / 'layerbench.sqlite3'}"
+    if not cfg["CAFFE_PYTHON"]:
+        # The interpreter running the web app is the project venv's, which
+        # also holds pycaffe (scripts/build_caffe.sh installs it there).
+        import sys
+        cfg["CAFFE_PYTHON"] = sys.executable
+    return cfg
+
+
+def flask_settings(cfg: dict[str, object]) -> dict[str, object]:
+    """Flask/Werkzeug limits derived from our settings."""
+    max_bytes = int(cfg["MAX_UPLOAD_MB"]) * 1024 * 1024
+    return {
+        "MAX_CONTENT_LENGTH": max_bytes,
+        # Non-file form fields are held in memory: keep them small.
+        "MAX_FORM_MEMORY_SIZE": 2 * 1024 * 1024,
+        "MAX_FORM_PARTS": 200,
+        "JSON_SORT_KEYS": False,
+    }

@@ -1,0 +1,189 @@
+"""Per-job directories: the only module that builds job and dataset paths.
+
+``<jobs_dir>/<job_id>/input``  what the sandbox reads (read-only there):
+                               the network as sent, digits_python_layers.py,
+                               train_val / deploy / solver prototxts, job.json
+``<jobs_dir>/<job_id>/output`` the one directory user code may write:
+                               train.log, metrics.jsonl, snapshots
+``<jobs_dir>/datasets/<id>``   datasets
+Writes are atomic (temp file + rename); reads of anything user code could
+have touched never follow symlinks and are size-capped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import traceback
+from pathlib import Path
+from typing import IO, Iterator
+
+LAYER_FILE = "digits_python_layers.py"
+NETWORK_FILE = "network.prototxt"
+# Written by the validator beside its report just before user code runs: a
+# validator that dies without a report and without this file never reached
+# the upload (the server's fault, not the user's).
+VALIDATION_STARTED = "user-code-started"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+
+
+class Workspace:
+    """Paths and file operations under one data root."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    # ---- paths ----------------------------------------------------------------
+    def job_dir(self, job_id: str) -> Path:
+        """The job's directory (not created)."""
+        return self._child(self.root, job_id)
+
+    def input_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "input"
+
+    def output_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "output"
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        """A dataset's directory (not created)."""
+        return self._child(self.root / "datasets", dataset_id)
+
+    def scratch_dir(self) -> Path:
+        """A fresh private directory for a validation run."""
+        base = self.root / ".scratch"
+        base.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=base))
+        path.chmod(0o755)  # traversable by the sandbox uid
+        return path
+
+    @staticmethod
+    def _child(parent: Path, name: str) -> Path:
+        if not _ID.match(name or "") or name in {"datasets", ".scratch"}:
+            raise ValueError(f"invalid id {name!r}")
+        path = (parent / name).resolve()
+        if path.parent != parent.resolve():
+            raise ValueError(f"invalid id {name!r}")
+        return path
+
+    # ---- lifecycle ---------------------------------------------------------------
+    def create_job(self, job_id: str) -> Path:
+        """Create the job's directory tree; fails if it already exists."""
+        d = self.job_dir(job_id)
+        d.mkdir(parents=True)
+        (d / "input").mkdir()
+        (d / "output").mkdir()
+        return d
+
+    def delete(self, path: Path) -> None:
+        """Remove a job or dataset directory (never follows links out)."""
+        path = Path(path)
+        if path.resolve().is_relative_to(self.root) and path.exists():
+            shutil.rmtree(path)
+
+    # ---- writes --------------------------------------------------------------------
+    @staticmethod
+    def write_atomic(path: Path, data: bytes | str) -> None:
+        """Write ``data`` to ``path`` via a temp file and rename."""
+        raw = data.encode() if isinstance(data, str) else data
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            os.fchmod(fd, 0o644)  # the sandbox uid reads job inputs
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def write_json(path: Path, obj: object) -> None:
+        Workspace.write_atomic(path, json.dumps(obj, indent=1))
+
+    @staticmethod
+    def save_stream(path: Path, stream: IO[bytes], limit: int) -> int:
+        """Copy ``stream`` to ``path`` atomically in chunks; at most ``limit`` bytes."""
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        total = 0
+        try:
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                while chunk := stream.read(64 * 1024):
+                    total += len(chunk)
+                    if total > limit:
+                        raise ValueError(f"larger than {limit} bytes")
+                    fh.write(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return total
+
+    # ---- reads of untrusted output ---------------------------------------------------
+    @staticmethod
+    def read_capped(path: Path, limit: int, offset: int = 0) -> bytes:
+        """Read a regular file without following symlinks, at most ``limit`` bytes."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{path.name} is not a regular file")
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.read(fd, limit)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def open_regular(path: Path) -> IO[bytes]:
+        """Open a regular file for reading without following symlinks."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{Path(path).name} is not a regular file")
+        return os.fdopen(fd, "rb")
+
+    @staticmethod
+    def file_size(path: Path) -> int:
+        """Size of a regular file (0 for anything else, links included)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+    @staticmethod
+    def snapshots(directory: Path, suffix: str) -> dict[int, Path]:
+        """Caffe snapshots (``*_iter_N<suffix>``, regular files only) by iteration."""
+        out = {}
+        for p in Workspace.regular_files(directory, suffix):
+            tail = p.stem.rsplit("_", 1)[-1]
+            if tail.isdigit():
+                out[int(tail)] = p
+        return out
+
+    @staticmethod
+    def display_name(name: str | None, fallback: str) -> str:
+        """A client-sent file name reduced to printable metadata (never a path)."""
+        base = (name or fallback).replace("\\", "/").rsplit("/", 1)[-1]
+        return "".join(ch for ch in base if ch.isprintable())[:200] or fallback
+
+    @staticmethod
+    def regular_files(directory: Path, suffix: str) -> Iterator[Path]:
+        """Regular files (never links) directly in ``directory`` ending in ``suffix``."""
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return
+        for e in entries:
+            if e.name.endswith(suffix) and e.is_file(follow_symlinks=False):
+                yield Path(e.path)
+
+
+def user_line(tb) -> int | None:
+    """The innermost traceback line that lies in the uploaded layer file."""
+    line = None
+    for frame in traceback.extract_tb(tb):
+        if Path(frame.filename).name == LAYER_FILE:
+            line = frame.lineno
+    return line

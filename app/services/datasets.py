@@ -1,0 +1,168 @@
+"""Dataset services: create from an uploaded archive, build it contained
+(app.dataset_build in the sandbox), publish it atomically, delete it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import IO
+
+from app.services import sandbox
+from app.caffe.images import RESIZE_MODES
+from app.services.context import Context
+from app.core.errors import ServiceError
+from app.store import new_job_id, now_iso
+from app.core.workspace import Workspace
+
+# What a finished build may contain; anything else (a link, a stray file) is refused.
+PUBLISHED = ("train_db", "val_db", "labels.txt", "mean.binaryproto", "mean.png", "samples", "info.json")
+
+
+def parse_fields(fields: dict[str, str]) -> dict:
+    """Typed dataset parameters; 400 with every bad field."""
+    details, out = [], {}
+    out["name"] = (fields.get("name") or "").strip()[:200]
+    if not out["name"]:
+        details.append({"field": "name", "message": "required"})
+    for name, lo, hi, default in (("image_width", 1, 1024, None), ("image_height", 1, 1024, None),
+                                  ("channels", 1, 3, 3), ("val_percent", 0, 90, 25)):
+        raw = (fields.get(name) or "").strip() or (str(default) if default is not None else "")
+        try:
+            value = float(raw) if name == "val_percent" else int(raw)
+            if not lo <= value <= hi or (name == "channels" and value not in (1, 3)):
+                raise ValueError
+            out[name] = value
+        except ValueError:
+            details.append({"field": name, "message": f"must be a number from {lo} to {hi}"
+                            + (" (1 or 3)" if name == "channels" else "")})
+    out["resize_mode"] = (fields.get("resize_mode") or "squash").strip()
+    if out["resize_mode"] not in RESIZE_MODES:
+        details.append({"field": "resize_mode", "message": "use " + ", ".join(RESIZE_MODES)})
+    if details:
+        raise ServiceError("invalid_request", "Some dataset fields are invalid.", details)
+    return out
+
+
+def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owner: str) -> dict:
+    """Store the archive and queue the build; the dataset record."""
+    params = parse_fields(fields)
+    if archive is None:
+        raise ServiceError("invalid_request", "The archive (zip or tar.gz) is missing.",
+                       [{"field": "archive", "message": "required"}])
+    ds_id = new_job_id()
+    upload = ctx.ws.dataset_dir(ds_id) / "upload"
+    upload.mkdir(parents=True)
+    try:
+        Workspace.save_stream(upload / "archive", archive, int(ctx.cfg["MAX_UPLOAD_MB"]) << 20)
+    except ValueError:
+        ctx.ws.delete(ctx.ws.dataset_dir(ds_id))
+        raise ServiceError("payload_too_large", "The archive is too large.") from None
+    params.update(max_files=int(ctx.cfg["DATASET_MAX_FILES"]), max_bytes=int(ctx.cfg["DATASET_MAX_MB"]) << 20)
+    Workspace.write_json(upload / "params.json", params)
+    ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status="queued",
+                             info={"params": params, "progress": 0.0}, created_at=now_iso())
+    return ctx.store.get_dataset(ds_id)
+
+
+def build(ctx: Context, ds_id: str) -> str:
+    """Run a queued dataset's build to its end; its final status."""
+    if not ctx.store.claim_dataset(ds_id, "queued", "running"):
+        return "skipped"
+    root = ctx.ws.dataset_dir(ds_id)
+    upload, out = root / "upload", root / "build"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    info = (ctx.store.get_dataset(ds_id) or {}).get("info") or {}
+    spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset", str(upload / "archive"),
+                         str(out), str(upload / "params.json")], read_only=[upload], writable=[out], cwd=out)
+    limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
+                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+    status, error = "error", None
+    try:
+        with open(root / "build.log", "ab") as log:
+            t0 = time.monotonic()
+            proc = sandbox.start(spec, ctx.containment, limits, log, log)
+            while proc.poll() is None:
+                if time.monotonic() - t0 > limits.wall_seconds:
+                    sandbox.kill(proc)
+                    break
+                try:
+                    p = json.loads(Workspace.read_capped(out / "progress.json", 4096))
+                    info["progress"] = float(p.get("progress", 0))
+                    ctx.store.upsert_dataset(ds_id, info=info)
+                except (OSError, ValueError, TypeError, AttributeError):
+                    pass
+                time.sleep(0.2)
+        status, error, built = _outcome(out, timed_out=time.monotonic() - t0 > limits.wall_seconds)
+        if status == "done":
+            _publish(out, root)
+            info = dict(built, progress=1.0, params=info.get("params"))
+    except OSError as exc:
+        status, error = "error", f"the build failed: {exc}"
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(upload, ignore_errors=True)   # nothing half-made is left
+        ctx.store.upsert_dataset(ds_id, status=status, error=error, info=info)
+    return status
+
+
+def _outcome(out: Path, timed_out: bool) -> tuple[str, str | None, dict]:
+    if timed_out:
+        return "error", "Building the dataset took too long.", {}
+    try:
+        result = json.loads(Workspace.read_capped(out / "result.json", 1 << 20))
+    except (OSError, ValueError):
+        return "error", "The dataset builder stopped without a result (out of memory?).", {}
+    if result.get("status") == "done" and isinstance(result.get("info"), dict):
+        return "done", None, result["info"]
+    return "error", str(result.get("message") or "the build failed")[:2000], {}
+
+
+def _publish(out: Path, root: Path) -> None:
+    # The builder ran as untrusted-input code: accept only the expected
+    # entries, regular files and directories, no links anywhere.
+    for entry in os.scandir(out):
+        if entry.name in ("result.json", "progress.json", ".progress.tmp"):
+            continue
+        if entry.name not in PUBLISHED:
+            raise OSError(f"unexpected file {entry.name!r} in the build")
+    for dirpath, dirnames, filenames in os.walk(out):
+        for name in dirnames + filenames:
+            mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise OSError(f"refused {name!r}: not a regular file")
+    for name in PUBLISHED:
+        if (out / name).exists():
+            os.replace(out / name, root / name)
+
+
+def delete(ctx: Context, ds: dict) -> None:
+    """Remove a dataset; 409 while a queued or running job uses it."""
+    using = ctx.store.jobs_using(ds["id"])
+    if using:
+        raise ServiceError("conflict", f"Dataset is used by {len(using)} queued or running job(s).",
+                       [{"field": "dataset", "message": f"job {j}"} for j in using[:10]])
+    if ds["status"] in ("queued", "running"):
+        raise ServiceError("conflict", "The dataset is still being built.")
+    ctx.store.delete_dataset(ds["id"])
+    ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]))
+
+
+def visible(ds: dict | None, user: dict) -> bool:
+    """Built-in datasets are everyone's; others only their owner's (and admins')."""
+    return ds is not None and (ds["owner"] is None or user.get("admin") or ds["owner"] == user["name"])
+
+
+def to_json(ds: dict) -> dict:
+    """The dataset JSON of API.md (plus progress and per-class counts)."""
+    info = ds.get("info") or {}
+    return {"id": ds["id"], "name": ds["name"], "status": ds["status"], "owner": ds["owner"],
+            "num_classes": info.get("num_classes"), "labels": info.get("labels"),
+            "train_count": info.get("train_count"), "val_count": info.get("val_count"),
+            "image_shape": info.get("image_shape"), "error": ds.get("error"),
+            "progress": info.get("progress", 1.0 if ds["status"] == "done" else 0.0),
+            "per_class": info.get("per_class"), "skipped": info.get("skipped"),
+            "created_at": ds.get("created_at")}

@@ -1,0 +1,73 @@
+"""Inference service: run app.infer contained on a finished job's snapshot."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import IO
+
+from app.services import sandbox
+from app.services.context import Context
+from app.core.errors import ServiceError
+from app.core.workspace import Workspace
+
+MAX_IMAGES = 100
+MAX_IMAGE_BYTES = 20 << 20
+
+
+def snapshot_model(ctx: Context, job: dict, iteration: int | None) -> tuple[int, Path]:
+    """(iteration, caffemodel) to use: the given iteration or the latest; 409 if none."""
+    models = Workspace.snapshots(ctx.ws.output_dir(job["id"]), ".caffemodel")
+    if not models:
+        raise ServiceError("conflict", "This job has no snapshot yet to classify with.")
+    if iteration is None:
+        iteration = max(models)
+    if iteration not in models:
+        raise ServiceError("invalid_request", f"No snapshot at iteration {iteration}.",
+                       [{"field": "snapshot", "message": "available: " + ", ".join(map(str, sorted(models)))}])
+    return iteration, models[iteration]
+
+
+def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iteration: int | None) -> dict:
+    """{"predictions": [{"filename", "top": [{"label", "probability"}]}], "snapshot": N}."""
+    if not job.get("dataset"):
+        raise ServiceError("conflict", "This job has no dataset, so its images and labels are unknown.")
+    if not images:
+        raise ServiceError("invalid_request", "Upload one or more images as 'image'.",
+                       [{"field": "image", "message": "required"}])
+    if len(images) > MAX_IMAGES:
+        raise ServiceError("payload_too_large", f"At most {MAX_IMAGES} images at once.")
+    iteration, model = snapshot_model(ctx, job, iteration)
+    work = ctx.ws.scratch_dir()
+    try:
+        names = []
+        for k, (stream, filename) in enumerate(images):
+            try:
+                Workspace.save_stream(work / f"img_{k}", stream, MAX_IMAGE_BYTES)
+            except ValueError:
+                raise ServiceError("payload_too_large", f"{filename[:80]} is larger than 20 MiB.") from None
+            names.append([f"img_{k}", Workspace.display_name(filename, f"image{k}")])
+        Workspace.write_json(work / "files.json", names)
+        ds = ctx.ws.dataset_dir(job["dataset"])
+        spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.infer", str(ctx.ws.input_dir(job["id"])),
+                             str(model), str(ds), str(work)],
+                            read_only=[ctx.ws.input_dir(job["id"]), ctx.ws.output_dir(job["id"]), ds],
+                            writable=[work], cwd=work)
+        limits = sandbox.Limits(wall_seconds=float(ctx.cfg["VALIDATE_TIMEOUT"]) * 2,
+                                address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+        with open(work / "infer.log", "wb") as log:
+            result_code = sandbox.run(spec, ctx.containment, limits, log, log)
+        try:
+            result = json.loads(Workspace.read_capped(work / "result.json", 8 << 20))
+        except (OSError, ValueError):
+            tail = Workspace.read_capped(work / "infer.log", 1 << 20).decode("utf-8", "replace")[-3000:]
+            raise ServiceError("internal_error", "Inference stopped without a result"
+                           + (" (time limit)." if result_code.timed_out else "."), [{"log_tail": tail}]) from None
+        if not result.get("ok"):
+            raise ServiceError("invalid_python_layer", f"Inference failed: {result.get('message')}",
+                           [{"field": "python_layer", "file": "digits_python_layers.py",
+                             "message": result.get("message"), "traceback": result.get("traceback")}])
+        return {"predictions": result["predictions"], "snapshot": iteration}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+

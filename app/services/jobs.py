@@ -1,0 +1,279 @@
+"""Job services: what the views call. No Flask request handling here."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+from flask import current_app
+
+from app.caffe import network
+from app.services.context import Context
+from app.worker.runner import HEARTBEAT_STALE_SECONDS, recover
+from app.core.errors import ServiceError
+from app.core.status import JobStatus
+from app.store import Store, new_job_id, now_iso
+from app.services.submission import Prepared, Upload, prepare, run_validation
+from app.core.workspace import LAYER_FILE, NETWORK_FILE, Workspace
+
+
+def ctx() -> Context:
+    """The worker context of the current app."""
+    return current_app.extensions["ctx"]
+
+
+def ready_datasets(store: Store, ws: Workspace, user: dict | None = None) -> dict[str, network.DatasetInfo]:
+    """Datasets ``user`` may train on, by id."""
+    from app.services.datasets import visible
+    out = {}
+    for d in store.list_datasets():
+        info = d.get("info") or {}
+        if d["status"] == "done" and info.get("image_shape") and (user is None or visible(d, user)):
+            out[d["id"]] = network.DatasetInfo(
+                path=ws.dataset_dir(d["id"]), num_classes=info["num_classes"],
+                image_shape=info["image_shape"], train_count=info["train_count"],
+                val_count=info["val_count"], has_mean=(ws.dataset_dir(d["id"]) / "mean.binaryproto").exists())
+    return out
+
+
+def _validate_into(upload: Upload, input_dir: Path, out_dir: Path) -> tuple[Prepared, dict]:
+    from app.services import gpus
+    from app.services.caffe_info import caffe_info
+    c = ctx()
+    from app.web.auth import current_user
+    prepared = prepare(upload, input_dir, cfg=c.cfg, datasets=ready_datasets(c.store, c.ws, current_user()))
+    found = gpus.detect()
+    gpu_build = bool(caffe_info(current_app.config["CAFFE_PYTHON"]).get("gpu_build"))
+    problem = gpus.parse_device(prepared.params["device"], len(found), gpu_build)
+    if problem:
+        raise ServiceError("invalid_request", problem, [{"field": "device", "message": problem}])
+    ds_dir = c.ws.dataset_dir(prepared.dataset) if prepared.dataset else None
+    report = run_validation(input_dir, out_dir, prepared, cfg=c.cfg, how=c.containment, dataset_dir=ds_dir)
+    if found and gpu_build and prepared.params["device"] != "cpu" and prepared.python_layer:
+        report["warnings"].append({"field": "python_layer", "message": "Python layers run on the CPU: on a "
+                                   "GPU their input and output blobs are copied between device and host "
+                                   "every iteration."})
+    return prepared, report
+
+
+def _guard_containment() -> None:
+    c = ctx()
+    if c.containment == "none" and not c.cfg["ALLOW_UNCONTAINED"]:
+        raise ServiceError("unavailable", "No containment is available for uploaded code on this "
+                       "server; set LAYERBENCH_ALLOW_UNCONTAINED=1 to run it anyway.")
+
+
+def validate_only(upload: Upload) -> dict:
+    """Validate without creating a job; the report (also when invalid)."""
+    _guard_containment()
+    scratch = ctx().ws.scratch_dir()
+    try:
+        (scratch / "input").mkdir()
+        try:
+            _, report = _validate_into(upload, scratch / "input", scratch / "validation")
+        except ServiceError as err:
+            if err.code not in ("invalid_request", "invalid_network", "invalid_python_layer"):
+                raise
+            return {"ok": False, "errors": err.details or [{"message": err.message}],
+                    "warnings": [], "layers": [], "timing": [], "error": err.code}
+        return report
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _invalid(report: dict) -> ServiceError:
+    first = report["errors"][0] if report["errors"] else {}
+    code = "invalid_python_layer" if first.get("field") == "python_layer" else "invalid_network"
+    return ServiceError(code, first.get("message") or "The network did not validate.", report["errors"])
+
+
+def submit(upload: Upload, owner: str, resume_from: int | None = None) -> dict:
+    """Validate and queue a new job; 400 and nothing queued when invalid."""
+    _guard_containment()
+    c = ctx()
+    job_id = new_job_id()
+    job_dir = c.ws.create_job(job_id)
+    try:
+        prepared, report = _validate_into(upload, c.ws.input_dir(job_id), job_dir / "validation")
+        if not report["ok"]:
+            raise _invalid(report)
+    except BaseException:
+        c.ws.delete(job_dir)
+        raise
+    Workspace.write_json(job_dir / "validation" / "report.json", report)
+    name = prepared.params.get("name") or prepared.network.net.name or "job"
+    params = {k: v for k, v in prepared.params.items() if k not in ("name", "dataset")}
+    params["network_filename"] = prepared.network.filename
+    params["iters_per_epoch"] = prepared.iters_per_epoch
+    params["validation_seconds"] = report.get("seconds")
+    return c.store.insert_job(id=job_id, name=name[:200], owner=owner, dataset=prepared.dataset,
+                              device=params["device"],
+                              params=params, python_layer=prepared.python_layer,
+                              max_iter=prepared.max_iter)
+
+
+def get(job_id: str, user: dict | None = None) -> dict:
+    """A job visible to ``user`` (None: anyone) or 404."""
+    job = ctx().store.get_job(job_id) if isinstance(job_id, str) else None
+    if job is None or (user is not None and not user.get("admin") and job["owner"] != user["name"]):
+        raise ServiceError("not_found", "No such job.")
+    if job["status"] == JobStatus.RUNNING.value and \
+            time.time() - (job.get("heartbeat_at") or 0) > HEARTBEAT_STALE_SECONDS:
+        recover(ctx(), stale_after=HEARTBEAT_STALE_SECONDS)
+        job = ctx().store.get_job(job_id)
+    return job
+
+
+def to_json(job: dict) -> dict:
+    """The job JSON of API.md."""
+    base = f"/api/v1/jobs/{job['id']}"
+    keys = ("id", "name", "owner", "status", "created_at", "started_at", "finished_at", "progress",
+            "iteration", "max_iter", "epoch", "eta_seconds", "device", "dataset", "python_layer",
+            "metrics", "snapshots", "error")
+    out = {k: job.get(k) for k in keys}
+    if out["status"] != JobStatus.RUNNING.value:
+        out["eta_seconds"] = None
+    if job.get("device", "").startswith("gpu:") and job["status"] == JobStatus.RUNNING.value:
+        from app.services import gpus
+        out["gpu"] = gpus.usage(int(job["device"][4:]))
+    out["links"] = {"self": base, "page": f"/jobs/{job['id']}", "log": f"{base}/log",
+                    "metrics": f"{base}/metrics", "events": f"{base}/events",
+                    "download": f"{base}/download"}
+    return out
+
+
+def abort(job: dict) -> None:
+    """Ask a queued or running job to stop; 409 when it already ended."""
+    store = ctx().store
+    if JobStatus(job["status"]).ended:
+        raise ServiceError("conflict", f"The job already ended ({job['status']}).")
+    store.update_job(job["id"], abort_requested=True)
+    # A queued job never started: end it now.
+    store.update_job(job["id"], expect_status=[JobStatus.QUEUED.value], status=JobStatus.ABORTED.value,
+                     finished_at=now_iso())
+
+
+def delete(job: dict) -> None:
+    """Abort if running, then remove the job's files and record."""
+    c = ctx()
+    if not JobStatus(job["status"]).ended:
+        c.store.update_job(job["id"], abort_requested=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            cur = c.store.get_job(job["id"])
+            if cur is None or JobStatus(cur["status"]).ended:
+                break
+            if cur["status"] == JobStatus.QUEUED.value:
+                break
+            time.sleep(0.1)
+    c.store.delete_job(job["id"])
+    c.ws.delete(c.ws.job_dir(job["id"]))
+
+
+def clone(job: dict, owner: str, fields: dict[str, str]) -> dict:
+    """A new job with the same network, layer, dataset and settings."""
+    c = ctx()
+    inp = c.ws.input_dir(job["id"])
+    params = dict(job.get("params") or {})
+    base = {k: str(v) for k, v in params.items() if v is not None and k in (
+        "train_epochs", "max_iter", "learning_rate", "batch_size", "val_interval", "snapshot_interval",
+        "random_seed", "gamma", "power", "stepsize", "solver_type", "lr_policy", "stepvalues", "device")}
+    base["dataset"] = job.get("dataset") or ""
+    base["name"] = f"{job['name']} (clone)"
+    base.update({k: v for k, v in fields.items() if v is not None})
+    layer = inp / LAYER_FILE
+    with (open(layer, "rb") if layer.exists() else io.BytesIO()) as fh:
+        upload = Upload(network_text=(inp / NETWORK_FILE).read_bytes(),
+                        network_filename=params.get("network_filename") or NETWORK_FILE,
+                        layer_stream=fh if layer.exists() else None,
+                        layer_filename=(job.get("python_layer") or {}).get("original_filename"),
+                        fields=base)
+        return submit(upload, owner)
+
+
+def resume(job: dict) -> dict:
+    """Requeue an interrupted/aborted job from its last solverstate."""
+    c = ctx()
+    if job["status"] not in (JobStatus.INTERRUPTED.value, JobStatus.ABORTED.value):
+        raise ServiceError("conflict", f"Only interrupted or aborted jobs can be resumed (this one is "
+                       f"{job['status']}).")
+    states = sorted(Workspace.snapshots(c.ws.output_dir(job["id"]), ".solverstate"))
+    if not states:
+        raise ServiceError("conflict", "This job has no snapshot to resume from.")
+    c.store.update_job(job["id"], expect_status=[job["status"]], status=JobStatus.QUEUED.value,
+                       abort_requested=False, resume_from=states[-1], error=None, finished_at=None)
+    return c.store.get_job(job["id"])
+
+
+def metrics(job: dict) -> dict:
+    """Every recorded point: {"train": [...], "val": [...], "lr": [...]}."""
+    out: dict[str, list] = {"train": [], "val": [], "lr": []}
+    path = ctx().ws.output_dir(job["id"]) / "metrics.jsonl"
+    try:
+        raw = Workspace.read_capped(path, 64 << 20)
+    except OSError:
+        return out
+    for line in raw.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        kind = rec.pop("type", None) if isinstance(rec, dict) else None
+        if kind in out:
+            out[kind].append(rec)
+    return out
+
+
+def log(job: dict, offset: int, limit: int = 1 << 20) -> tuple[bytes, int]:
+    """Log bytes from ``offset`` and the log's full size."""
+    path = ctx().ws.output_dir(job["id"]) / "train.log"
+    size = Workspace.file_size(path)
+    if offset >= size:
+        return b"", size
+    return Workspace.read_capped(path, limit, offset), size
+
+
+def download(job: dict) -> Path:
+    """Write the tarball of API.md to the job's directory and return its path.
+    Files are streamed from disk into the archive: the web process never
+    holds a model in memory."""
+    c = ctx()
+    inp, out = c.ws.input_dir(job["id"]), c.ws.output_dir(job["id"])
+    dest = c.ws.job_dir(job["id"]) / "download.tar.gz"
+    tmp = dest.with_name(".download.tar.gz.tmp")
+    with tarfile.open(tmp, mode="w:gz", compresslevel=1) as tar:
+        def add(path: Path, arcname: str) -> None:
+            try:
+                fd = Workspace.open_regular(path)
+            except OSError:
+                return
+            with fd as fh:
+                info = tarfile.TarInfo(arcname)
+                info.size, info.mtime, info.mode = os.fstat(fh.fileno()).st_size, int(time.time()), 0o644
+                tar.addfile(info, fh)
+        orig = Path((job.get("params") or {}).get("network_filename") or NETWORK_FILE).name
+        add(inp / NETWORK_FILE, orig if orig not in ("train_val.prototxt", "deploy.prototxt",
+                                                     "solver.prototxt") else f"original_{orig}")
+        for name in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt", LAYER_FILE):
+            add(inp / name, name)
+        models = Workspace.snapshots(out, ".caffemodel")
+        latest = models[max(models)] if models else None
+        if latest:
+            add(latest, latest.name)
+        if job.get("dataset"):
+            ds = c.ws.dataset_dir(job["dataset"])
+            add(ds / "labels.txt", "labels.txt")
+            add(ds / "mean.binaryproto", "mean.binaryproto")
+        info = dict(to_json(job), framework="caffe",
+                    snapshot=latest.name if latest else None)
+        data = json.dumps(info, indent=1).encode()
+        ti = tarfile.TarInfo("info.json")
+        ti.size, ti.mtime = len(data), int(time.time())
+        tar.addfile(ti, io.BytesIO(data))
+    os.replace(tmp, dest)
+    return dest
+

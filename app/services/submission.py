@@ -1,0 +1,268 @@
+"""From an upload to validated job inputs.
+
+Parses the form/REST fields, stores the uploads under server-chosen names,
+generates train_val / deploy / solver prototxts, and runs the contained
+validator, turning every failure into the API's error details.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from app.caffe import network
+from app.services import sandbox
+from app.caffe import solver
+from app.core.errors import ServiceError
+from app.core.workspace import LAYER_FILE, NETWORK_FILE, VALIDATION_STARTED, Workspace
+
+DEVICE_CHOICES = ("auto", "cpu", "gpu")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Upload:
+    """What a client sent, before any checking."""
+
+    network_text: str | bytes | None
+    network_filename: str = "network.prototxt"
+    layer_stream: IO[bytes] | None = None
+    layer_filename: str | None = None
+    solver_text: str | bytes | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """Inputs written to a job's input directory, ready to validate."""
+
+    params: dict
+    network: network.Network
+    python_layer: dict | None
+    dataset: str | None
+    max_iter: int
+    iters_per_epoch: float | None
+
+
+_NUMBERS = {"train_epochs": float, "max_iter": int, "learning_rate": float, "batch_size": int,
+            "val_interval": float, "snapshot_interval": float, "random_seed": int,
+            "gamma": float, "power": float, "stepsize": int, "momentum": float,
+            "weight_decay": float, "stepsize_percent": float}
+
+
+def parse_params(fields: dict[str, str]) -> dict:
+    """Typed solver/job parameters from text fields; 400 on a bad value."""
+    params: dict = {}
+    details = []
+    for name, kind in _NUMBERS.items():
+        raw = (fields.get(name) or "").strip()
+        if not raw:
+            continue
+        try:
+            value = kind(raw)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError
+        except ValueError:
+            details.append({"field": name, "message": f"'{raw[:40]}' is not a valid {kind.__name__}"})
+            continue
+        if value <= 0 and name not in ("random_seed", "gamma", "weight_decay", "momentum"):
+            details.append({"field": name, "message": "must be greater than zero"})
+        params[name] = value
+    for name in ("solver_type", "lr_policy", "stepvalues", "stepvalues_percent", "name", "dataset"):
+        if (fields.get(name) or "").strip():
+            params[name] = fields[name].strip()
+    device = (fields.get("device") or "auto").strip().lower()
+    if device not in DEVICE_CHOICES and not (device.startswith("gpu:") and device[4:].isdigit()):
+        details.append({"field": "device", "message": "use auto, cpu, gpu or gpu:N"})
+    params["device"] = device
+    if details:
+        raise ServiceError("invalid_request", "Some fields have invalid values.", details)
+    return params
+
+
+def _text(raw: str | bytes | None, field_name: str, filename: str, limit: int) -> str:
+    if raw is None or (isinstance(raw, (str, bytes)) and not raw.strip()):
+        raise ServiceError("invalid_request", f"The {field_name} is missing.",
+                       [{"field": field_name, "file": filename, "message": "required"}])
+    data = raw.encode() if isinstance(raw, str) else raw
+    if len(data) > limit:
+        raise ServiceError("payload_too_large", f"The {field_name} is larger than {limit // 1024} KiB.",
+                       [{"field": field_name, "file": filename, "message": "too large"}])
+    if b"\x00" in data:
+        raise ServiceError("invalid_network" if field_name == "network" else "invalid_request",
+                       f"The {field_name} contains NUL bytes; it must be text.",
+                       [{"field": field_name, "file": filename, "message": "NUL byte"}])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ServiceError("invalid_network" if field_name == "network" else "invalid_request",
+                       f"The {field_name} is not UTF-8 text.",
+                       [{"field": field_name, "file": filename, "line": data[:exc.start].count(b"\n") + 1,
+                         "message": str(exc)}]) from None
+
+
+def _save_layer(upload: Upload, input_dir: Path, limit: int) -> dict | None:
+    if upload.layer_stream is None:
+        return None
+    dest = input_dir / LAYER_FILE
+    try:
+        Workspace.save_stream(dest, upload.layer_stream, limit)
+    except ValueError:
+        raise ServiceError("payload_too_large", f"The Python layer file is larger than {limit // 1024} KiB.",
+                       [{"field": "python_layer", "file": LAYER_FILE, "message": "too large"}]) from None
+    data = dest.read_bytes()
+    detail = {"field": "python_layer", "file": LAYER_FILE, "layer": None, "stage": "upload"}
+    if not data.strip():
+        dest.unlink()
+        return None
+    if b"\x00" in data:
+        raise ServiceError("invalid_python_layer", "The Python layer file contains NUL bytes.",
+                       [{**detail, "line": data[:data.index(b"\x00")].count(b"\n") + 1, "message": "NUL byte"}])
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ServiceError("invalid_python_layer", "The Python layer file is not UTF-8 text.",
+                       [{**detail, "line": data[:exc.start].count(b"\n") + 1, "message": str(exc)}]) from None
+    return {"module": network.LAYER_MODULE,
+            "original_filename": Workspace.display_name(upload.layer_filename, LAYER_FILE),
+            "classes": []}
+
+
+def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, network.DatasetInfo]
+            ) -> Prepared:
+    """Check the upload and write every job input into ``input_dir``."""
+    params = parse_params(upload.fields)
+    net_name = Workspace.display_name(upload.network_filename, NETWORK_FILE)
+    text = _text(upload.network_text, "network", net_name, int(cfg["MAX_NETWORK_FILE_KB"]) * 1024)
+    python_layer = _save_layer(upload, input_dir, int(cfg["MAX_LAYER_FILE_KB"]) * 1024)
+    try:
+        net = network.parse(text, net_name)
+        network.check(net)
+        network.check_sizes(net)
+    except network.NetworkError as exc:
+        raise ServiceError("invalid_network", exc.message, exc.details) from None
+    if network.python_layers(net.net) and python_layer is None:
+        layer = network.python_layers(net.net)[0].name
+        raise ServiceError("invalid_python_layer", "The network has Python layers but no Python layer file "
+                       "was uploaded.", [net.detail("upload digits_python_layers.py", layer, field_name="python_layer")])
+    if python_layer is not None:
+        python_layer["classes"] = list(dict.fromkeys(lay.python_param.layer for lay in network.python_layers(net.net)))
+
+    ds_id = params.get("dataset")
+    ds = None
+    if ds_id:
+        ds = datasets.get(ds_id)
+        if ds is None:
+            raise ServiceError("invalid_request", f"Dataset '{ds_id[:80]}' does not exist or is not ready.",
+                           [{"field": "dataset", "message": "unknown dataset"}])
+    try:
+        filled = network.fill(net, ds, params.get("batch_size"))
+        network.check_paths(net, [input_dir] + ([ds.path] if ds else []))
+    except network.NetworkError as exc:
+        raise ServiceError("invalid_network", exc.message, exc.details) from None
+    base = solver.parse_solver(_text(upload.solver_text, "solver", "solver.prototxt", 256 * 1024)) \
+        if upload.solver_text else None
+    out_dir = input_dir.parent / "output"
+    try:
+        plan = solver.build(params, net_path=str(input_dir / "train_val.prototxt"),
+                            snapshot_prefix=str(out_dir / "snapshot"),
+                            train_count=ds.train_count if ds else None, val_count=ds.val_count if ds else None,
+                            train_batch=filled["train_batch"], val_batch=filled["val_batch"], base=base)
+    except solver.SolverError as exc:
+        raise ServiceError("invalid_request", exc.message, [{"field": exc.field, "message": exc.message}]) from None
+    deploy = network.deploy_net(net, ds, filled["data_top"])
+    Workspace.write_atomic(input_dir / NETWORK_FILE, text)
+    Workspace.write_atomic(input_dir / "train_val.prototxt", network.to_text(net.net))
+    Workspace.write_atomic(input_dir / "deploy.prototxt", network.to_text(deploy))
+    Workspace.write_atomic(input_dir / "solver.prototxt", solver.to_text(plan.solver))
+    job_meta = {"max_iter": plan.max_iter, "iters_per_epoch": plan.iters_per_epoch,
+                "dataset": ds_id, "device": params["device"]}
+    Workspace.write_json(input_dir / "job.json", job_meta)
+    return Prepared(params, net, python_layer, ds_id, plan.max_iter, plan.iters_per_epoch)
+
+
+def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: dict, how: str,
+                   dataset_dir: Path | None) -> dict:
+    """Run app.validate contained; return the report with network lines filled."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report_path, log_path = out_dir / "report.json", out_dir / "validate.log"
+    spec = sandbox.Spec([str(cfg["CAFFE_PYTHON"]), "-m", "app.contained.validate", str(input_dir),
+                         str(report_path), str(log_path)],
+                        read_only=[input_dir] + ([dataset_dir] if dataset_dir else []),
+                        writable=[out_dir], cwd=out_dir)
+    timeout = float(cfg["VALIDATE_TIMEOUT"])
+    limits = sandbox.Limits(wall_seconds=timeout, cpu_seconds=int(timeout * 2) + 5,
+                            address_space=int(cfg["MEMORY_LIMIT_MB"]) << 20)
+    t0 = time.perf_counter()
+    # bwrap's own complaints (a path it cannot bind, no namespaces) come
+    # before the validator opens its log: keep them for the server log.
+    with open(out_dir / "sandbox.log", "wb") as box_log:
+        result = sandbox.run(spec, how, limits, stderr=box_log)
+    seconds = round(time.perf_counter() - t0, 3)
+    report = _read_report(report_path)
+    if report is None and not result.timed_out and not (out_dir / VALIDATION_STARTED).exists():
+        raise _server_fault(result, out_dir, log_path)
+    if report is None:
+        report = {"ok": False, "warnings": [], "layers": [], "timing": [],
+                  "errors": [_crash_detail(result, log_path, timeout)]}
+    for err in report["errors"]:
+        _locate(err, prepared.network)
+    report["seconds"] = seconds
+    report["containment"] = how
+    return report
+
+
+def _server_fault(result: sandbox.Result, out_dir: Path, log_path: Path) -> ServiceError:
+    """The validator died before it reached the upload: say so as a 5xx and
+    put what the sandbox printed in the server log."""
+    text = b""
+    for path in (out_dir / "sandbox.log", log_path):
+        try:
+            text += Workspace.read_capped(path, 64 << 10)[-4000:]
+        except OSError:
+            pass
+    log.error("validator failed before running user code (exit status %s): %s",
+              result.returncode, text.decode("utf-8", "replace").strip() or "no output")
+    err = ServiceError("validator_unavailable", "The server could not start the validator (exit "
+                   f"status {result.returncode}); this is a fault of the server, not of your upload. "
+                   "Try again later; the administrator has the details in the server log.")
+    err.server_log = text.decode("utf-8", "replace").strip()[-1500:]  # type: ignore[attr-defined]
+    return err
+
+
+def _read_report(path: Path) -> dict | None:
+    try:
+        report = json.loads(Workspace.read_capped(path, 4 << 20))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and "ok" in report else None
+
+
+def _crash_detail(result: sandbox.Result, log_path: Path, timeout: float) -> dict:
+    from app.caffe.glog import fatal_from_log
+    try:
+        log = Workspace.read_capped(log_path, 8 << 20).decode("utf-8", "replace")
+    except OSError:
+        log = ""
+    if result.timed_out:
+        return {"field": "python_layer", "file": LAYER_FILE, "line": None, "layer": None,
+                "stage": "timeout", "message": f"Validation did not finish within {timeout:g} s "
+                "(an endless loop or a sleep in the Python layer?)."}
+    fatal = fatal_from_log(log)
+    return {"field": "network", "file": None, "line": None, "layer": fatal["layer"], "stage": "caffe",
+            "message": fatal["message"] or f"The validator died (exit status {result.returncode}).",
+            "log_tail": log[-3000:]}
+
+
+def _locate(err: dict, net: network.Network) -> None:
+    # Errors about the network (not inside the Python file) point at the
+    # layer's line in the uploaded prototxt.
+    if err.get("field") != "python_layer" or err.get("stage") == "caffe":
+        err.setdefault("field", "network")
+        if err.get("layer"):
+            err["file"] = net.filename
+            err["line"] = net.line_of(err["layer"])

@@ -1,0 +1,88 @@
+"""Layerbench: a DIGITS-style service for training Caffe nets with Python layers.
+
+``create_app()`` builds the Flask app; nothing happens at import time.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from app.core import config
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    """Build the app: settings, store, blueprints, CLI commands."""
+    cfg = config.load()
+    cfg.update(overrides or {})
+    if overrides and "INSTANCE_DIR" in overrides and "DATABASE_URL" not in overrides:
+        cfg["DATABASE_URL"] = f"sqlite:///{Path(cfg['INSTANCE_DIR']) / 'layerbench.sqlite3'}"
+
+    if cfg["QUEUE"] != "local":
+        # Celery scale-out is designed (dispatch.run_job is what a task would
+        # call) but not built yet; refusing beats queueing jobs nobody runs.
+        raise RuntimeError(f"LAYERBENCH_QUEUE={cfg['QUEUE']!r} is not supported yet; use 'local'.")
+    app = Flask(__name__, instance_path=str(Path(cfg["INSTANCE_DIR"]).resolve()),
+                template_folder=str(config.ROOT / "templates"),
+                static_folder=str(config.ROOT / "static"))
+    app.config.update(cfg)
+    app.config.update(config.flask_settings(cfg))
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    Path(cfg["JOBS_DIR"]).mkdir(parents=True, exist_ok=True)
+    app.secret_key = cfg["SECRET_KEY"] or _instance_secret(Path(app.instance_path))
+
+    from app.core.workspace import Workspace
+    from app.services import sandbox
+    from app.services.context import Context
+    from app.store import Store
+    store = Store(str(cfg["DATABASE_URL"]))
+    store.create_schema()
+    ws = Workspace(cfg["JOBS_DIR"])
+    containment = sandbox.mode(str(cfg["SANDBOX"]))
+    app.extensions.update(store=store, ctx=Context(cfg=app.config, store=store, ws=ws,
+                                                   containment=containment),
+                          containment=containment)
+    _ensure_sample_dataset(store, ws)
+    # Loaded here, once, before any request thread can race for it.
+    from app.caffe.proto import caffe_pb2
+    caffe_pb2()
+
+    from app.web import api, auth, cli, compat, errors, pages, security
+    errors.register(app)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(compat.bp)
+    security.register(app)
+    auth.register(app)
+    cli.register(app)
+    auth.ensure_initial_admin(app)
+    return app
+
+
+def _ensure_sample_dataset(store, ws) -> None:
+    # The built-in dataset exists on every install (built once per data root).
+    from app.caffe.datasets import SAMPLE_ID, ensure_sample_digits
+    if (store.get_dataset(SAMPLE_ID) or {}).get("status") == "done":
+        return
+    info = ensure_sample_digits(ws.dataset_dir(SAMPLE_ID).parent)
+    store.upsert_dataset(SAMPLE_ID, name=info["name"], owner=None, status="done", info=info)
+
+
+def _instance_secret(instance: Path) -> str:
+    # Generated once and kept (0600) so sessions survive restarts and all
+    # gunicorn workers agree on it.
+    import os
+    import secrets
+    path = instance / "secret_key"
+    if not path.exists():
+        tmp = instance / f".secret_key.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # atomic; the first of several workers wins
+        except FileExistsError:
+            pass
+        os.unlink(tmp)
+    return path.read_text().strip()

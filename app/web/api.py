@@ -1,0 +1,249 @@
+"""REST blueprint, /api/v1 (API.md). Thin: parse, call a service, return."""
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_file, stream_with_context
+
+from app.services import jobs
+from app.web.auth import current_user
+from app.web.errors import ApiError
+from app.core.status import JobStatus
+from app.services.submission import Upload
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def _no_store(resp: Response) -> Response:
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def upload_from_request() -> Upload:
+    """An Upload from a multipart (or urlencoded) request; 415 otherwise."""
+    if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise ApiError(415, "unsupported_media_type", "Send multipart/form-data (see API.md).")
+    net_file = request.files.get("network")
+    layer = request.files.get("python_layer")
+    solver_file = request.files.get("solver")
+    if net_file is not None and net_file.filename is not None:
+        net_text, net_name = net_file.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024 + 1), \
+            net_file.filename or "network.prototxt"
+    else:
+        net_text, net_name = request.form.get("network"), "network.prototxt"
+    return Upload(network_text=net_text, network_filename=net_name,
+                  layer_stream=layer.stream if layer is not None and layer.filename is not None else None,
+                  layer_filename=layer.filename if layer is not None else None,
+                  solver_text=(solver_file.read(256 * 1024 + 1) if solver_file else request.form.get("solver")),
+                  fields={k: v for k, v in request.form.items() if k not in ("network", "solver")})
+
+
+def _job(job_id: str) -> dict:
+    return jobs.get(job_id, current_user())
+
+
+@bp.post("/validate")
+def validate():
+    """Validation only; 200 with the report, valid or not."""
+    return _no_store(jsonify(jobs.validate_only(upload_from_request())))
+
+
+@bp.post("/jobs")
+def create_job():
+    """Validate and queue a job: 201 + Location, or 400 with details."""
+    job = jobs.submit(upload_from_request(), current_user()["name"])
+    resp = jsonify(jobs.to_json(job))
+    resp.status_code = 201
+    resp.headers["Location"] = f"/api/v1/jobs/{job['id']}"
+    return resp
+
+
+@bp.get("/jobs")
+def list_jobs():
+    """Jobs newest first; ?status= filters."""
+    user = current_user()
+    status = request.args.get("status") or None
+    if status and status not in {s.value for s in JobStatus}:
+        raise ApiError(400, "invalid_request", f"Unknown status '{status[:20]}'.",
+                       [{"field": "status", "message": "use " + "|".join(s.value for s in JobStatus)}])
+    rows = jobs.ctx().store.list_jobs(owner=None if user.get("admin") else user["name"], status=status)
+    return _no_store(jsonify({"jobs": [jobs.to_json(j) for j in rows]}))
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    """The job JSON."""
+    return _no_store(jsonify(jobs.to_json(_job(job_id))))
+
+
+@bp.get("/jobs/<job_id>/metrics")
+def job_metrics(job_id: str):
+    """Every recorded train/val/lr point."""
+    return _no_store(jsonify(jobs.metrics(_job(job_id))))
+
+
+@bp.get("/jobs/<job_id>/log")
+def job_log(job_id: str):
+    """Plain-text log from byte ?offset=N; X-Log-Size gives the full size."""
+    try:
+        offset = max(0, int(request.args.get("offset", "0")))
+    except ValueError:
+        raise ApiError(400, "invalid_request", "offset must be an integer.") from None
+    data, size = jobs.log(_job(job_id), offset)
+    resp = Response(data, mimetype="text/plain")
+    resp.headers["X-Log-Size"] = str(size)
+    return _no_store(resp)
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str):
+    """Server-Sent Events: status, metrics, log; ends when the job ends."""
+    _job(job_id)   # 404 unless visible to this user
+    store, ws = jobs.ctx().store, jobs.ctx().ws
+
+    def stream():
+        from app.worker.runner import _Tail
+        tail = _Tail(ws.output_dir(job_id) / "metrics.jsonl")
+        log_offset, last = 0, None
+        deadline = time.monotonic() + 6 * 3600
+        while time.monotonic() < deadline:
+            cur = store.get_job(job_id)
+            if cur is None:
+                yield "event: status\ndata: {\"status\": \"deleted\"}\n\n"
+                return
+            body = jobs.to_json(cur)
+            key = (body["status"], body["iteration"], body["progress"])
+            if key != last:
+                last = key
+                yield f"event: status\ndata: {json.dumps(body)}\n\n"
+            recs = tail.lines()
+            if recs:
+                yield f"event: metrics\ndata: {json.dumps(recs)}\n\n"
+            chunk, size = jobs.log(cur, log_offset, 64 * 1024)
+            if chunk:
+                log_offset += len(chunk)
+                yield f"event: log\ndata: {json.dumps(chunk.decode('utf-8', 'replace'))}\n\n"
+            if JobStatus(cur["status"]).ended and not recs and log_offset >= size:
+                yield "event: end\ndata: {}\n\n"
+                return
+            time.sleep(0.5)
+
+    resp = Response(stream_with_context(stream()), mimetype="text/event-stream")
+    resp.headers["X-Accel-Buffering"] = "no"
+    return _no_store(resp)
+
+
+@bp.post("/jobs/<job_id>/abort")
+def abort_job(job_id: str):
+    """202; the job ends aborted (409 when it already ended)."""
+    job = _job(job_id)
+    jobs.abort(job)
+    resp = jsonify(jobs.to_json(jobs.get(job_id)))
+    resp.status_code = 202
+    return resp
+
+
+@bp.post("/jobs/<job_id>/clone")
+def clone_job(job_id: str):
+    """201; a new queued job with the same inputs (body fields override)."""
+    job = jobs.clone(_job(job_id), current_user()["name"], dict(request.form.items()))
+    resp = jsonify(jobs.to_json(job))
+    resp.status_code = 201
+    resp.headers["Location"] = f"/api/v1/jobs/{job['id']}"
+    return resp
+
+
+@bp.post("/jobs/<job_id>/resume")
+def resume_job(job_id: str):
+    """202; continue an interrupted/aborted job from its last solverstate."""
+    resp = jsonify(jobs.to_json(jobs.resume(_job(job_id))))
+    resp.status_code = 202
+    return resp
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str):
+    """204; aborts if running and removes the files."""
+    jobs.delete(_job(job_id))
+    return Response(status=204)
+
+
+@bp.get("/jobs/<job_id>/download")
+def download_job(job_id: str):
+    """application/gzip tarball of the job's model files."""
+    job = _job(job_id)
+    path = jobs.download(job)
+    return send_file(path, mimetype="application/gzip", as_attachment=True,
+                     download_name=f"{job['id']}.tar.gz", max_age=0)
+
+
+@bp.post("/jobs/<job_id>/infer")
+def infer(job_id: str):
+    """Classify uploaded images with the job's latest (or ?snapshot=) model."""
+    from app.services import inference
+    job = _job(job_id)
+    raw = request.form.get("snapshot") or request.args.get("snapshot")
+    try:
+        snapshot = int(raw) if raw else None
+    except ValueError:
+        raise ApiError(400, "invalid_request", "snapshot must be an iteration number.") from None
+    files = [(f.stream, f.filename) for f in request.files.getlist("image")]
+    return _no_store(jsonify(inference.classify(jobs.ctx(), job, files, snapshot)))
+
+
+@bp.get("/datasets")
+def list_datasets():
+    """Built-in datasets and the user's own."""
+    from app.services import datasets as dataset_service
+    user = current_user()
+    rows = [d for d in jobs.ctx().store.list_datasets() if dataset_service.visible(d, user)]
+    return _no_store(jsonify({"datasets": [dataset_service.to_json(d) for d in rows]}))
+
+
+@bp.post("/datasets")
+def create_dataset():
+    """202: the archive is stored and the dataset is built in the background."""
+    from app.services import datasets as dataset_service
+    if request.mimetype != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type", "Send multipart/form-data with an 'archive' file.")
+    archive = request.files.get("archive")
+    ds = dataset_service.create(jobs.ctx(), archive.stream if archive and archive.filename is not None else None,
+                                dict(request.form.items()), current_user()["name"])
+    resp = jsonify(dataset_service.to_json(ds))
+    resp.status_code = 202
+    resp.headers["Location"] = f"/api/v1/datasets/{ds['id']}"
+    return resp
+
+
+def _dataset(dataset_id: str) -> dict:
+    from app.services import datasets as dataset_service
+    ds = jobs.ctx().store.get_dataset(dataset_id)
+    if not dataset_service.visible(ds, current_user()):
+        raise ApiError(404, "not_found", "No such dataset.")
+    return ds
+
+
+@bp.get("/datasets/<dataset_id>")
+def get_dataset(dataset_id: str):
+    """One dataset's JSON."""
+    from app.services import datasets as dataset_service
+    return _no_store(jsonify(dataset_service.to_json(_dataset(dataset_id))))
+
+
+@bp.delete("/datasets/<dataset_id>")
+def delete_dataset(dataset_id: str):
+    """204; 409 while a job uses it."""
+    from app.services import datasets as dataset_service
+    ds = _dataset(dataset_id)
+    if ds["owner"] is None and not current_user().get("admin"):
+        raise ApiError(404, "not_found", "No such dataset.")
+    dataset_service.delete(jobs.ctx(), ds)
+    return Response(status=204)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """OpenAPI 3 description of everything under /api/v1."""
+    from app.web.openapi import spec
+    return jsonify(spec())

@@ -1,0 +1,71 @@
+"""Flask-WTF forms (CSRF-protected) for the pages."""
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField
+from wtforms import (DecimalField, IntegerField, PasswordField, SelectChoice, SelectField, StringField,
+                     TextAreaField)
+from wtforms.validators import DataRequired, Length, NumberRange, Optional
+
+from app.caffe.solver import LR_POLICIES, SOLVER_TYPES
+
+
+class JobForm(FlaskForm):
+    """New job: network, Python layer, dataset and every solver field."""
+
+    name = StringField("Job name", validators=[Optional()])
+    standard_network = SelectField("Standard network", choices=[SelectChoice("", "— custom —")], validators=[Optional()])
+    network = FileField("Network prototxt file")
+    network_text = TextAreaField("…or paste the network (all-in-one prototxt)")
+    python_layer = FileField("Python layer file (saved as digits_python_layers.py)")
+    dataset = SelectField("Dataset", choices=[SelectChoice("", "— none (network brings its own data) —")],
+                          validators=[Optional()])
+    train_epochs = DecimalField("Training epochs", default=30, validators=[Optional(), NumberRange(min=0)])
+    max_iter = IntegerField("…or iterations (wins over epochs)", validators=[Optional(), NumberRange(min=1)])
+    batch_size = IntegerField("Batch size (overrides the network's)", validators=[Optional(), NumberRange(min=1)])
+    val_interval = DecimalField("Validation interval (epochs)", default=1, validators=[Optional()])
+    snapshot_interval = DecimalField("Snapshot interval (epochs)", default=1, validators=[Optional()])
+    solver_type = SelectField("Solver", choices=[SelectChoice(s) for s in SOLVER_TYPES], default="SGD")
+    learning_rate = DecimalField("Base learning rate", default=0.01, places=None, validators=[Optional()])
+    lr_policy = SelectField("Learning-rate policy", choices=[SelectChoice(p) for p in LR_POLICIES], default="fixed")
+    gamma = DecimalField("gamma (step, multistep, exp, inv, sigmoid)", places=None, validators=[Optional()])
+    power = DecimalField("power (inv, poly)", places=None, validators=[Optional()])
+    stepsize = IntegerField("stepsize in iterations (step, sigmoid)", validators=[Optional()])
+    stepvalues = StringField("step values in iterations, comma separated (multistep)", validators=[Optional()])
+    random_seed = IntegerField("Random seed", validators=[Optional()])
+    device = SelectField("Device", choices=[SelectChoice("auto", "auto (a free GPU, else CPU)"),
+                                            SelectChoice("cpu", "CPU"),
+                                            SelectChoice("gpu", "GPU (wait for a free one)")], default="auto")
+    solver = FileField("Full solver prototxt (optional; the fields above override it)")
+
+
+class ActionForm(FlaskForm):
+    """An empty form: CSRF token for abort/clone/delete/resume buttons."""
+
+
+class LoginForm(FlaskForm):
+    """Username and password."""
+
+    username = StringField("Username", validators=[DataRequired(), Length(max=80)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=200)])
+
+
+class DatasetForm(FlaskForm):
+    """New dataset from an image archive (one folder per class)."""
+
+    name = StringField("Dataset name", validators=[DataRequired(), Length(max=200)])
+    archive = FileField("Archive (zip or tar.gz, one folder per class)")
+    image_width = IntegerField("Image width", default=28, validators=[NumberRange(min=1, max=1024)])
+    image_height = IntegerField("Image height", default=28, validators=[NumberRange(min=1, max=1024)])
+    channels = SelectField("Channels", choices=[SelectChoice("1", "1 (grayscale)"), SelectChoice("3", "3 (RGB)")],
+                           default="3")
+    resize_mode = SelectField("Resize", choices=[SelectChoice(m) for m in ("squash", "crop", "fill", "half_crop")],
+                              default="squash")
+    val_percent = IntegerField("Validation %", default=25, validators=[NumberRange(min=0, max=90)])
+
+
+class InferForm(FlaskForm):
+    """Images to classify with a trained job."""
+
+    image = FileField("Images")
+    snapshot = SelectField("Snapshot", validators=[Optional()])

@@ -1,0 +1,319 @@
+"""Pages blueprint: HTML views and the health check. Thin: parse, call, render."""
+from __future__ import annotations
+
+import json
+
+from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template,
+                   request, url_for)
+
+from app.services import jobs
+from app.web.auth import current_user
+from app.core.errors import ServiceError
+from app.web.errors import ApiError, as_api_error
+from app.web.forms import ActionForm, DatasetForm, InferForm, JobForm, LoginForm
+from app.caffe.network import standard_network_text, standard_networks
+from wtforms import SelectChoice
+from app.services.submission import Upload
+from app.core.workspace import Workspace
+
+bp = Blueprint("web", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """Liveness and what this install can do; no auth."""
+    from app.services import gpus
+    from app.services.caffe_info import caffe_info
+    from app.services import sandbox
+    from app.services import selftest
+    caffe = caffe_info(current_app.config["CAFFE_PYTHON"])
+    store_ok = current_app.extensions["store"].ping()
+    check = selftest.load(current_app.instance_path)
+    body = {
+        "ok": bool(caffe.get("ok") and caffe.get("python_layer") and store_ok
+                   and (check is None or check.get("ok"))),
+        # The start-up self-test (a real contained validation); null when
+        # the server was not started by `flask serve`.
+        "selftest": check,
+        "caffe": {"version": caffe.get("version"), "python_layer": caffe.get("python_layer", False),
+                  "gpu_build": caffe.get("gpu_build", False), "error": caffe.get("error")},
+        "containment": current_app.extensions.get("containment", "none"),
+        "containment_degraded": sandbox.DEGRADED.get("bwrap"),
+        "store": {"ok": store_ok, "backend": current_app.extensions["store"].engine.dialect.name},
+        "queue": current_app.config["QUEUE"],
+        "gpus": list(gpus.detect()),
+    }
+    resp = jsonify(body)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """Session login for the pages."""
+    from flask_login import login_user
+    from app.web.auth import check_login
+    form = LoginForm()
+    failed = False
+    if form.validate_on_submit():
+        user = check_login(form.username.data, form.password.data)
+        if user is not None:
+            login_user(user)
+            target = request.args.get("next") or ""
+            # Only local paths: never an open redirect to another site.
+            if not target.startswith("/") or target.startswith("//"):
+                target = url_for("web.index")
+            return redirect(target, code=303)
+        failed = True
+    return render_template("web/login.html", form=form, failed=failed), (401 if failed else 200)
+
+
+@bp.post("/logout")
+def logout():
+    """End the session."""
+    from flask_login import logout_user
+    if ActionForm().validate_on_submit():
+        logout_user()
+    return redirect(url_for("web.login"), code=303)
+
+
+@bp.get("/")
+def index():
+    """Jobs and datasets."""
+    user = current_user()
+    store = jobs.ctx().store
+    rows = store.list_jobs(owner=None if user.get("admin") else user["name"])
+    return render_template("web/index.html", jobs=rows, datasets=store.list_datasets())
+
+
+def _job_form() -> JobForm:
+    form = JobForm()
+    form.standard_network.choices = [SelectChoice("", "— custom —")] + [
+        SelectChoice(k, v) for k, v in standard_networks().items()]
+    form.dataset.choices = [SelectChoice("", "— none (network brings its own data) —")] + [
+        SelectChoice(d["id"], d["name"]) for d in jobs.ctx().store.list_datasets() if d["status"] == "done"]
+    from app.services import gpus
+    form.device.choices = list(form.device.choices[:3]) + [
+        SelectChoice(f"gpu:{g['index']}", f"GPU {g['index']}: {g['name']}") for g in gpus.detect()]
+    if request.method == "GET" and not form.dataset.data and len(form.dataset.choices) > 1:
+        form.dataset.data = form.dataset.choices[1].value
+    return form
+
+
+def _upload_from_form(form: JobForm) -> Upload:
+    text, name = form.network_text.data, "network.prototxt"
+    f = form.network.data
+    if f is not None and getattr(f, "filename", None):
+        text, name = f.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024 + 1), f.filename
+    elif not (text or "").strip() and standard_network_text(form.standard_network.data):
+        text = standard_network_text(form.standard_network.data)
+        name = f"{form.standard_network.data}.prototxt"
+    layer = form.python_layer.data
+    solver_file = form.solver.data
+    fields = {k: ("" if form[k].data is None else str(form[k].data)) for k in (
+        "name", "dataset", "train_epochs", "max_iter", "batch_size", "val_interval", "snapshot_interval",
+        "solver_type", "learning_rate", "lr_policy", "gamma", "power", "stepsize", "stepvalues",
+        "random_seed", "device")}
+    return Upload(network_text=text, network_filename=name,
+                  layer_stream=layer.stream if layer is not None and getattr(layer, "filename", None) else None,
+                  layer_filename=getattr(layer, "filename", None),
+                  solver_text=solver_file.read(256 * 1024 + 1) if solver_file is not None and
+                  getattr(solver_file, "filename", None) else None,
+                  fields=fields)
+
+
+@bp.route("/jobs/new", methods=["GET", "POST"])
+def new_job():
+    """Upload form: Validate shows the report; Create validates and queues."""
+    form = _job_form()
+    report, error = None, None
+    if form.validate_on_submit():
+        upload = _upload_from_form(form)
+        try:
+            if request.form.get("action") == "validate":
+                report = jobs.validate_only(upload)
+            else:
+                job = jobs.submit(upload, current_user()["name"])
+                return redirect(url_for("web.job_page", job_id=job["id"]), code=303)
+        except ServiceError as err:
+            if not err.user_fault and err.code != "conflict":
+                raise
+            error = as_api_error(err)
+    elif request.method == "POST":
+        error = ApiError(400, "invalid_request", "The form has errors.",
+                         [{"field": k, "message": "; ".join(v)} for k, v in form.errors.items()])
+    status = 400 if error is not None else 200
+    if request.headers.get("X-Requested-With") == "fetch":
+        # The page's script validates in place (keeping the chosen files).
+        return render_template("web/_report.html", report=report, error=error), status
+    return render_template("web/new_job.html", form=form, report=report, error=error), status
+
+
+def _svg(net) -> Response:
+    from app.caffe.netdraw import render_svg
+    try:
+        svg = render_svg(net)
+    except RuntimeError as exc:
+        raise ApiError(500, "internal_error", str(exc)) from None
+    # An SVG may carry scripts: served with its own strict CSP, shown via <img>.
+    return Response(svg, mimetype="image/svg+xml",
+                    headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                             "Cache-Control": "private, no-store"})
+
+
+@bp.post("/networks/visualize")
+def visualize():
+    """The network in the form (file or text) as an SVG graph."""
+    from app.caffe import network
+    f = request.files.get("network")
+    text = f.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024) if f and f.filename else \
+        (request.form.get("network_text") or "").encode()
+    if not text.strip():
+        text = (standard_network_text(request.form.get("standard_network")) or "").encode()
+    try:
+        net = network.parse(text.decode("utf-8"), "network.prototxt")
+    except (UnicodeDecodeError, network.NetworkError) as exc:
+        details = getattr(exc, "details", [{"field": "network", "message": "not UTF-8 text"}])
+        raise ApiError(400, "invalid_network", "The network cannot be drawn: it does not parse.", details) from None
+    return _svg(net.net)
+
+
+@bp.get("/jobs/<job_id>/network.svg")
+def job_network_svg(job_id: str):
+    """The job's network (as uploaded, all stages) as an SVG graph."""
+    from app.caffe import network
+    job = jobs.get(job_id, current_user())
+    text = (jobs.ctx().ws.input_dir(job["id"]) / "train_val.prototxt").read_text()
+    return _svg(network.parse(text).net)
+
+
+@bp.get("/networks/<name>.prototxt")
+def standard_network(name: str):
+    """A standard network's text (the form's "customize" action)."""
+    text = standard_network_text(name)
+    if text is None:
+        abort(404)
+    return Response(text, mimetype="text/plain")
+
+
+@bp.get("/jobs/<job_id>")
+def job_page(job_id: str):
+    """The live status page."""
+    job = jobs.get(job_id, current_user())
+    store = jobs.ctx().store
+    report = None
+    path = jobs.ctx().ws.job_dir(job_id) / "validation" / "report.json"
+    if path.is_file():
+        report = json.loads(path.read_text())
+    infer_form = InferForm()
+    infer_form.snapshot.choices = [SelectChoice(str(s["iteration"]), f"iteration {s['iteration']}")
+                                   for s in reversed(job.get("snapshots") or [])]
+    return render_template("web/job.html", job=job, data=jobs.to_json(job), events=store.job_events(job_id),
+                           report=report, action_form=ActionForm(), infer_form=infer_form)
+
+
+@bp.post("/jobs/<job_id>/<action>")
+def job_action(job_id: str, action: str):
+    """Abort, clone, resume or delete from the page's buttons."""
+    form = ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    job = jobs.get(job_id, current_user())
+    if action == "abort":
+        jobs.abort(job)
+    elif action == "resume":
+        jobs.resume(job)
+    elif action == "clone":
+        new = jobs.clone(job, current_user()["name"], {})
+        return redirect(url_for("web.job_page", job_id=new["id"]), code=303)
+    elif action == "delete":
+        jobs.delete(job)
+        flash(f"Deleted job {job['name']}.")
+        return redirect(url_for("web.index"), code=303)
+    else:
+        abort(404)
+    return redirect(url_for("web.job_page", job_id=job_id), code=303)
+
+
+@bp.route("/datasets/new", methods=["GET", "POST"])
+def new_dataset():
+    """Upload an image archive; the dataset builds in the background."""
+    from app.services import datasets as dataset_service
+    form = DatasetForm()
+    error = None
+    if form.validate_on_submit():
+        f = form.archive.data
+        fields = {k: str(form[k].data) for k in ("name", "image_width", "image_height", "channels",
+                                                  "resize_mode", "val_percent")}
+        try:
+            ds = dataset_service.create(jobs.ctx(), f.stream if f is not None and getattr(f, "filename", None)
+                                        else None, fields, current_user()["name"])
+            return redirect(url_for("web.dataset_page", dataset_id=ds["id"]), code=303)
+        except ServiceError as err:
+            if not err.user_fault and err.code != "conflict":
+                raise
+            error = as_api_error(err)
+    return render_template("web/new_dataset.html", form=form, error=error), (400 if error else 200)
+
+
+def _dataset(dataset_id: str) -> dict:
+    from app.services import datasets as dataset_service
+    ds = jobs.ctx().store.get_dataset(dataset_id)
+    if not dataset_service.visible(ds, current_user()):
+        abort(404)
+    return ds
+
+
+@bp.get("/datasets/<dataset_id>")
+def dataset_page(dataset_id: str):
+    """A dataset: status and progress, counts, sample images, mean image."""
+    from app.services import datasets as dataset_service
+    ds = _dataset(dataset_id)
+    samples_dir = jobs.ctx().ws.dataset_dir(dataset_id) / "samples"
+    samples = sorted(p.name for p in samples_dir.glob("*.png")) if samples_dir.is_dir() else []
+    return render_template("web/dataset.html", dataset=ds, data=dataset_service.to_json(ds), samples=samples,
+                           action_form=ActionForm())
+
+
+@bp.get("/datasets/<dataset_id>/files/<path:name>")
+def dataset_file(dataset_id: str, name: str):
+    """The dataset's preview images only (mean.png, samples/*.png)."""
+    import re
+    if not re.fullmatch(r"mean\.png|samples/\d+_\d+\.png", name):
+        abort(404)
+    path = jobs.ctx().ws.dataset_dir(_dataset(dataset_id)["id"]) / name
+    try:
+        with Workspace.open_regular(path) as fh:
+            data = fh.read(8 << 20)
+    except OSError:
+        abort(404)
+    return Response(data, mimetype="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@bp.post("/datasets/<dataset_id>/delete")
+def dataset_delete(dataset_id: str):
+    """Delete from the dataset page (409 page while a job uses it)."""
+    from app.services import datasets as dataset_service
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    ds = _dataset(dataset_id)
+    if ds["owner"] is None and not current_user().get("admin"):
+        abort(404)
+    dataset_service.delete(jobs.ctx(), ds)
+    flash(f"Deleted dataset {ds['name']}.")
+    return redirect(url_for("web.index"), code=303)
+
+
+@bp.post("/jobs/<job_id>/infer")
+def job_infer(job_id: str):
+    """Classify images from the job page."""
+    from app.services import inference
+    job = jobs.get(job_id, current_user())
+    form = InferForm()
+    form.snapshot.choices = [SelectChoice(str(s["iteration"])) for s in job.get("snapshots") or []]
+    if not form.validate_on_submit():
+        abort(400)
+    files = [(f.stream, f.filename) for f in request.files.getlist("image") if f.filename]
+    snap = int(form.snapshot.data) if form.snapshot.data else None
+    result = inference.classify(jobs.ctx(), job, files, snap)
+    return render_template("web/infer.html", job=job, result=result)

@@ -1,0 +1,1 @@
+"""Background work: the job runner, the local supervisor (and the Celery task)."""

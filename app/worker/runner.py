@@ -1,0 +1,234 @@
+"""Hand jobs to workers and watch them run.
+
+``run_job(ctx, job_id)`` runs one queued job to its end: claims it in the
+store, starts ``app.train`` in the sandbox, turns the runner's files into store
+updates, passes aborts on, and always records a final state. The ``local``
+queue (supervisor.py) calls it for queued jobs in submission order; a Celery
+task (not built yet) would call the same function.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from app.services import sandbox
+from app.caffe.glog import fatal_from_log
+from app.core.status import JobStatus
+from app.services.context import Context
+from app.store import now_iso
+from app.core.workspace import Workspace
+
+MAX_METRICS_BYTES = 64 << 20
+HEARTBEAT_STALE_SECONDS = 30.0
+WATCH_SECONDS = 0.5
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim(ctx: Context, job_id: str) -> bool:
+    return ctx.store.update_job(job_id, expect_status=[JobStatus.QUEUED.value],
+                                status=JobStatus.RUNNING.value, started_at=now_iso(),
+                                finished_at=None, error=None, worker=worker_name(),
+                                heartbeat_at=time.time())
+
+
+class _Tail:
+    """Incremental reader of the runner's metrics.jsonl (no links, capped)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.buf = path, 0, b""
+
+    def lines(self) -> list[dict]:
+        if self.offset >= MAX_METRICS_BYTES:
+            return []
+        try:
+            chunk = Workspace.read_capped(self.path, 1 << 20, self.offset)
+        except OSError:
+            return []
+        self.offset += len(chunk)
+        self.buf += chunk
+        *complete, self.buf = self.buf.split(b"\n")
+        out = []
+        for raw in complete:
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+
+def _fold(job: dict, records: list[dict]) -> dict:
+    """Store fields from new metric records (latest value per series)."""
+    metrics = dict(job.get("metrics") or {})
+    snapshots = list(job.get("snapshots") or [])
+    for rec in records:
+        kind = rec.pop("type", None)
+        if kind in ("train", "val"):
+            metrics[kind] = {k: v for k, v in rec.items() if k not in ("iteration", "epoch")}
+        elif kind == "snapshot" and isinstance(rec.get("iteration"), int):
+            if all(s["iteration"] != rec["iteration"] for s in snapshots):
+                snapshots.append({"iteration": rec["iteration"], "epoch": rec.get("epoch")})
+    return {"metrics": metrics, "snapshots": snapshots}
+
+
+def _progress(path: Path) -> dict:
+    try:
+        p = json.loads(Workspace.read_capped(path, 1 << 16))
+    except (OSError, ValueError):
+        return {}
+    keys = {"iteration": int, "progress": float, "eta_seconds": float, "epoch": float}
+    out = {}
+    for k, kind in keys.items():
+        v = p.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = kind(v)
+    return out
+
+
+def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | None = None,
+            shutdown: threading.Event | None = None) -> str:
+    """Run a queued job to its end; return its final status. When
+    ``shutdown`` is set the job is stopped with a snapshot and left
+    ``interrupted`` (resumable) rather than aborted."""
+    if not _claim(ctx, job_id):
+        return "skipped"
+    ws, store = ctx.ws, ctx.store
+    out, inp = ws.output_dir(job_id), ws.input_dir(job_id)
+    control = ws.job_dir(job_id) / "control"
+    control.mkdir(exist_ok=True)
+    (control / "abort").unlink(missing_ok=True)
+    job = store.get_job(job_id)
+    store.update_job(job_id, device=device)
+    if job.get("resume_from"):
+        Workspace.write_json(control / "resume.json", {
+            "solverstate": f"snapshot_iter_{job['resume_from']}.solverstate"})
+    else:
+        (control / "resume.json").unlink(missing_ok=True)
+    for stale in ("result.json", "progress.json"):
+        (out / stale).unlink(missing_ok=True)
+    ds_dir = ws.dataset_dir(job["dataset"]) if job.get("dataset") else None
+    env = {"LAYERBENCH_DEVICE": device, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1"}
+    devices: list[str] = []
+    if gpu_index is not None:
+        # The job sees exactly one GPU: CUDA numbering and device nodes alike.
+        from app.services.gpus import device_nodes
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
+        devices = device_nodes(gpu_index)
+    spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.train", str(inp), str(out), str(control)],
+                        read_only=[inp, control] + ([ds_dir] if ds_dir else []), writable=[out],
+                        env=env, cwd=out, devices=devices)
+    limits = sandbox.Limits(wall_seconds=float(ctx.cfg["TRAIN_TIMEOUT"]),
+                            cpu_seconds=int(ctx.cfg["TRAIN_TIMEOUT"]) * 4,
+                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+    final, error = JobStatus.ERROR.value, None
+    with open(out / "train.log", "ab") as log:
+        t0 = time.monotonic()
+        proc = sandbox.start(spec, ctx.containment, limits, log, log)
+        try:
+            final, error = _watch(ctx, job_id, proc, limits, t0, out, control, shutdown)
+        finally:
+            if proc.poll() is None:
+                sandbox.kill(proc)
+            store.update_job(job_id, expect_status=[JobStatus.RUNNING.value], status=final,
+                             finished_at=now_iso(), error=error, heartbeat_at=time.time())
+    return final
+
+
+def _watch(ctx: Context, job_id: str, proc: subprocess.Popen, limits: sandbox.Limits,
+           t0: float, out: Path, control: Path, shutdown: threading.Event | None
+           ) -> tuple[str, dict | None]:
+    store, tail = ctx.store, _Tail(out / "metrics.jsonl")
+    tail.offset = Workspace.file_size(out / "metrics.jsonl")  # resume: skip old records
+    # The runner writes progress every 0.5 s: watching faster only takes CPU
+    # from the training it watches (the queue itself is polled faster).
+    poll = max(float(ctx.cfg["WORKER_POLL_SECONDS"]), WATCH_SECONDS)
+    aborting = False
+    while True:
+        done = proc.poll() is not None
+        job = store.get_job(job_id)
+        if job is None:          # deleted while running: stop it, record nothing
+            sandbox.kill(proc)
+            return JobStatus.ABORTED.value, None
+        fields = _fold(job, tail.lines())
+        fields.update(_progress(out / "progress.json"))
+        store.update_job(job_id, heartbeat_at=time.time(), **fields)
+        stopping = shutdown is not None and shutdown.is_set()
+        if (job["abort_requested"] or stopping) and not aborting:
+            aborting = True
+            Workspace.write_atomic(control / "abort", b"1")
+            if ctx.containment != "bwrap":
+                _signal(proc)
+        if done:
+            break
+        if time.monotonic() - t0 > limits.wall_seconds:
+            sandbox.kill(proc)
+            return JobStatus.ERROR.value, {"stage": "train", "message":
+                                           f"Training exceeded the time limit of {limits.wall_seconds:g} s."}
+        time.sleep(poll)
+    status, error = _outcome(out, proc.returncode, aborting)
+    if status == JobStatus.ABORTED.value and shutdown is not None and shutdown.is_set() \
+            and not (ctx.store.get_job(job_id) or {}).get("abort_requested"):
+        return JobStatus.INTERRUPTED.value, {"stage": "worker", "message": "The worker was shut down; "
+                                             "resume the job to continue from its last snapshot."}
+    return status, error
+
+
+def _signal(proc: subprocess.Popen) -> None:
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _outcome(out: Path, returncode: int, aborting: bool) -> tuple[str, dict | None]:
+    try:
+        result = json.loads(Workspace.read_capped(out / "result.json", 1 << 20))
+        status = result.get("status")
+    except (OSError, ValueError, AttributeError):
+        result, status = {}, None
+    if status in ("done", "aborted"):
+        return status, None
+    if status == "error" and isinstance(result.get("error"), dict):
+        err = result["error"]
+        return JobStatus.ERROR.value, {k: str(err[k])[:8000] if isinstance(err.get(k), str) else err.get(k)
+                                       for k in ("message", "traceback", "stage", "file", "line") if k in err}
+    if aborting:
+        return JobStatus.ABORTED.value, None
+    try:
+        log = Workspace.read_capped(out / "train.log", 8 << 20).decode("utf-8", "replace")
+    except OSError:
+        log = ""
+    fatal = fatal_from_log(log[-200000:])
+    message = fatal["message"] or f"The training process died (exit status {returncode})."
+    return JobStatus.ERROR.value, {"stage": "caffe", "message": message,
+                                   "layer": fatal["layer"], "traceback": log[-4000:]}
+
+
+def recover(ctx: Context, stale_after: float | None = None) -> list[str]:
+    """Mark running jobs whose worker is gone as interrupted. With
+    ``stale_after`` None, every running job (a fresh local supervisor owns all)."""
+    changed = []
+    for job in ctx.store.list_jobs(status=JobStatus.RUNNING.value):
+        beat = job.get("heartbeat_at") or 0
+        if stale_after is None or time.time() - beat > stale_after:
+            if ctx.store.update_job(job["id"], expect_status=[JobStatus.RUNNING.value],
+                                    status=JobStatus.INTERRUPTED.value, finished_at=now_iso(),
+                                    error={"stage": "worker", "message": "The worker running this job "
+                                           "stopped; resume it to continue from the last snapshot."}):
+                changed.append(job["id"])
+    if stale_after is None:
+        for ds in ctx.store.list_datasets(status="running"):
+            ctx.store.upsert_dataset(ds["id"], status="error",
+                                     error="The worker stopped while building this dataset; upload it again.")
+            ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]) / "build")
+    return changed

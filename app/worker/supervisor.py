@@ -1,0 +1,102 @@
+"""The local queue: a supervisor on this machine that runs queued jobs (one
+per GPU, a few on the CPU) and dataset builds, recovering at start."""
+from __future__ import annotations
+
+import threading
+
+from app.services.context import Context
+from app.worker.runner import recover, run_job
+from app.core.status import JobStatus
+from app.store import now_iso
+
+
+class Allocator:
+    """Which device a job may run on now: one job per GPU, ``cpu_slots``
+    jobs on the CPU. ``pick`` returns ("gpu", index), ("cpu", None) or None
+    (wait)."""
+
+    def __init__(self, gpu_indices: list[int], cpu_slots: int) -> None:
+        self.free_gpus, self.cpu_free = list(gpu_indices), max(1, cpu_slots)
+
+    def pick(self, device: str) -> tuple[str, int | None] | None:
+        """Reserve a device for a job asking for ``device`` (auto|cpu|gpu|gpu:N)."""
+        if device.startswith("gpu:"):
+            want = int(device[4:])
+            if want in self.free_gpus:
+                self.free_gpus.remove(want)
+                return "gpu", want
+            return None
+        if device in ("gpu", "auto") and self.free_gpus:
+            return "gpu", self.free_gpus.pop(0)
+        if device in ("cpu", "auto") and self.cpu_free > 0:
+            self.cpu_free -= 1
+            return "cpu", None
+        return None
+
+    def release(self, kind: str, index: int | None) -> None:
+        """Give a device back."""
+        if kind == "gpu":
+            self.free_gpus.append(index)
+            self.free_gpus.sort()
+        else:
+            self.cpu_free += 1
+
+
+class LocalSupervisor:
+    """Runs queued jobs on this machine in submission order: one per GPU
+    (when Caffe has CUDA), ``cpu_slots`` on the CPU; a job waiting for a
+    busy device lets later jobs that can run go first."""
+
+    def __init__(self, ctx: Context, cpu_slots: int = 1, gpu_indices: list[int] | None = None) -> None:
+        self.ctx = ctx
+        self.alloc = Allocator(gpu_indices or [], cpu_slots)
+        self.threads: dict[str, threading.Thread] = {}
+        self.dataset_thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+    def tick(self) -> None:
+        """Start every queued job whose device is free, and the oldest queued
+        dataset build when none is running."""
+        self._datasets()
+        self.threads = {j: t for j, t in self.threads.items() if t.is_alive()}
+        for job in self.ctx.store.list_jobs(status=JobStatus.QUEUED.value)[::-1]:
+            if self.stopping.is_set():
+                return
+            if job["id"] in self.threads:
+                continue
+            if job["abort_requested"]:
+                self.ctx.store.update_job(job["id"], expect_status=[JobStatus.QUEUED.value],
+                                          status=JobStatus.ABORTED.value, finished_at=now_iso())
+                continue
+            slot = self.alloc.pick((job.get("params") or {}).get("device", "auto"))
+            if slot is None:
+                continue
+            t = threading.Thread(target=self._run, args=(job["id"], slot), daemon=True)
+            self.threads[job["id"]] = t
+            t.start()
+
+    def _datasets(self) -> None:
+        if self.dataset_thread is not None and self.dataset_thread.is_alive():
+            return
+        queued = self.ctx.store.list_datasets(status="queued")
+        if queued and not self.stopping.is_set():
+            from app.services.datasets import build
+            self.dataset_thread = threading.Thread(target=build, args=(self.ctx, queued[-1]["id"]), daemon=True)
+            self.dataset_thread.start()
+
+    def _run(self, job_id: str, slot: tuple[str, int | None]) -> None:
+        kind, index = slot
+        try:
+            run_job(self.ctx, job_id, device="cpu" if kind == "cpu" else f"gpu:{index}",
+                    gpu_index=index, shutdown=self.stopping)
+        finally:
+            self.alloc.release(kind, index)
+
+    def serve_forever(self) -> None:
+        """Recover, then poll the store until ``stopping`` is set."""
+        recover(self.ctx)
+        while not self.stopping.is_set():
+            self.tick()
+            self.stopping.wait(float(self.ctx.cfg["WORKER_POLL_SECONDS"]))
+        for t in self.threads.values():
+            t.join(timeout=30)
