@@ -157,7 +157,7 @@ def test_nan_loss_ends_in_error(client, worker):
 def test_python_exception_during_training_names_file_and_line(client, worker):
     from conftest import SEED_LAYER, line_of
     bad = SEED_LAYER.replace("        num_correct = 0.0\n",
-                             "        num_correct = 0.0\n        if self.phase == 1 and getattr(self, 'n', 0) > 2:\n"
+                             "        num_correct = 0.0\n        if self.phase == 1 and getattr(self, 'n', 0) > 10:\n"
                              "            raise ArithmeticError('late failure')\n"
                              "        self.n = getattr(self, 'n', 0) + 1\n")
     job = _create(client, layer=bad, max_iter=100, val_interval=0.05)

@@ -7,12 +7,12 @@ import tarfile
 import time
 import zipfile
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from app.caffe.network import STANDARD_DIR
 from conftest import client_for, post, wait_for
 
 
@@ -92,7 +92,7 @@ def test_archive_becomes_dataset_and_lenet_trains_on_it(app, client, worker):
     print(f"dataset build: {build_seconds:.2f} s")
 
     job = post(client, "/api/v1/jobs", dataset=ds["id"], layer=None,
-               network=(Path(app.root_path) / "standard_networks" / "lenet.prototxt").read_text(),
+               network=(STANDARD_DIR / "lenet.prototxt").read_text(),
                train_epochs=8).get_json()
     done = wait_for(client, job["id"], {"done", "error"})
     assert done["status"] == "done", done["error"]

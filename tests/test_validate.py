@@ -178,3 +178,155 @@ def test_endless_loop_at_import_times_out(app, client):
     app.config["VALIDATE_TIMEOUT"] = 3
     d = _submit_fails(client, "invalid_python_layer", layer="while True:\n    pass\n" + SEED_LAYER)
     assert d["stage"] == "timeout"
+
+
+# --- Timing per stage (warm medians, each stage at its own batch size) ----------------------
+
+PASS_THROUGH = SEED_LAYER + """
+
+import time
+
+
+class PassThrough(caffe.Layer):
+    delay = 0.0
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        if self.delay:
+            time.sleep(self.delay)
+        top[0].data[...] = bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = top[0].diff
+
+
+class Slow(PassThrough):
+    delay = 0.1
+"""
+
+
+def _with_python_layer(cls: str) -> str:
+    """LeNet with a Python layer of class ``cls`` between pool2 and ip1, in every stage."""
+    net = LENET_SEED.replace('  bottom: "pool2"\n  top: "ip1"', '  bottom: "pool2py"\n  top: "ip1"')
+    return net.replace('layer {\n  name: "ip1"', 'layer {\n  name: "py"\n  type: "Python"\n'
+                       '  bottom: "pool2"\n  top: "pool2py"\n  python_param { module: "digits_python_layers" '
+                       f'layer: "{cls}" }}\n}}\nlayer {{\n  name: "ip1"')
+
+
+def _validate_ok(client, **kw) -> dict:
+    resp = post(client, "/api/v1/validate", **kw)
+    assert resp.status_code == 200
+    report = resp.get_json()
+    assert report["ok"] is True, report["errors"]
+    return report
+
+
+def _stage_layers(report: dict, stage: str) -> dict:
+    return {x["layer"]: x for x in report["timing_by_stage"][stage]["layers"]}
+
+
+def test_timing_is_per_stage_at_each_stage_batch(client):
+    report = _validate_ok(client)
+    by_stage = report["timing_by_stage"]
+    assert set(by_stage) == {"train", "val", "deploy"}
+    # LeNet seed: train batch 64, val batch 32, deploy one image.
+    assert [by_stage[s]["batch"] for s in ("train", "val", "deploy")] == [64, 32, 1]
+    train, val, deploy = (_stage_layers(report, s) for s in ("train", "val", "deploy"))
+    # conv2 is in every stage: three separate figures, not one overwritten by the last stage.
+    assert "conv2" in train and "conv2" in val and "conv2" in deploy
+    # Only the train stage runs (and lists) a backward pass.
+    assert all("backward_ms" in x for x in train.values())
+    assert not any("backward_ms" in x for x in list(val.values()) + list(deploy.values()))
+    assert train["conv1"]["backward_ms"] > 0 and train["conv2"]["backward_ms"] > 0
+    assert train["conv2"]["type"] == "Convolution" and val["accuracy"]["type"] == "Python"
+    # 64 images through conv2 cost more than one (both warm medians).
+    assert train["conv2"]["forward_ms"] > deploy["conv2"]["forward_ms"]
+    for name, st in by_stage.items():
+        assert 1 <= st["passes"] <= 3
+        total = sum(x["forward_ms"] + x.get("backward_ms", 0.0) for x in st["layers"])
+        assert st["step_ms"] == pytest.approx(total, abs=0.001 * 2 * len(st["layers"]) + 1e-9), name
+        assert 0.0 <= st["python_share"] <= 1.0
+    # The seed's AccuracyLayer only runs in val.
+    assert by_stage["train"]["python_share"] == 0.0 and by_stage["deploy"]["python_share"] == 0.0
+    assert 0.0 < by_stage["val"]["python_share"] < 1.0
+    assert by_stage["val"]["python_ms"] == val["accuracy"]["forward_ms"]
+    # The flat list of API.md stays: one entry per layer, from its first stage, saying which.
+    flat = {t["layer"]: t for t in report["timing"]}
+    assert len(flat) == len(report["timing"])
+    assert {k: flat["conv2"][k] for k in ("forward_ms", "backward_ms", "stage", "batch")} == \
+        {"forward_ms": train["conv2"]["forward_ms"], "backward_ms": train["conv2"]["backward_ms"],
+         "stage": "train", "batch": 64}
+    assert (flat["accuracy"]["stage"], flat["accuracy"]["batch"], flat["accuracy"]["backward_ms"]) == ("val", 32, 0.0)
+    assert (flat["softmax"]["stage"], flat["softmax"]["batch"]) == ("deploy", 1)
+
+
+def test_slow_python_layer_dominates_the_step(app, client):
+    report = _validate_ok(client, network=_with_python_layer("Slow"), layer=PASS_THROUGH, batch_size=4)
+    by_stage = report["timing_by_stage"]
+    assert by_stage["train"]["batch"] == 4
+    for stage in ("train", "val", "deploy"):
+        st = by_stage[stage]
+        assert _stage_layers(report, stage)["py"]["forward_ms"] >= 100  # time.sleep(0.1), warm median
+        assert st["python_ms"] >= 100
+        # Around 0.9 (val: 32 images through the convolutions), 0.98 in deploy.
+        assert st["python_share"] > 0.75, (stage, st)
+    assert by_stage["deploy"]["python_share"] > 0.9
+    # The page shows a column group per stage and the Python share of each step.
+    from flask import render_template
+    with app.test_request_context():
+        html = render_template("web/_layers.html", report=report)
+    assert "train · batch 4" in html and "val · batch 32" in html and "deploy · batch 1" in html
+    assert "Python layers' share of the step" in html
+    assert f'{by_stage["train"]["python_share"] * 100:.1f} %' in html
+    assert html.count("<th>Backward ms</th>") == 1 and html.count("<th>Forward ms</th>") == 3
+
+
+def test_fast_python_layer_is_a_small_share(client):
+    report = _validate_ok(client, network=_with_python_layer("PassThrough"), layer=PASS_THROUGH)
+    train = report["timing_by_stage"]["train"]
+    py = _stage_layers(report, "train")["py"]
+    assert py["backward_ms"] >= 0 and train["python_ms"] == pytest.approx(
+        py["forward_ms"] + py["backward_ms"], abs=0.002)
+    assert 0.0 < train["python_share"] < 0.2, train
+
+
+def test_page_renders_reports_stored_before_timing_by_stage(app):
+    old = {"ok": True, "errors": [], "warnings": [], "seconds": 0.3, "containment": "bwrap",
+           "layers": [{"name": "conv1", "type": "Convolution", "stages": ["train", "val", "deploy"],
+                       "python_class": None, "top_shapes": [[64, 20, 24, 24]]}],
+           "timing": [{"layer": "conv1", "forward_ms": 0.118, "backward_ms": 2.83}]}
+    from flask import render_template
+    with app.test_request_context():
+        html = render_template("web/_layers.html", report=old)
+    assert "0.118" in html and "2.83" in html and "share" not in html
+
+
+@pytest.mark.parametrize("budget,passes", [(10.0, 3), (0.15, 1), (0.03, 0)])
+def test_slow_stage_gets_fewer_timed_passes(tmp_path, monkeypatch, fresh_layer_module, budget, passes):
+    # In-process (the budget is a module constant): a 0.1 s layer, a budget of
+    # 1.5 passes gets one timed pass; a budget the warm-up alone overruns
+    # keeps the warm-up's figures, as the one-pass validator did.
+    import sys
+
+    import caffe
+
+    from app.contained import validate as v
+    (tmp_path / "digits_python_layers.py").write_text(PASS_THROUGH)
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+        'layer { name: "py" type: "Python" bottom: "x" top: "y"\n'
+        '        python_param { module: "digits_python_layers" layer: "Slow" } }\n')
+    sys.path.insert(0, str(tmp_path))
+    caffe.set_mode_cpu()
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, stages=["deploy"])
+    monkeypatch.setattr(v, "STAGE_BUDGET_S", budget)
+    st = v.run_layers(net, "deploy", backward=False)
+    assert st["passes"] == passes
+    assert st["batch"] == 2
+    assert [x["layer"] for x in st["layers"]] == ["x", "py"]
+    assert st["layers"][1]["forward_ms"] >= 100 and st["python_share"] > 0.9

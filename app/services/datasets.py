@@ -12,6 +12,7 @@ from typing import IO
 
 from app.services import sandbox
 from app.caffe.images import RESIZE_MODES
+from app.services.access import may_see, only_visible
 from app.services.context import Context
 from app.core.errors import ServiceError
 from app.store import new_job_id, now_iso
@@ -151,9 +152,42 @@ def delete(ctx: Context, ds: dict) -> None:
     ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]))
 
 
-def visible(ds: dict | None, user: dict) -> bool:
-    """Built-in datasets are everyone's; others only their owner's (and admins')."""
-    return ds is not None and (ds["owner"] is None or user.get("admin") or ds["owner"] == user["name"])
+def get(ctx: Context, dataset_id: str, user: dict) -> dict:
+    """The dataset if ``user`` may see it (app.services.access), else not_found."""
+    ds = ctx.store.get_dataset(dataset_id) if isinstance(dataset_id, str) else None
+    if not may_see(user, ds):
+        raise ServiceError("not_found", "No such dataset.")
+    return ds
+
+
+def list_for(ctx: Context, user: dict, status: str | None = None) -> list[dict]:
+    """The datasets ``user`` may see (built-in ones and their own)."""
+    return only_visible(user, ctx.store.list_datasets(status=status) if status else ctx.store.list_datasets())
+
+
+def delete_as(ctx: Context, ds: dict, user: dict) -> None:
+    """Delete ``ds`` for ``user``: built-in datasets only by admins."""
+    if ds["owner"] is None and not user.get("admin"):
+        raise ServiceError("not_found", "No such dataset.")
+    delete(ctx, ds)
+
+
+def sample_names(ctx: Context, ds: dict) -> list[str]:
+    """File names of the dataset's preview samples (samples/*.png)."""
+    d = ctx.ws.dataset_dir(ds["id"]) / "samples"
+    return sorted(p.name for p in d.glob("*.png")) if d.is_dir() else []
+
+
+def preview(ctx: Context, ds: dict, name: str) -> bytes | None:
+    """A preview image's bytes (``mean.png`` or ``samples/<label>_<n>.png``), or None."""
+    import re
+    if not re.fullmatch(r"mean\.png|samples/\d+_\d+\.png", name):
+        return None
+    try:
+        with Workspace.open_regular(ctx.ws.dataset_dir(ds["id"]) / name) as fh:
+            return fh.read(8 << 20)
+    except OSError:
+        return None
 
 
 def to_json(ds: dict) -> dict:

@@ -1,4 +1,5 @@
-"""Job services: what the views call. No Flask request handling here."""
+"""Job services: what the views call. Plain Python: every function is handed
+the context (settings, store, workspace) and, where it matters, the user."""
 from __future__ import annotations
 
 import io
@@ -6,33 +7,27 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
-from flask import current_app
-
 from app.caffe import network
-from app.services.context import Context
-from app.worker.runner import HEARTBEAT_STALE_SECONDS, recover
 from app.core.errors import ServiceError
-from app.core.status import JobStatus
-from app.store import Store, new_job_id, now_iso
-from app.services.submission import Prepared, Upload, prepare, run_validation
+from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, Workspace
-
-
-def ctx() -> Context:
-    """The worker context of the current app."""
-    return current_app.extensions["ctx"]
+from app.services.access import may_see, only_visible, owner_filter
+from app.services.context import Context
+from app.services.submission import Prepared, Upload, prepare, run_validation
+from app.store import Store, new_job_id, now_iso
 
 
 def ready_datasets(store: Store, ws: Workspace, user: dict | None = None) -> dict[str, network.DatasetInfo]:
-    """Datasets ``user`` may train on, by id."""
-    from app.services.datasets import visible
+    """Datasets ``user`` may train on (None: every ready one), by id."""
+    rows = store.list_datasets()
     out = {}
-    for d in store.list_datasets():
+    for d in rows if user is None else only_visible(user, rows):
         info = d.get("info") or {}
-        if d["status"] == "done" and info.get("image_shape") and (user is None or visible(d, user)):
+        if d["status"] == DatasetStatus.DONE and info.get("image_shape"):
             out[d["id"]] = network.DatasetInfo(
                 path=ws.dataset_dir(d["id"]), num_classes=info["num_classes"],
                 image_shape=info["image_shape"], train_count=info["train_count"],
@@ -40,14 +35,13 @@ def ready_datasets(store: Store, ws: Workspace, user: dict | None = None) -> dic
     return out
 
 
-def _validate_into(upload: Upload, input_dir: Path, out_dir: Path) -> tuple[Prepared, dict]:
+def _validate_into(c: Context, upload: Upload, user: dict, input_dir: Path, out_dir: Path
+                   ) -> tuple[Prepared, dict]:
     from app.services import gpus
     from app.services.caffe_info import caffe_info
-    c = ctx()
-    from app.web.auth import current_user
-    prepared = prepare(upload, input_dir, cfg=c.cfg, datasets=ready_datasets(c.store, c.ws, current_user()))
+    prepared = prepare(upload, input_dir, cfg=c.cfg, datasets=ready_datasets(c.store, c.ws, user))
     found = gpus.detect()
-    gpu_build = bool(caffe_info(current_app.config["CAFFE_PYTHON"]).get("gpu_build"))
+    gpu_build = bool(caffe_info(c.cfg["CAFFE_PYTHON"]).get("gpu_build"))
     problem = gpus.parse_device(prepared.params["device"], len(found), gpu_build)
     if problem:
         raise ServiceError("invalid_request", problem, [{"field": "device", "message": problem}])
@@ -60,21 +54,20 @@ def _validate_into(upload: Upload, input_dir: Path, out_dir: Path) -> tuple[Prep
     return prepared, report
 
 
-def _guard_containment() -> None:
-    c = ctx()
+def _guard_containment(c: Context) -> None:
     if c.containment == "none" and not c.cfg["ALLOW_UNCONTAINED"]:
         raise ServiceError("unavailable", "No containment is available for uploaded code on this "
                        "server; set LAYERBENCH_ALLOW_UNCONTAINED=1 to run it anyway.")
 
 
-def validate_only(upload: Upload) -> dict:
+def validate_only(c: Context, upload: Upload, user: dict) -> dict:
     """Validate without creating a job; the report (also when invalid)."""
-    _guard_containment()
-    scratch = ctx().ws.scratch_dir()
+    _guard_containment(c)
+    scratch = c.ws.scratch_dir()
     try:
         (scratch / "input").mkdir()
         try:
-            _, report = _validate_into(upload, scratch / "input", scratch / "validation")
+            _, report = _validate_into(c, upload, user, scratch / "input", scratch / "validation")
         except ServiceError as err:
             if err.code not in ("invalid_request", "invalid_network", "invalid_python_layer"):
                 raise
@@ -91,14 +84,14 @@ def _invalid(report: dict) -> ServiceError:
     return ServiceError(code, first.get("message") or "The network did not validate.", report["errors"])
 
 
-def submit(upload: Upload, owner: str, resume_from: int | None = None) -> dict:
-    """Validate and queue a new job; 400 and nothing queued when invalid."""
-    _guard_containment()
-    c = ctx()
+def submit(c: Context, upload: Upload, user: dict) -> dict:
+    """Validate and queue a new job owned by ``user``; invalid_* and nothing
+    queued when the upload is wrong."""
+    _guard_containment(c)
     job_id = new_job_id()
     job_dir = c.ws.create_job(job_id)
     try:
-        prepared, report = _validate_into(upload, c.ws.input_dir(job_id), job_dir / "validation")
+        prepared, report = _validate_into(c, upload, user, c.ws.input_dir(job_id), job_dir / "validation")
         if not report["ok"]:
             raise _invalid(report)
     except BaseException:
@@ -110,22 +103,46 @@ def submit(upload: Upload, owner: str, resume_from: int | None = None) -> dict:
     params["network_filename"] = prepared.network.filename
     params["iters_per_epoch"] = prepared.iters_per_epoch
     params["validation_seconds"] = report.get("seconds")
-    return c.store.insert_job(id=job_id, name=name[:200], owner=owner, dataset=prepared.dataset,
+    return c.store.insert_job(id=job_id, name=name[:200], owner=user["name"], dataset=prepared.dataset,
                               device=params["device"],
                               params=params, python_layer=prepared.python_layer,
                               max_iter=prepared.max_iter)
 
 
-def get(job_id: str, user: dict | None = None) -> dict:
-    """A job visible to ``user`` (None: anyone) or 404."""
-    job = ctx().store.get_job(job_id) if isinstance(job_id, str) else None
-    if job is None or (user is not None and not user.get("admin") and job["owner"] != user["name"]):
+def get(c: Context, job_id: str, user: dict) -> dict:
+    """The job ``job_id`` if ``user`` may see it, else not_found. (Reading
+    never changes a job: recovering dead runs is the worker side's job.)"""
+    job = c.store.get_job(job_id) if isinstance(job_id, str) else None
+    if not may_see(user, job):
         raise ServiceError("not_found", "No such job.")
-    if job["status"] == JobStatus.RUNNING.value and \
-            time.time() - (job.get("heartbeat_at") or 0) > HEARTBEAT_STALE_SECONDS:
-        recover(ctx(), stale_after=HEARTBEAT_STALE_SECONDS)
-        job = ctx().store.get_job(job_id)
     return job
+
+
+def list_for(c: Context, user: dict, status: str | None = None) -> list[dict]:
+    """The jobs ``user`` may see, newest first; ``status`` filters."""
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise ServiceError("invalid_request", f"Unknown status '{status[:20]}'.",
+                           [{"field": "status", "message": "use " + "|".join(s.value for s in JobStatus)}])
+    return c.store.list_jobs(owner=owner_filter(user), status=status)
+
+
+def validation_report(c: Context, job: dict) -> dict | None:
+    """The report the job's validation wrote, or None."""
+    try:
+        return json.loads(Workspace.read_capped(c.ws.job_dir(job["id"]) / "validation" / "report.json",
+                                                8 << 20))
+    except (OSError, ValueError):
+        return None
+
+
+def events(c: Context, job: dict) -> list[dict]:
+    """The job's recorded state changes, oldest first."""
+    return c.store.job_events(job["id"])
+
+
+def network_text(c: Context, job: dict) -> str:
+    """The job's train_val prototxt (every stage but deploy)."""
+    return (c.ws.input_dir(job["id"]) / "train_val.prototxt").read_text()
 
 
 def to_json(job: dict) -> dict:
@@ -146,9 +163,9 @@ def to_json(job: dict) -> dict:
     return out
 
 
-def abort(job: dict) -> None:
-    """Ask a queued or running job to stop; 409 when it already ended."""
-    store = ctx().store
+def abort(c: Context, job: dict) -> None:
+    """Ask a queued or running job to stop; conflict when it already ended."""
+    store = c.store
     if JobStatus(job["status"]).ended:
         raise ServiceError("conflict", f"The job already ended ({job['status']}).")
     store.update_job(job["id"], abort_requested=True)
@@ -157,9 +174,8 @@ def abort(job: dict) -> None:
                      finished_at=now_iso())
 
 
-def delete(job: dict) -> None:
+def delete(c: Context, job: dict) -> None:
     """Abort if running, then remove the job's files and record."""
-    c = ctx()
     if not JobStatus(job["status"]).ended:
         c.store.update_job(job["id"], abort_requested=True)
         deadline = time.monotonic() + 30
@@ -174,9 +190,8 @@ def delete(job: dict) -> None:
     c.ws.delete(c.ws.job_dir(job["id"]))
 
 
-def clone(job: dict, owner: str, fields: dict[str, str]) -> dict:
-    """A new job with the same network, layer, dataset and settings."""
-    c = ctx()
+def clone(c: Context, job: dict, user: dict, fields: dict[str, str]) -> dict:
+    """A new job of ``user`` with the same network, layer, dataset and settings."""
     inp = c.ws.input_dir(job["id"])
     params = dict(job.get("params") or {})
     base = {k: str(v) for k, v in params.items() if v is not None and k in (
@@ -192,12 +207,11 @@ def clone(job: dict, owner: str, fields: dict[str, str]) -> dict:
                         layer_stream=fh if layer.exists() else None,
                         layer_filename=(job.get("python_layer") or {}).get("original_filename"),
                         fields=base)
-        return submit(upload, owner)
+        return submit(c, upload, user)
 
 
-def resume(job: dict) -> dict:
+def resume(c: Context, job: dict) -> dict:
     """Requeue an interrupted/aborted job from its last solverstate."""
-    c = ctx()
     if job["status"] not in (JobStatus.INTERRUPTED.value, JobStatus.ABORTED.value):
         raise ServiceError("conflict", f"Only interrupted or aborted jobs can be resumed (this one is "
                        f"{job['status']}).")
@@ -209,10 +223,10 @@ def resume(job: dict) -> dict:
     return c.store.get_job(job["id"])
 
 
-def metrics(job: dict) -> dict:
+def metrics(c: Context, job: dict) -> dict:
     """Every recorded point: {"train": [...], "val": [...], "lr": [...]}."""
     out: dict[str, list] = {"train": [], "val": [], "lr": []}
-    path = ctx().ws.output_dir(job["id"]) / "metrics.jsonl"
+    path = c.ws.output_dir(job["id"]) / "metrics.jsonl"
     try:
         raw = Workspace.read_capped(path, 64 << 20)
     except OSError:
@@ -228,52 +242,59 @@ def metrics(job: dict) -> dict:
     return out
 
 
-def log(job: dict, offset: int, limit: int = 1 << 20) -> tuple[bytes, int]:
+def log(c: Context, job: dict, offset: int, limit: int = 1 << 20) -> tuple[bytes, int]:
     """Log bytes from ``offset`` and the log's full size."""
-    path = ctx().ws.output_dir(job["id"]) / "train.log"
+    path = c.ws.output_dir(job["id"]) / "train.log"
     size = Workspace.file_size(path)
     if offset >= size:
         return b"", size
     return Workspace.read_capped(path, limit, offset), size
 
 
-def download(job: dict) -> Path:
+def download(c: Context, job: dict) -> Path:
     """Write the tarball of API.md to the job's directory and return its path.
     Files are streamed from disk into the archive: the web process never
     holds a model in memory."""
-    c = ctx()
     inp, out = c.ws.input_dir(job["id"]), c.ws.output_dir(job["id"])
     dest = c.ws.job_dir(job["id"]) / "download.tar.gz"
-    tmp = dest.with_name(".download.tar.gz.tmp")
-    with tarfile.open(tmp, mode="w:gz", compresslevel=1) as tar:
-        def add(path: Path, arcname: str) -> None:
-            try:
-                fd = Workspace.open_regular(path)
-            except OSError:
-                return
-            with fd as fh:
-                info = tarfile.TarInfo(arcname)
-                info.size, info.mtime, info.mode = os.fstat(fh.fileno()).st_size, int(time.time()), 0o644
-                tar.addfile(info, fh)
-        orig = Path((job.get("params") or {}).get("network_filename") or NETWORK_FILE).name
-        add(inp / NETWORK_FILE, orig if orig not in ("train_val.prototxt", "deploy.prototxt",
-                                                     "solver.prototxt") else f"original_{orig}")
-        for name in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt", LAYER_FILE):
-            add(inp / name, name)
-        models = Workspace.snapshots(out, ".caffemodel")
-        latest = models[max(models)] if models else None
-        if latest:
-            add(latest, latest.name)
-        if job.get("dataset"):
-            ds = c.ws.dataset_dir(job["dataset"])
-            add(ds / "labels.txt", "labels.txt")
-            add(ds / "mean.binaryproto", "mean.binaryproto")
-        info = dict(to_json(job), framework="caffe",
-                    snapshot=latest.name if latest else None)
-        data = json.dumps(info, indent=1).encode()
-        ti = tarfile.TarInfo("info.json")
-        ti.size, ti.mtime = len(data), int(time.time())
-        tar.addfile(ti, io.BytesIO(data))
-    os.replace(tmp, dest)
+    # A private temporary name per request: two downloads of one job at once
+    # each build their own archive, and the rename publishes whole files only.
+    fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".tmp", dir=c.ws.job_dir(job["id"]))
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with tarfile.open(tmp, mode="w:gz", compresslevel=1) as tar:
+            def add(path: Path, arcname: str) -> None:
+                try:
+                    fd = Workspace.open_regular(path)
+                except OSError:
+                    return
+                with fd as fh:
+                    info = tarfile.TarInfo(arcname)
+                    info.size, info.mtime, info.mode = os.fstat(fh.fileno()).st_size, int(time.time()), 0o644
+                    tar.addfile(info, fh)
+            orig = Path((job.get("params") or {}).get("network_filename") or NETWORK_FILE).name
+            add(inp / NETWORK_FILE, orig if orig not in ("train_val.prototxt", "deploy.prototxt",
+                                                         "solver.prototxt") else f"original_{orig}")
+            for name in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt", LAYER_FILE):
+                add(inp / name, name)
+            models = Workspace.snapshots(out, ".caffemodel")
+            latest = models[max(models)] if models else None
+            if latest:
+                add(latest, latest.name)
+            if job.get("dataset"):
+                ds = c.ws.dataset_dir(job["dataset"])
+                add(ds / "labels.txt", "labels.txt")
+                add(ds / "mean.binaryproto", "mean.binaryproto")
+            info = dict(to_json(job), framework="caffe",
+                        snapshot=latest.name if latest else None)
+            data = json.dumps(info, indent=1).encode()
+            ti = tarfile.TarInfo("info.json")
+            ti.size, ti.mtime = len(data), int(time.time())
+            tar.addfile(ti, io.BytesIO(data))
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return dest
 

@@ -6,11 +6,13 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file, stream_with_context
 
-from app.services import jobs
-from app.web.auth import current_user
-from app.web.errors import ApiError
 from app.core.status import JobStatus
+from app.services import datasets as dataset_service
+from app.services import jobs
 from app.services.submission import Upload
+from app.web.auth import current_user
+from app.web.context import ctx
+from app.web.errors import ApiError
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -40,19 +42,19 @@ def upload_from_request() -> Upload:
 
 
 def _job(job_id: str) -> dict:
-    return jobs.get(job_id, current_user())
+    return jobs.get(ctx(), job_id, current_user())
 
 
 @bp.post("/validate")
 def validate():
     """Validation only; 200 with the report, valid or not."""
-    return _no_store(jsonify(jobs.validate_only(upload_from_request())))
+    return _no_store(jsonify(jobs.validate_only(ctx(), upload_from_request(), current_user())))
 
 
 @bp.post("/jobs")
 def create_job():
     """Validate and queue a job: 201 + Location, or 400 with details."""
-    job = jobs.submit(upload_from_request(), current_user()["name"])
+    job = jobs.submit(ctx(), upload_from_request(), current_user())
     resp = jsonify(jobs.to_json(job))
     resp.status_code = 201
     resp.headers["Location"] = f"/api/v1/jobs/{job['id']}"
@@ -62,12 +64,7 @@ def create_job():
 @bp.get("/jobs")
 def list_jobs():
     """Jobs newest first; ?status= filters."""
-    user = current_user()
-    status = request.args.get("status") or None
-    if status and status not in {s.value for s in JobStatus}:
-        raise ApiError(400, "invalid_request", f"Unknown status '{status[:20]}'.",
-                       [{"field": "status", "message": "use " + "|".join(s.value for s in JobStatus)}])
-    rows = jobs.ctx().store.list_jobs(owner=None if user.get("admin") else user["name"], status=status)
+    rows = jobs.list_for(ctx(), current_user(), request.args.get("status") or None)
     return _no_store(jsonify({"jobs": [jobs.to_json(j) for j in rows]}))
 
 
@@ -80,7 +77,7 @@ def get_job(job_id: str):
 @bp.get("/jobs/<job_id>/metrics")
 def job_metrics(job_id: str):
     """Every recorded train/val/lr point."""
-    return _no_store(jsonify(jobs.metrics(_job(job_id))))
+    return _no_store(jsonify(jobs.metrics(ctx(), _job(job_id))))
 
 
 @bp.get("/jobs/<job_id>/log")
@@ -90,7 +87,7 @@ def job_log(job_id: str):
         offset = max(0, int(request.args.get("offset", "0")))
     except ValueError:
         raise ApiError(400, "invalid_request", "offset must be an integer.") from None
-    data, size = jobs.log(_job(job_id), offset)
+    data, size = jobs.log(ctx(), _job(job_id), offset)
     resp = Response(data, mimetype="text/plain")
     resp.headers["X-Log-Size"] = str(size)
     return _no_store(resp)
@@ -100,7 +97,8 @@ def job_log(job_id: str):
 def job_events(job_id: str):
     """Server-Sent Events: status, metrics, log; ends when the job ends."""
     _job(job_id)   # 404 unless visible to this user
-    store, ws = jobs.ctx().store, jobs.ctx().ws
+    c = ctx()
+    store, ws = c.store, c.ws
 
     def stream():
         from app.worker.runner import _Tail
@@ -120,7 +118,7 @@ def job_events(job_id: str):
             recs = tail.lines()
             if recs:
                 yield f"event: metrics\ndata: {json.dumps(recs)}\n\n"
-            chunk, size = jobs.log(cur, log_offset, 64 * 1024)
+            chunk, size = jobs.log(c, cur, log_offset, 64 * 1024)
             if chunk:
                 log_offset += len(chunk)
                 yield f"event: log\ndata: {json.dumps(chunk.decode('utf-8', 'replace'))}\n\n"
@@ -138,8 +136,8 @@ def job_events(job_id: str):
 def abort_job(job_id: str):
     """202; the job ends aborted (409 when it already ended)."""
     job = _job(job_id)
-    jobs.abort(job)
-    resp = jsonify(jobs.to_json(jobs.get(job_id)))
+    jobs.abort(ctx(), job)
+    resp = jsonify(jobs.to_json(_job(job_id)))
     resp.status_code = 202
     return resp
 
@@ -147,7 +145,7 @@ def abort_job(job_id: str):
 @bp.post("/jobs/<job_id>/clone")
 def clone_job(job_id: str):
     """201; a new queued job with the same inputs (body fields override)."""
-    job = jobs.clone(_job(job_id), current_user()["name"], dict(request.form.items()))
+    job = jobs.clone(ctx(), _job(job_id), current_user(), dict(request.form.items()))
     resp = jsonify(jobs.to_json(job))
     resp.status_code = 201
     resp.headers["Location"] = f"/api/v1/jobs/{job['id']}"
@@ -157,7 +155,7 @@ def clone_job(job_id: str):
 @bp.post("/jobs/<job_id>/resume")
 def resume_job(job_id: str):
     """202; continue an interrupted/aborted job from its last solverstate."""
-    resp = jsonify(jobs.to_json(jobs.resume(_job(job_id))))
+    resp = jsonify(jobs.to_json(jobs.resume(ctx(), _job(job_id))))
     resp.status_code = 202
     return resp
 
@@ -165,7 +163,7 @@ def resume_job(job_id: str):
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str):
     """204; aborts if running and removes the files."""
-    jobs.delete(_job(job_id))
+    jobs.delete(ctx(), _job(job_id))
     return Response(status=204)
 
 
@@ -173,7 +171,7 @@ def delete_job(job_id: str):
 def download_job(job_id: str):
     """application/gzip tarball of the job's model files."""
     job = _job(job_id)
-    path = jobs.download(job)
+    path = jobs.download(ctx(), job)
     return send_file(path, mimetype="application/gzip", as_attachment=True,
                      download_name=f"{job['id']}.tar.gz", max_age=0)
 
@@ -189,26 +187,23 @@ def infer(job_id: str):
     except ValueError:
         raise ApiError(400, "invalid_request", "snapshot must be an iteration number.") from None
     files = [(f.stream, f.filename) for f in request.files.getlist("image")]
-    return _no_store(jsonify(inference.classify(jobs.ctx(), job, files, snapshot)))
+    return _no_store(jsonify(inference.classify(ctx(), job, files, snapshot)))
 
 
 @bp.get("/datasets")
 def list_datasets():
     """Built-in datasets and the user's own."""
-    from app.services import datasets as dataset_service
-    user = current_user()
-    rows = [d for d in jobs.ctx().store.list_datasets() if dataset_service.visible(d, user)]
+    rows = dataset_service.list_for(ctx(), current_user())
     return _no_store(jsonify({"datasets": [dataset_service.to_json(d) for d in rows]}))
 
 
 @bp.post("/datasets")
 def create_dataset():
     """202: the archive is stored and the dataset is built in the background."""
-    from app.services import datasets as dataset_service
     if request.mimetype != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "Send multipart/form-data with an 'archive' file.")
     archive = request.files.get("archive")
-    ds = dataset_service.create(jobs.ctx(), archive.stream if archive and archive.filename is not None else None,
+    ds = dataset_service.create(ctx(), archive.stream if archive and archive.filename is not None else None,
                                 dict(request.form.items()), current_user()["name"])
     resp = jsonify(dataset_service.to_json(ds))
     resp.status_code = 202
@@ -217,28 +212,19 @@ def create_dataset():
 
 
 def _dataset(dataset_id: str) -> dict:
-    from app.services import datasets as dataset_service
-    ds = jobs.ctx().store.get_dataset(dataset_id)
-    if not dataset_service.visible(ds, current_user()):
-        raise ApiError(404, "not_found", "No such dataset.")
-    return ds
+    return dataset_service.get(ctx(), dataset_id, current_user())
 
 
 @bp.get("/datasets/<dataset_id>")
 def get_dataset(dataset_id: str):
     """One dataset's JSON."""
-    from app.services import datasets as dataset_service
     return _no_store(jsonify(dataset_service.to_json(_dataset(dataset_id))))
 
 
 @bp.delete("/datasets/<dataset_id>")
 def delete_dataset(dataset_id: str):
     """204; 409 while a job uses it."""
-    from app.services import datasets as dataset_service
-    ds = _dataset(dataset_id)
-    if ds["owner"] is None and not current_user().get("admin"):
-        raise ApiError(404, "not_found", "No such dataset.")
-    dataset_service.delete(jobs.ctx(), ds)
+    dataset_service.delete_as(ctx(), _dataset(dataset_id), current_user())
     return Response(status=204)
 
 

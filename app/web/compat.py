@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
-from app.services import jobs
-from app.web.auth import current_user
-from app.core.errors import ServiceError
-from app.web.errors import ApiError
-from app.services.submission import Upload
 from app.caffe.network import standard_network_text, standard_networks
+from app.core.errors import ServiceError
+from app.services import datasets as dataset_service
+from app.services import jobs
+from app.services.submission import Upload
+from app.web.auth import current_user
+from app.web.context import ctx
+from app.web.errors import ApiError
 
 bp = Blueprint("compat", __name__)
 
@@ -65,7 +67,7 @@ def _model(job: dict) -> dict:
 def create_model():
     """DIGITS: create an image classification model (job)."""
     try:
-        job = jobs.submit(_digits_upload(), current_user()["name"])
+        job = jobs.submit(ctx(), _digits_upload(), current_user())
     except ServiceError as err:
         if err.code not in ("invalid_request", "invalid_network", "invalid_python_layer"):
             raise
@@ -79,38 +81,36 @@ def create_model():
 @bp.get("/models/<job_id>.json")
 def model_json(job_id: str):
     """DIGITS: a model's JSON."""
-    return jsonify(_model(jobs.get(job_id, current_user())))
+    return jsonify(_model(jobs.get(ctx(), job_id, current_user())))
 
 
 @bp.get("/index.json")
 def index_json():
     """DIGITS: every model and dataset the user may see."""
     user = current_user()
-    store = jobs.ctx().store
-    rows = store.list_jobs(owner=None if user.get("admin") else user["name"])
-    return jsonify({"models": [_model(j) for j in rows],
+    return jsonify({"models": [_model(j) for j in jobs.list_for(ctx(), user)],
                     "datasets": [{"id": d["id"], "name": d["name"], "status": d["status"]}
-                                 for d in store.list_datasets()],
+                                 for d in dataset_service.list_for(ctx(), user)],
                     "version": current_app.name})
 
 
 @bp.post("/models/<job_id>/abort")
 def abort_model(job_id: str):
     """DIGITS: abort a running model."""
-    jobs.abort(jobs.get(job_id, current_user()))
-    return jsonify(_model(jobs.get(job_id)))
+    jobs.abort(ctx(), jobs.get(ctx(), job_id, current_user()))
+    return jsonify(_model(jobs.get(ctx(), job_id, current_user())))
 
 
 @bp.delete("/models/<job_id>")
 def delete_model(job_id: str):
     """DIGITS: delete a model and its files."""
-    jobs.delete(jobs.get(job_id, current_user()))
+    jobs.delete(ctx(), jobs.get(ctx(), job_id, current_user()))
     return Response(status=204)
 
 
 @bp.get("/models/<job_id>/download.tar.gz")
 def download_model(job_id: str):
     """DIGITS: the model tarball."""
-    job = jobs.get(job_id, current_user())
-    return send_file(jobs.download(job), mimetype="application/gzip", as_attachment=True,
+    job = jobs.get(ctx(), job_id, current_user())
+    return send_file(jobs.download(ctx(), job), mimetype="application/gzip", as_attachment=True,
                      download_name=f"{job['id']}.tar.gz", max_age=0)

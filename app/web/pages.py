@@ -1,20 +1,21 @@
 """Pages blueprint: HTML views and the health check. Thin: parse, call, render."""
 from __future__ import annotations
 
-import json
-
 from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template,
                    request, url_for)
 
-from app.services import jobs
-from app.web.auth import current_user
+from wtforms import SelectChoice
+
+from app.caffe.network import standard_network_text, standard_networks
 from app.core.errors import ServiceError
+from app.core.status import DatasetStatus
+from app.services import datasets as dataset_service
+from app.services import jobs
+from app.services.submission import Upload
+from app.web.auth import current_user
+from app.web.context import ctx
 from app.web.errors import ApiError, as_api_error
 from app.web.forms import ActionForm, DatasetForm, InferForm, JobForm, LoginForm
-from app.caffe.network import standard_network_text, standard_networks
-from wtforms import SelectChoice
-from app.services.submission import Upload
-from app.core.workspace import Workspace
 
 bp = Blueprint("web", __name__)
 
@@ -22,28 +23,8 @@ bp = Blueprint("web", __name__)
 @bp.get("/healthz")
 def healthz():
     """Liveness and what this install can do; no auth."""
-    from app.services import gpus
-    from app.services.caffe_info import caffe_info
-    from app.services import sandbox
-    from app.services import selftest
-    caffe = caffe_info(current_app.config["CAFFE_PYTHON"])
-    store_ok = current_app.extensions["store"].ping()
-    check = selftest.load(current_app.instance_path)
-    body = {
-        "ok": bool(caffe.get("ok") and caffe.get("python_layer") and store_ok
-                   and (check is None or check.get("ok"))),
-        # The start-up self-test (a real contained validation); null when
-        # the server was not started by `flask serve`.
-        "selftest": check,
-        "caffe": {"version": caffe.get("version"), "python_layer": caffe.get("python_layer", False),
-                  "gpu_build": caffe.get("gpu_build", False), "error": caffe.get("error")},
-        "containment": current_app.extensions.get("containment", "none"),
-        "containment_degraded": sandbox.DEGRADED.get("bwrap"),
-        "store": {"ok": store_ok, "backend": current_app.extensions["store"].engine.dialect.name},
-        "queue": current_app.config["QUEUE"],
-        "gpus": list(gpus.detect()),
-    }
-    resp = jsonify(body)
+    from app.services.health import health
+    resp = jsonify(health(ctx(), current_app.instance_path))
     resp.headers["Cache-Control"] = "no-store"
     return resp
 
@@ -81,9 +62,8 @@ def logout():
 def index():
     """Jobs and datasets."""
     user = current_user()
-    store = jobs.ctx().store
-    rows = store.list_jobs(owner=None if user.get("admin") else user["name"])
-    return render_template("web/index.html", jobs=rows, datasets=store.list_datasets())
+    return render_template("web/index.html", jobs=jobs.list_for(ctx(), user),
+                           datasets=dataset_service.list_for(ctx(), user))
 
 
 def _job_form() -> JobForm:
@@ -91,7 +71,8 @@ def _job_form() -> JobForm:
     form.standard_network.choices = [SelectChoice("", "— custom —")] + [
         SelectChoice(k, v) for k, v in standard_networks().items()]
     form.dataset.choices = [SelectChoice("", "— none (network brings its own data) —")] + [
-        SelectChoice(d["id"], d["name"]) for d in jobs.ctx().store.list_datasets() if d["status"] == "done"]
+        SelectChoice(d["id"], d["name"])
+        for d in dataset_service.list_for(ctx(), current_user(), status=DatasetStatus.DONE.value)]
     from app.services import gpus
     form.device.choices = list(form.device.choices[:3]) + [
         SelectChoice(f"gpu:{g['index']}", f"GPU {g['index']}: {g['name']}") for g in gpus.detect()]
@@ -131,9 +112,9 @@ def new_job():
         upload = _upload_from_form(form)
         try:
             if request.form.get("action") == "validate":
-                report = jobs.validate_only(upload)
+                report = jobs.validate_only(ctx(), upload, current_user())
             else:
-                job = jobs.submit(upload, current_user()["name"])
+                job = jobs.submit(ctx(), upload, current_user())
                 return redirect(url_for("web.job_page", job_id=job["id"]), code=303)
         except ServiceError as err:
             if not err.user_fault and err.code != "conflict":
@@ -182,9 +163,8 @@ def visualize():
 def job_network_svg(job_id: str):
     """The job's network (as uploaded, all stages) as an SVG graph."""
     from app.caffe import network
-    job = jobs.get(job_id, current_user())
-    text = (jobs.ctx().ws.input_dir(job["id"]) / "train_val.prototxt").read_text()
-    return _svg(network.parse(text).net)
+    job = jobs.get(ctx(), job_id, current_user())
+    return _svg(network.parse(jobs.network_text(ctx(), job)).net)
 
 
 @bp.get("/networks/<name>.prototxt")
@@ -199,17 +179,12 @@ def standard_network(name: str):
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str):
     """The live status page."""
-    job = jobs.get(job_id, current_user())
-    store = jobs.ctx().store
-    report = None
-    path = jobs.ctx().ws.job_dir(job_id) / "validation" / "report.json"
-    if path.is_file():
-        report = json.loads(path.read_text())
+    job = jobs.get(ctx(), job_id, current_user())
     infer_form = InferForm()
     infer_form.snapshot.choices = [SelectChoice(str(s["iteration"]), f"iteration {s['iteration']}")
                                    for s in reversed(job.get("snapshots") or [])]
-    return render_template("web/job.html", job=job, data=jobs.to_json(job), events=store.job_events(job_id),
-                           report=report, action_form=ActionForm(), infer_form=infer_form)
+    return render_template("web/job.html", job=job, data=jobs.to_json(job), events=jobs.events(ctx(), job),
+                           report=jobs.validation_report(ctx(), job), action_form=ActionForm(), infer_form=infer_form)
 
 
 @bp.post("/jobs/<job_id>/<action>")
@@ -218,16 +193,17 @@ def job_action(job_id: str, action: str):
     form = ActionForm()
     if not form.validate_on_submit():
         abort(400)
-    job = jobs.get(job_id, current_user())
+    c = ctx()
+    job = jobs.get(c, job_id, current_user())
     if action == "abort":
-        jobs.abort(job)
+        jobs.abort(c, job)
     elif action == "resume":
-        jobs.resume(job)
+        jobs.resume(c, job)
     elif action == "clone":
-        new = jobs.clone(job, current_user()["name"], {})
+        new = jobs.clone(c, job, current_user(), {})
         return redirect(url_for("web.job_page", job_id=new["id"]), code=303)
     elif action == "delete":
-        jobs.delete(job)
+        jobs.delete(c, job)
         flash(f"Deleted job {job['name']}.")
         return redirect(url_for("web.index"), code=303)
     else:
@@ -238,7 +214,6 @@ def job_action(job_id: str, action: str):
 @bp.route("/datasets/new", methods=["GET", "POST"])
 def new_dataset():
     """Upload an image archive; the dataset builds in the background."""
-    from app.services import datasets as dataset_service
     form = DatasetForm()
     error = None
     if form.validate_on_submit():
@@ -246,7 +221,7 @@ def new_dataset():
         fields = {k: str(form[k].data) for k in ("name", "image_width", "image_height", "channels",
                                                   "resize_mode", "val_percent")}
         try:
-            ds = dataset_service.create(jobs.ctx(), f.stream if f is not None and getattr(f, "filename", None)
+            ds = dataset_service.create(ctx(), f.stream if f is not None and getattr(f, "filename", None)
                                         else None, fields, current_user()["name"])
             return redirect(url_for("web.dataset_page", dataset_id=ds["id"]), code=303)
         except ServiceError as err:
@@ -257,20 +232,14 @@ def new_dataset():
 
 
 def _dataset(dataset_id: str) -> dict:
-    from app.services import datasets as dataset_service
-    ds = jobs.ctx().store.get_dataset(dataset_id)
-    if not dataset_service.visible(ds, current_user()):
-        abort(404)
-    return ds
+    return dataset_service.get(ctx(), dataset_id, current_user())
 
 
 @bp.get("/datasets/<dataset_id>")
 def dataset_page(dataset_id: str):
     """A dataset: status and progress, counts, sample images, mean image."""
-    from app.services import datasets as dataset_service
     ds = _dataset(dataset_id)
-    samples_dir = jobs.ctx().ws.dataset_dir(dataset_id) / "samples"
-    samples = sorted(p.name for p in samples_dir.glob("*.png")) if samples_dir.is_dir() else []
+    samples = dataset_service.sample_names(ctx(), ds)
     return render_template("web/dataset.html", dataset=ds, data=dataset_service.to_json(ds), samples=samples,
                            action_form=ActionForm())
 
@@ -278,14 +247,8 @@ def dataset_page(dataset_id: str):
 @bp.get("/datasets/<dataset_id>/files/<path:name>")
 def dataset_file(dataset_id: str, name: str):
     """The dataset's preview images only (mean.png, samples/*.png)."""
-    import re
-    if not re.fullmatch(r"mean\.png|samples/\d+_\d+\.png", name):
-        abort(404)
-    path = jobs.ctx().ws.dataset_dir(_dataset(dataset_id)["id"]) / name
-    try:
-        with Workspace.open_regular(path) as fh:
-            data = fh.read(8 << 20)
-    except OSError:
+    data = dataset_service.preview(ctx(), _dataset(dataset_id), name)
+    if data is None:
         abort(404)
     return Response(data, mimetype="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
@@ -293,13 +256,10 @@ def dataset_file(dataset_id: str, name: str):
 @bp.post("/datasets/<dataset_id>/delete")
 def dataset_delete(dataset_id: str):
     """Delete from the dataset page (409 page while a job uses it)."""
-    from app.services import datasets as dataset_service
     if not ActionForm().validate_on_submit():
         abort(400)
     ds = _dataset(dataset_id)
-    if ds["owner"] is None and not current_user().get("admin"):
-        abort(404)
-    dataset_service.delete(jobs.ctx(), ds)
+    dataset_service.delete_as(ctx(), ds, current_user())
     flash(f"Deleted dataset {ds['name']}.")
     return redirect(url_for("web.index"), code=303)
 
@@ -308,12 +268,12 @@ def dataset_delete(dataset_id: str):
 def job_infer(job_id: str):
     """Classify images from the job page."""
     from app.services import inference
-    job = jobs.get(job_id, current_user())
+    job = jobs.get(ctx(), job_id, current_user())
     form = InferForm()
     form.snapshot.choices = [SelectChoice(str(s["iteration"])) for s in job.get("snapshots") or []]
     if not form.validate_on_submit():
         abort(400)
     files = [(f.stream, f.filename) for f in request.files.getlist("image") if f.filename]
     snap = int(form.snapshot.data) if form.snapshot.data else None
-    result = inference.classify(jobs.ctx(), job, files, snap)
+    result = inference.classify(ctx(), job, files, snap)
     return render_template("web/infer.html", job=job, result=result)

@@ -1,0 +1,30 @@
+"""What /healthz says: is this install able to do its job right now."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.services import gpus, sandbox, selftest
+from app.services.caffe_info import caffe_info
+from app.services.context import Context
+
+
+def health(c: Context, instance_dir: str | Path) -> dict:
+    """``ok`` plus the facts behind it: pycaffe, the start-up self-test (a
+    real contained validation; null when the server was not started by
+    ``flask serve``), the containment in force and why it is degraded, the
+    store, the queue and the GPUs."""
+    caffe = caffe_info(c.cfg["CAFFE_PYTHON"])
+    store_ok = c.store.ping()
+    check = selftest.load(Path(instance_dir))
+    return {
+        "ok": bool(caffe.get("ok") and caffe.get("python_layer") and store_ok
+                   and (check is None or check.get("ok"))),
+        "selftest": check,
+        "caffe": {"version": caffe.get("version"), "python_layer": caffe.get("python_layer", False),
+                  "gpu_build": caffe.get("gpu_build", False), "error": caffe.get("error")},
+        "containment": c.containment,
+        "containment_degraded": sandbox.DEGRADED.get("bwrap"),
+        "store": {"ok": store_ok, "backend": c.store.engine.dialect.name},
+        "queue": c.cfg["QUEUE"],
+        "gpus": list(gpus.detect()),
+    }
