@@ -57,6 +57,7 @@ class Result:
     returncode: int
     timed_out: bool
     seconds: float
+    uid: int | None = None      # the uid it ran as (leased; None: ours)
 
 
 @dataclass
@@ -330,10 +331,10 @@ def wait(proc: subprocess.Popen, limits: Limits, t0: float, poll: float = 0.02) 
     while proc.poll() is None:
         if time.monotonic() > deadline:
             kill(proc)
-            return Result(proc.returncode, True, time.monotonic() - t0)
+            return Result(proc.returncode, True, time.monotonic() - t0, getattr(proc, "sandbox_uid", None))
         time.sleep(poll)
     _release(proc)
-    return Result(proc.returncode, False, time.monotonic() - t0)
+    return Result(proc.returncode, False, time.monotonic() - t0, getattr(proc, "sandbox_uid", None))
 
 
 def kill(proc: subprocess.Popen) -> None:
