@@ -156,10 +156,12 @@ class DatasetStore:
         with self.engine.begin() as conn:
             conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
 
-    def jobs_using(self, dataset_id: str) -> list[str]:
-        """Ids of queued or running jobs that read this dataset."""
-        q = sa.select(jobs.c.id).where(jobs.c.dataset == dataset_id,
-                                       jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+    def jobs_using(self, dataset_id: str, active_only: bool = True) -> list[str]:
+        """Ids of jobs that use this dataset (queued or running only, unless
+        ``active_only`` is false: finished jobs need it for inference)."""
+        q = sa.select(jobs.c.id).where(jobs.c.dataset == dataset_id)
+        if active_only:
+            q = q.where(jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(q)]
 

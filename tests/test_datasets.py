@@ -170,6 +170,48 @@ def test_dataset_in_use_cannot_be_deleted_and_others_cannot_see_it(app, client):
     other = client_for(app, "eve")
     assert other.get(f"/api/v1/datasets/{ds_id}").status_code == 404
     assert ds_id not in [d["id"] for d in other.get("/api/v1/datasets").get_json()["datasets"]]
-    job = post(client, "/api/v1/jobs", max_iter=3).get_json()     # uses sample-digits, stays queued
+    # The built-in dataset is never deleted, not even by an admin.
     resp = client.delete("/api/v1/datasets/sample-digits")
+    assert resp.status_code == 409 and "built in" in resp.get_json()["message"]
+    assert client.get("/api/v1/datasets/sample-digits").get_json()["status"] == "done"
+
+
+def test_a_dataset_finished_jobs_use_cannot_be_deleted(app, client, worker):
+    # Deleting it used to work, and inference on the finished job then died
+    # with a 500: refused while any job, finished or not, uses it.
+    import shutil
+    store, ws = app.extensions["store"], app.extensions["ctx"].ws
+    shutil.copytree(ws.dataset_dir("sample-digits"), ws.dataset_dir("mine"))
+    store.upsert_dataset("mine", name="mine", owner="admin", status="done",
+                         info=store.get_dataset("sample-digits")["info"])
+    job = post(client, "/api/v1/jobs", dataset="mine", max_iter=2).get_json()
+    assert wait_for(client, job["id"], {"done", "error"})["status"] == "done"
+    resp = client.delete("/api/v1/datasets/mine")
     assert resp.status_code == 409 and job["id"] in resp.get_json()["details"][0]["message"]
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(png, "PNG")
+    resp = client.post(f"/api/v1/jobs/{job['id']}/infer", data={"image": (io.BytesIO(png.getvalue()), "x.png")},
+                       content_type="multipart/form-data")
+    assert resp.status_code == 200, resp.get_json()
+    assert client.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+    assert client.delete("/api/v1/datasets/mine").status_code == 204
+    assert not ws.dataset_dir("mine").exists()
+
+
+def test_a_lost_data_root_rebuilds_the_builtin_dataset(tmp_path, sample_datasets):
+    # The database survived, the jobs directory did not: the sample dataset
+    # must not be listed as ready with its files gone.
+    import shutil
+    from conftest import make_app
+    app = make_app(tmp_path, sample_datasets)
+    app.extensions["store"].engine.dispose()
+    shutil.rmtree(tmp_path / "jobs")
+    from app.web import create_app
+    again = create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(tmp_path / "jobs"),
+                        "TESTING": True})
+    try:
+        assert (tmp_path / "jobs" / "datasets" / "sample-digits" / "info.json").is_file()
+        resp = post(client_for(again, "admin"), "/api/v1/validate")
+        assert resp.status_code == 200 and resp.get_json()["ok"] is True, resp.get_json()
+    finally:
+        again.extensions["store"].engine.dispose()

@@ -22,6 +22,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from app.core.status import RunOutcome
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
@@ -142,11 +144,11 @@ def main(argv: list[str]) -> None:
     """Entry point: always writes result.json."""
     archive, out, params = argv[0], argv[1], json.loads(open(argv[2]).read())
     try:
-        result = {"status": "done", "info": build(archive, out, params)}
+        result = {"status": RunOutcome.DONE.value, "info": build(archive, out, params)}
     except ArchiveError as exc:
-        result = {"status": "error", "message": str(exc)}
+        result = {"status": RunOutcome.ERROR.value, "message": str(exc)}
     except MemoryError:
-        result = {"status": "error", "message": "the dataset does not fit in the memory limit"}
+        result = {"status": RunOutcome.ERROR.value, "message": "the dataset does not fit in the memory limit"}
     with open(os.path.join(out, "result.json"), "w") as fh:
         json.dump(result, fh)
     os._exit(0)

@@ -15,6 +15,7 @@ from app.caffe.images import RESIZE_MODES
 from app.services.access import may_see, only_visible
 from app.services.context import Context
 from app.core.errors import ServiceError
+from app.core.status import DatasetStatus, RunOutcome
 from app.store import new_job_id, now_iso
 from app.core.workspace import Workspace
 
@@ -63,14 +64,14 @@ def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owne
         raise ServiceError("payload_too_large", "The archive is too large.") from None
     params.update(max_files=int(ctx.cfg["DATASET_MAX_FILES"]), max_bytes=int(ctx.cfg["DATASET_MAX_MB"]) << 20)
     Workspace.write_json(upload / "params.json", params)
-    ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status="queued",
+    ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status=DatasetStatus.QUEUED.value,
                              info={"params": params, "progress": 0.0}, created_at=now_iso())
     return ctx.store.get_dataset(ds_id)
 
 
 def build(ctx: Context, ds_id: str) -> str:
     """Run a queued dataset's build to its end; its final status."""
-    if not ctx.store.claim_dataset(ds_id, "queued", "running"):
+    if not ctx.store.claim_dataset(ds_id, DatasetStatus.QUEUED.value, DatasetStatus.RUNNING.value):
         return "skipped"
     root = ctx.ws.dataset_dir(ds_id)
     upload, out = root / "upload", root / "build"
@@ -81,7 +82,7 @@ def build(ctx: Context, ds_id: str) -> str:
                          str(out), str(upload / "params.json")], read_only=[upload], writable=[out], cwd=out)
     limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
                             address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
-    status, error = "error", None
+    status, error = DatasetStatus.ERROR.value, None
     try:
         with open(root / "build.log", "ab") as log:
             t0 = time.monotonic()
@@ -98,11 +99,11 @@ def build(ctx: Context, ds_id: str) -> str:
                     pass
                 time.sleep(0.2)
         status, error, built = _outcome(out, timed_out=time.monotonic() - t0 > limits.wall_seconds)
-        if status == "done":
+        if status == DatasetStatus.DONE:
             _publish(out, root)
             info = dict(built, progress=1.0, params=info.get("params"))
     except OSError as exc:
-        status, error = "error", f"the build failed: {exc}"
+        status, error = DatasetStatus.ERROR.value, f"the build failed: {exc}"
     finally:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(upload, ignore_errors=True)   # nothing half-made is left
@@ -112,14 +113,14 @@ def build(ctx: Context, ds_id: str) -> str:
 
 def _outcome(out: Path, timed_out: bool) -> tuple[str, str | None, dict]:
     if timed_out:
-        return "error", "Building the dataset took too long.", {}
+        return DatasetStatus.ERROR.value, "Building the dataset took too long.", {}
     try:
         result = json.loads(Workspace.read_capped(out / "result.json", 1 << 20))
     except (OSError, ValueError):
-        return "error", "The dataset builder stopped without a result (out of memory?).", {}
-    if result.get("status") == "done" and isinstance(result.get("info"), dict):
-        return "done", None, result["info"]
-    return "error", str(result.get("message") or "the build failed")[:2000], {}
+        return DatasetStatus.ERROR.value, "The dataset builder stopped without a result (out of memory?).", {}
+    if result.get("status") == RunOutcome.DONE and isinstance(result.get("info"), dict):
+        return DatasetStatus.DONE.value, None, result["info"]
+    return DatasetStatus.ERROR.value, str(result.get("message") or "the build failed")[:2000], {}
 
 
 def _publish(out: Path, root: Path) -> None:
@@ -141,12 +142,16 @@ def _publish(out: Path, root: Path) -> None:
 
 
 def delete(ctx: Context, ds: dict) -> None:
-    """Remove a dataset; 409 while a queued or running job uses it."""
-    using = ctx.store.jobs_using(ds["id"])
+    """Remove a dataset. Refused (conflict) for built-in datasets, while it is
+    being built, and while any job uses it: finished jobs need its labels and
+    mean for inference, and their pages link to it."""
+    if ds["owner"] is None:
+        raise ServiceError("conflict", f"'{ds['name']}' is built in and cannot be deleted.")
+    using = ctx.store.jobs_using(ds["id"], active_only=False)
     if using:
-        raise ServiceError("conflict", f"Dataset is used by {len(using)} queued or running job(s).",
-                       [{"field": "dataset", "message": f"job {j}"} for j in using[:10]])
-    if ds["status"] in ("queued", "running"):
+        raise ServiceError("conflict", f"Dataset is used by {len(using)} job(s); delete those jobs first.",
+                           [{"field": "dataset", "message": f"job {j}"} for j in using[:10]])
+    if ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING):
         raise ServiceError("conflict", "The dataset is still being built.")
     ctx.store.delete_dataset(ds["id"])
     ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]))
@@ -166,8 +171,8 @@ def list_for(ctx: Context, user: dict, status: str | None = None) -> list[dict]:
 
 
 def delete_as(ctx: Context, ds: dict, user: dict) -> None:
-    """Delete ``ds`` for ``user``: built-in datasets only by admins."""
-    if ds["owner"] is None and not user.get("admin"):
+    """Delete ``ds`` for ``user`` (who must be able to see it)."""
+    if not may_see(user, ds):
         raise ServiceError("not_found", "No such dataset.")
     delete(ctx, ds)
 
@@ -197,6 +202,6 @@ def to_json(ds: dict) -> dict:
             "num_classes": info.get("num_classes"), "labels": info.get("labels"),
             "train_count": info.get("train_count"), "val_count": info.get("val_count"),
             "image_shape": info.get("image_shape"), "error": ds.get("error"),
-            "progress": info.get("progress", 1.0 if ds["status"] == "done" else 0.0),
+            "progress": info.get("progress", 1.0 if ds["status"] == DatasetStatus.DONE else 0.0),
             "per_class": info.get("per_class"), "skipped": info.get("skipped"),
             "created_at": ds.get("created_at")}

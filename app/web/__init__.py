@@ -63,10 +63,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 def _ensure_sample_dataset(store, ws) -> None:
     # The built-in dataset exists on every install (built once per data root).
     from app.caffe.datasets import SAMPLE_ID, ensure_sample_digits
-    if (store.get_dataset(SAMPLE_ID) or {}).get("status") == "done":
+    from app.core.status import DatasetStatus
+    # The record alone is not enough: a data root lost or replaced under an
+    # intact database would list a dataset whose files are gone.
+    if (store.get_dataset(SAMPLE_ID) or {}).get("status") == DatasetStatus.DONE and \
+            (ws.dataset_dir(SAMPLE_ID) / "info.json").is_file():
         return
     info = ensure_sample_digits(ws.dataset_dir(SAMPLE_ID).parent)
-    store.upsert_dataset(SAMPLE_ID, name=info["name"], owner=None, status="done", info=info)
+    store.upsert_dataset(SAMPLE_ID, name=info["name"], owner=None, status=DatasetStatus.DONE.value, info=info)
 
 
 def _instance_secret(instance: Path) -> str:
