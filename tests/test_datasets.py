@@ -108,6 +108,9 @@ def test_archive_becomes_dataset_and_lenet_trains_on_it(app, client, worker):
                 for p in preds)
     assert right / len(preds) > 0.8, right
     assert len(preds[0]["top"]) == 3 and abs(sum(t["probability"] for t in preds[0]["top"]) - 1) < 1e-3
+    # The finished job still needs it; deleted after the job.
+    assert client.delete(f"/api/v1/datasets/{ds['id']}").status_code == 409
+    assert client.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
     assert client.delete(f"/api/v1/datasets/{ds['id']}").status_code == 204
 
 
