@@ -28,6 +28,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "VALIDATE_TIMEOUT": (60, int),          # seconds, wall clock
     "TRAIN_TIMEOUT": (24 * 3600, int),      # seconds, wall clock per job
     "MEMORY_LIMIT_MB": (8192, int),          # address space of user code
+    "LOG_MAX_MB": (64, int),                 # a job's train.log: first and latest output kept
     "DATASET_MAX_FILES": (200_000, int),     # entries in an uploaded archive
     "DATASET_MAX_MB": (4096, int),           # uncompressed bytes in an archive
     "DATASET_TIMEOUT": (3600, int),          # seconds to build one dataset
@@ -35,6 +36,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "WORKER_POLL_SECONDS": (0.2, float),
     "SECRET_KEY": (None, str),
     "SECURE_COOKIES": (False, bool),         # set behind HTTPS
+    "DISK_LOW_MB": (1024, int),              # warn on /healthz and pages below this free space
     "CAFFE_PYTHON": (None, str),            # interpreter with pycaffe
 }
 

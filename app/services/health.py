@@ -1,6 +1,7 @@
 """What /healthz says: is this install able to do its job right now."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from app.services import gpus, sandbox, selftest
@@ -27,4 +28,15 @@ def health(c: Context, instance_dir: str | Path) -> dict:
         "store": {"ok": store_ok, "backend": c.store.engine.dialect.name},
         "queue": c.cfg["QUEUE"],
         "gpus": list(gpus.detect()),
+        "disk": disk(c),
     }
+
+
+def disk(c: Context) -> dict:
+    """Free space on the jobs volume, and whether it is below ``DISK_LOW_MB``."""
+    try:
+        free = shutil.disk_usage(c.ws.root).free
+    except OSError:
+        return {"free_mb": None, "low": True}
+    free_mb = free // (1 << 20)
+    return {"free_mb": free_mb, "low": free_mb < int(c.cfg["DISK_LOW_MB"])}

@@ -1,6 +1,8 @@
 """One error shape for the API, one handler that picks JSON or HTML."""
 from __future__ import annotations
 
+import errno
+
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
@@ -11,7 +13,7 @@ _CODES = {
     400: "invalid_request", 401: "unauthorized", 403: "forbidden",
     404: "not_found", 405: "method_not_allowed", 409: "conflict",
     413: "payload_too_large", 415: "unsupported_media_type",
-    429: "too_many_requests", 500: "internal_error", 503: "unavailable",
+    429: "too_many_requests", 500: "internal_error", 503: "unavailable", 507: "insufficient_storage",
 }
 
 
@@ -83,6 +85,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # The server's disk, not the user's request: say so, as a 507.
+            app.logger.error("no space left on the jobs volume (%s) on %s", exc, request.path)
+            return respond(ApiError(507, "insufficient_storage", "No space left on the jobs volume: "
+                                    "nothing was saved. Try again later; the administrator has been told."))
         app.logger.exception("unhandled error on %s", request.path)
         return respond(ApiError(500, "internal_error",
                                  "The server hit an unexpected error; it has been logged."))

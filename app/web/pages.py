@@ -20,6 +20,18 @@ from app.web.forms import ActionForm, DatasetForm, InferForm, JobForm, LoginForm
 bp = Blueprint("web", __name__)
 
 
+@bp.app_context_processor
+def _disk_warning() -> dict:
+    # Every page tells a signed-in user when the jobs volume runs low: jobs
+    # would otherwise fail with "no space left" one by one.
+    from flask import g
+    if not getattr(g, "user", None):
+        return {}
+    from app.services.health import disk
+    state = disk(ctx())
+    return {"disk_low": state} if state["low"] else {}
+
+
 @bp.get("/healthz")
 def healthz():
     """Liveness and what this install can do; no auth."""

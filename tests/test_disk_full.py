@@ -1,0 +1,52 @@
+"""A full jobs volume is the server's fault, said plainly: a real small tmpfs."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from app.web import create_app
+from conftest import client_for, post
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A 24 MiB tmpfs as the jobs volume (mounted for the test, root only)."""
+    mnt = tmp_path / "jobs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_submit_on_a_full_volume_is_a_507_and_leaves_nothing(tmp_path, sample_datasets, small_volume):
+    shutil.copytree(sample_datasets, small_volume / "datasets")
+    app = create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(small_volume),
+                      "TESTING": True, "DISK_LOW_MB": 8})
+    try:
+        client = client_for(app)
+        health = client.get("/healthz").get_json()
+        assert health["disk"]["low"] is False and health["disk"]["free_mb"] > 8
+        # Fill the volume to the last block.
+        with open(small_volume / "filler", "wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * (1 << 16))
+                    fh.flush()
+            except OSError:
+                pass
+        before = sorted(p.name for p in small_volume.iterdir())
+        resp = post(client, "/api/v1/jobs", max_iter=1, layer="# pad\n" * 20000)
+        assert resp.status_code == 507, resp.get_data(as_text=True)[:500]
+        body = resp.get_json()
+        assert body["error"] == "insufficient_storage" and "no space left" in body["message"].lower()
+        assert sorted(p.name for p in small_volume.iterdir()) == before      # nothing half-made
+        assert client.get("/api/v1/jobs").get_json()["jobs"] == []
+        health = client.get("/healthz").get_json()
+        assert health["disk"]["low"] is True
+        page = client.get("/").get_data(as_text=True)
+        assert 'id="disk-low"' in page
+    finally:
+        app.extensions["store"].engine.dispose()
