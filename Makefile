@@ -5,7 +5,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast test-gpu-build bench clean
+.PHONY: setup run test test-fast test-gpu-build fuzz bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,11 @@ test-fast: setup
 
 # The CUDA build of Caffe in its own venv, then the whole suite with it: on a
 # machine without a GPU everything must still pass in CPU mode.
+# Schemathesis against a live server, longer than `make test`'s bounded run
+# and with a fresh seed each time: FUZZ_EXAMPLES=500 make fuzz.
+fuzz: setup
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} FUZZ_SEED= $(VENV)/bin/python -m pytest tests/test_fuzz_api.py $(PYTEST_ARGS)
+
 test-gpu-build:
 	VENV=.venv-gpu CAFFE_GPU=1 bash scripts/setup.sh
 	.venv-gpu/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,7 +1,11 @@
 """OpenAPI 3 description of /api/v1 (served at /api/v1/openapi.json)."""
 from __future__ import annotations
 
+from app.caffe.images import RESIZE_MODES
 from app.caffe.solver import LR_POLICIES, SOLVER_TYPES
+from app.core.status import JobStatus
+
+STATUSES = tuple(s.value for s in JobStatus)
 
 
 def _ref(name: str) -> dict:
@@ -15,28 +19,45 @@ def _json(schema: dict, description: str) -> dict:
 _ERRORS = {str(code): _json(_ref("Error"), text) for code, text in (
     (400, "Invalid input; `details` point at file, line, layer"), (401, "Missing or bad token"),
     (404, "No such job (or not yours)"), (409, "Conflict with the job's state"),
-    (413, "Upload too large"), (415, "Not multipart/form-data"))}
+    (413, "Upload too large"), (415, "Not multipart/form-data"),
+    (503, "The server cannot run the validator or sandbox right now (its fault, not the request's)"),
+    (507, "No space left on the jobs volume"))}
+# Answered by the HTTP server itself, before the app: a request line or
+# header longer than the server accepts.
+_TOO_LONG = {"414": {"description": "Request line too long (answered by the HTTP server)"},
+             "431": {"description": "Request headers too large (answered by the HTTP server)"}}
+_POSITIVE = {"type": "number", "exclusiveMinimum": True, "minimum": 0}
+_POSITIVE_INT = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"}
 
 _JOB_FIELDS = {
     "network": {"type": "string", "format": "binary", "description": "all-in-one network prototxt (file or text)"},
     "python_layer": {"type": "string", "format": "binary", "description": "stored as digits_python_layers.py"},
-    "dataset": {"type": "string"}, "name": {"type": "string"},
-    "train_epochs": {"type": "number", "default": 30}, "max_iter": {"type": "integer"},
+    "dataset": _ID, "name": {"type": "string", "maxLength": 200},
+    "train_epochs": {**_POSITIVE, "default": 30}, "max_iter": _POSITIVE_INT,
     "solver_type": {"type": "string", "enum": list(SOLVER_TYPES)},
-    "learning_rate": {"type": "number", "default": 0.01},
+    "learning_rate": {**_POSITIVE, "default": 0.01},
     "lr_policy": {"type": "string", "enum": list(LR_POLICIES)},
-    "gamma": {"type": "number"}, "power": {"type": "number"}, "stepsize": {"type": "integer"},
-    "stepvalues": {"type": "string", "description": "comma-separated iterations (multistep)"},
-    "batch_size": {"type": "integer"}, "val_interval": {"type": "number", "description": "epochs"},
-    "snapshot_interval": {"type": "number", "description": "epochs"}, "random_seed": {"type": "integer"},
-    "device": {"type": "string", "description": "auto | cpu | gpu | gpu:N"},
+    "gamma": {"type": "number"}, "power": _POSITIVE, "stepsize": _POSITIVE_INT,
+    "stepvalues": {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$",
+                   "description": "comma-separated iterations (multistep)"},
+    "batch_size": _POSITIVE_INT, "val_interval": {**_POSITIVE, "description": "epochs"},
+    "snapshot_interval": {**_POSITIVE, "description": "epochs"},
+    "random_seed": {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1},
+    "device": {"type": "string", "pattern": "^(auto|cpu|gpu|gpu:[0-9]+)$", "description": "auto | cpu | gpu | gpu:N"},
     "solver": {"type": "string", "format": "binary", "description": "optional solver prototxt"},
 }
 
 
-def _op(summary: str, responses: dict, body: dict | None = None, params: list | None = None) -> dict:
+def _op(summary: str, responses: dict, body: dict | None = None, params: list | None = None,
+        op_id: str | None = None, links: dict | None = None) -> dict:
     op = {"summary": summary, "responses": {**responses, **{k: v for k, v in _ERRORS.items()
-                                                           if k in ("401", "404")}}}
+                                                           if k in ("401", "404")}, **_TOO_LONG}}
+    if op_id:
+        op["operationId"] = op_id
+    if links:
+        for status in links.get("on", ()):
+            op["responses"][status] = dict(op["responses"][status], links=links["links"])
     if body is not None:
         op["requestBody"] = body
     if params:
@@ -45,15 +66,19 @@ def _op(summary: str, responses: dict, body: dict | None = None, params: list | 
 
 
 def _ds_id() -> list:
-    return [{"name": "dataset_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return [{"name": "dataset_id", "in": "path", "required": True, "schema": _ID}]
 
 
 def spec() -> dict:
     """The OpenAPI document."""
-    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": _ID}
+    # Stateful fuzzing follows these from a created job to everything about it.
+    to_job = {"on": ("201",), "links": {name: {"operationId": name, "parameters": {
+        "job_id": "$response.body#/id"}} for name in (
+        "getJob", "deleteJob", "jobMetrics", "jobLog", "abortJob", "cloneJob", "resumeJob", "downloadJob")}}
     form = {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["network"], "properties": _JOB_FIELDS}}}}
-    errs = {k: _ERRORS[k] for k in ("400", "413", "415")}
+    errs = {k: _ERRORS[k] for k in ("400", "413", "415", "503", "507")}
     jid = [job_id]
     return {
         "openapi": "3.0.3",
@@ -80,28 +105,36 @@ def spec() -> dict:
             "/api/v1/validate": {"post": _op("Validate only; never creates a job",
                                              {"200": _json(_ref("Report"), "The report"), **errs}, form)},
             "/api/v1/jobs": {
-                "post": _op("Validate and queue a job", {"201": _json(_ref("Job"), "Queued"), **errs}, form),
+                "post": _op("Validate and queue a job", {"201": _json(_ref("Job"), "Queued"), **errs}, form,
+                            op_id="createJob", links=to_job),
                 "get": _op("Jobs, newest first", {"200": _json({"type": "object", "properties": {
-                    "jobs": {"type": "array", "items": _ref("Job")}}}, "Jobs")},
-                    params=[{"name": "status", "in": "query", "schema": {"type": "string"}}])},
+                    "jobs": {"type": "array", "items": _ref("Job")}}}, "Jobs"), "400": _ERRORS["400"]},
+                    params=[{"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}}],
+                    op_id="listJobs")},
             "/api/v1/jobs/{job_id}": {
-                "get": _op("One job", {"200": _json(_ref("Job"), "The job")}, params=jid),
-                "delete": _op("Abort if running and delete", {"204": {"description": "Deleted"}}, params=jid)},
+                "get": _op("One job", {"200": _json(_ref("Job"), "The job")}, params=jid, op_id="getJob"),
+                "delete": _op("Abort if running and delete", {"204": {"description": "Deleted"}}, params=jid,
+                              op_id="deleteJob")},
             "/api/v1/jobs/{job_id}/metrics": {"get": _op("Every recorded point", {"200": _json(
-                {"type": "object"}, "train, val and lr series")}, params=jid)},
+                {"type": "object"}, "train, val and lr series")}, params=jid, op_id="jobMetrics")},
             "/api/v1/jobs/{job_id}/log": {"get": _op("Log text from ?offset", {"200": {
-                "description": "text/plain; X-Log-Size header", "content": {"text/plain": {}}}},
-                params=jid + [{"name": "offset", "in": "query", "schema": {"type": "integer"}}])},
+                "description": "text/plain; X-Log-Size header", "content": {"text/plain": {}}},
+                "400": _ERRORS["400"]},
+                params=jid + [{"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+                op_id="jobLog")},
             "/api/v1/jobs/{job_id}/events": {"get": _op("Server-Sent Events: status, metrics, log, end", {
                 "200": {"description": "event stream", "content": {"text/event-stream": {}}}}, params=jid)},
             "/api/v1/jobs/{job_id}/abort": {"post": _op("Abort", {"202": _json(_ref("Job"), "Aborting"),
-                                                                 "409": _ERRORS["409"]}, params=jid)},
+                                                                 "409": _ERRORS["409"]}, params=jid,
+                                                          op_id="abortJob")},
             "/api/v1/jobs/{job_id}/clone": {"post": _op("Clone (fields override)", {
-                "201": _json(_ref("Job"), "Queued clone"), **errs}, params=jid)},
+                "201": _json(_ref("Job"), "Queued clone"), **errs}, params=jid, op_id="cloneJob")},
             "/api/v1/jobs/{job_id}/resume": {"post": _op("Resume from the last solverstate", {
-                "202": _json(_ref("Job"), "Queued again"), "409": _ERRORS["409"]}, params=jid)},
+                "202": _json(_ref("Job"), "Queued again"), "409": _ERRORS["409"]}, params=jid,
+                op_id="resumeJob")},
             "/api/v1/jobs/{job_id}/download": {"get": _op("Model tarball", {"200": {
-                "description": "tar.gz", "content": {"application/gzip": {}}}}, params=jid)},
+                "description": "tar.gz", "content": {"application/gzip": {}}}, "507": _ERRORS["507"]},
+                params=jid, op_id="downloadJob")},
             "/api/v1/jobs/{job_id}/infer": {"post": _op("Classify images with a snapshot", {
                 "200": _json({"type": "object", "properties": {"predictions": {"type": "array"}}},
                              "Top-5 labels per image"), **errs, "409": _ERRORS["409"]},
@@ -116,11 +149,12 @@ def spec() -> dict:
                                 "type": "object", "required": ["name", "archive", "image_width", "image_height"],
                                 "properties": {"name": {"type": "string"},
                                                "archive": {"type": "string", "format": "binary"},
-                                               "image_width": {"type": "integer"}, "image_height": {"type": "integer"},
+                                               "image_width": {"type": "integer", "minimum": 1, "maximum": 1024},
+                                               "image_height": {"type": "integer", "minimum": 1, "maximum": 1024},
                                                "channels": {"type": "integer", "enum": [1, 3]},
-                                               "resize_mode": {"type": "string",
-                                                               "enum": ["squash", "crop", "fill", "half_crop"]},
-                                               "val_percent": {"type": "number", "default": 25}}}}}})},
+                                               "resize_mode": {"type": "string", "enum": list(RESIZE_MODES)},
+                                               "val_percent": {"type": "number", "minimum": 0, "maximum": 90,
+                                                               "default": 25}}}}}})},
             "/api/v1/datasets/{dataset_id}": {
                 "get": _op("One dataset", {"200": _json(_ref("Dataset"), "The dataset")}, params=_ds_id()),
                 "delete": _op("Delete a dataset (409 while a job uses it)", {"204": {"description": "Deleted"},
