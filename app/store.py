@@ -43,6 +43,13 @@ jobs = sa.Table(
     sa.Column("resume_from", sa.Integer),
     sa.Column("worker", sa.String(200)),
     sa.Column("heartbeat_at", sa.Float),
+    # Keyset pagination (Store.page_jobs): newest first on (created_at, id),
+    # one index per filter the listings use, so a page is an index range scan
+    # of ``limit`` rows at any depth and any table size.
+    sa.Index("ix_jobs_created_id", "created_at", "id"),
+    sa.Index("ix_jobs_owner_created_id", "owner", "created_at", "id"),
+    sa.Index("ix_jobs_status_created_id", "status", "created_at", "id"),
+    sa.Index("ix_jobs_dataset_created_id", "dataset", "created_at", "id"),
 )
 
 job_events = sa.Table(
@@ -237,8 +244,15 @@ class Store(UserStore, DatasetStore):
         return dict(zip(names, row)) if row else None
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent)."""
+        """Create missing tables and indexes (idempotent). ``create_all`` makes
+        indexes only with a new table, so indexes added to an existing table's
+        definition since the database was created are made here
+        (CREATE INDEX IF NOT EXISTS, in effect)."""
         metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            for table in metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
 
     def ping(self) -> bool:
         """True when the database answers a trivial query."""
@@ -278,6 +292,41 @@ class Store(UserStore, DatasetStore):
             q = q.where(jobs.c.status == status)
         with self.engine.connect() as conn:
             return [_decode(r) for r in conn.execute(q).mappings()]
+
+    def page_jobs(self, *, limit: int, after: tuple[str, str] | None = None, owner: str | None = None,
+                  status: str | None = None, dataset: str | None = None,
+                  ids: Iterable[str] | None = None) -> tuple[list[dict], tuple[str, str] | None]:
+        """One page of jobs, newest first: at most ``limit`` rows strictly
+        older than the key ``after`` (a ``(created_at, id)`` pair, the last
+        row of the previous page), filtered by owner, status, dataset and ids.
+        Returns the rows and the key to pass as ``after`` for the next page
+        (None on the last page).
+
+        Keyset, not offset: the query is an index range scan of ``limit + 1``
+        rows (see the ix_jobs_*_created_id indexes) whatever the page's depth,
+        and jobs inserted meanwhile (always newer) neither shift nor repeat
+        rows of later pages."""
+        q = jobs.select().order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
+        if owner is not None:
+            q = q.where(jobs.c.owner == owner)
+        if status:
+            q = q.where(jobs.c.status == status)
+        if dataset is not None:
+            q = q.where(jobs.c.dataset == dataset)
+        if ids is not None:
+            q = q.where(jobs.c.id.in_(list(ids)))
+        if after is not None:
+            at, last_id = after
+            # Written out rather than as a row value so that every backend
+            # uses the index: the first term bounds the range scan.
+            q = q.where(jobs.c.created_at <= at,
+                        sa.or_(jobs.c.created_at < at, jobs.c.id < last_id))
+        with self.engine.connect() as conn:
+            rows = [_decode(r) for r in conn.execute(q).mappings()]
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, (rows[-1]["created_at"], rows[-1]["id"])
 
     def update_job(self, job_id: str, *, expect_status: Iterable[str] | None = None,
                    **fields: Any) -> bool:

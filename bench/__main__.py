@@ -9,10 +9,9 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 def main(names: list[str]) -> None:
-    from app import http_load
-    from app import train_speed
-    from app import validation
-    suites = {"train_speed": train_speed.run, "validation": validation.run, "http_load": http_load.run}
+    from . import http_load, job_list, slow_clients, train_speed, validation
+    suites = {"train_speed": train_speed.run, "validation": validation.run, "http_load": http_load.run,
+              "slow_clients": slow_clients.run, "job_list": job_list.run}
     for name in names or list(suites):
         result = suites[name]()
         print(f"{name}: {json.dumps(result)}", flush=True)

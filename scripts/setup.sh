@@ -18,6 +18,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts the system nginx (port 80, default site) on install; the
+  # service runs its own nginx in front of gunicorn, so leave that one off.
+  if [[ " ${missing[*]} " == *" nginx-light "* ]] && command -v systemctl >/dev/null \
+     && systemctl is-active --quiet nginx 2>/dev/null; then
+    $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+  fi
 fi
 
 # 2. Virtualenv on Debian's Python 3.11 (the one Debian's boost_python311 is

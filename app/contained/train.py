@@ -4,10 +4,12 @@
 
 A pycaffe solver loop that writes, to OUTPUT_DIR only: ``metrics.jsonl``
 (train/val outputs per blob, learning rate, snapshots), ``progress.json``,
-snapshots, and ``result.json`` at the end. It stops early with a final
-snapshot on SIGTERM or when CONTROL_DIR/abort appears (the supervisor's
-read-only channel to us), resumes from CONTROL_DIR/resume.json, and ends in
-error on a NaN loss or an exception in a Python layer. Knows nothing of Flask.
+snapshots (published whole: see ``Workspace.publish_snapshot``), and
+``result.json`` at the end; stdout and stderr are a pipe the worker copies
+into train.log. It stops early with a final snapshot on SIGTERM or when
+CONTROL_DIR/abort appears (the supervisor's read-only channel to us), resumes
+from CONTROL_DIR/resume.json, and ends in error on a NaN loss or an
+exception in a Python layer. Knows nothing of Flask.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import time
 import traceback
 from pathlib import Path
 
-from app.core.workspace import LAYER_FILE, user_line
+from app.caffe.glog import NETS_BUILT
+from app.core.workspace import (LAYER_FILE, SNAPSHOT_PREFIX, SNAPSHOT_STAGING, Workspace,
+                                user_line)
 
 
 class Runner:
@@ -37,9 +41,11 @@ class Runner:
 
     # ---- output --------------------------------------------------------------
     def emit(self, kind: str, **fields) -> None:
+        """Append one record to metrics.jsonl."""
         self.metrics.write(json.dumps({"type": kind, **fields}) + "\n")
 
     def write_json(self, name: str, obj: dict) -> None:
+        """Replace OUTPUT_DIR/name atomically (the worker reads it any time)."""
         tmp = self.output / f".{name}.tmp"
         tmp.write_text(json.dumps(obj))
         os.replace(tmp, self.output / name)
@@ -49,12 +55,14 @@ class Runner:
         self.stop_reason = "aborted"
 
     def abort_requested(self) -> bool:
+        """Whether to stop: SIGTERM came, or the worker wrote CONTROL_DIR/abort."""
         if self.stop_reason is None and (self.control / "abort").exists():
             self.stop_reason = "aborted"
         return self.stop_reason is not None
 
     # ---- the loop ------------------------------------------------------------
     def run(self) -> dict:
+        """Train to max_iter or until stopped; the result.json to write."""
         signal.signal(signal.SIGTERM, self._on_term)
         sys.path.insert(0, str(self.input))
         import caffe
@@ -77,14 +85,22 @@ class Runner:
         run_sp = caffe_pb2.SolverParameter()
         run_sp.CopyFrom(sp)
         run_sp.test_interval, run_sp.snapshot = sp.max_iter + 1, 0
+        # Relative on purpose: Caffe records the model's path in the
+        # solverstate (learned_net), and snapshot() writes the pair inside the
+        # staging directory before it is renamed into OUTPUT_DIR.
+        run_sp.snapshot_prefix = SNAPSHOT_PREFIX
         run_path = Path("/tmp") / f"solver-{os.getpid()}.prototxt"
         run_path.write_text(text_format.MessageToString(run_sp))
         solver = caffe.get_solver(str(run_path))
         resume = self.control / "resume.json"
         if resume.exists():
             state = json.loads(resume.read_text())["solverstate"]
+            # learned_net inside the solverstate is relative to OUTPUT_DIR;
+            # a layer's setup may have moved the working directory.
+            os.chdir(self.output)
             solver.restore(str(self.output / Path(state).name))
             self.emit("resumed", iteration=solver.iter)
+        sys.stderr.write(f"{NETS_BUILT} from iteration {solver.iter}\n")
 
         max_iter, per_epoch = sp.max_iter, self.meta.get("iters_per_epoch")
         epoch = (lambda it: round(it / per_epoch, 4)) if per_epoch else (lambda it: None)
@@ -132,6 +148,7 @@ class Runner:
         return {"status": self.stop_reason or "done"}
 
     def validate(self, solver, test_iter: int, it: int, ep) -> None:
+        """Run the val net ``test_iter`` times and record its mean outputs."""
         t0 = time.monotonic()
         try:
             self._validate(solver, test_iter, it, ep)
@@ -155,14 +172,27 @@ class Runner:
         self.emit("val", iteration=it, epoch=ep, **{k: v / test_iter for k, v in sums.items()})
 
     def snapshot(self, solver, epoch) -> None:
-        if any(self.output.glob(f"snapshot_iter_{solver.iter}.caffemodel")):
+        """Snapshot unless a complete pair of this iteration exists (a torn
+        one from a killed run is replaced)."""
+        if solver.iter in Workspace.complete_snapshots(self.output):
             return
         t0 = time.monotonic()
-        solver.snapshot()
+        staging = self.output / SNAPSHOT_STAGING
+        staging.mkdir(exist_ok=True)
+        for stale in staging.iterdir():   # a pair a killed run left half written
+            stale.unlink()
+        back = os.getcwd()
+        os.chdir(staging)   # Caffe writes to the relative snapshot_prefix
+        try:
+            solver.snapshot()
+        finally:
+            os.chdir(back)
+        Workspace.publish_snapshot(staging, self.output, solver.iter)
         self.side_seconds += time.monotonic() - t0
         self.emit("snapshot", iteration=solver.iter, epoch=epoch(solver.iter))
 
     def progress(self, it: int, max_iter: int, it0: int, t_start: float, ep, force=False) -> None:
+        """Write progress.json (at most every 0.5 s unless ``force``)."""
         now = time.monotonic()
         if not force and now - self.last_progress < 0.5:
             return

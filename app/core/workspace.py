@@ -4,7 +4,8 @@
                                the network as sent, digits_python_layers.py,
                                train_val / deploy / solver prototxts, job.json
 ``<jobs_dir>/<job_id>/output`` the one directory user code may write:
-                               train.log, metrics.jsonl, snapshots
+                               train.log (written by the worker, see
+                               joblog.py), metrics.jsonl, snapshots
 ``<jobs_dir>/datasets/<id>``   datasets
 Writes are atomic (temp file + rename); reads of anything user code could
 have touched never follow symlinks and are size-capped.
@@ -18,6 +19,7 @@ import shutil
 import stat
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -27,7 +29,30 @@ NETWORK_FILE = "network.prototxt"
 # validator that dies without a report and without this file never reached
 # the upload (the server's fault, not the user's).
 VALIDATION_STARTED = "user-code-started"
+# The training runner's output (runner protocol). Caffe writes a snapshot pair
+# into SNAPSHOT_STAGING; publish_snapshot moves it to its final names and only
+# then writes the marker that makes it complete (see complete_snapshots).
+SNAPSHOT_PREFIX = "snapshot"
+SNAPSHOT_STAGING = ".snapshot-staging"
+SNAPSHOT_MARKER = ".complete"
+SNAPSHOT_FILES = (".caffemodel", ".solverstate")
+LOG_FILE = "train.log"
+LOG_LAYOUT = "train.log.layout"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+
+
+def snapshot_name(iteration: int, suffix: str) -> str:
+    """The file name of one snapshot file, e.g. ``snapshot_iter_42.solverstate``."""
+    return f"{SNAPSHOT_PREFIX}_iter_{iteration}{suffix}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A complete snapshot pair: weights and solver state of one iteration."""
+
+    iteration: int
+    caffemodel: Path
+    solverstate: Path
 
 
 class Workspace:
@@ -46,6 +71,16 @@ class Workspace:
 
     def output_dir(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "output"
+
+    def log_paths(self, job_id: str) -> tuple[Path, Path]:
+        """(train.log, its layout file). They live in the job directory, not in
+        the output directory the sandbox may write: contained code can then
+        neither replace, grow nor truncate the log the worker keeps for it.
+        (Jobs from before kept it in output/; read there when it is.)"""
+        for base in (self.job_dir(job_id), self.output_dir(job_id)):
+            if (base / LOG_FILE).exists():
+                return base / LOG_FILE, base / LOG_LAYOUT
+        return self.job_dir(job_id) / LOG_FILE, self.job_dir(job_id) / LOG_LAYOUT
 
     def dataset_dir(self, dataset_id: str) -> Path:
         """A dataset's directory (not created)."""
@@ -163,6 +198,66 @@ class Workspace:
         return out
 
     @staticmethod
+    def complete_snapshots(directory: Path) -> dict[int, Snapshot]:
+        """Snapshot pairs that are whole, by iteration: both files regular and
+        of the sizes their completion marker records. What resume, download
+        and inference may use; a pair torn by a kill or a full disk is not.
+
+        A directory without any marker holds snapshots from before markers
+        existed: there every pair present under its final names counts."""
+        markers = Workspace.snapshots(directory, SNAPSHOT_MARKER)
+        out = {}
+        if not markers:
+            states = Workspace.snapshots(directory, ".solverstate")
+            for it, model in Workspace.snapshots(directory, ".caffemodel").items():
+                if it in states and Workspace.file_size(model) and Workspace.file_size(states[it]):
+                    out[it] = Snapshot(it, model, states[it])
+            return out
+        for it, marker in markers.items():
+            try:
+                sizes = json.loads(Workspace.read_capped(marker, 4096))
+            except (OSError, ValueError):
+                continue
+            files = [directory / snapshot_name(it, sfx) for sfx in SNAPSHOT_FILES]
+            if isinstance(sizes, dict) and all(
+                    type(sizes.get(sfx)) is int and sizes[sfx] > 0 and Workspace.file_size(f) == sizes[sfx]
+                    for sfx, f in zip(SNAPSHOT_FILES, files)):
+                out[it] = Snapshot(it, *files)
+        return out
+
+    @staticmethod
+    def publish_snapshot(staging: Path, directory: Path, iteration: int) -> Snapshot:
+        """Give a pair Caffe wrote into ``staging`` its final names in
+        ``directory``, durably: each file is synced before its rename, and the
+        marker that makes the pair complete is written last. A kill at any
+        point leaves either the previous state or a complete pair."""
+        sizes = {}
+        for sfx in SNAPSHOT_FILES:
+            fd = os.open(staging / snapshot_name(iteration, sfx), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+                sizes[sfx] = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+        marker = directory / snapshot_name(iteration, SNAPSHOT_MARKER)
+        # A marker left from an earlier pair of this iteration must not vouch
+        # for the files while they are being replaced.
+        marker.unlink(missing_ok=True)
+        for sfx in SNAPSHOT_FILES:
+            os.replace(staging / snapshot_name(iteration, sfx), directory / snapshot_name(iteration, sfx))
+        _fsync_dir(directory)
+        tmp = staging / (marker.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, json.dumps(sizes).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, marker)
+        _fsync_dir(directory)
+        return Snapshot(iteration, *(directory / snapshot_name(iteration, sfx) for sfx in SNAPSHOT_FILES))
+
+    @staticmethod
     def display_name(name: str | None, fallback: str) -> str:
         """A client-sent file name reduced to printable metadata (never a path)."""
         base = (name or fallback).replace("\\", "/").rsplit("/", 1)[-1]
@@ -178,6 +273,15 @@ class Workspace:
         for e in entries:
             if e.name.endswith(suffix) and e.is_file(follow_symlinks=False):
                 yield Path(e.path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # A rename is durable only once its directory is synced.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def user_line(tb) -> int | None:

@@ -17,7 +17,8 @@ MAX_IMAGE_BYTES = 20 << 20
 
 def snapshot_model(ctx: Context, job: dict, iteration: int | None) -> tuple[int, Path]:
     """(iteration, caffemodel) to use: the given iteration or the latest; 409 if none."""
-    models = Workspace.snapshots(ctx.ws.output_dir(job["id"]), ".caffemodel")
+    models = {it: snap.caffemodel for it, snap in
+              Workspace.complete_snapshots(ctx.ws.output_dir(job["id"])).items()}
     if not models:
         raise ServiceError("conflict", "This job has no snapshot yet to classify with.")
     if iteration is None:

@@ -2,6 +2,7 @@
 the context (settings, store, workspace) and, where it matters, the user."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -9,11 +10,13 @@ import shutil
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.caffe import network
 from app.core.errors import ServiceError
 from app.core.status import DatasetStatus, JobStatus
+from app.core import joblog
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, Workspace
 from app.services.access import may_see, only_visible, owner_filter
 from app.services.context import Context
@@ -118,12 +121,86 @@ def get(c: Context, job_id: str, user: dict) -> dict:
     return job
 
 
-def list_for(c: Context, user: dict, status: str | None = None) -> list[dict]:
-    """The jobs ``user`` may see, newest first; ``status`` filters."""
+PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+
+
+@dataclass
+class JobPage:
+    """One page of a job listing: ``jobs`` newest first and the opaque
+    cursor of the next (older) page, None on the last page."""
+    jobs: list[dict]
+    next_cursor: str | None
+
+
+def _bad(field: str, message: str, hint: str) -> ServiceError:
+    return ServiceError("invalid_request", message, [{"field": field, "message": hint}])
+
+
+def parse_limit(raw: str | int | None) -> int:
+    """A page size from a query string: default PAGE_SIZE, 1..MAX_PAGE_SIZE."""
+    if raw is None or raw == "":
+        return PAGE_SIZE
+    text = str(raw).strip()
+    limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise _bad("limit", f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}.",
+                   f"1..{MAX_PAGE_SIZE} (default {PAGE_SIZE})")
+    return limit
+
+
+def encode_cursor(key: tuple[str, str]) -> str:
+    """The opaque cursor of a page position (the (created_at, id) of its last row)."""
+    return base64.urlsafe_b64encode(json.dumps(list(key), separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """The position a cursor of ``encode_cursor`` names; invalid_request otherwise."""
+    try:
+        if len(cursor) > 400:
+            raise ValueError
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if (not isinstance(key, list) or len(key) != 2
+                or not all(isinstance(k, str) and 0 < len(k) <= 80 for k in key)):
+            raise ValueError
+    except ValueError:   # binascii.Error and JSON errors included
+        raise _bad("cursor", "The cursor is not one this server handed out.",
+                   "pass next_cursor of the previous page unchanged") from None
+    return key[0], key[1]
+
+
+def parse_ids(raw: str | None) -> list[str] | None:
+    """Job ids from a comma-separated query value (at most MAX_PAGE_SIZE)."""
+    if raw is None:
+        return None
+    ids = [i for i in (part.strip() for part in raw.split(",")) if i]
+    if len(ids) > MAX_PAGE_SIZE or any(len(i) > 40 for i in ids):
+        raise _bad("ids", f"ids takes at most {MAX_PAGE_SIZE} job ids.", "comma-separated job ids")
+    return ids
+
+
+def list_for(c: Context, user: dict, status: str | None = None, *, limit: int = PAGE_SIZE,
+             cursor: str | None = None, owner: str | None = None, dataset: str | None = None,
+             ids: list[str] | None = None) -> JobPage:
+    """One page of the jobs ``user`` may see, newest first: ``limit`` jobs
+    older than ``cursor`` (a ``next_cursor`` of an earlier page; None: the
+    newest). ``status``, ``owner``, ``dataset`` and ``ids`` filter. Who sees
+    what is app.services.access: a user asking for another owner's jobs gets
+    an empty page unless that rule lets them see that owner's work."""
     if status is not None and status not in {s.value for s in JobStatus}:
         raise ServiceError("invalid_request", f"Unknown status '{status[:20]}'.",
                            [{"field": "status", "message": "use " + "|".join(s.value for s in JobStatus)}])
-    return c.store.list_jobs(owner=owner_filter(user), status=status)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise _bad("limit", f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}.", f"1..{MAX_PAGE_SIZE}")
+    after = decode_cursor(cursor) if cursor else None
+    scope = owner_filter(user)
+    if owner is not None and scope is not None and owner != scope:
+        return JobPage([], None)
+    if ids is not None and not ids:
+        return JobPage([], None)
+    rows, last = c.store.page_jobs(limit=limit, after=after, owner=owner if owner is not None else scope,
+                                   status=status, dataset=dataset, ids=ids)
+    # The query is already scoped; this keeps the one rule the last word.
+    return JobPage(only_visible(user, rows), encode_cursor(last) if last else None)
 
 
 def validation_report(c: Context, job: dict) -> dict | None:
@@ -215,11 +292,12 @@ def resume(c: Context, job: dict) -> dict:
     if job["status"] not in (JobStatus.INTERRUPTED.value, JobStatus.ABORTED.value):
         raise ServiceError("conflict", f"Only interrupted or aborted jobs can be resumed (this one is "
                        f"{job['status']}).")
-    states = sorted(Workspace.snapshots(c.ws.output_dir(job["id"]), ".solverstate"))
-    if not states:
-        raise ServiceError("conflict", "This job has no snapshot to resume from.")
+    # Only whole pairs: one torn by a kill or a full disk is never resumed from.
+    snaps = Workspace.complete_snapshots(c.ws.output_dir(job["id"]))
+    if not snaps:
+        raise ServiceError("conflict", "This job has no complete snapshot to resume from.")
     c.store.update_job(job["id"], expect_status=[job["status"]], status=JobStatus.QUEUED.value,
-                       abort_requested=False, resume_from=states[-1], error=None, finished_at=None)
+                       abort_requested=False, resume_from=max(snaps), error=None, finished_at=None)
     return c.store.get_job(job["id"])
 
 
@@ -242,13 +320,10 @@ def metrics(c: Context, job: dict) -> dict:
     return out
 
 
-def log(c: Context, job: dict, offset: int, limit: int = 1 << 20) -> tuple[bytes, int]:
-    """Log bytes from ``offset`` and the log's full size."""
-    path = c.ws.output_dir(job["id"]) / "train.log"
-    size = Workspace.file_size(path)
-    if offset >= size:
-        return b"", size
-    return Workspace.read_capped(path, limit, offset), size
+def log(c: Context, job: dict, offset: int, limit: int = 1 << 20) -> tuple[bytes, int, int]:
+    """(data from ``offset``, offset to ask for next, log size). Offsets count
+    output bytes; a capped log's dropped middle comes back as one marker line."""
+    return joblog.read(*c.ws.log_paths(job["id"]), offset, limit)
 
 
 def download(c: Context, job: dict) -> Path:
@@ -278,8 +353,8 @@ def download(c: Context, job: dict) -> Path:
                                                          "solver.prototxt") else f"original_{orig}")
             for name in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt", LAYER_FILE):
                 add(inp / name, name)
-            models = Workspace.snapshots(out, ".caffemodel")
-            latest = models[max(models)] if models else None
+            snaps = Workspace.complete_snapshots(out)      # never a truncated model
+            latest = snaps[max(snaps)].caffemodel if snaps else None
             if latest:
                 add(latest, latest.name)
             if job.get("dataset"):

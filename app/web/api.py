@@ -63,9 +63,15 @@ def create_job():
 
 @bp.get("/jobs")
 def list_jobs():
-    """Jobs newest first; ?status= filters."""
-    rows = jobs.list_for(ctx(), current_user(), request.args.get("status") or None)
-    return _no_store(jsonify({"jobs": [jobs.to_json(j) for j in rows]}))
+    """One page of jobs, newest first: ?limit= (default 50, at most 500),
+    ?cursor= (next_cursor of the previous page); ?status=, ?owner= (admins:
+    anyone; others: themselves), ?dataset= and ?ids=a,b,c filter."""
+    args = request.args
+    page = jobs.list_for(ctx(), current_user(), args.get("status") or None,
+                         limit=jobs.parse_limit(args.get("limit")), cursor=args.get("cursor") or None,
+                         owner=args.get("owner") or None, dataset=args.get("dataset") or None,
+                         ids=jobs.parse_ids(args.get("ids")))
+    return _no_store(jsonify({"jobs": [jobs.to_json(j) for j in page.jobs], "next_cursor": page.next_cursor}))
 
 
 @bp.get("/jobs/<job_id>")
@@ -87,9 +93,11 @@ def job_log(job_id: str):
         offset = max(0, int(request.args.get("offset", "0")))
     except ValueError:
         raise ApiError(400, "invalid_request", "offset must be an integer.") from None
-    data, size = jobs.log(ctx(), _job(job_id), offset)
+    data, nxt, size = jobs.log(ctx(), _job(job_id), offset)
     resp = Response(data, mimetype="text/plain")
     resp.headers["X-Log-Size"] = str(size)
+    # Past a capped log's dropped middle the next offset jumps: ask for this one.
+    resp.headers["X-Log-Next-Offset"] = str(nxt)
     return _no_store(resp)
 
 
@@ -118,9 +126,8 @@ def job_events(job_id: str):
             recs = tail.lines()
             if recs:
                 yield f"event: metrics\ndata: {json.dumps(recs)}\n\n"
-            chunk, size = jobs.log(c, cur, log_offset, 64 * 1024)
+            chunk, log_offset, size = jobs.log(c, cur, log_offset, 64 * 1024)
             if chunk:
-                log_offset += len(chunk)
                 yield f"event: log\ndata: {json.dumps(chunk.decode('utf-8', 'replace'))}\n\n"
             if JobStatus(cur["status"]).ended and not recs and log_offset >= size:
                 yield "event: end\ndata: {}\n\n"

@@ -8,8 +8,14 @@ import subprocess
 import sys
 import time
 
+from typing import TYPE_CHECKING
+
 import click
 from flask import Flask, current_app
+
+if TYPE_CHECKING:
+    from app.web.proxy import Front
+    from app.worker.respawn import Respawner
 
 
 def register(app: Flask) -> None:
@@ -37,25 +43,101 @@ def selftest_command() -> None:
     sys.exit(0 if result["ok"] else 1)
 
 
+# gunicorn's default access log line, with the client address nginx passes on
+# (behind nginx the peer is the unix socket, which has no address).
+FORWARDED_LOG_FORMAT = '%({x-forwarded-for}i)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+POLL_S = 0.2   # how often `serve` looks at its children
+
+
 def gunicorn_argv(host: str, port: int, workers: int, threads: int, target: str,
-                  access_log: bool = True) -> list[str]:
-    """The gunicorn command line `serve` uses (bench/ reuses it for baselines)."""
-    return [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
+                  access_log: bool = True, unix_socket: str | None = None) -> list[str]:
+    """The gunicorn command line `serve` uses (bench/ reuses it for baselines).
+
+    With ``unix_socket`` gunicorn listens there, behind nginx, instead of on
+    ``host:port``.
+    """
+    bind = [f"{host}:{port}"]
+    if unix_socket:
+        from app.web.proxy import GUNICORN_KEEPALIVE_S
+        bind = [f"unix:{unix_socket}", "--keep-alive", str(GUNICORN_KEEPALIVE_S)]
+    log = ["--access-logfile", "-"] if access_log else []
+    if access_log and unix_socket:
+        log += ["--access-logformat", FORWARDED_LOG_FORMAT]
+    return [sys.executable, "-m", "gunicorn", "--bind", *bind, "--workers", str(workers),
             "--threads", str(threads), "--worker-class", "gthread", "--graceful-timeout", "10",
-            *(["--access-logfile", "-"] if access_log else []), target]
+            *log, target]
 
 
 @click.command("serve")
 @click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="$HOST or 127.0.0.1")
 @click.option("--port", default=lambda: int(os.environ.get("PORT", "5000")), type=int, show_default="$PORT or 5000")
 @click.option("--workers", default=2, show_default=True, help="gunicorn worker processes")
-@click.option("--threads", default=8, show_default=True, help="threads per gunicorn worker (SSE streams hold one)")
-def serve(host: str, port: int, workers: int, threads: int) -> None:
-    """Serve the app with gunicorn and run the local job worker beside it.
+@click.option("--threads", default=8, show_default=True, help="threads per gunicorn worker (an SSE stream "
+              "holds one; behind nginx at most threads/2 streams are open)")
+@click.option("--no-proxy", is_flag=True, help="serve gunicorn directly on HOST:PORT, without nginx in "
+              "front: a few dozen slow clients can then hold every thread")
+def serve(host: str, port: int, workers: int, threads: int, no_proxy: bool) -> None:
+    """Serve the app: nginx on HOST:PORT in front of gunicorn, and the local
+    job worker beside them.
 
-    SIGTERM or Ctrl-C stops both.
+    A worker that dies is restarted, and the jobs it was running become
+    resumable at once; nginx or gunicorn dying ends `serve`. SIGTERM or
+    Ctrl-C stops everything.
     """
     cfg = current_app.config
+    # Event streams each hold a thread, and gunicorn workers take connections
+    # unevenly (all streams may land on one): allowing half of one worker's
+    # threads leaves every worker half of its own, however they spread.
+    front = None if no_proxy else _prepare_front(host, port, stream_slots=max(1, threads // 2))
+    web: dict[str, subprocess.Popen] = {}
+    jobs_worker = None
+    signal.signal(signal.SIGTERM, _interrupt)
+    code = 0
+    try:
+        _report_selftest()
+        if front is None:
+            click.echo("WARNING: --no-proxy: gunicorn serves clients directly; slow clients can "
+                       "make the service unavailable", err=True)
+            web["gunicorn"] = subprocess.Popen(gunicorn_argv(host, port, workers, threads, "wsgi:app"))
+        else:
+            web["gunicorn"] = subprocess.Popen(gunicorn_argv(host, port, workers, threads, "wsgi:app",
+                                                             unix_socket=str(front.socket)))
+            web["nginx"] = subprocess.Popen(front.argv)
+        if cfg["QUEUE"] == "local" and "worker" in current_app.cli.commands:
+            jobs_worker = _local_worker()
+            jobs_worker.start()
+        click.echo(f"serving on http://{host}:{port}/ (queue: {cfg['QUEUE']}, "
+                   f"{'no proxy' if front is None else 'behind nginx'})", err=True)
+        code = _supervise(web, jobs_worker)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        live_worker = jobs_worker.running() if jobs_worker is not None else None
+        _stop([*web.values(), *([live_worker] if live_worker else [])])
+        if front is not None:
+            front.close()
+    sys.exit(code)
+
+
+def _prepare_front(host: str, port: int, stream_slots: int) -> Front:
+    """nginx's config for this instance, or a clear refusal."""
+    from app.web import proxy
+    nginx = proxy.find_nginx()
+    if nginx is None:
+        # Refused rather than served without it: a server that says it is up
+        # but falls over under a few slow clients is worse than one that says why.
+        raise click.ClickException(
+            "nginx is not installed; `serve` puts it in front of gunicorn so that slow clients cannot "
+            "hold every gunicorn thread. `make run` installs it (scripts/debian-packages.txt), or "
+            "`apt-get install nginx-light`; `serve --no-proxy` serves without it.")
+    try:
+        return proxy.prepare(nginx, current_app.instance_path, host, port,
+                             int(current_app.config["MAX_UPLOAD_MB"]), stream_slots)
+    except proxy.InstanceBusy as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _report_selftest() -> None:
     check = _selftest()
     if check["ok"]:
         click.echo(f"self-test: contained validation ok in {check['seconds']} s "
@@ -64,34 +146,58 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         # Serve anyway: /healthz says ok: false with this reason, and every
         # upload is answered as the server's fault rather than the user's.
         click.echo(f"SELF-TEST FAILED: {check['reason']}", err=True)
-    children: list[subprocess.Popen] = []
-    web = subprocess.Popen(gunicorn_argv(host, port, workers, threads, "wsgi:app"))
-    children.append(web)
-    if cfg["QUEUE"] == "local" and "worker" in current_app.cli.commands:
-        children.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"]))
-    click.echo(f"serving on http://{host}:{port}/ (queue: {cfg['QUEUE']})", err=True)
 
-    def _stop(signum, _frame):
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        while all(c.poll() is None for c in children):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for c in children:
-            if c.poll() is None:
-                c.terminate()
-        deadline = time.monotonic() + 15
-        for c in children:
-            try:
-                c.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                c.kill()
-    codes = [c.returncode for c in children]
-    sys.exit(0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1)
+def _local_worker() -> Respawner:
+    """The `flask --app wsgi worker` child, restarted whenever it dies."""
+    from app.worker.respawn import Respawner, describe_exit
+    from app.worker.supervisor import recover_dead_worker
+    ctx = current_app.extensions["ctx"]
+
+    def died(pid: int, returncode: int, delay: float) -> None:
+        how = describe_exit(returncode)
+        try:
+            ids = recover_dead_worker(ctx, pid, f"The worker process died ({how}); resume the job "
+                                      "to continue from its last snapshot.")
+        except Exception as exc:   # the restarted worker's own recovery still runs
+            ids = f"not recovered here ({exc})"
+        click.echo(f"worker (pid {pid}) {how}; jobs interrupted: {ids}; restarting in {delay:g} s",
+                   err=True)
+
+    return Respawner([sys.executable, "-m", "flask", "--app", "wsgi", "worker"], died)
+
+
+def _interrupt(signum, _frame):
+    # SIGTERM stops `serve` the way Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def _supervise(web: dict[str, subprocess.Popen], jobs_worker: Respawner | None) -> int:
+    """Watch the children until a web process dies (then 1); the worker is
+    restarted as often as it dies. Ctrl-C/SIGTERM end it by KeyboardInterrupt."""
+    from app.worker.respawn import describe_exit
+    while True:
+        for name, proc in web.items():
+            if proc.poll() is not None:
+                click.echo(f"{name} {describe_exit(proc.returncode)}: stopping", err=True)
+                return 1
+        if jobs_worker is not None:
+            jobs_worker.check()
+        time.sleep(POLL_S)
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    """SIGTERM every live child, then SIGKILL whatever is left after 15 s."""
+    for c in children:
+        if c.poll() is None:
+            c.terminate()
+    deadline = time.monotonic() + 15
+    for c in children:
+        try:
+            c.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            c.kill()
+            c.wait()
 
 
 @click.command("worker")

@@ -86,12 +86,16 @@ def model_json(job_id: str):
 
 @bp.get("/index.json")
 def index_json():
-    """DIGITS: every model and dataset the user may see."""
+    """DIGITS: the models (one page, newest first: ?limit=, ?cursor= as on
+    /api/v1/jobs; next_cursor names the next page) and every dataset the
+    user may see."""
     user = current_user()
-    return jsonify({"models": [_model(j) for j in jobs.list_for(ctx(), user)],
+    page = jobs.list_for(ctx(), user, limit=jobs.parse_limit(request.args.get("limit")),
+                         cursor=request.args.get("cursor") or None)
+    return jsonify({"models": [_model(j) for j in page.jobs],
                     "datasets": [{"id": d["id"], "name": d["name"], "status": d["status"]}
                                  for d in dataset_service.list_for(ctx(), user)],
-                    "version": current_app.name})
+                    "version": current_app.name, "next_cursor": page.next_cursor})
 
 
 @bp.post("/models/<job_id>/abort")

@@ -107,9 +107,22 @@ def spec() -> dict:
             "/api/v1/jobs": {
                 "post": _op("Validate and queue a job", {"201": _json(_ref("Job"), "Queued"), **errs}, form,
                             op_id="createJob", links=to_job),
-                "get": _op("Jobs, newest first", {"200": _json({"type": "object", "properties": {
-                    "jobs": {"type": "array", "items": _ref("Job")}}}, "Jobs"), "400": _ERRORS["400"]},
-                    params=[{"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}}],
+                "get": _op("Jobs, newest first, a page at a time (follow next_cursor)", {"200": _json(
+                    {"type": "object", "properties": {
+                        "jobs": {"type": "array", "items": _ref("Job")},
+                        "next_cursor": {"type": "string", "nullable": True,
+                                        "description": "pass as ?cursor= for the next page; null on the last"}}},
+                    "Jobs"), "400": _ERRORS["400"]},
+                    params=[{"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+                            {"name": "limit", "in": "query",
+                             "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+                            {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                             "description": "opaque: the next_cursor of the previous page"},
+                            {"name": "owner", "in": "query", "schema": {"type": "string"},
+                             "description": "admins: any owner; others see only their own"},
+                            {"name": "dataset", "in": "query", "schema": _ID},
+                            {"name": "ids", "in": "query", "schema": {"type": "string"},
+                             "description": "up to 500 comma-separated job ids (unknown or invisible ones left out)"}],
                     op_id="listJobs")},
             "/api/v1/jobs/{job_id}": {
                 "get": _op("One job", {"200": _json(_ref("Job"), "The job")}, params=jid, op_id="getJob"),

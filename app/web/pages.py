@@ -72,10 +72,12 @@ def logout():
 
 @bp.get("/")
 def index():
-    """Jobs and datasets."""
+    """Jobs (one page of 50, newest first; ?cursor= for older ones) and datasets."""
     user = current_user()
-    return render_template("web/index.html", jobs=jobs.list_for(ctx(), user),
-                           datasets=dataset_service.list_for(ctx(), user))
+    cursor = request.args.get("cursor") or None
+    page = jobs.list_for(ctx(), user, cursor=cursor)
+    return render_template("web/index.html", jobs=page.jobs, next_cursor=page.next_cursor,
+                           paged=cursor is not None, datasets=dataset_service.list_for(ctx(), user))
 
 
 def _job_form() -> JobForm:

@@ -1,8 +1,10 @@
 """Hand jobs to workers and watch them run.
 
 ``run_job(ctx, job_id)`` runs one queued job to its end: claims it in the
-store, starts ``app.train`` in the sandbox, turns the runner's files into store
-updates, passes aborts on, and always records a final state. The ``local``
+store, starts ``app.contained.train`` in the sandbox from the newest complete
+snapshot when resuming, copies its output into the capped train.log, turns
+the runner's files into store updates, passes aborts on, and always records
+a final state (outcome.py says which). The ``local``
 queue (supervisor.py) calls it for queued jobs in submission order; a Celery
 task (not built yet) would call the same function.
 """
@@ -16,19 +18,25 @@ import threading
 import time
 from pathlib import Path
 
-from app.services import sandbox
-from app.caffe.glog import fatal_from_log
+from app.core.joblog import CappedLog
 from app.core.status import JobStatus
+from app.core.workspace import Workspace, snapshot_name
+from app.services import sandbox
 from app.services.context import Context
 from app.store import now_iso
-from app.core.workspace import Workspace
+from app.worker.outcome import classify
 
 MAX_METRICS_BYTES = 64 << 20
 HEARTBEAT_STALE_SECONDS = 30.0
 WATCH_SECONDS = 0.5
+# After the process ends, its pipe closes as soon as the sandbox is gone;
+# longer only if something it started outlives it (possible without bwrap).
+PUMP_DRAIN_SECONDS = 10.0
+CONTEXT_BYTES = 1 << 20   # the end of the log searched for what killed a run
 
 
 def worker_name() -> str:
+    """This worker process as jobs record it: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -94,6 +102,15 @@ def _progress(path: Path) -> dict:
     return out
 
 
+def _resume_point(out: Path, wanted: int | None) -> int | None:
+    """The snapshot to resume from: ``wanted`` if it is complete, else the
+    newest complete one before it (a torn pair is never restored)."""
+    if not wanted:
+        return None
+    complete = [it for it in Workspace.complete_snapshots(out) if it <= wanted]
+    return max(complete, default=None)
+
+
 def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | None = None,
             shutdown: threading.Event | None = None) -> str:
     """Run a queued job to its end; return its final status. When
@@ -104,18 +121,49 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
     ws, store = ctx.ws, ctx.store
     out, inp = ws.output_dir(job_id), ws.input_dir(job_id)
     control = ws.job_dir(job_id) / "control"
-    control.mkdir(exist_ok=True)
-    (control / "abort").unlink(missing_ok=True)
-    job = store.get_job(job_id)
-    store.update_job(job_id, device=device)
-    if job.get("resume_from"):
-        Workspace.write_json(control / "resume.json", {
-            "solverstate": f"snapshot_iter_{job['resume_from']}.solverstate"})
-    else:
-        (control / "resume.json").unlink(missing_ok=True)
-    for stale in ("result.json", "progress.json"):
-        (out / stale).unlink(missing_ok=True)
-    ds_dir = ws.dataset_dir(job["dataset"]) if job.get("dataset") else None
+    final, error = JobStatus.ERROR.value, None
+    log = proc = pump = None
+    try:
+        control.mkdir(exist_ok=True)
+        (control / "abort").unlink(missing_ok=True)
+        job = store.get_job(job_id)
+        store.update_job(job_id, device=device)
+        # The worker owns train.log: the runner's output comes through a pipe.
+        log = CappedLog(*ws.log_paths(job_id), int(ctx.cfg["LOG_MAX_MB"]) << 20)
+        start_at = _resume_point(out, job.get("resume_from"))
+        if job.get("resume_from") and start_at != job["resume_from"]:
+            log.note(f"snapshot {job['resume_from']} is incomplete; resuming from "
+                     f"{start_at if start_at is not None else 'the start'}")
+        if start_at is not None:
+            Workspace.write_json(control / "resume.json",
+                                 {"solverstate": snapshot_name(start_at, ".solverstate")})
+        else:
+            (control / "resume.json").unlink(missing_ok=True)
+        for stale in ("result.json", "progress.json"):
+            (out / stale).unlink(missing_ok=True)
+        spec, limits = _spec(ctx, job, device, gpu_index, inp, out, control)
+        t0 = time.monotonic()
+        proc = sandbox.start(spec, ctx.containment, limits, subprocess.PIPE, subprocess.STDOUT)
+        pump = log.pump(proc.stdout)
+        final, error = _watch(ctx, job_id, proc, limits, t0, out, control, shutdown, log, pump)
+    finally:
+        if proc is not None:
+            if proc.poll() is None:
+                sandbox.kill(proc)
+            sandbox.wait(proc, sandbox.Limits(), time.monotonic())   # gives the sandbox uid back
+        if pump is not None:
+            pump.join(PUMP_DRAIN_SECONDS)
+        if log is not None and (pump is None or not pump.is_alive()):
+            log.close()
+        store.update_job(job_id, expect_status=[JobStatus.RUNNING.value], status=final,
+                         finished_at=now_iso(), error=error, heartbeat_at=time.time())
+    return final
+
+
+def _spec(ctx: Context, job: dict, device: str, gpu_index: int | None, inp: Path, out: Path,
+          control: Path) -> tuple[sandbox.Spec, sandbox.Limits]:
+    """What the training process may see, and its limits."""
+    ds_dir = ctx.ws.dataset_dir(job["dataset"]) if job.get("dataset") else None
     env = {"LAYERBENCH_DEVICE": device, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1"}
     devices: list[str] = []
     if gpu_index is not None:
@@ -129,23 +177,12 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
     limits = sandbox.Limits(wall_seconds=float(ctx.cfg["TRAIN_TIMEOUT"]),
                             cpu_seconds=int(ctx.cfg["TRAIN_TIMEOUT"]) * 4,
                             address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
-    final, error = JobStatus.ERROR.value, None
-    with open(out / "train.log", "ab") as log:
-        t0 = time.monotonic()
-        proc = sandbox.start(spec, ctx.containment, limits, log, log)
-        try:
-            final, error = _watch(ctx, job_id, proc, limits, t0, out, control, shutdown)
-        finally:
-            if proc.poll() is None:
-                sandbox.kill(proc)
-            store.update_job(job_id, expect_status=[JobStatus.RUNNING.value], status=final,
-                             finished_at=now_iso(), error=error, heartbeat_at=time.time())
-    return final
+    return spec, limits
 
 
 def _watch(ctx: Context, job_id: str, proc: subprocess.Popen, limits: sandbox.Limits,
-           t0: float, out: Path, control: Path, shutdown: threading.Event | None
-           ) -> tuple[str, dict | None]:
+           t0: float, out: Path, control: Path, shutdown: threading.Event | None,
+           log: CappedLog, pump: threading.Thread) -> tuple[str, dict | None]:
     store, tail = ctx.store, _Tail(out / "metrics.jsonl")
     tail.offset = Workspace.file_size(out / "metrics.jsonl")  # resume: skip old records
     # The runner writes progress every 0.5 s: watching faster only takes CPU
@@ -174,11 +211,17 @@ def _watch(ctx: Context, job_id: str, proc: subprocess.Popen, limits: sandbox.Li
             return JobStatus.ERROR.value, {"stage": "train", "message":
                                            f"Training exceeded the time limit of {limits.wall_seconds:g} s."}
         time.sleep(poll)
-    status, error = _outcome(out, proc.returncode, aborting)
+    # Everything the process printed is in the log once the pipe has closed.
+    pump.join(PUMP_DRAIN_SECONDS)
+    status, error = classify(_result(out), proc.returncode, aborting,
+                             log.tail(CONTEXT_BYTES).decode("utf-8", "replace"),
+                             int(ctx.cfg["MEMORY_LIMIT_MB"]))
     if status == JobStatus.ABORTED.value and shutdown is not None and shutdown.is_set() \
             and not (ctx.store.get_job(job_id) or {}).get("abort_requested"):
         return JobStatus.INTERRUPTED.value, {"stage": "worker", "message": "The worker was shut down; "
                                              "resume the job to continue from its last snapshot."}
+    if status != JobStatus.DONE.value and error:
+        log.note(f"the job ends {status}: {error.get('message')}")
     return status, error
 
 
@@ -190,28 +233,13 @@ def _signal(proc: subprocess.Popen) -> None:
         pass
 
 
-def _outcome(out: Path, returncode: int, aborting: bool) -> tuple[str, dict | None]:
+def _result(out: Path) -> dict | None:
+    """The runner's result.json, or None when it wrote none (or nonsense)."""
     try:
         result = json.loads(Workspace.read_capped(out / "result.json", 1 << 20))
-        status = result.get("status")
-    except (OSError, ValueError, AttributeError):
-        result, status = {}, None
-    if status in ("done", "aborted"):
-        return status, None
-    if status == "error" and isinstance(result.get("error"), dict):
-        err = result["error"]
-        return JobStatus.ERROR.value, {k: str(err[k])[:8000] if isinstance(err.get(k), str) else err.get(k)
-                                       for k in ("message", "traceback", "stage", "file", "line") if k in err}
-    if aborting:
-        return JobStatus.ABORTED.value, None
-    try:
-        log = Workspace.read_capped(out / "train.log", 8 << 20).decode("utf-8", "replace")
-    except OSError:
-        log = ""
-    fatal = fatal_from_log(log[-200000:])
-    message = fatal["message"] or f"The training process died (exit status {returncode})."
-    return JobStatus.ERROR.value, {"stage": "caffe", "message": message,
-                                   "layer": fatal["layer"], "traceback": log[-4000:]}
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) else None
 
 
 def recover(ctx: Context, stale_after: float | None = None) -> list[str]:

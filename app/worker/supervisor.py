@@ -2,12 +2,36 @@
 per GPU, a few on the CPU) and dataset builds, recovering at start."""
 from __future__ import annotations
 
+import socket
 import threading
+import time
 
 from app.services.context import Context
 from app.worker.runner import recover, run_job
 from app.core.status import JobStatus
 from app.store import now_iso
+
+
+def recover_dead_worker(ctx: Context, pid: int, reason: str) -> list[str]:
+    """Mark the running jobs of the worker process ``pid`` (on this host),
+    known to be dead, interrupted with ``reason``; return their ids.
+
+    ``recover`` does this for every running job when a worker starts, or for
+    jobs whose heartbeat went stale; the process that saw the worker die
+    knows which jobs it held and why, and need not wait for either.
+    """
+    name = f"{socket.gethostname()}:{pid}"   # runner.worker_name() in that process
+    changed = []
+    for job in ctx.store.list_jobs(status=JobStatus.RUNNING.value):
+        if job.get("worker") != name:
+            continue
+        # The same compare-and-set as every state change: a job that ended
+        # meanwhile keeps its own final state.
+        if ctx.store.update_job(job["id"], expect_status=[JobStatus.RUNNING.value],
+                                status=JobStatus.INTERRUPTED.value, finished_at=now_iso(),
+                                heartbeat_at=time.time(), error={"stage": "worker", "message": reason}):
+            changed.append(job["id"])
+    return changed
 
 
 class Allocator:

@@ -1,0 +1,202 @@
+"""Recovery of training jobs, end to end (real worker, sandbox, Caffe and
+signals): torn snapshots are never restored, a training process killed from
+outside leaves the job resumable, the user's own failures end it in error."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import LENET_SEED, SEED_LAYER, line_of, post, wait_for
+
+# An in-place Python layer on the train net's input: it sees every training
+# iteration (one forward each) and leaves the data alone.
+PROBE = """layer {
+  name: "probe"
+  type: "Python"
+  bottom: "scaled"
+  top: "scaled"
+  python_param { module: "digits_python_layers" layer: "Probe" }
+  include { stage: "train" }
+}
+"""
+NETWORK = LENET_SEED.replace('layer {\n  name: "conv1"', PROBE + 'layer {\n  name: "conv1"', 1)
+# Training runs get LAYERBENCH_DEVICE, validation does not: the probe acts in
+# training only. `self.n` is the training iteration this process is on.
+PROBE_BASE = """
+import os as _os
+
+
+class Probe(caffe.Layer):
+    TRAINING = "LAYERBENCH_DEVICE" in _os.environ
+
+    def setup(self, bottom, top):
+        self.n = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+    def forward(self, bottom, top):
+        self.n += 1
+        if self.TRAINING:
+            self.act(bottom)
+"""
+# Holds training at iteration HOLD until a file "release" appears beside the
+# layer file (the job's input directory, which the test can write to).
+GATE = SEED_LAYER + PROBE_BASE + """
+    def act(self, bottom):
+        import time
+        release = _os.path.join(_os.path.dirname(__file__), "release")
+        while self.n >= HOLD and not _os.path.exists(release):
+            time.sleep(0.02)
+"""
+
+
+def _create(client, **fields) -> dict:
+    resp = post(client, "/api/v1/jobs", network=NETWORK, **fields)
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()
+
+
+def _wait_snapshot(client, job_id: str, iteration: int, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/v1/jobs/{job_id}").get_json()
+        if iteration in [s["iteration"] for s in job["snapshots"]]:
+            return job
+        assert job["status"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, f"no snapshot {iteration}: {job}"
+        time.sleep(0.1)
+
+
+def _wait_file(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _records(out: Path, kind: str) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("type") == kind]
+
+
+def training_pid(out: Path, timeout: float = 30.0) -> int:
+    """The host pid of the sandboxed `python -m app.contained.train ... OUT`
+    (not bwrap's, whose command line holds the same words further on)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue   # not a process, or gone
+            if argv[1:3] == [b"-m", b"app.contained.train"] and str(out).encode() in argv:
+                found.append(int(proc.name))
+        if len(found) == 1:
+            return found[0]
+        assert time.monotonic() < deadline, f"training processes of {out}: {found}"
+        time.sleep(0.1)
+
+
+def test_torn_newest_snapshot_resumes_from_previous_complete_pair(app, client, worker):
+    from app.core.workspace import Workspace
+    job = _create(client, layer=GATE.replace("HOLD", "43"), train_epochs=3)   # 64 iterations
+    inp = Path(app.config["JOBS_DIR"]) / job["id"] / "input"
+    out = inp.parent / "output"
+    _wait_snapshot(client, job["id"], 42)        # held at iteration 43 from here on
+    assert client.post(f"/api/v1/jobs/{job['id']}/abort").status_code == 202
+    _wait_file(inp.parent / "control" / "abort")   # the worker passed the abort on
+    (inp / "release").touch()
+    ended = wait_for(client, job["id"], {"aborted", "error", "done"})
+    assert ended["status"] == "aborted", ended["error"]
+    assert [s["iteration"] for s in ended["snapshots"]] == [21, 42, 43]
+
+    # What a kill in the middle of writing the newest solverstate leaves.
+    state = out / "snapshot_iter_43.solverstate"
+    os.truncate(state, state.stat().st_size // 2)
+    model = out / "snapshot_iter_43.caffemodel"
+    os.truncate(model, model.stat().st_size // 2)
+    # A download never carries the torn model: the newest whole one instead.
+    import io
+    import json
+    import tarfile
+    resp = client.get(f"/api/v1/jobs/{job['id']}/download")
+    data = resp.data
+    resp.close()
+    assert resp.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert "snapshot_iter_42.caffemodel" in tar.getnames()
+        assert "snapshot_iter_43.caffemodel" not in tar.getnames()
+        assert json.load(tar.extractfile("info.json"))["snapshot"] == "snapshot_iter_42.caffemodel"
+
+    assert client.post(f"/api/v1/jobs/{job['id']}/resume").status_code == 202
+    done = wait_for(client, job["id"], {"done", "error", "aborted", "interrupted"})
+    assert done["status"] == "done", done["error"]
+    assert done["iteration"] == 64
+    assert _records(out, "resumed") == [{"type": "resumed", "iteration": 42}]
+    # The service chose the newest complete pair (the runner would also
+    # have fallen back from 43 and said so in the log).
+    assert app.extensions["store"].get_job(job["id"])["resume_from"] == 42
+    assert sorted(Workspace.complete_snapshots(out)) == [21, 42, 63, 64]
+
+
+def test_sigkill_of_training_process_leaves_job_interrupted_and_resumable(app, client, worker):
+    job = _create(client, layer=GATE.replace("HOLD", "30"), train_epochs=2)   # 43 iterations
+    inp = Path(app.config["JOBS_DIR"]) / job["id"] / "input"
+    out = inp.parent / "output"
+    _wait_snapshot(client, job["id"], 21)        # held at iteration 30 from here on
+    os.kill(training_pid(out), signal.SIGKILL)
+
+    ended = wait_for(client, job["id"], {"interrupted", "error", "done", "aborted"})
+    assert ended["status"] == "interrupted", ended["error"]
+    assert "killed by signal 9" in ended["error"]["message"]
+    assert not ended["error"].get("layer")
+
+    (inp / "release").touch()
+    assert client.post(f"/api/v1/jobs/{job['id']}/resume").status_code == 202
+    done = wait_for(client, job["id"], {"done", "error", "aborted", "interrupted"})
+    assert done["status"] == "done", done["error"]
+    assert done["iteration"] == 43
+    assert _records(out, "resumed") == [{"type": "resumed", "iteration": 21}]
+
+
+def test_python_exception_in_layer_during_training_is_error(client, worker):
+    layer = SEED_LAYER + PROBE_BASE + """
+    def act(self, bottom):
+        if self.n == 5:
+            raise KeyError('no such thing')
+"""
+    job = _create(client, layer=layer, max_iter=50)
+    ended = wait_for(client, job["id"], {"done", "error", "interrupted"})
+    assert ended["status"] == "error"
+    assert "no such thing" in ended["error"]["message"]
+    assert ended["error"]["file"] == "digits_python_layers.py"
+    assert ended["error"]["line"] == line_of(layer, "raise KeyError")
+    assert client.post(f"/api/v1/jobs/{job['id']}/resume").status_code == 409
+
+
+@pytest.mark.parametrize("allocate", [
+    "bottom[0].reshape(1 << 30)\n            bottom[0].data",      # Caffe's malloc: a CHECK, SIGABRT
+    "import numpy\n            numpy.ones(1 << 30)",               # Python: MemoryError
+])
+def test_out_of_memory_is_interrupted_with_the_limit(client, worker, allocate):
+    worker.procs[0].stop()
+    worker.start(LAYERBENCH_MEMORY_LIMIT_MB="2048")   # the worker reads its limits from its env
+    layer = SEED_LAYER + PROBE_BASE + f"""
+    def act(self, bottom):
+        if self.n == 3:
+            {allocate}
+"""
+    job = _create(client, layer=layer, max_iter=50)
+    ended = wait_for(client, job["id"], {"done", "error", "interrupted"})
+    assert ended["status"] == "interrupted", ended["error"]
+    assert "out of memory: limit 2048 MiB" in ended["error"]["message"]
