@@ -42,6 +42,9 @@ jobs = sa.Table(
     sa.Column("abort_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("resume_from", sa.Integer),
     sa.Column("worker", sa.String(200)),
+    # The run generation: each claim starts a new one, and a run may change
+    # the job only while its generation is current (a superseded run is fenced).
+    sa.Column("run", sa.Integer, nullable=False, server_default="0"),
     sa.Column("heartbeat_at", sa.Float),
     # Keyset pagination (Store.page_jobs): newest first on (created_at, id),
     # one index per filter the listings use, so a page is an index range scan
@@ -250,6 +253,16 @@ class Store(UserStore, DatasetStore):
         (CREATE INDEX IF NOT EXISTS, in effect)."""
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
+            # Columns added since a database was created (nullable or with a
+            # server default): added in place. (Alembic takes over when the
+            # schema first needs more than that.)
+            inspector = sa.inspect(conn)
+            for table in metadata.sorted_tables:
+                have = {c["name"] for c in inspector.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name not in have:
+                        ddl = sa.schema.CreateColumn(col).compile(dialect=conn.dialect)
+                        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
             for table in metadata.sorted_tables:
                 for index in table.indexes:
                     index.create(conn, checkfirst=True)
@@ -328,16 +341,34 @@ class Store(UserStore, DatasetStore):
         rows = rows[:limit]
         return rows, (rows[-1]["created_at"], rows[-1]["id"])
 
+    def claim_job(self, job_id: str, worker: str, **fields: Any) -> int | None:
+        """queued -> running for ``worker`` in one compare-and-set, starting a
+        new run generation; returns it (None when someone else won)."""
+        row = {k: (json.dumps(v) if k in _JSON_COLUMNS and v is not None else v)
+               for k, v in fields.items()}
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                jobs.update().where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.RUNNING.value, worker=worker, run=jobs.c.run + 1, **row)).rowcount
+            if not changed:
+                return None
+            conn.execute(job_events.insert().values(job_id=job_id, at=now_iso(),
+                                                    status=JobStatus.RUNNING.value, message=None))
+            return int(conn.execute(sa.select(jobs.c.run).where(jobs.c.id == job_id)).scalar())
+
     def update_job(self, job_id: str, *, expect_status: Iterable[str] | None = None,
-                   **fields: Any) -> bool:
+                   expect_run: int | None = None, **fields: Any) -> bool:
         """Update fields; with ``expect_status`` only if the job is in one of
-        those states (an atomic compare-and-set). Returns whether a row changed.
+        those states, with ``expect_run`` only while that run generation is
+        current (atomic compare-and-sets). Returns whether a row changed.
         A status change is also recorded in the job's history."""
         row = {k: (json.dumps(v) if k in _JSON_COLUMNS and v is not None else v)
                for k, v in fields.items()}
         q = jobs.update().where(jobs.c.id == job_id).values(**row)
         if expect_status is not None:
             q = q.where(jobs.c.status.in_([str(s) for s in expect_status]))
+        if expect_run is not None:
+            q = q.where(jobs.c.run == expect_run)
         with self.engine.begin() as conn:
             changed = conn.execute(q).rowcount > 0
             if changed and "status" in fields:

@@ -142,7 +142,7 @@ def test_torn_newest_snapshot_resumes_from_previous_complete_pair(app, client, w
     done = wait_for(client, job["id"], {"done", "error", "aborted", "interrupted"})
     assert done["status"] == "done", done["error"]
     assert done["iteration"] == 64
-    assert _records(out, "resumed") == [{"type": "resumed", "iteration": 42}]
+    assert _records(out, "resumed") == [{"type": "resumed", "iteration": 42, "run": 2}]
     # The service chose the newest complete pair (the runner would also
     # have fallen back from 43 and said so in the log).
     assert app.extensions["store"].get_job(job["id"])["resume_from"] == 42
@@ -166,7 +166,7 @@ def test_sigkill_of_training_process_leaves_job_interrupted_and_resumable(app, c
     done = wait_for(client, job["id"], {"done", "error", "aborted", "interrupted"})
     assert done["status"] == "done", done["error"]
     assert done["iteration"] == 43
-    assert _records(out, "resumed") == [{"type": "resumed", "iteration": 21}]
+    assert _records(out, "resumed") == [{"type": "resumed", "iteration": 21, "run": 2}]
 
 
 def test_python_exception_in_layer_during_training_is_error(client, worker):

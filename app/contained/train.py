@@ -23,8 +23,10 @@ import traceback
 from pathlib import Path
 
 from app.caffe.glog import NETS_BUILT
-from app.core.workspace import (LAYER_FILE, SNAPSHOT_PREFIX, SNAPSHOT_STAGING, Workspace,
+from app.core.workspace import (LAYER_FILE, RUN_FILE, SNAPSHOT_PREFIX, SNAPSHOT_STAGING, Workspace,
                                 user_line)
+
+SUPERSEDED_EXIT = 75   # EX_TEMPFAIL: another run of this job took over
 
 
 class Runner:
@@ -38,11 +40,12 @@ class Runner:
         self.last_progress = 0.0
         self.shared = False
         self.side_seconds = 0.0   # time in validation and snapshots
+        self.run_id = self._current_run()
 
     # ---- output --------------------------------------------------------------
     def emit(self, kind: str, **fields) -> None:
-        """Append one record to metrics.jsonl."""
-        self.metrics.write(json.dumps({"type": kind, **fields}) + "\n")
+        """Append one record to metrics.jsonl, tagged with our run generation."""
+        self.metrics.write(json.dumps({"type": kind, **fields, "run": self.run_id}) + "\n")
 
     def write_json(self, name: str, obj: dict) -> None:
         """Replace OUTPUT_DIR/name atomically (the worker reads it any time)."""
@@ -54,8 +57,21 @@ class Runner:
     def _on_term(self, _signum, _frame) -> None:
         self.stop_reason = "aborted"
 
+    def _current_run(self) -> int | None:
+        try:
+            return json.loads((self.control / RUN_FILE).read_text()).get("run")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def fence(self) -> None:
+        """Leave at once, writing nothing, if another run took the job over."""
+        if self.run_id is not None and self._current_run() != self.run_id:
+            os._exit(SUPERSEDED_EXIT)
+
     def abort_requested(self) -> bool:
-        """Whether to stop: SIGTERM came, or the worker wrote CONTROL_DIR/abort."""
+        """Whether to stop: SIGTERM came, or the worker wrote CONTROL_DIR/abort.
+        A run another one has superseded leaves at once, writing nothing."""
+        self.fence()
         if self.stop_reason is None and (self.control / "abort").exists():
             self.stop_reason = "aborted"
         return self.stop_reason is not None
@@ -187,6 +203,7 @@ class Runner:
             solver.snapshot()
         finally:
             os.chdir(back)
+        self.fence()   # never publish over a newer run's snapshots
         Workspace.publish_snapshot(staging, self.output, solver.iter)
         self.side_seconds += time.monotonic() - t0
         self.emit("snapshot", iteration=solver.iter, epoch=epoch(solver.iter))

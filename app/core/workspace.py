@@ -36,6 +36,9 @@ SNAPSHOT_PREFIX = "snapshot"
 SNAPSHOT_STAGING = ".snapshot-staging"
 SNAPSHOT_MARKER = ".complete"
 SNAPSHOT_FILES = (".caffemodel", ".solverstate")
+# CONTROL_DIR/run.json: {"run": N}, the run generation allowed to write
+# OUTPUT_DIR; a training process whose generation is no longer there stops.
+RUN_FILE = "run.json"
 LOG_FILE = "train.log"
 LOG_LAYOUT = "train.log.layout"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")

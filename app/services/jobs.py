@@ -309,12 +309,26 @@ def metrics(c: Context, job: dict) -> dict:
         raw = Workspace.read_capped(path, 64 << 20)
     except OSError:
         return out
+    latest = 0
     for line in raw.splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
         kind = rec.pop("type", None) if isinstance(rec, dict) else None
+        # Once a later run has written, what an earlier (superseded) run
+        # still wrote is not part of the job's history.
+        run = rec.pop("run", None) if isinstance(rec, dict) else None
+        if isinstance(run, int):
+            if run < latest:
+                continue
+            latest = run
+        if kind == "resumed" and isinstance(rec.get("iteration"), int):
+            # Training went back to this snapshot: what came after it before
+            # is superseded by what follows now (no iteration counted twice).
+            for series in out.values():
+                series[:] = [r for r in series if not (isinstance(r.get("iteration"), (int, float))
+                                                       and r["iteration"] > rec["iteration"])]
         if kind in out:
             out[kind].append(rec)
     return out

@@ -20,13 +20,14 @@ from pathlib import Path
 
 from app.core.joblog import CappedLog
 from app.core.status import JobStatus
-from app.core.workspace import Workspace, snapshot_name
+from app.core.workspace import RUN_FILE, Workspace, snapshot_name
 from app.services import sandbox
 from app.services.context import Context
 from app.store import now_iso
 from app.worker.outcome import classify
 
 MAX_METRICS_BYTES = 64 << 20
+SUPERSEDED = "superseded"   # run_job's answer when another run took the job over
 HEARTBEAT_STALE_SECONDS = 30.0
 WATCH_SECONDS = 0.5
 # After the process ends, its pipe closes as soon as the sandbox is gone;
@@ -40,18 +41,18 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _claim(ctx: Context, job_id: str) -> bool:
-    return ctx.store.update_job(job_id, expect_status=[JobStatus.QUEUED.value],
-                                status=JobStatus.RUNNING.value, started_at=now_iso(),
-                                finished_at=None, error=None, worker=worker_name(),
-                                heartbeat_at=time.time())
+def _claim(ctx: Context, job_id: str) -> int | None:
+    """Take a queued job; the new run generation, or None if another won."""
+    return ctx.store.claim_job(job_id, worker_name(), started_at=now_iso(), finished_at=None,
+                               error=None, heartbeat_at=time.time())
 
 
 class _Tail:
-    """Incremental reader of the runner's metrics.jsonl (no links, capped)."""
+    """Incremental reader of the runner's metrics.jsonl (no links, capped);
+    with ``run``, records another run generation wrote are skipped."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.buf = path, 0, b""
+    def __init__(self, path: Path, run: int | None = None) -> None:
+        self.path, self.offset, self.buf, self.run = path, 0, b"", run
 
     def lines(self) -> list[dict]:
         if self.offset >= MAX_METRICS_BYTES:
@@ -70,7 +71,9 @@ class _Tail:
             except ValueError:
                 continue
             if isinstance(rec, dict):
-                out.append(rec)
+                run = rec.pop("run", None)
+                if self.run is None or run is None or run == self.run:
+                    out.append(rec)
         return out
 
 
@@ -116,7 +119,8 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
     """Run a queued job to its end; return its final status. When
     ``shutdown`` is set the job is stopped with a snapshot and left
     ``interrupted`` (resumable) rather than aborted."""
-    if not _claim(ctx, job_id):
+    run = _claim(ctx, job_id)
+    if run is None:
         return "skipped"
     ws, store = ctx.ws, ctx.store
     out, inp = ws.output_dir(job_id), ws.input_dir(job_id)
@@ -126,6 +130,9 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
     try:
         control.mkdir(exist_ok=True)
         (control / "abort").unlink(missing_ok=True)
+        # The fence the training process checks every iteration: once another
+        # run's generation is written here, a stale one stops writing.
+        Workspace.write_json(control / RUN_FILE, {"run": run})
         job = store.get_job(job_id)
         store.update_job(job_id, device=device)
         # The worker owns train.log: the runner's output comes through a pipe.
@@ -145,7 +152,7 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
         t0 = time.monotonic()
         proc = sandbox.start(spec, ctx.containment, limits, subprocess.PIPE, subprocess.STDOUT)
         pump = log.pump(proc.stdout)
-        final, error = _watch(ctx, job_id, proc, limits, t0, out, control, shutdown, log, pump)
+        final, error = _watch(ctx, job_id, run, proc, limits, t0, out, control, shutdown, log, pump)
     finally:
         if proc is not None:
             if proc.poll() is None:
@@ -155,8 +162,9 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
             pump.join(PUMP_DRAIN_SECONDS)
         if log is not None and (pump is None or not pump.is_alive()):
             log.close()
-        store.update_job(job_id, expect_status=[JobStatus.RUNNING.value], status=final,
-                         finished_at=now_iso(), error=error, heartbeat_at=time.time())
+        if final != SUPERSEDED:
+            store.update_job(job_id, expect_status=[JobStatus.RUNNING.value], expect_run=run, status=final,
+                             finished_at=now_iso(), error=error, heartbeat_at=time.time())
     return final
 
 
@@ -180,10 +188,10 @@ def _spec(ctx: Context, job: dict, device: str, gpu_index: int | None, inp: Path
     return spec, limits
 
 
-def _watch(ctx: Context, job_id: str, proc: subprocess.Popen, limits: sandbox.Limits,
+def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: sandbox.Limits,
            t0: float, out: Path, control: Path, shutdown: threading.Event | None,
            log: CappedLog, pump: threading.Thread) -> tuple[str, dict | None]:
-    store, tail = ctx.store, _Tail(out / "metrics.jsonl")
+    store, tail = ctx.store, _Tail(out / "metrics.jsonl", run)
     tail.offset = Workspace.file_size(out / "metrics.jsonl")  # resume: skip old records
     # The runner writes progress every 0.5 s: watching faster only takes CPU
     # from the training it watches (the queue itself is polled faster).
@@ -197,7 +205,12 @@ def _watch(ctx: Context, job_id: str, proc: subprocess.Popen, limits: sandbox.Li
             return JobStatus.ABORTED.value, None
         fields = _fold(job, tail.lines())
         fields.update(_progress(out / "progress.json"))
-        store.update_job(job_id, heartbeat_at=time.time(), **fields)
+        if not store.update_job(job_id, expect_run=run, heartbeat_at=time.time(), **fields):
+            # Another run owns the job now (this worker was presumed dead):
+            # stop ours at once and record nothing more.
+            sandbox.kill(proc)
+            log.note(f"run {run} was superseded by run {job['run']}; stopped")
+            return SUPERSEDED, None
         stopping = shutdown is not None and shutdown.is_set()
         if (job["abort_requested"] or stopping) and not aborting:
             aborting = True
