@@ -102,6 +102,9 @@ def serve(host: str, port: int, workers: int, threads: int, no_proxy: bool) -> N
         else:
             web["gunicorn"] = subprocess.Popen(gunicorn_argv(host, port, workers, threads, "wsgi:app",
                                                              unix_socket=str(front.socket)))
+            # nginx only once gunicorn listens: earlier, the first requests of
+            # a fresh start were answered 502 (no upstream yet).
+            _wait_listening(front.socket, web["gunicorn"])
             web["nginx"] = subprocess.Popen(front.argv)
         if cfg["QUEUE"] == "local" and "worker" in current_app.cli.commands:
             jobs_worker = _local_worker()
@@ -117,6 +120,24 @@ def serve(host: str, port: int, workers: int, threads: int, no_proxy: bool) -> N
         if front is not None:
             front.close()
     sys.exit(code)
+
+
+def _wait_listening(path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until the unix socket at ``path`` accepts connections (gunicorn's master
+    listens before its workers have loaded the app; connections wait in the
+    backlog until one has). Raises if gunicorn exits first."""
+    import socket
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(path))
+                return
+            except OSError:
+                pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise click.ClickException(f"gunicorn did not start listening on {path}")
+        time.sleep(0.02)
 
 
 def _prepare_front(host: str, port: int, stream_slots: int) -> Front:
