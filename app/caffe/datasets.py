@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.workspace import DATASET_INFO_FILE
 from app.caffe.proto import caffe_pb2
 
 SAMPLE_ID = "sample-digits"
@@ -86,7 +87,7 @@ def write_dataset(dest: Path, images: np.ndarray, labels: np.ndarray,
         "per_class": {c: {"train": int((labels[tr] == i).sum()), "val": int((labels[va] == i).sum())}
                       for i, c in enumerate(class_names)},
     }
-    (tmp / "info.json").write_text(json.dumps(info, indent=1))
+    (tmp / DATASET_INFO_FILE).write_text(json.dumps(info, indent=1))
     if not in_place:
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
@@ -124,7 +125,7 @@ def sample_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 def ensure_sample_digits(datasets_dir: Path) -> dict:
     """Build ``sample-digits`` under ``datasets_dir`` unless already there."""
     dest = datasets_dir / SAMPLE_ID
-    info_path = dest / "info.json"
+    info_path = dest / DATASET_INFO_FILE
     if info_path.is_file():
         return json.loads(info_path.read_text())
     images, labels = sample_digits_arrays()

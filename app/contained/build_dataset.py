@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from app.core.workspace import PROGRESS_FILE, RESULT_FILE
 from app.core.status import RunOutcome
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
@@ -137,7 +138,7 @@ def _progress(out: str, value: float) -> None:
     tmp = os.path.join(out, ".progress.tmp")
     with open(tmp, "w") as fh:
         json.dump({"progress": round(value, 3)}, fh)
-    os.replace(tmp, os.path.join(out, "progress.json"))
+    os.replace(tmp, os.path.join(out, PROGRESS_FILE))
 
 
 def main(argv: list[str]) -> None:
@@ -149,7 +150,7 @@ def main(argv: list[str]) -> None:
         result = {"status": RunOutcome.ERROR.value, "message": str(exc)}
     except MemoryError:
         result = {"status": RunOutcome.ERROR.value, "message": "the dataset does not fit in the memory limit"}
-    with open(os.path.join(out, "result.json"), "w") as fh:
+    with open(os.path.join(out, RESULT_FILE), "w") as fh:
         json.dump(result, fh)
     os._exit(0)
 

@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 
 
+from app.core.workspace import DATASET_INFO_FILE, DEPLOY_FILE, RESULT_FILE, TRAIN_VAL_FILE
+
 def _transform(input_dir: Path, caffe_pb2, text_format):
     net = caffe_pb2.NetParameter()
-    text_format.Parse((input_dir / "train_val.prototxt").read_text(), net)
+    text_format.Parse((input_dir / TRAIN_VAL_FILE).read_text(), net)
     for layer in net.layer:
         if layer.type == "Data":
             return layer.transform_param
@@ -54,12 +56,12 @@ def classify(input_dir: Path, model: Path, dataset: Path, work: Path) -> list[di
 
     from app.caffe.images import resize
     caffe.set_mode_cpu()
-    info = json.loads((dataset / "info.json").read_text())
+    info = json.loads((dataset / DATASET_INFO_FILE).read_text())
     labels = (dataset / "labels.txt").read_text().splitlines()
     c, h, w = info["image_shape"]
     tp = _transform(input_dir, caffe_pb2, text_format)
     mean = _mean(tp, caffe_pb2, (c, h, w))
-    net = caffe.Net(str(input_dir / "deploy.prototxt"), str(model), caffe.TEST)
+    net = caffe.Net(str(input_dir / DEPLOY_FILE), str(model), caffe.TEST)
     data_name = net.inputs[0]
     out_name = net.outputs[-1]
     rng = np.random.default_rng(0)
@@ -96,7 +98,7 @@ def main(argv: list[str]) -> None:
         import traceback
         result = {"ok": False, "message": f"{type(exc).__name__}: {exc}",
                   "traceback": "".join(traceback.format_exception(exc))[-4000:]}
-    (work / "result.json").write_text(json.dumps(result))
+    (work / RESULT_FILE).write_text(json.dumps(result))
     os._exit(0)
 
 

@@ -23,8 +23,9 @@ import traceback
 from pathlib import Path
 
 from app.caffe.glog import NETS_BUILT
-from app.core.workspace import (LAYER_FILE, RUN_FILE, SNAPSHOT_PREFIX, SNAPSHOT_STAGING, Workspace,
-                                user_line)
+from app.core.workspace import (
+    ABORT_FILE, JOB_META_FILE, LAYER_FILE, METRICS_FILE, PROGRESS_FILE, RESULT_FILE, RESUME_FILE,
+    RUN_FILE, SNAPSHOT_PREFIX, SNAPSHOT_STAGING, SOLVER_FILE, Workspace, user_line)
 
 SUPERSEDED_EXIT = 75   # EX_TEMPFAIL: another run of this job took over
 
@@ -34,9 +35,9 @@ class Runner:
 
     def __init__(self, input_dir: Path, output_dir: Path, control_dir: Path) -> None:
         self.input, self.output, self.control = input_dir, output_dir, control_dir
-        self.meta = json.loads((input_dir / "job.json").read_text())
+        self.meta = json.loads((input_dir / JOB_META_FILE).read_text())
         self.stop_reason: str | None = None
-        self.metrics = open(output_dir / "metrics.jsonl", "a", buffering=1)
+        self.metrics = open(output_dir / METRICS_FILE, "a", buffering=1)
         self.last_progress = 0.0
         self.shared = False
         self.side_seconds = 0.0   # time in validation and snapshots
@@ -72,7 +73,7 @@ class Runner:
         """Whether to stop: SIGTERM came, or the worker wrote CONTROL_DIR/abort.
         A run another one has superseded leaves at once, writing nothing."""
         self.fence()
-        if self.stop_reason is None and (self.control / "abort").exists():
+        if self.stop_reason is None and (self.control / ABORT_FILE).exists():
             self.stop_reason = "aborted"
         return self.stop_reason is not None
 
@@ -94,7 +95,7 @@ class Runner:
         else:
             caffe.set_mode_cpu()
         sp = caffe_pb2.SolverParameter()
-        text_format.Parse((self.input / "solver.prototxt").read_text(), sp)
+        text_format.Parse((self.input / SOLVER_FILE).read_text(), sp)
         test_interval, snapshot_every, test_iter = sp.test_interval, sp.snapshot, sp.test_iter[0]
         # We run validation and snapshots ourselves (to record every output
         # blob); Caffe's own copies of them are switched off.
@@ -108,7 +109,7 @@ class Runner:
         run_path = Path("/tmp") / f"solver-{os.getpid()}.prototxt"
         run_path.write_text(text_format.MessageToString(run_sp))
         solver = caffe.get_solver(str(run_path))
-        resume = self.control / "resume.json"
+        resume = self.control / RESUME_FILE
         if resume.exists():
             state = json.loads(resume.read_text())["solverstate"]
             # learned_net inside the solverstate is relative to OUTPUT_DIR;
@@ -215,7 +216,7 @@ class Runner:
             return
         self.last_progress = now
         rate = (it - it0) / max(now - t_start, 1e-9)
-        self.write_json("progress.json", {
+        self.write_json(PROGRESS_FILE, {
             "iteration": it, "max_iter": max_iter, "epoch": ep,
             "progress": round(it / max_iter, 4) if max_iter else 0.0,
             "iterations_per_second": round(rate, 3),
@@ -237,7 +238,7 @@ def main(argv: list[str]) -> int:
     except BaseException as exc:  # a Python layer may raise anything
         result = {"status": "error", "error": _python_error(exc)}
     runner.metrics.flush()
-    runner.write_json("result.json", result)
+    runner.write_json(RESULT_FILE, result)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # skip teardown: prefetch threads and user objects may hang it

@@ -36,6 +36,27 @@ SNAPSHOT_PREFIX = "snapshot"
 SNAPSHOT_STAGING = ".snapshot-staging"
 SNAPSHOT_MARKER = ".complete"
 SNAPSHOT_FILES = (".caffemodel", ".solverstate")
+# ---- the job/dataset layout and the worker<->runner protocol ----------------
+# Every file name both sides use, defined once. A job directory holds input/
+# (read-only to the sandbox), output/ (the runner's, writable), control/ (the
+# worker's channel to the runner, read-only to it), validation/ and the log.
+CONTROL_DIR = "control"
+ABORT_FILE = "abort"                   # CONTROL_DIR/abort: stop with a snapshot
+RESUME_FILE = "resume.json"            # CONTROL_DIR: {"solverstate": name} to restore
+RESULT_FILE = "result.json"            # written last by a runner: how it ended
+PROGRESS_FILE = "progress.json"        # iteration, progress, eta (replaced atomically)
+METRICS_FILE = "metrics.jsonl"         # one record per line: train, val, lr, snapshot, resumed
+JOB_META_FILE = "job.json"             # input/: max_iter, iters_per_epoch, dataset, device
+TRAIN_VAL_FILE = "train_val.prototxt"  # input/: the train and val nets
+DEPLOY_FILE = "deploy.prototxt"        # input/: the deploy net
+SOLVER_FILE = "solver.prototxt"        # input/: the generated solver
+VALIDATION_DIR = "validation"          # the validator's report and log
+REPORT_FILE = "report.json"
+VALIDATE_LOG = "validate.log"
+SANDBOX_LOG = "sandbox.log"            # what bwrap itself printed
+DOWNLOAD_FILE = "download.tar.gz"
+DATASET_INFO_FILE = "info.json"        # a dataset's counts, labels, shape
+DATASET_PARAMS_FILE = "params.json"    # a dataset build's parameters
 # CONTROL_DIR/run.json: {"run": N}, the run generation allowed to write
 # OUTPUT_DIR; a training process whose generation is no longer there stops.
 RUN_FILE = "run.json"

@@ -17,10 +17,10 @@ from app.services.context import Context
 from app.core.errors import ServiceError
 from app.core.status import DatasetStatus, RunOutcome
 from app.store import new_job_id, now_iso
-from app.core.workspace import Workspace
+from app.core.workspace import DATASET_INFO_FILE, DATASET_PARAMS_FILE, PROGRESS_FILE, RESULT_FILE, Workspace
 
 # What a finished build may contain; anything else (a link, a stray file) is refused.
-PUBLISHED = ("train_db", "val_db", "labels.txt", "mean.binaryproto", "mean.png", "samples", "info.json")
+PUBLISHED = ("train_db", "val_db", "labels.txt", "mean.binaryproto", "mean.png", "samples", DATASET_INFO_FILE)
 
 
 def parse_fields(fields: dict[str, str]) -> dict:
@@ -63,7 +63,7 @@ def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owne
         ctx.ws.delete(ctx.ws.dataset_dir(ds_id))
         raise ServiceError("payload_too_large", "The archive is too large.") from None
     params.update(max_files=int(ctx.cfg["DATASET_MAX_FILES"]), max_bytes=int(ctx.cfg["DATASET_MAX_MB"]) << 20)
-    Workspace.write_json(upload / "params.json", params)
+    Workspace.write_json(upload / DATASET_PARAMS_FILE, params)
     ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status=DatasetStatus.QUEUED.value,
                              info={"params": params, "progress": 0.0}, created_at=now_iso())
     return ctx.store.get_dataset(ds_id)
@@ -79,7 +79,7 @@ def build(ctx: Context, ds_id: str) -> str:
     out.mkdir()
     info = (ctx.store.get_dataset(ds_id) or {}).get("info") or {}
     spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset", str(upload / "archive"),
-                         str(out), str(upload / "params.json")], read_only=[upload], writable=[out], cwd=out)
+                         str(out), str(upload / DATASET_PARAMS_FILE)], read_only=[upload], writable=[out], cwd=out)
     limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
                             address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
     status, error = DatasetStatus.ERROR.value, None
@@ -92,7 +92,7 @@ def build(ctx: Context, ds_id: str) -> str:
                     sandbox.kill(proc)
                     break
                 try:
-                    p = json.loads(Workspace.read_capped(out / "progress.json", 4096))
+                    p = json.loads(Workspace.read_capped(out / PROGRESS_FILE, 4096))
                     info["progress"] = float(p.get("progress", 0))
                     ctx.store.upsert_dataset(ds_id, info=info)
                 except (OSError, ValueError, TypeError, AttributeError):
@@ -115,7 +115,7 @@ def _outcome(out: Path, timed_out: bool) -> tuple[str, str | None, dict]:
     if timed_out:
         return DatasetStatus.ERROR.value, "Building the dataset took too long.", {}
     try:
-        result = json.loads(Workspace.read_capped(out / "result.json", 1 << 20))
+        result = json.loads(Workspace.read_capped(out / RESULT_FILE, 1 << 20))
     except (OSError, ValueError):
         return DatasetStatus.ERROR.value, "The dataset builder stopped without a result (out of memory?).", {}
     if result.get("status") == RunOutcome.DONE and isinstance(result.get("info"), dict):
@@ -127,7 +127,7 @@ def _publish(out: Path, root: Path) -> None:
     # The builder ran as untrusted-input code: accept only the expected
     # entries, regular files and directories, no links anywhere.
     for entry in os.scandir(out):
-        if entry.name in ("result.json", "progress.json", ".progress.tmp"):
+        if entry.name in (RESULT_FILE, PROGRESS_FILE, ".progress.tmp"):
             continue
         if entry.name not in PUBLISHED:
             raise OSError(f"unexpected file {entry.name!r} in the build")

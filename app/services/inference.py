@@ -9,7 +9,7 @@ from typing import IO
 from app.services import sandbox
 from app.services.context import Context
 from app.core.errors import ServiceError
-from app.core.workspace import Workspace
+from app.core.workspace import RESULT_FILE, Workspace
 
 MAX_IMAGES = 100
 MAX_IMAGE_BYTES = 20 << 20
@@ -59,7 +59,7 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
         with open(work / "infer.log", "wb") as log:
             result_code = sandbox.run(spec, ctx.containment, limits, log, log)
         try:
-            result = json.loads(Workspace.read_capped(work / "result.json", 8 << 20))
+            result = json.loads(Workspace.read_capped(work / RESULT_FILE, 8 << 20))
         except (OSError, ValueError):
             tail = Workspace.read_capped(work / "infer.log", 1 << 20).decode("utf-8", "replace")[-3000:]
             raise ServiceError("internal_error", "Inference stopped without a result"

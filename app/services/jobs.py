@@ -17,7 +17,9 @@ from app.caffe import network
 from app.core.errors import ServiceError
 from app.core.status import DatasetStatus, JobStatus
 from app.core import joblog
-from app.core.workspace import LAYER_FILE, NETWORK_FILE, Workspace
+from app.core.workspace import (
+    DEPLOY_FILE, DOWNLOAD_FILE, LAYER_FILE, METRICS_FILE, NETWORK_FILE, REPORT_FILE, SOLVER_FILE,
+    TRAIN_VAL_FILE, VALIDATION_DIR, Workspace)
 from app.services.access import may_see, only_visible, owner_filter
 from app.services.context import Context
 from app.services.submission import Prepared, Upload, prepare, run_validation
@@ -70,7 +72,7 @@ def validate_only(c: Context, upload: Upload, user: dict) -> dict:
     try:
         (scratch / "input").mkdir()
         try:
-            _, report = _validate_into(c, upload, user, scratch / "input", scratch / "validation")
+            _, report = _validate_into(c, upload, user, scratch / "input", scratch / VALIDATION_DIR)
         except ServiceError as err:
             if err.code not in ("invalid_request", "invalid_network", "invalid_python_layer"):
                 raise
@@ -94,13 +96,13 @@ def submit(c: Context, upload: Upload, user: dict) -> dict:
     job_id = new_job_id()
     job_dir = c.ws.create_job(job_id)
     try:
-        prepared, report = _validate_into(c, upload, user, c.ws.input_dir(job_id), job_dir / "validation")
+        prepared, report = _validate_into(c, upload, user, c.ws.input_dir(job_id), job_dir / VALIDATION_DIR)
         if not report["ok"]:
             raise _invalid(report)
     except BaseException:
         c.ws.delete(job_dir)
         raise
-    Workspace.write_json(job_dir / "validation" / "report.json", report)
+    Workspace.write_json(job_dir / VALIDATION_DIR / REPORT_FILE, report)
     name = prepared.params.get("name") or prepared.network.net.name or "job"
     params = {k: v for k, v in prepared.params.items() if k not in ("name", "dataset")}
     params["network_filename"] = prepared.network.filename
@@ -206,7 +208,7 @@ def list_for(c: Context, user: dict, status: str | None = None, *, limit: int = 
 def validation_report(c: Context, job: dict) -> dict | None:
     """The report the job's validation wrote, or None."""
     try:
-        return json.loads(Workspace.read_capped(c.ws.job_dir(job["id"]) / "validation" / "report.json",
+        return json.loads(Workspace.read_capped(c.ws.job_dir(job["id"]) / VALIDATION_DIR / REPORT_FILE,
                                                 8 << 20))
     except (OSError, ValueError):
         return None
@@ -219,7 +221,7 @@ def events(c: Context, job: dict) -> list[dict]:
 
 def network_text(c: Context, job: dict) -> str:
     """The job's train_val prototxt (every stage but deploy)."""
-    return (c.ws.input_dir(job["id"]) / "train_val.prototxt").read_text()
+    return (c.ws.input_dir(job["id"]) / TRAIN_VAL_FILE).read_text()
 
 
 def to_json(job: dict) -> dict:
@@ -304,7 +306,7 @@ def resume(c: Context, job: dict) -> dict:
 def metrics(c: Context, job: dict) -> dict:
     """Every recorded point: {"train": [...], "val": [...], "lr": [...]}."""
     out: dict[str, list] = {"train": [], "val": [], "lr": []}
-    path = c.ws.output_dir(job["id"]) / "metrics.jsonl"
+    path = c.ws.output_dir(job["id"]) / METRICS_FILE
     try:
         raw = Workspace.read_capped(path, 64 << 20)
     except OSError:
@@ -345,7 +347,7 @@ def download(c: Context, job: dict) -> Path:
     Files are streamed from disk into the archive: the web process never
     holds a model in memory."""
     inp, out = c.ws.input_dir(job["id"]), c.ws.output_dir(job["id"])
-    dest = c.ws.job_dir(job["id"]) / "download.tar.gz"
+    dest = c.ws.job_dir(job["id"]) / DOWNLOAD_FILE
     # A private temporary name per request: two downloads of one job at once
     # each build their own archive, and the rename publishes whole files only.
     fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".tmp", dir=c.ws.job_dir(job["id"]))
@@ -363,9 +365,9 @@ def download(c: Context, job: dict) -> Path:
                     info.size, info.mtime, info.mode = os.fstat(fh.fileno()).st_size, int(time.time()), 0o644
                     tar.addfile(info, fh)
             orig = Path((job.get("params") or {}).get("network_filename") or NETWORK_FILE).name
-            add(inp / NETWORK_FILE, orig if orig not in ("train_val.prototxt", "deploy.prototxt",
-                                                         "solver.prototxt") else f"original_{orig}")
-            for name in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt", LAYER_FILE):
+            add(inp / NETWORK_FILE, orig if orig not in (TRAIN_VAL_FILE, DEPLOY_FILE,
+                                                         SOLVER_FILE) else f"original_{orig}")
+            for name in (TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, LAYER_FILE):
                 add(inp / name, name)
             snaps = Workspace.complete_snapshots(out)      # never a truncated model
             latest = snaps[max(snaps)].caffemodel if snaps else None

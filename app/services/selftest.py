@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from app.services import submission
-from app.core.workspace import Workspace
+from app.core.workspace import VALIDATION_DIR, Workspace
 
 RESULT_FILE = "selftest.json"
 
@@ -65,7 +65,7 @@ def run(cfg: dict, ws: Workspace, containment: str, datasets: dict) -> dict:
         try:
             prepared = submission.prepare(upload, scratch / "input", cfg=cfg, datasets=datasets)
             report = submission.run_validation(
-                scratch / "input", scratch / "validation", prepared, cfg=cfg, how=containment,
+                scratch / "input", scratch / VALIDATION_DIR, prepared, cfg=cfg, how=containment,
                 dataset_dir=datasets["sample-digits"].path if "sample-digits" in datasets else None)
         except Exception as exc:  # any failure here is the server's, and is the answer
             return {"ok": False, "seconds": round(time.monotonic() - t0, 3), "containment": containment,

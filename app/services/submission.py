@@ -18,7 +18,9 @@ from app.caffe import network
 from app.services import sandbox
 from app.caffe import solver
 from app.core.errors import ServiceError
-from app.core.workspace import LAYER_FILE, NETWORK_FILE, VALIDATION_STARTED, Workspace
+from app.core.workspace import (
+    DEPLOY_FILE, JOB_META_FILE, LAYER_FILE, NETWORK_FILE, REPORT_FILE, SANDBOX_LOG, SOLVER_FILE,
+    TRAIN_VAL_FILE, VALIDATE_LOG, VALIDATION_STARTED, Workspace)
 
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
 log = logging.getLogger(__name__)
@@ -168,7 +170,7 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, n
         if upload.solver_text else None
     out_dir = input_dir.parent / "output"
     try:
-        plan = solver.build(params, net_path=str(input_dir / "train_val.prototxt"),
+        plan = solver.build(params, net_path=str(input_dir / TRAIN_VAL_FILE),
                             snapshot_prefix=str(out_dir / "snapshot"),
                             train_count=ds.train_count if ds else None, val_count=ds.val_count if ds else None,
                             train_batch=filled["train_batch"], val_batch=filled["val_batch"], base=base)
@@ -176,12 +178,12 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, n
         raise ServiceError("invalid_request", exc.message, [{"field": exc.field, "message": exc.message}]) from None
     deploy = network.deploy_net(net, ds, filled["data_top"])
     Workspace.write_atomic(input_dir / NETWORK_FILE, text)
-    Workspace.write_atomic(input_dir / "train_val.prototxt", network.to_text(net.net))
-    Workspace.write_atomic(input_dir / "deploy.prototxt", network.to_text(deploy))
-    Workspace.write_atomic(input_dir / "solver.prototxt", solver.to_text(plan.solver))
+    Workspace.write_atomic(input_dir / TRAIN_VAL_FILE, network.to_text(net.net))
+    Workspace.write_atomic(input_dir / DEPLOY_FILE, network.to_text(deploy))
+    Workspace.write_atomic(input_dir / SOLVER_FILE, solver.to_text(plan.solver))
     job_meta = {"max_iter": plan.max_iter, "iters_per_epoch": plan.iters_per_epoch,
                 "dataset": ds_id, "device": params["device"]}
-    Workspace.write_json(input_dir / "job.json", job_meta)
+    Workspace.write_json(input_dir / JOB_META_FILE, job_meta)
     return Prepared(params, net, python_layer, ds_id, plan.max_iter, plan.iters_per_epoch)
 
 
@@ -189,7 +191,7 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: d
                    dataset_dir: Path | None) -> dict:
     """Run app.validate contained; return the report with network lines filled."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report_path, log_path = out_dir / "report.json", out_dir / "validate.log"
+    report_path, log_path = out_dir / REPORT_FILE, out_dir / VALIDATE_LOG
     spec = sandbox.Spec([str(cfg["CAFFE_PYTHON"]), "-m", "app.contained.validate", str(input_dir),
                          str(report_path), str(log_path)],
                         read_only=[input_dir] + ([dataset_dir] if dataset_dir else []),
@@ -200,7 +202,7 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: d
     t0 = time.perf_counter()
     # bwrap's own complaints (a path it cannot bind, no namespaces) come
     # before the validator opens its log: keep them for the server log.
-    with open(out_dir / "sandbox.log", "wb") as box_log:
+    with open(out_dir / SANDBOX_LOG, "wb") as box_log:
         result = sandbox.run(spec, how, limits, stderr=box_log)
     seconds = round(time.perf_counter() - t0, 3)
     report = _read_report(report_path)
@@ -220,7 +222,7 @@ def _server_fault(result: sandbox.Result, out_dir: Path, log_path: Path) -> Serv
     """The validator died before it reached the upload: say so as a 5xx and
     put what the sandbox printed in the server log."""
     text = b""
-    for path in (out_dir / "sandbox.log", log_path):
+    for path in (out_dir / SANDBOX_LOG, log_path):
         try:
             text += Workspace.read_capped(path, 64 << 10)[-4000:]
         except OSError:

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask
 
+from app.core.workspace import DATASET_INFO_FILE
 from app.core import config
 
 
@@ -67,7 +68,7 @@ def _ensure_sample_dataset(store, ws) -> None:
     # The record alone is not enough: a data root lost or replaced under an
     # intact database would list a dataset whose files are gone.
     if (store.get_dataset(SAMPLE_ID) or {}).get("status") == DatasetStatus.DONE and \
-            (ws.dataset_dir(SAMPLE_ID) / "info.json").is_file():
+            (ws.dataset_dir(SAMPLE_ID) / DATASET_INFO_FILE).is_file():
         return
     info = ensure_sample_digits(ws.dataset_dir(SAMPLE_ID).parent)
     store.upsert_dataset(SAMPLE_ID, name=info["name"], owner=None, status=DatasetStatus.DONE.value, info=info)

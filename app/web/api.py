@@ -6,6 +6,7 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file, stream_with_context
 
+from app.core.workspace import METRICS_FILE
 from app.core.status import JobStatus
 from app.services import datasets as dataset_service
 from app.services import jobs
@@ -110,7 +111,7 @@ def job_events(job_id: str):
 
     def stream():
         from app.worker.runner import _Tail
-        tail = _Tail(ws.output_dir(job_id) / "metrics.jsonl")
+        tail = _Tail(ws.output_dir(job_id) / METRICS_FILE)
         log_offset, last = 0, None
         deadline = time.monotonic() + 6 * 3600
         while time.monotonic() < deadline:

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from app.core.joblog import CappedLog
 from app.core.status import JobStatus
-from app.core.workspace import RUN_FILE, Workspace, snapshot_name
+from app.core.workspace import (
+    ABORT_FILE, CONTROL_DIR, METRICS_FILE, PROGRESS_FILE, RESULT_FILE, RESUME_FILE, RUN_FILE,
+    Workspace, snapshot_name)
 from app.services import sandbox
 from app.services.context import Context
 from app.store import now_iso
@@ -124,12 +126,12 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
         return "skipped"
     ws, store = ctx.ws, ctx.store
     out, inp = ws.output_dir(job_id), ws.input_dir(job_id)
-    control = ws.job_dir(job_id) / "control"
+    control = ws.job_dir(job_id) / CONTROL_DIR
     final, error = JobStatus.ERROR.value, None
     log = proc = pump = None
     try:
         control.mkdir(exist_ok=True)
-        (control / "abort").unlink(missing_ok=True)
+        (control / ABORT_FILE).unlink(missing_ok=True)
         # The fence the training process checks every iteration: once another
         # run's generation is written here, a stale one stops writing.
         Workspace.write_json(control / RUN_FILE, {"run": run})
@@ -142,11 +144,11 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
             log.note(f"snapshot {job['resume_from']} is incomplete; resuming from "
                      f"{start_at if start_at is not None else 'the start'}")
         if start_at is not None:
-            Workspace.write_json(control / "resume.json",
+            Workspace.write_json(control / RESUME_FILE,
                                  {"solverstate": snapshot_name(start_at, ".solverstate")})
         else:
-            (control / "resume.json").unlink(missing_ok=True)
-        for stale in ("result.json", "progress.json"):
+            (control / RESUME_FILE).unlink(missing_ok=True)
+        for stale in (RESULT_FILE, PROGRESS_FILE):
             (out / stale).unlink(missing_ok=True)
         spec, limits = _spec(ctx, job, device, gpu_index, inp, out, control)
         t0 = time.monotonic()
@@ -191,8 +193,8 @@ def _spec(ctx: Context, job: dict, device: str, gpu_index: int | None, inp: Path
 def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: sandbox.Limits,
            t0: float, out: Path, control: Path, shutdown: threading.Event | None,
            log: CappedLog, pump: threading.Thread) -> tuple[str, dict | None]:
-    store, tail = ctx.store, _Tail(out / "metrics.jsonl", run)
-    tail.offset = Workspace.file_size(out / "metrics.jsonl")  # resume: skip old records
+    store, tail = ctx.store, _Tail(out / METRICS_FILE, run)
+    tail.offset = Workspace.file_size(out / METRICS_FILE)  # resume: skip old records
     # The runner writes progress every 0.5 s: watching faster only takes CPU
     # from the training it watches (the queue itself is polled faster).
     poll = max(float(ctx.cfg["WORKER_POLL_SECONDS"]), WATCH_SECONDS)
@@ -204,7 +206,7 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
             sandbox.kill(proc)
             return JobStatus.ABORTED.value, None
         fields = _fold(job, tail.lines())
-        fields.update(_progress(out / "progress.json"))
+        fields.update(_progress(out / PROGRESS_FILE))
         if not store.update_job(job_id, expect_run=run, heartbeat_at=time.time(), **fields):
             # Another run owns the job now (this worker was presumed dead):
             # stop ours at once and record nothing more.
@@ -214,7 +216,7 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
         stopping = shutdown is not None and shutdown.is_set()
         if (job["abort_requested"] or stopping) and not aborting:
             aborting = True
-            Workspace.write_atomic(control / "abort", b"1")
+            Workspace.write_atomic(control / ABORT_FILE, b"1")
             if ctx.containment != "bwrap":
                 _signal(proc)
         if done:
@@ -249,7 +251,7 @@ def _signal(proc: subprocess.Popen) -> None:
 def _result(out: Path) -> dict | None:
     """The runner's result.json, or None when it wrote none (or nonsense)."""
     try:
-        result = json.loads(Workspace.read_capped(out / "result.json", 1 << 20))
+        result = json.loads(Workspace.read_capped(out / RESULT_FILE, 1 << 20))
     except (OSError, ValueError):
         return None
     return result if isinstance(result, dict) else None
