@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import LENET_SEED, post, wait_for
+from helpers import LENET_SEED, post, wait_for
 
 
 def _create(client, **fields) -> dict:
@@ -155,7 +155,7 @@ def test_nan_loss_ends_in_error(client, worker):
 
 
 def test_python_exception_during_training_names_file_and_line(client, worker):
-    from conftest import SEED_LAYER, line_of
+    from helpers import SEED_LAYER, line_of
     bad = SEED_LAYER.replace("        num_correct = 0.0\n",
                              "        num_correct = 0.0\n        if self.phase == 1 and getattr(self, 'n', 0) > 10:\n"
                              "            raise ArithmeticError('late failure')\n"

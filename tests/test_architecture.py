@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 APP = ROOT / "app"
 WEB_FRAMEWORK = ("flask", "flask_login", "flask_wtf", "werkzeug", "wtforms", "jinja2")

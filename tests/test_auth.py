@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import client_for, post, wait_for
+from helpers import client_for, post, wait_for
 
 
 def test_no_token_and_bad_token_are_401_json(app):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 LOADER_RACE = """
 import threading
@@ -41,9 +41,9 @@ def test_concurrent_first_loads_of_caffe_pb2_all_get_the_whole_module():
 @pytest.mark.slow
 def test_a_burst_of_uploads_right_after_start_gets_no_5xx(tmp_path, sample_datasets):
     import shutil
-    from bench.cold_start import _free_port, burst
-    from conftest import make_app
+    from bench.cold_start import burst
+    from helpers import free_port, make_app
     make_app(tmp_path, sample_datasets).extensions["store"].engine.dispose()
     shutil.rmtree(tmp_path / "jobs" / ".scratch", ignore_errors=True)
-    statuses = burst(tmp_path, _free_port(), 16)
+    statuses = burst(tmp_path, free_port(), 16)
     assert statuses == [200] * 16, statuses

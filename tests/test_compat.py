@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from conftest import LENET_SEED, SEED_LAYER, client_for, wait_for
+from helpers import LENET_SEED, SEED_LAYER, client_for, wait_for
 
 
 def _digits_form(**extra) -> dict:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from app.caffe.network import STANDARD_DIR
-from conftest import client_for, post, wait_for
+from helpers import client_for, post, wait_for
 
 
 def _pngs(classes=(0, 1, 2), per_class=60, size=8):
@@ -205,7 +205,7 @@ def test_a_lost_data_root_rebuilds_the_builtin_dataset(tmp_path, sample_datasets
     # The database survived, the jobs directory did not: the sample dataset
     # must not be listed as ready with its files gone.
     import shutil
-    from conftest import make_app
+    from helpers import make_app
     app = make_app(tmp_path, sample_datasets)
     app.extensions["store"].engine.dispose()
     shutil.rmtree(tmp_path / "jobs")

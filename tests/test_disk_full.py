@@ -7,15 +7,15 @@ import subprocess
 import pytest
 
 from app.web import create_app
-from conftest import client_for, post
+from helpers import client_for, post
 
 
 @pytest.fixture
 def small_volume(tmp_path):
-    """A 24 MiB tmpfs as the jobs volume (mounted for the test, root only)."""
+    """A 64 MiB tmpfs as the jobs volume (mounted for the test, root only)."""
     mnt = tmp_path / "jobs"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)]).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
@@ -49,4 +49,42 @@ def test_submit_on_a_full_volume_is_a_507_and_leaves_nothing(tmp_path, sample_da
         page = client.get("/").get_data(as_text=True)
         assert 'id="disk-low"' in page
     finally:
+        app.extensions["store"].engine.dispose()
+
+
+def _fill(volume, leave_bytes: int) -> None:
+    """Fill ``volume`` until only ``leave_bytes`` are free."""
+    free = shutil.disk_usage(volume).free
+    with open(volume / "filler", "ab") as fh:
+        fh.write(b"\0" * max(0, free - leave_bytes))
+
+
+def test_training_that_fills_the_volume_is_interrupted_and_keeps_its_snapshot(tmp_path, sample_datasets,
+                                                                             small_volume):
+    # Caffe's answer used to be "Check failed: proto.SerializeToOstream" and
+    # the job ended `error`; the half-written pair then broke resume.
+    from helpers import WorkerProcess, wait_for
+    shutil.copytree(sample_datasets, small_volume / "datasets")
+    app = create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(small_volume),
+                      "TESTING": True, "WORKER_POLL_SECONDS": 0.1})
+    worker = WorkerProcess(app)
+    try:
+        client = client_for(app)
+        job = post(client, "/api/v1/jobs", max_iter=100, snapshot_interval=1).get_json()   # ~5 pairs
+        out = small_volume / job["id"] / "output"
+        wait_for(client, job["id"], {"running"})
+        # Room for about one LeNet snapshot pair (~3.4 MB), not two.
+        _fill(small_volume, 5 << 20)
+        ended = wait_for(client, job["id"], {"done", "error", "interrupted", "aborted"}, timeout=180)
+        assert ended["status"] == "interrupted", ended
+        assert "no space left on the jobs volume" in ended["error"]["message"].lower()
+        from app.core.workspace import Workspace
+        kept = Workspace.complete_snapshots(out)
+        assert kept, "the last complete snapshot is kept"
+        (small_volume / "filler").unlink()
+        assert client.post(f"/api/v1/jobs/{job['id']}/resume").status_code == 202
+        done = wait_for(client, job["id"], {"done", "error", "interrupted", "aborted"}, timeout=180)
+        assert done["status"] == "done", done["error"]
+    finally:
+        worker.stop()
         app.extensions["store"].engine.dispose()

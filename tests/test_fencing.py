@@ -13,8 +13,7 @@ import pytest
 
 from app.core.status import JobStatus
 from app.worker.runner import recover
-from conftest import post, wait_for
-from test_recovery import training_pid
+from helpers import post, training_pid, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LENET_SEED, SEED_LAYER
+from helpers import LENET_SEED, SEED_LAYER
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.services import gpus
 from app.worker.supervisor import Allocator
-from conftest import post, wait_for
+from helpers import post, wait_for
 
 
 def test_no_gpu_here_is_detected_and_reported(client):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LENET_SEED, SEED_LAYER, client_for, line_of, no_live_sandbox_processes, post, wait_for
+from helpers import LENET_SEED, SEED_LAYER, client_for, line_of, no_live_sandbox_processes, post, wait_for
 
 MARK = "layerbench-pwned"
 

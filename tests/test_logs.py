@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from conftest import LENET_SEED, SEED_LAYER, post, wait_for
+from helpers import LENET_SEED, SEED_LAYER, post, wait_for
 
 MARKER = re.compile(rb"\n\.\.\. (\d+) bytes dropped \(log capped at \d+ MiB\) \.\.\.\n")
 

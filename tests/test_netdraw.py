@@ -6,7 +6,7 @@ import re
 
 from app.caffe import netdraw
 from app.caffe import network
-from conftest import LENET_SEED, post
+from helpers import LENET_SEED, post
 
 
 def test_dot_marks_python_layers_and_escapes_names():

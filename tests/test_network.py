@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from app.caffe import network
-from conftest import LENET_SEED, layer_line
+from helpers import LENET_SEED, layer_line
 
 RULES_NET = """
 name: "rules"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LENET_SEED, ROOT, SEED_LAYER, _free_port
+from helpers import LENET_SEED, ROOT, SEED_LAYER, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def _newcomer_trains_the_seed_job(home: Path, uid: int | None, env: dict[str, st
     setup = subprocess.run(_as(uid) + ["bash", "scripts/setup.sh"], cwd=clone, env=env,
                            capture_output=True, text=True, timeout=900)
     assert setup.returncode == 0, setup.stderr[-3000:]
-    port = _free_port()
+    port = free_port()
     log = open(home / "serve.log", "wb")
     proc = subprocess.Popen(_as(uid) + [str(clone / ".venv" / "bin" / "flask"), "--app", "wsgi", "serve"],
                             cwd=clone, env={**env, "HOST": "127.0.0.1", "PORT": str(port)},

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from conftest import client_for
+from helpers import client_for
 
 BASE = datetime(2024, 1, 1, tzinfo=timezone.utc)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LENET_SEED, SEED_LAYER, line_of, post, wait_for
+from helpers import LENET_SEED, SEED_LAYER, line_of, post, training_pid, wait_for
 
 # An in-place Python layer on the train net's input: it sees every training
 # iteration (one forward each) and leaves the data alone.
@@ -86,25 +86,6 @@ def _wait_file(path: Path, timeout: float = 30.0) -> None:
 def _records(out: Path, kind: str) -> list[dict]:
     lines = (out / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("type") == kind]
-
-
-def training_pid(out: Path, timeout: float = 30.0) -> int:
-    """The host pid of the sandboxed `python -m app.contained.train ... OUT`
-    (not bwrap's, whose command line holds the same words further on)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = []
-        for proc in Path("/proc").iterdir():
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue   # not a process, or gone
-            if argv[1:3] == [b"-m", b"app.contained.train"] and str(out).encode() in argv:
-                found.append(int(proc.name))
-        if len(found) == 1:
-            return found[0]
-        assert time.monotonic() < deadline, f"training processes of {out}: {found}"
-        time.sleep(0.1)
 
 
 def test_torn_newest_snapshot_resumes_from_previous_complete_pair(app, client, worker):

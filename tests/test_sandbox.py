@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.services import sandbox
-from conftest import no_live_sandbox_processes
+from helpers import no_live_sandbox_processes
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_unshare_fallback_still_blocks_network_and_drops_privileges(tmp_path):
 
 
 def test_uncontained_uploads_are_refused_unless_allowed(tmp_path, sample_datasets):
-    from conftest import client_for, make_app, post
+    from helpers import client_for, make_app, post
     app = make_app(tmp_path, sample_datasets, SANDBOX="none")
     assert app.extensions["containment"] == "none"
     client = client_for(app)

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from bench.slow_clients import SlowClients, probe
-from conftest import LENET_SEED, SEED_LAYER
+from helpers import LENET_SEED, SEED_LAYER
 
 pytestmark = pytest.mark.slow
 

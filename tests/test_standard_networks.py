@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.caffe.datasets import write_dataset
-from conftest import post
+from helpers import post
 
 STANDARD = Path(__file__).resolve().parent.parent / "app" / "caffe" / "standard_networks"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import LENET_SEED, SEED_LAYER, layer_line, line_of, post
+from helpers import LENET_SEED, SEED_LAYER, layer_line, line_of, post
 
 LAYER = "digits_python_layers.py"
 

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from app.core.status import JobStatus
-from conftest import client_for, post
+from helpers import client_for, post
 
 PRIVATE = "alice-private-digits"
 

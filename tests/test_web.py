@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import re
 
-from conftest import LENET_SEED, SEED_LAYER, wait_for
+from helpers import LENET_SEED, SEED_LAYER, wait_for
 
 
 def test_healthz_reports_caffe_containment_and_store(client):
@@ -101,7 +101,7 @@ def test_form_create_redirects_to_live_job_page(client, worker):
 
 
 def test_sse_stream_replays_and_ends(client, worker):
-    from conftest import post
+    from helpers import post
     job = post(client, "/api/v1/jobs", max_iter=6).get_json()
     wait_for(client, job["id"], {"done"})
     with client.get(f"/api/v1/jobs/{job['id']}/events") as resp:

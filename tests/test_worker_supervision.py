@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.slow_clients import probe
-from conftest import LENET_SEED, SEED_LAYER
+from helpers import LENET_SEED, SEED_LAYER
 from test_slow_clients import _api, _token
 
 pytestmark = pytest.mark.slow

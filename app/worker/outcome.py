@@ -22,6 +22,15 @@ EXTERNAL = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal
 OOM_TEXT = ("std::bad_alloc", "host allocation of size", "MemoryError", "Cannot allocate memory")
 OOM_WINDOW = 16 << 10   # the end of the log, where a death by OOM leaves its words
 RESUME_HINT = "resume the job to continue from its last complete snapshot."
+# A full jobs volume: what Python and Caffe (writing a snapshot) say.
+DISK_FULL_TEXT = ("No space left on device", "[Errno 28]", "SerializeToOstream")
+
+
+def disk_full(free_mb: int | None = None) -> dict:
+    """The interrupted job's error when the jobs volume filled up."""
+    where = f" ({free_mb} MiB free)" if free_mb is not None else ""
+    return {"stage": "worker", "message": f"No space left on the jobs volume{where}: the last "
+            f"complete snapshot is kept; after space is freed, {RESUME_HINT}"}
 
 
 def describe_signal(signum: int) -> str:
@@ -62,13 +71,18 @@ def out_of_memory(limit_mib: int, detail: str | None = None, gpu: bool = False) 
 
 
 def classify(result: dict | None, returncode: int, aborting: bool, tail: str,
-             memory_limit_mib: int) -> tuple[str, dict | None]:
+             memory_limit_mib: int, free_mb: int | None = None) -> tuple[str, dict | None]:
     """(status, error) of a run whose process has ended. ``result`` is the
     runner's result.json (None when it wrote none), ``tail`` the end of its
-    log."""
+    log, ``free_mb`` the space left on the jobs volume."""
     status = (result or {}).get("status")
     if status in (RunOutcome.DONE.value, RunOutcome.ABORTED.value):
         return status, None
+    # The server's disk, not the job: resumable once there is room again.
+    said = str(((result or {}).get("error") or {}).get("message", "")) + tail[-OOM_WINDOW:]
+    if (any(text in said for text in DISK_FULL_TEXT) and (free_mb is None or free_mb < 64)) or \
+            (free_mb == 0 and status != RunOutcome.ERROR.value):   # too full even to say so
+        return JobStatus.INTERRUPTED.value, disk_full(free_mb)
     if status == RunOutcome.ERROR.value and isinstance(result.get("error"), dict):
         err = _clip(result["error"])
         if str(err.get("message", "")).startswith("MemoryError"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -230,14 +231,25 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
     pump.join(PUMP_DRAIN_SECONDS)
     status, error = classify(_result(out), proc.returncode, aborting,
                              log.tail(CONTEXT_BYTES).decode("utf-8", "replace"),
-                             int(ctx.cfg["MEMORY_LIMIT_MB"]))
+                             int(ctx.cfg["MEMORY_LIMIT_MB"]), _free_mb(out))
     if status == JobStatus.ABORTED.value and shutdown is not None and shutdown.is_set() \
             and not (ctx.store.get_job(job_id) or {}).get("abort_requested"):
         return JobStatus.INTERRUPTED.value, {"stage": "worker", "message": "The worker was shut down; "
                                              "resume the job to continue from its last snapshot."}
     if status != JobStatus.DONE.value and error:
-        log.note(f"the job ends {status}: {error.get('message')}")
+        try:
+            log.note(f"the job ends {status}: {error.get('message')}")
+        except OSError:
+            pass   # a full disk: the store still gets the reason
     return status, error
+
+
+def _free_mb(path: Path) -> int | None:
+    """Free space on the volume holding ``path``, in MiB."""
+    try:
+        return shutil.disk_usage(path).free >> 20
+    except OSError:
+        return None
 
 
 def _signal(proc: subprocess.Popen) -> None:

@@ -1,0 +1,171 @@
+"""Helpers the tests share (import them: ``from helpers import post``); the
+fixtures live in conftest.py, which pytest loads by itself."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+# A copy of ../shared/seed/python-layers.txt (the original DIGITS "Python
+# layers" page this product is built from), so the suite runs from any clone.
+SEED_PAGE = DATA / "python-layers.txt"
+
+
+def make_app(tmp_path: Path, sample_datasets: Path, **overrides):
+    """An app on ``tmp_path`` with sample-digits already in place."""
+    import shutil
+    from app.web import create_app
+    jobs_dir = tmp_path / "jobs"
+    shutil.copytree(sample_datasets, jobs_dir / "datasets")
+    return create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(jobs_dir),
+                       "TESTING": True, "WORKER_POLL_SECONDS": 0.1, **overrides})
+
+
+def client_for(app, name: str = "admin", admin: bool = False, password: str = "pw-for-tests"):
+    """A test client sending ``name``'s API token (the user is created if new)."""
+    from app.web import auth
+    with app.app_context():
+        if app.extensions["store"].get_user(name) is None:
+            auth.create_user(name, password, admin)
+        token = auth.new_token(name)
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    c.token = token
+    return c
+
+
+LENET_SEED = (DATA / "lenet_seed.prototxt").read_text()
+
+
+SEED_LAYER = (DATA / "seed_accuracy_layer.py").read_text()
+
+
+def layer_line(text: str, name: str) -> int:
+    """1-based line of the `layer {` that holds `name: "<name>"`."""
+    lines = text.splitlines()
+    idx = next(i for i, line in enumerate(lines) if f'name: "{name}"' in line)
+    while not lines[idx].lstrip().startswith("layer"):
+        idx -= 1
+    return idx + 1
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing ``needle``."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def post(client, url: str, network: str | None = LENET_SEED, layer: str | None = SEED_LAYER,
+         layer_name: str = "my_layers.py", **fields):
+    """POST a multipart job/validate request like an API client would."""
+    import io
+    data = {k: str(v) for k, v in fields.items()}
+    data.setdefault("dataset", "sample-digits")
+    if network is not None:
+        data["network"] = (io.BytesIO(network.encode()), "network.prototxt")
+    if layer is not None:
+        data["python_layer"] = (io.BytesIO(layer.encode()), layer_name)
+    return client.post(url, data=data, content_type="multipart/form-data")
+
+
+class WorkerProcess:
+    """The real local worker (`flask --app wsgi worker`) as a subprocess."""
+
+    def __init__(self, app, **extra_env: str) -> None:
+        import subprocess
+        env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=app.config["INSTANCE_DIR"],
+                   LAYERBENCH_JOBS_DIR=app.config["JOBS_DIR"],
+                   LAYERBENCH_DATABASE_URL=app.config["DATABASE_URL"],
+                   LAYERBENCH_WORKER_POLL_SECONDS="0.1", **extra_env)
+        self.log = open(Path(app.config["INSTANCE_DIR"]) / "worker.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
+                                     cwd=str(ROOT), env=env, stdout=self.log, stderr=self.log)
+
+    def kill(self) -> None:
+        import signal
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except Exception:
+                self.kill()
+        self.log.close()
+
+
+class Workers:
+    """Worker processes of one test; ``start()`` adds one."""
+
+    def __init__(self, app) -> None:
+        self.app, self.procs = app, []
+
+    def start(self, **extra_env: str) -> WorkerProcess:
+        w = WorkerProcess(self.app, **extra_env)
+        self.procs.append(w)
+        return w
+
+
+def wait_for(client, job_id: str, statuses, timeout: float = 120.0) -> dict:
+    """Poll the job JSON until its status is in ``statuses``."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/v1/jobs/{job_id}").get_json()
+        if job["status"] in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job stayed {job['status']}: {job}")
+        time.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def no_live_sandbox_processes(timeout: float = 10.0) -> bool:
+    """No live process of any sandbox uid is left (zombies, state Z, are
+    exited processes waiting for PID 1 to reap them: they cannot run)."""
+    from app.services import sandbox
+    uids = sandbox.uid_range()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = subprocess.run(["ps", "-e", "-o", "uid=,stat="], capture_output=True, text=True).stdout
+        states = [stat for uid, stat in (r.split() for r in rows.splitlines() if r.strip())
+                  if int(uid) in uids or int(uid) == sandbox.NOBODY]
+        if all(s.startswith("Z") for s in states):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def training_pid(out: Path, timeout: float = 30.0) -> int:
+    """The host pid of the sandboxed `python -m app.contained.train ... OUT`
+    (not bwrap's, whose command line holds the same words further on)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue   # not a process, or gone
+            if argv[1:3] == [b"-m", b"app.contained.train"] and str(out).encode() in argv:
+                found.append(int(proc.name))
+        if len(found) == 1:
+            return found[0]
+        assert time.monotonic() < deadline, f"training processes of {out}: {found}"
+        time.sleep(0.1)
