@@ -230,3 +230,38 @@ def _count_processes(uid: int) -> int:
     import subprocess
     out = subprocess.run(["ps", "-u", str(uid), "-o", "pid="], capture_output=True, text=True).stdout
     return len(out.split())
+
+
+@pytest.mark.skipif(not __import__("app.services.cgroups", fromlist=["x"]).available(),
+                    reason="this host gives no writable cgroups")
+def test_each_run_has_its_own_cgroup_with_pids_and_memory_limits(box, tmp_path):
+    # The whole run is bounded, not each process: two processes of 200 MB
+    # each exceed a 300 MB run (their address-space limits allow both).
+    run, inp, out = box
+    import subprocess
+    limits = sandbox.Limits(wall_seconds=20, processes=64)
+    proc = sandbox.start(sandbox.Spec([sys.executable, "-c", "import time; time.sleep(30)"]), "bwrap",
+                         limits, subprocess.DEVNULL, subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while _count_processes(proc.sandbox_uid) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pid = subprocess.run(["ps", "-u", str(proc.sandbox_uid), "-o", "pid="], capture_output=True,
+                             text=True).stdout.split()[0]
+        # Seen from the host (inside, its own cgroup namespace shows "/").
+        groups = Path(f"/proc/{pid}/cgroup").read_text()
+        assert f"pids:/layerbench/run-{proc.sandbox_uid}-" in groups, groups
+        assert f"memory:/layerbench/run-{proc.sandbox_uid}-" in groups, groups
+    finally:
+        sandbox.kill(proc)
+    code = ("import os, time\n"
+            "pid = os.fork()\n"
+            "block = b'x' * (200 << 20)\n"     # touched, not just reserved
+            "time.sleep(3)\n"
+            "os.waitpid(pid, 0) if pid else None\n")
+    result, log = run(code, wall=20, address_space=1 << 30, memory_bytes=300 << 20)
+    assert result.oom_killed, log   # the kernel killed one of the two for the run's limit
+    from app.services import cgroups
+    assert not [d for r in (cgroups.ROOT / "pids" / cgroups.GROUP, cgroups.ROOT / "memory" / cgroups.GROUP)
+                if r.is_dir() for d in r.glob(f"run-{result.uid}-*")], "the run's groups are removed"

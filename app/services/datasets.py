@@ -81,7 +81,8 @@ def build(ctx: Context, ds_id: str) -> str:
     spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset", str(upload / "archive"),
                          str(out), str(upload / DATASET_PARAMS_FILE)], read_only=[upload], writable=[out], cwd=out)
     limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
-                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
+                            memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
     status, error = DatasetStatus.ERROR.value, None
     try:
         with open(root / "build.log", "ab") as log:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from app.services import gpus, sandbox, selftest
+from app.services import cgroups, gpus, sandbox, selftest
 from app.services.caffe_info import caffe_info
 from app.services.context import Context
 
@@ -25,6 +25,9 @@ def health(c: Context, instance_dir: str | Path) -> dict:
                   "gpu_build": caffe.get("gpu_build", False), "error": caffe.get("error")},
         "containment": c.containment,
         "containment_degraded": sandbox.DEGRADED.get("bwrap"),
+        # Per-run cgroups (pids + memory of each run as a whole), or null
+        # where the host gives us none (then rlimits and per-run uids alone).
+        "cgroups": cgroups.available(),
         "store": {"ok": store_ok, "backend": c.store.engine.dialect.name},
         "queue": c.cfg["QUEUE"],
         "gpus": list(gpus.detect()),

@@ -55,7 +55,8 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
                             read_only=[ctx.ws.input_dir(job["id"]), ctx.ws.output_dir(job["id"]), ds],
                             writable=[work], cwd=work)
         limits = sandbox.Limits(wall_seconds=float(ctx.cfg["VALIDATE_TIMEOUT"]) * 2,
-                                address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+                                address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
+                                memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
         with open(work / "infer.log", "wb") as log:
             result_code = sandbox.run(spec, ctx.containment, limits, log, log)
         try:

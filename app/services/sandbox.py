@@ -17,6 +17,7 @@ namespaces), said loudly.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import random
 import resource
@@ -30,11 +31,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from app.core import config
+from app.services import cgroups
 
 NOBODY = 65534
 # Leases of sandbox uids are flocks on files here (root only: as an ordinary
 # user every run keeps the user's uid). /run is per boot, like the leases.
 LEASE_DIR = Path("/run/layerbench-sandbox-uids")
+_runs = itertools.count()
 
 
 @dataclass
@@ -46,8 +49,9 @@ class Limits:
     address_space: int = 16 << 30   # OpenBLAS threads reserve a lot of address space
     file_size: int = 4 << 30
     open_files: int = 1024
-    processes: int = 512             # per uid: stops fork bombs
+    processes: int = 512             # per uid (and per run's cgroup): stops fork bombs
     tmp_bytes: int = 256 << 20
+    memory_bytes: int = 16 << 30     # resident memory of the whole run (its cgroup, where available)
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Result:
     timed_out: bool
     seconds: float
     uid: int | None = None      # the uid it ran as (leased; None: ours)
+    oom_killed: bool = False    # the kernel killed it for its cgroup's memory limit
 
 
 @dataclass
@@ -88,6 +93,7 @@ DEGRADED: dict[str, str] = {}
 @lru_cache(maxsize=4)
 def mode(requested: str = "auto") -> str:
     """The containment in force: ``bwrap``, ``unshare`` or ``none``."""
+    cgroups.sweep()   # groups a crashed process left behind
     if requested == "none":
         return "none"
     why = "bwrap is not installed" if not shutil.which("bwrap") else _self_test_bwrap()
@@ -257,8 +263,10 @@ def _env(spec: Spec) -> dict[str, str]:
     return env
 
 
-def _rlimits(limits: Limits):
+def _rlimits(limits: Limits, group: cgroups.RunGroup | None = None):
     def apply() -> None:
+        if group is not None:
+            group.join()   # before exec: everything the run starts stays inside
         # bwrap creates missing mount points with our umask: a service
         # started under umask 077 would lock the sandbox uid out of them.
         os.umask(0o022)
@@ -301,28 +309,48 @@ def start(spec: Spec, how: str, limits: Limits, stdout, stderr) -> subprocess.Po
     which gives the run's uid back."""
     held = lease() if how != "none" else None
     uid = held.uid if held else None
+    # The run's own cgroup (pids + memory for all its processes together),
+    # where the host has them for us.
+    group = cgroups.RunGroup(f"run-{uid if uid is not None else 'u'}-{os.getpid()}-{next(_runs)}",
+                             limits.processes, limits.memory_bytes) \
+        if how != "none" and cgroups.available() else None
     try:
         for p in spec.writable:
             prepare_writable(p, uid)
         env = None if how == "bwrap" else _env(spec)
         proc = subprocess.Popen(command(spec, how, limits, uid), stdin=subprocess.DEVNULL,
                                 stdout=stdout, stderr=stderr, env=env, cwd=spec.cwd,
-                                preexec_fn=_rlimits(limits), start_new_session=True)
+                                preexec_fn=_rlimits(limits, group if group and group.dirs else None),
+                                start_new_session=True)
     except BaseException:
         if held:
             held.release()
+        if group:
+            group.close()
         raise
     # The lease lives as long as the Popen (closed with it if a caller never
     # waits); wait() and kill() give it back as soon as the run has ended.
     proc.sandbox_lease = held  # type: ignore[attr-defined]
     proc.sandbox_uid = uid     # type: ignore[attr-defined]
+    proc.sandbox_group = group  # type: ignore[attr-defined]
     return proc
+
+
+def oom_killed(proc: subprocess.Popen) -> bool:
+    """Whether the kernel killed part of this run for its cgroup's memory limit."""
+    group = getattr(proc, "sandbox_group", None)
+    return bool(group is not None and group.oom_killed())
 
 
 def _release(proc: subprocess.Popen) -> None:
     held = getattr(proc, "sandbox_lease", None)
     if held is not None:
         held.release()
+    group = getattr(proc, "sandbox_group", None)
+    if group is not None:
+        proc.sandbox_oom = group.oom_killed()  # type: ignore[attr-defined]
+        group.close()
+        proc.sandbox_group = None  # type: ignore[attr-defined]
 
 
 def wait(proc: subprocess.Popen, limits: Limits, t0: float, poll: float = 0.02) -> Result:
@@ -331,10 +359,12 @@ def wait(proc: subprocess.Popen, limits: Limits, t0: float, poll: float = 0.02) 
     while proc.poll() is None:
         if time.monotonic() > deadline:
             kill(proc)
-            return Result(proc.returncode, True, time.monotonic() - t0, getattr(proc, "sandbox_uid", None))
+            return Result(proc.returncode, True, time.monotonic() - t0, getattr(proc, "sandbox_uid", None),
+                          getattr(proc, "sandbox_oom", False))
         time.sleep(poll)
     _release(proc)
-    return Result(proc.returncode, False, time.monotonic() - t0, getattr(proc, "sandbox_uid", None))
+    return Result(proc.returncode, False, time.monotonic() - t0, getattr(proc, "sandbox_uid", None),
+                  getattr(proc, "sandbox_oom", False))
 
 
 def kill(proc: subprocess.Popen) -> None:

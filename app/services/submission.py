@@ -198,7 +198,8 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: d
                         writable=[out_dir], cwd=out_dir)
     timeout = float(cfg["VALIDATE_TIMEOUT"])
     limits = sandbox.Limits(wall_seconds=timeout, cpu_seconds=int(timeout * 2) + 5,
-                            address_space=int(cfg["MEMORY_LIMIT_MB"]) << 20)
+                            address_space=int(cfg["MEMORY_LIMIT_MB"]) << 20,
+                            memory_bytes=int(cfg["MEMORY_LIMIT_MB"]) << 20)
     t0 = time.perf_counter()
     # bwrap's own complaints (a path it cannot bind, no namespaces) come
     # before the validator opens its log: keep them for the server log.

@@ -56,10 +56,14 @@ def _clip(err: dict) -> dict:
             if k in ("stage", "message", "traceback", "file", "line", "layer")}
 
 
-def out_of_memory(limit_mib: int, detail: str | None = None, gpu: bool = False) -> dict:
+def out_of_memory(limit_mib: int, detail: str | None = None, gpu: bool = False,
+                  cgroup: bool = False) -> dict:
     """The interrupted job's error when an allocation failed."""
     if gpu:
         what = "out of GPU memory"
+    elif cgroup:
+        what = (f"out of memory: limit {limit_mib} MiB for all its processes together "
+                "(LAYERBENCH_MEMORY_LIMIT_MB)")
     else:
         what = (f"out of memory: limit {limit_mib} MiB of address space "
                 "(LAYERBENCH_MEMORY_LIMIT_MB)")
@@ -71,7 +75,8 @@ def out_of_memory(limit_mib: int, detail: str | None = None, gpu: bool = False) 
 
 
 def classify(result: dict | None, returncode: int, aborting: bool, tail: str,
-             memory_limit_mib: int, free_mb: int | None = None) -> tuple[str, dict | None]:
+             memory_limit_mib: int, free_mb: int | None = None,
+             oom_killed: bool = False) -> tuple[str, dict | None]:
     """(status, error) of a run whose process has ended. ``result`` is the
     runner's result.json (None when it wrote none), ``tail`` the end of its
     log, ``free_mb`` the space left on the jobs volume."""
@@ -91,6 +96,8 @@ def classify(result: dict | None, returncode: int, aborting: bool, tail: str,
         return JobStatus.ERROR.value, err
     if aborting:
         return JobStatus.ABORTED.value, None
+    if oom_killed:   # the run's cgroup hit its memory limit: the kernel said so
+        return JobStatus.INTERRUPTED.value, out_of_memory(memory_limit_mib, tail[-4000:], cgroup=True)
     return _died(returncode, tail, memory_limit_mib)
 
 

@@ -187,7 +187,8 @@ def _spec(ctx: Context, job: dict, device: str, gpu_index: int | None, inp: Path
                         env=env, cwd=out, devices=devices)
     limits = sandbox.Limits(wall_seconds=float(ctx.cfg["TRAIN_TIMEOUT"]),
                             cpu_seconds=int(ctx.cfg["TRAIN_TIMEOUT"]) * 4,
-                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
+                            memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
     return spec, limits
 
 
@@ -231,7 +232,7 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
     pump.join(PUMP_DRAIN_SECONDS)
     status, error = classify(_result(out), proc.returncode, aborting,
                              log.tail(CONTEXT_BYTES).decode("utf-8", "replace"),
-                             int(ctx.cfg["MEMORY_LIMIT_MB"]), _free_mb(out))
+                             int(ctx.cfg["MEMORY_LIMIT_MB"]), _free_mb(out), sandbox.oom_killed(proc))
     if status == JobStatus.ABORTED.value and shutdown is not None and shutdown.is_set() \
             and not (ctx.store.get_job(job_id) or {}).get("abort_requested"):
         return JobStatus.INTERRUPTED.value, {"stage": "worker", "message": "The worker was shut down; "
