@@ -17,7 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .common import LENET_SEED, ROOT, SEED_LAYER, cleanup, make_app, temp_root
+from .common import LENET_SEED, ROOT, SEED_LAYER, cleanup, free_port, make_app, stop, temp_root
 
 
 def _body() -> tuple[bytes, str]:
@@ -72,17 +72,7 @@ def burst(root: Path, port: int, n: int = 16) -> list[int]:
         with ThreadPoolExecutor(n) as pool:
             return list(pool.map(lambda _: _validate(port, token), range(n)))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        stop(proc)
 
 
 def run(rounds: int = 3, n: int = 16) -> dict:
@@ -93,7 +83,7 @@ def run(rounds: int = 3, n: int = 16) -> dict:
         root = temp_root()
         try:
             make_app(root)   # the first start's one-off work (sample dataset, admin) before timing
-            statuses += burst(root, _free_port(), n)
+            statuses += burst(root, free_port(), n)
         finally:
             cleanup(root)
     return {"rounds": rounds, "uploads": len(statuses), "5xx": sum(s >= 500 for s in statuses),

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from .common import ROOT, cleanup, make_app, temp_root
+from .common import ROOT, cleanup, free_port, make_app, stop, temp_root
 
 HEADER_PREFIX = b"GET /healthz HTTP/1.1\r\nHost: slow\r\nX-Slow: "
 BODY_HEADERS = (b"POST /api/v1/jobs HTTP/1.1\r\nHost: slow\r\nContent-Type: application/octet-stream\r\n"
@@ -148,20 +148,6 @@ def _serve(root: Path, port: int, *extra: str) -> subprocess.Popen:
             time.sleep(0.2)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _probes(port: int, n: int, timeout: float, every: float) -> tuple[list[float], int]:
     # Spread over n * every seconds, so the slow clients' churn (nginx drops
     # a header after 10 s; they reconnect) happens while we measure.
@@ -194,20 +180,20 @@ def run(slow: int = 200, probes: int = 200) -> dict:
     root = temp_root()
     try:
         make_app(root)   # builds sample-digits and the database once, before serve
-        port = _free_port()
+        port = free_port()
         proc = _serve(root, port)
         try:
             _probes(port, 10, 5.0, 0.0)   # warm up: the first requests load the app's lazy imports
             out = {"nginx_0_slow": _measure(port, 0, probes, 5.0),
                    f"nginx_{slow}_slow": _measure(port, slow, probes, 5.0)}
         finally:
-            _stop(proc)
+            stop(proc)
         # Baseline: a few probes with a short timeout, since they are expected to fail.
         proc = _serve(root, port, "--no-proxy")
         try:
             out[f"gunicorn_alone_{slow}_slow"] = _measure(port, slow, 10, 1.0, every=0.0)
         finally:
-            _stop(proc)
+            stop(proc)
         return out
     finally:
         cleanup(root)
