@@ -164,7 +164,7 @@ def test_caffe_check_failure_becomes_clear_message(client):
     # A 40x40 kernel on a 12x12 map: Caffe aborts the process on a CHECK.
     net = LENET_SEED.replace("    num_output: 50\n    kernel_size: 5", "    num_output: 50\n    kernel_size: 40")
     d = _submit_fails(client, "invalid_network", network=net)
-    assert d["stage"] == "caffe" and d["layer"] == "conv2"
+    assert d["stage"] == "train" and d["layer"] == "conv2"   # the net Caffe was building
     assert d["line"] == layer_line(net, "conv2")
     assert "Check failed" in d["message"] or "negative" in d["message"].lower()
 

@@ -14,11 +14,16 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
+from app.caffe import digits_net
+from app.caffe.digits_net import DEPLOY_INPUT
 from app.caffe.proto import caffe_pb2
 
 LAYER_MODULE = "digits_python_layers"
 # Data layers the dataset can feed; the deploy net replaces them by Input.
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "Input"}
+# The validator logs this before it builds each stage's net, so that a Caffe
+# abort (no report) can be told apart: train, val or deploy.
+BUILDING = "layerbench: building the {stage} net"
 MAX_BLOB_ELEMENTS = 1 << 28   # 1 GiB of float32: refuse before Caffe allocates
 
 
@@ -36,7 +41,7 @@ class Network:
 
     net: Message
     filename: str
-    layer_lines: list[int] = field(default_factory=list)
+    layer_lines: list[int | None] = field(default_factory=list)
 
     def line_of(self, layer_name: str) -> int | None:
         """Line of the first layer named ``layer_name`` in the upload."""
@@ -153,8 +158,8 @@ def check(network: Network) -> None:
                 details.append(network.detail("python_param.layer (the class name) is missing.", layer.name))
     if details:
         raise NetworkError("The network uses a Python module other than the uploaded layer file.", details)
-    for stage in ("train", "val"):
-        produced: set[str] = set()
+    for stage in ("train", "val", "deploy"):
+        produced = _given(network.net, stage)
         for layer in filtered(network.net, stage):
             for bottom in layer.bottom:
                 if bottom not in produced:
@@ -164,6 +169,20 @@ def check(network: Network) -> None:
             produced.update(layer.top)
         if details:
             raise NetworkError(f"A layer reads a blob that nobody produces in the {stage} net.", details)
+
+
+def has_data_layers(net: Message) -> bool:
+    """Whether the net brings its own data layers (DIGITS adds them when not)."""
+    return any(layer.type in DATA_TYPES for layer in net.layer)
+
+
+def _given(net: Message, stage: str) -> set[str]:
+    # Blobs a stage net has before its first layer: the Data layers DIGITS
+    # adds (train/val) or its deploy input, always named `data` (plus the
+    # old name, the Data layers' first top, that deploy_net falls back to).
+    if stage == "deploy":
+        return {DEPLOY_INPUT} | {layer.top[0] for layer in net.layer if layer.type == "Data" and layer.top}
+    return set() if has_data_layers(net) else {DEPLOY_INPUT, digits_net.LABEL}
 
 
 STANDARD_DIR = Path(__file__).resolve().parent / "standard_networks"
@@ -213,6 +232,13 @@ def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None) 
     """Fill Data layers without a source and unsized InnerProducts from the
     dataset, in place. Returns {"train_batch", "val_batch", "data_top"}."""
     out = {"train_batch": None, "val_batch": None, "data_top": None}
+    if not has_data_layers(network.net):
+        if dataset is None:
+            raise NetworkError("The network has no Data layers: choose a dataset to feed it.",
+                               [{"field": "dataset", "file": network.filename, "line": None, "layer": None,
+                                 "stage": "parse", "message": "DIGITS adds train-data / val-data layers "
+                                 "fed from the dataset"}])
+        digits_net.add_data_layers(network.net, network.layer_lines)
     for layer in network.net.layer:
         if layer.type != "Data":
             continue
@@ -242,16 +268,19 @@ def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None) 
         for layer in network.net.layer:
             if layer.type == "InnerProduct" and not layer.inner_product_param.HasField("num_output"):
                 layer.inner_product_param.num_output = dataset.num_classes
+        digits_net.drop_unanswerable_accuracy(network.net, network.layer_lines, dataset.num_classes)
     return out
 
 
 def deploy_net(network: Network, dataset: DatasetInfo | None, data_top: str | None) -> Message:
-    """The deploy-stage net; dataset-fed Data layers become one Input layer."""
+    """The deploy-stage net; dataset-fed Data layers become one Input layer
+    named `data` (DIGITS's deploy input)."""
     pb = caffe_pb2()
     net = pb.NetParameter(name=network.net.name)
     layers = filtered(network.net, "deploy")
     if dataset is not None and data_top:
         layers = [layer for layer in layers if layer.type not in DATA_TYPES]
+        data_top = digits_net.deploy_input_name(layers, data_top)
         c, h, w = dataset.image_shape
         crop = next((layer.transform_param.crop_size for layer in network.net.layer
                      if layer.type == "Data" and layer.transform_param.crop_size), 0)

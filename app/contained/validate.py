@@ -23,6 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
+from app.caffe.network import BUILDING
 from app.core.workspace import LAYER_FILE, VALIDATION_STARTED, user_line
 
 MODULE = "digits_python_layers"
@@ -247,6 +248,9 @@ def validate(input_dir: Path, log: Path, started: Path | None = None) -> dict:
     built = {}
     for stage, phase, path in (("train", caffe.TRAIN, "train_val"), ("val", caffe.TEST, "train_val"),
                                ("deploy", caffe.TEST, "deploy")):
+        # A Caffe CHECK failure kills this process with no report: this line
+        # in the log tells the caller which stage's net it was building.
+        print(BUILDING.format(stage=stage), file=sys.stderr, flush=True)
         net = build_net(caffe, input_dir / f"{path}.prototxt", phase, stage, log)
         check_tops(net, stage)
         by_stage[stage] = run_layers(net, stage, backward=(stage == "train"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,9 +256,21 @@ def _crash_detail(result: sandbox.Result, log_path: Path, timeout: float) -> dic
         return {"field": "python_layer", "file": LAYER_FILE, "line": None, "layer": None,
                 "stage": "timeout", "message": f"Validation did not finish within {timeout:g} s "
                 "(an endless loop or a sleep in the Python layer?)."}
-    fatal = fatal_from_log(log)
-    return {"field": "network", "file": None, "line": None, "layer": fatal["layer"], "stage": "caffe",
-            "message": fatal["message"] or f"The validator died (exit status {result.returncode}).",
+    # The net being built when Caffe aborted: the validator logs a line
+    # before each stage; only what follows the last one is about that net.
+    at, stage = max((log.rfind(network.BUILDING.format(stage=name)), name)
+                    for name in ("train", "val", "deploy"))
+    if at < 0:
+        at, stage = 0, "caffe"   # died before building any net
+    fatal = fatal_from_log(log[at:])
+    layer = fatal["layer"]
+    named = re.search(r"\(layer '([^']+)'", fatal["message"] or "")   # "Unknown bottom blob 'x' (layer 'y', ...)"
+    if named:
+        layer = named.group(1)
+    where = f" while building the {stage} net" if stage != "caffe" else ""
+    return {"field": "network", "file": None, "line": None, "layer": layer, "stage": stage,
+            "message": (f"Caffe aborted{where}: {fatal['message']}" if fatal["message"]
+                        else f"The validator died{where} (exit status {result.returncode})."),
             "log_tail": log[-3000:]}
 
 
