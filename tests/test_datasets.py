@@ -218,3 +218,15 @@ def test_a_lost_data_root_rebuilds_the_builtin_dataset(tmp_path, sample_datasets
         assert resp.status_code == 200 and resp.get_json()["ok"] is True, resp.get_json()
     finally:
         again.extensions["store"].engine.dispose()
+
+
+def test_a_wrapping_folder_with_loose_files_beside_the_classes(client, worker):
+    # DIGITS users zip "digits/" holding "README.txt" beside "zero/", "one/":
+    # refused as "needs at least two class folders (found 1)" before.
+    files = {f"digits/{k}": v for k, v in _pngs((0, 1), 12).items()}
+    files["digits/README.txt"] = b"how these digits were made"
+    resp = _upload(client, _zip(files))
+    assert resp.status_code == 202, resp.get_json()
+    ds = _built(client, resp.get_json()["id"])
+    assert ds["status"] == "done", ds["error"]
+    assert ds["num_classes"] == 2 and ds["skipped"] == {"not in a class folder": 1}

@@ -314,7 +314,7 @@ def test_huge_blob(client, guard):
 def test_caffe_check_failure(client, guard):
     net = LENET_SEED.replace("    num_output: 50\n    kernel_size: 5", "    num_output: 50\n    kernel_size: 40")
     d = _invalid(client, "invalid_network", network=net)
-    assert d["stage"] == "caffe" and d["layer"] == "conv2"
+    assert d["stage"] == "train" and d["layer"] == "conv2"   # the net Caffe was building
 
 
 # ---- HTTP -------------------------------------------------------------------------

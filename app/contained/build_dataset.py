@@ -95,8 +95,10 @@ def build(archive: str, out: str, params: dict) -> dict:
     rng = np.random.default_rng(0)
     entries = list(members(archive, int(params["max_files"]), int(params["max_bytes"])))
     roots = {e[0].parts[0] for e in entries if len(e[0].parts) > 1}
-    # One wrapping folder ("mydata/cat/1.png") is common: look inside it.
-    strip = 1 if len(roots) == 1 and all(len(e[0].parts) > 2 for e in entries if len(e[0].parts) > 1) else 0
+    # One wrapping folder ("mydata/cat/1.png") is common: look inside it,
+    # whatever loose files sit beside the class folders ("mydata/README.txt"
+    # is skipped, not taken for a class).
+    strip = 1 if len(roots) == 1 and any(len(e[0].parts) > 2 for e in entries) else 0
     by_class: dict[str, list] = defaultdict(list)
     skipped: dict[str, int] = defaultdict(int)
     folders = set()
