@@ -95,3 +95,16 @@ def server(tmp_path, sample_datasets):
     log.close()
 
 
+@pytest.fixture
+def rgb_dataset(app):
+    """A small 256x256 colour dataset (3 classes), as the service stores one
+    (for AlexNet/GoogLeNet-sized inputs); its id."""
+    import numpy as np
+    from app.caffe.datasets import write_dataset
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 3, 256, 256), dtype=np.uint8)
+    labels = np.array([0, 1, 2] * 4)
+    dest = Path(app.config["JOBS_DIR"]) / "datasets" / "rgb256"
+    info = write_dataset(dest, images, labels, ["a", "b", "c"], 25, "rgb 256")
+    app.extensions["store"].upsert_dataset("rgb256", name="rgb 256", owner=None, status="done", info=info)
+    return "rgb256"

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from app.caffe import network
-from app.caffe.datasets import write_dataset
 from helpers import DATA, layer_line, post, wait_for
 
 DIGITS = DATA / "digits"
@@ -146,18 +144,6 @@ def test_digits_lenet_verbatim_validates_and_trains_to_done(client, worker):
     done = wait_for(client, resp.get_json()["id"], {"done", "error"}, timeout=300)
     assert done["status"] == "done", done["error"]
     assert done["iteration"] == done["max_iter"] > 0
-
-
-@pytest.fixture
-def rgb_dataset(app):
-    """A small 256x256 colour dataset (3 classes), as the service stores one."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (12, 3, 256, 256), dtype=np.uint8)
-    labels = np.array([0, 1, 2] * 4)
-    dest = Path(app.config["JOBS_DIR"]) / "datasets" / "rgb256"
-    info = write_dataset(dest, images, labels, ["a", "b", "c"], 25, "rgb 256")
-    app.extensions["store"].upsert_dataset("rgb256", name="rgb 256", owner=None, status="done", info=info)
-    return "rgb256"
 
 
 @pytest.mark.parametrize("name", ["alexnet", "googlenet"])

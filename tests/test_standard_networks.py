@@ -4,24 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from app.caffe.datasets import write_dataset
 from helpers import post
 
 STANDARD = Path(__file__).resolve().parent.parent / "app" / "caffe" / "standard_networks"
-
-
-@pytest.fixture
-def rgb_dataset(app):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (12, 3, 256, 256), dtype=np.uint8)
-    labels = np.array([0, 1, 2] * 4)
-    dest = Path(app.config["JOBS_DIR"]) / "datasets" / "rgb256"
-    info = write_dataset(dest, images, labels, ["a", "b", "c"], 25, "rgb 256")
-    app.extensions["store"].upsert_dataset("rgb256", name="rgb 256", owner=None, status="done", info=info)
-    return "rgb256"
 
 
 @pytest.mark.parametrize("name", ["alexnet", "googlenet"])
