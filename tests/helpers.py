@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
-# A copy of ../shared/seed/python-layers.txt (the original DIGITS "Python
-# layers" page this product is built from), so the suite runs from any clone.
+# A copy of seed/python-layers.txt from the project's shared folder (the
+# original DIGITS "Python layers" page this product is built from), kept in the
+# repo so the suite runs from any clone.
 SEED_PAGE = DATA / "python-layers.txt"
 
 
