@@ -170,3 +170,29 @@ def training_pid(out: Path, timeout: float = 30.0) -> int:
             return found[0]
         assert time.monotonic() < deadline, f"training processes of {out}: {found}"
         time.sleep(0.1)
+
+
+def initial_token(instance: Path) -> str:
+    """The first admin's API token, as a served instance wrote it."""
+    creds = dict(line.split(": ", 1) for line in (Path(instance) / "initial-credentials.txt").read_text().splitlines())
+    return creds["token"]
+
+
+def api(url: str, token: str, method: str, path: str, fields: dict | None = None, timeout: float = 60) -> dict:
+    """One call to a live server's API; ``fields`` become multipart/form-data
+    ({name: (filename or None, bytes)}). The decoded JSON answer."""
+    import json
+    import urllib.request
+    import uuid
+    body, headers = None, {"Authorization": f"Bearer {token}"}
+    if fields is not None:
+        boundary = uuid.uuid4().hex
+        parts = []
+        for k, (name, data) in fields.items():
+            disp = f'form-data; name="{k}"' + (f'; filename="{name}"' if name else "")
+            parts.append(f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n")
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+    req = urllib.request.Request(url + path, data=body, headers=headers, method=method)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"null")

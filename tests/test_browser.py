@@ -168,25 +168,13 @@ def test_whole_digits_round_in_the_browser(server, browser, tmp_path):
 
 def test_job_list_updates_live(server, browser):
     from selenium.webdriver.common.by import By
-    import json
+    from helpers import api as http_api
     server, instance = server
     creds = dict(line.split(": ", 1) for line in (instance / "initial-credentials.txt").read_text().splitlines())
     _login(browser, server, instance)
 
     def api(method: str, path: str, fields: dict | None = None):
-        import uuid
-        body, headers = None, {"Authorization": f"Bearer {creds['token']}"}
-        if fields is not None:
-            boundary = uuid.uuid4().hex
-            parts = []
-            for k, (name, data) in fields.items():
-                disp = f'form-data; name="{k}"' + (f'; filename="{name}"' if name else "")
-                parts.append(f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n")
-            body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-            headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
-        req = urllib.request.Request(server + path, data=body, headers=headers, method=method)
-        with urllib.request.urlopen(req) as resp:
-            return json.loads(resp.read() or b"null")
+        return http_api(server, creds["token"], method, path, fields)
 
     job = api("POST", "/api/v1/jobs", {
         "network": ("n.prototxt", (DATA / "lenet_seed.prototxt").read_bytes()),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LENET_SEED, ROOT, SEED_LAYER, free_port
+from helpers import LENET_SEED, ROOT, SEED_LAYER, api, free_port, initial_token
 
 pytestmark = pytest.mark.slow
 
@@ -50,24 +50,6 @@ def _caffe_cache() -> Path:
     return Path(os.environ.get("CAFFE_CACHE_DIR", Path.home() / ".cache" / "caffe-service"))
 
 
-def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = "----newcomer"
-    out = b""
-    for k, v in fields.items():
-        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-    for k, (name, data) in files.items():
-        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{name}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def _api(url: str, token: str, data: bytes | None = None, ctype: str | None = None) -> dict:
-    req = urllib.request.Request(url, data=data, headers={"Authorization": f"Bearer {token}",
-                                                          **({"Content-Type": ctype} if ctype else {})})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
-
-
 def _newcomer_trains_the_seed_job(home: Path, uid: int | None, env: dict[str, str]) -> None:
     clone = _clone(home / "layerbench")
     if uid is not None:
@@ -94,17 +76,15 @@ def _newcomer_trains_the_seed_job(home: Path, uid: int | None, env: dict[str, st
         # Full containment, and a real contained validation passed at start.
         assert health["containment"] == "bwrap", health
         assert health["selftest"]["ok"] is True and health["ok"] is True, health
-        creds = (clone / "instance" / "initial-credentials.txt").read_text()
-        token = next(line.split()[-1] for line in creds.splitlines() if line.startswith("token:"))
-        body, ctype = _multipart({"dataset": "sample-digits", "max_iter": "30", "name": "seed"},
-                                 {"network": ("lenet.prototxt", LENET_SEED.encode()),
-                                  "python_layer": ("layers.py", SEED_LAYER.encode())})
-        job = _api(url + "/api/v1/jobs", token, body, ctype)
+        token = initial_token(clone / "instance")
+        job = api(url, token, "POST", "/api/v1/jobs", {
+            "dataset": (None, b"sample-digits"), "max_iter": (None, b"30"), "name": (None, b"seed"),
+            "network": ("lenet.prototxt", LENET_SEED.encode()), "python_layer": ("layers.py", SEED_LAYER.encode())})
         deadline = time.monotonic() + 240
         while job["status"] not in ("done", "error", "aborted", "interrupted"):
             assert time.monotonic() < deadline, job
             time.sleep(0.5)
-            job = _api(f"{url}/api/v1/jobs/{job['id']}", token)
+            job = api(url, token, "GET", f"/api/v1/jobs/{job['id']}")
         assert job["status"] == "done", job
         assert job["iteration"] == 30 and "accuracy" in json.dumps(job["metrics"])
         if uid is not None:   # everything the service wrote belongs to the user

@@ -6,13 +6,11 @@ from __future__ import annotations
 import http.client
 import json
 import time
-import urllib.request
-import uuid
 
 import pytest
 
 from bench.slow_clients import SlowClients, probe
-from helpers import LENET_SEED, SEED_LAYER
+from helpers import LENET_SEED, SEED_LAYER, api, initial_token
 
 pytestmark = pytest.mark.slow
 
@@ -22,29 +20,9 @@ def _hostport(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _token(instance) -> str:
-    creds = dict(line.split(": ", 1) for line in (instance / "initial-credentials.txt").read_text().splitlines())
-    return creds["token"]
-
-
-def _api(url: str, token: str, method: str, path: str, fields: dict | None = None) -> dict:
-    body, headers = None, {"Authorization": f"Bearer {token}"}
-    if fields is not None:
-        boundary = uuid.uuid4().hex
-        parts = []
-        for k, (name, data) in fields.items():
-            disp = f'form-data; name="{k}"' + (f'; filename="{name}"' if name else "")
-            parts.append(f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n")
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
-    req = urllib.request.Request(url + path, data=body, headers=headers, method=method)
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read() or b"null")
-
-
 def _submit(url: str, token: str) -> dict:
     """A LeNet job that trains until aborted."""
-    return _api(url, token, "POST", "/api/v1/jobs", {
+    return api(url, token, "POST", "/api/v1/jobs", {
         "network": ("n.prototxt", LENET_SEED.encode()), "python_layer": ("l.py", SEED_LAYER.encode()),
         "dataset": (None, b"sample-digits"), "max_iter": (None, b"100000")})
 
@@ -71,7 +49,7 @@ def test_healthz_answers_while_200_slow_clients_trickle(server):
 
 def test_job_events_stream_through_the_proxy(server):
     url, instance = server
-    token = _token(instance)
+    token = initial_token(instance)
     job = _submit(url, token)
     conn, resp = _open_events(url, token, job["id"])
     assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
@@ -98,7 +76,7 @@ def test_job_events_stream_through_the_proxy(server):
         if name == "metrics" and "status" in seen:
             break
         assert time.monotonic() < deadline, seen
-    _api(url, token, "POST", f"/api/v1/jobs/{job['id']}/abort")
+    api(url, token, "POST", f"/api/v1/jobs/{job['id']}/abort")
     last = None
     for name, data in stream:
         if name == "status":
@@ -113,7 +91,7 @@ def test_open_event_streams_cannot_take_every_thread(server):
     # serve's default is 2 gunicorn workers x 8 threads; each open stream
     # holds one, and nginx lets 8 / 2 stream, even if all land on one worker.
     url, instance = server
-    token = _token(instance)
+    token = initial_token(instance)
     job = _submit(url, token)
     streams = []
     try:
@@ -129,4 +107,4 @@ def test_open_event_streams_cannot_take_every_thread(server):
     finally:
         for conn in streams:
             conn.close()
-        _api(url, token, "POST", f"/api/v1/jobs/{job['id']}/abort")
+        api(url, token, "POST", f"/api/v1/jobs/{job['id']}/abort")

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.slow_clients import probe
-from helpers import LENET_SEED, SEED_LAYER
-from test_slow_clients import _api, _token
+from helpers import LENET_SEED, SEED_LAYER, api, initial_token
 
 pytestmark = pytest.mark.slow
 
@@ -59,15 +58,15 @@ def _healthy(url: str) -> bool:
 
 def test_killed_worker_is_restarted_and_its_job_interrupted_then_resumed(server):
     url, instance = server
-    token = _token(instance)
-    job = _api(url, token, "POST", "/api/v1/jobs", {
+    token = initial_token(instance)
+    job = api(url, token, "POST", "/api/v1/jobs", {
         "network": ("n.prototxt", LENET_SEED.encode()), "python_layer": ("l.py", SEED_LAYER.encode()),
         "dataset": (None, b"sample-digits"), "max_iter": (None, b"400"),
         "snapshot_interval": (None, b"10")})
     path = f"/api/v1/jobs/{job['id']}"
 
     def running_with_snapshot():
-        j = _api(url, token, "GET", path)
+        j = api(url, token, "GET", path)
         assert j["status"] in ("queued", "running"), j
         return j if j["status"] == "running" and j["snapshots"] else None
 
@@ -82,7 +81,7 @@ def test_killed_worker_is_restarted_and_its_job_interrupted_then_resumed(server)
     t0 = time.monotonic()
     os.kill(old, signal.SIGKILL)
     interrupted = _until("the job to be interrupted",
-                         lambda: (j := _api(url, token, "GET", path))["status"] == "interrupted" and j,
+                         lambda: (j := api(url, token, "GET", path))["status"] == "interrupted" and j,
                          timeout=25)
     noticed = time.monotonic() - t0
     assert _healthy(url)
@@ -94,13 +93,13 @@ def test_killed_worker_is_restarted_and_its_job_interrupted_then_resumed(server)
     new = _until("a new worker", lambda: _workers_of(serve_pid) - {old}, timeout=30)
     assert _healthy(url)
 
-    resumed = _api(url, token, "POST", f"{path}/resume")
+    resumed = api(url, token, "POST", f"{path}/resume")
     assert resumed["status"] == "queued"
     last = interrupted["snapshots"][-1]["iteration"]
 
     def ended():
         assert _healthy(url)
-        j = _api(url, token, "GET", path)
+        j = api(url, token, "GET", path)
         return j if j["status"] in ("done", "error", "aborted", "interrupted") else None
 
     done = _until("the resumed job to end", ended, timeout=300, every=0.5)
