@@ -5,7 +5,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast test-gpu-build fuzz bench clean
+.PHONY: setup run test test-fast test-gpu-build gpu-bundle fuzz bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -30,6 +30,13 @@ fuzz: setup
 test-gpu-build:
 	VENV=.venv-gpu CAFFE_GPU=1 bash scripts/setup.sh
 	.venv-gpu/bin/python -m pytest $(PYTEST_ARGS)
+	bash scripts/gpu_bundle.sh
+	.venv-gpu/bin/python -m pytest tests_gpu $(PYTEST_ARGS)
+
+# The relocatable bundle for the lent GPU machine (docs/GPU.md): the CUDA
+# pycaffe for sm_90, Python 3.11, the service's deps, bwrap, the app.
+gpu-bundle: setup
+	bash scripts/gpu_bundle.sh
 
 bench: setup
 	$(VENV)/bin/python -m bench

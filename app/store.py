@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterable
 
 import sqlalchemy as sa
@@ -93,6 +94,23 @@ tokens = sa.Table(
               nullable=False, index=True),
     sa.Column("created_at", sa.String(40), nullable=False),
 )
+
+workers = sa.Table(
+    "workers", metadata,
+    # One row per Celery worker (migrations/versions/0002_workers.py), kept
+    # fresh by its heartbeat: the web's only view of workers on other hosts.
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("gpus", sa.Text, nullable=False),
+    sa.Column("slots", sa.Integer, nullable=False),
+    sa.Column("jobs", sa.Text, nullable=False),
+    sa.Column("started_at", sa.String(40), nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False, index=True),
+)
+
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+_MIGRATE_LOCK = 0x4C42   # PostgreSQL advisory lock key: one migrating process at a time
 
 _GET_JOB = jobs.select().where(jobs.c.id == sa.bindparam("key"))
 _GET_TOKEN_USER = (sa.select(users.c.name, users.c.admin).join(tokens, tokens.c.user == users.c.name)
@@ -247,25 +265,63 @@ class Store(UserStore, DatasetStore):
         return dict(zip(names, row)) if row else None
 
     def create_schema(self) -> None:
-        """Create missing tables and indexes (idempotent). ``create_all`` makes
-        indexes only with a new table, so indexes added to an existing table's
-        definition since the database was created are made here
-        (CREATE INDEX IF NOT EXISTS, in effect)."""
-        metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            # Columns added since a database was created (nullable or with a
-            # server default): added in place. (Alembic takes over when the
-            # schema first needs more than that.)
-            inspector = sa.inspect(conn)
-            for table in metadata.sorted_tables:
-                have = {c["name"] for c in inspector.get_columns(table.name)}
-                for col in table.columns:
-                    if col.name not in have:
-                        ddl = sa.schema.CreateColumn(col).compile(dialect=conn.dialect)
-                        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+        """Bring the database to the newest schema with Alembic (migrations/),
+        one process at a time; idempotent, run at every start and by
+        ``flask --app wsgi db-upgrade``. A database made before Alembic has no
+        ``alembic_version``: the baseline revision creates only what it lacks,
+        so it is upgraded in place like any other."""
+        from alembic import command
+        from alembic.config import Config
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self._migration_lock() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+            conn.commit()
+            # Indexes the model declares are ensured too (CREATE INDEX IF NOT
+            # EXISTS, in effect): one dropped by hand comes back at the next start.
             for table in metadata.sorted_tables:
                 for index in table.indexes:
                     index.create(conn, checkfirst=True)
+            conn.commit()
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (None: never migrated)."""
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+    def _migration_lock(self):
+        """A connection held while migrating: several gunicorn workers and
+        Celery workers start at once, and exactly one may run the DDL."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def held():
+            with self.engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATE_LOCK})
+                    conn.commit()
+                    try:
+                        yield conn
+                    finally:
+                        conn.rollback()
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATE_LOCK})
+                        conn.commit()
+                    return
+                lock = None
+                db = self.engine.url.database if conn.dialect.name == "sqlite" else None
+                if db and db != ":memory:":
+                    import fcntl
+                    lock = open(f"{db}.migrate-lock", "a")
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    yield conn
+                finally:
+                    if lock is not None:
+                        lock.close()
+        return held()
 
     def ping(self) -> bool:
         """True when the database answers a trivial query."""
@@ -352,8 +408,9 @@ class Store(UserStore, DatasetStore):
                 .values(status=JobStatus.RUNNING.value, worker=worker, run=jobs.c.run + 1, **row)).rowcount
             if not changed:
                 return None
+            # The history names every worker that ran the job (hand-overs show).
             conn.execute(job_events.insert().values(job_id=job_id, at=now_iso(),
-                                                    status=JobStatus.RUNNING.value, message=None))
+                                                    status=JobStatus.RUNNING.value, message=f"on {worker}"))
             return int(conn.execute(sa.select(jobs.c.run).where(jobs.c.id == job_id)).scalar())
 
     def update_job(self, job_id: str, *, expect_status: Iterable[str] | None = None,
@@ -383,6 +440,47 @@ class Store(UserStore, DatasetStore):
         q = job_events.select().where(job_events.c.job_id == job_id).order_by(job_events.c.id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
+
+    def hand_over_job(self, job_id: str, run: int, beat_before: float, message: str, **fields: Any) -> bool:
+        """running -> ``fields["status"]`` (queued to resume elsewhere, or
+        interrupted) for a run whose worker stopped heart-beating: only while
+        that run is current and its heartbeat is still older than
+        ``beat_before`` (one compare-and-set, so of several workers noticing
+        the same dead one exactly one hands the job over, and a run that beat
+        meanwhile keeps its job). The history gets ``message``."""
+        row = {k: (json.dumps(v) if k in _JSON_COLUMNS and v is not None else v)
+               for k, v in fields.items()}
+        q = (jobs.update().where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value,
+                                 jobs.c.run == run, sa.func.coalesce(jobs.c.heartbeat_at, 0) < beat_before)
+             .values(**row))
+        with self.engine.begin() as conn:
+            if not conn.execute(q).rowcount:
+                return False
+            conn.execute(job_events.insert().values(job_id=job_id, at=now_iso(),
+                                                    status=str(fields["status"]), message=message))
+        return True
+
+    # ---- workers (celery queue) -------------------------------------------
+    def beat_worker(self, name: str, **fields: Any) -> None:
+        """Insert or refresh a worker's row (``gpus``/``jobs`` as lists)."""
+        row = {k: (json.dumps(v) if k in ("gpus", "jobs") else v) for k, v in fields.items()}
+        with self.engine.begin() as conn:
+            if not conn.execute(workers.update().where(workers.c.name == name).values(**row)).rowcount:
+                conn.execute(workers.insert().values(name=name, **row))
+
+    def list_workers(self, alive_since: float) -> list[dict]:
+        """Workers that beat at or after ``alive_since`` (epoch seconds), by name."""
+        q = workers.select().where(workers.c.heartbeat_at >= alive_since).order_by(workers.c.name)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            r["gpus"], r["jobs"] = json.loads(r["gpus"]), json.loads(r["jobs"])
+        return rows
+
+    def delete_worker(self, name: str) -> None:
+        """Forget a worker (it shut down cleanly)."""
+        with self.engine.begin() as conn:
+            conn.execute(workers.delete().where(workers.c.name == name))
 
     def delete_job(self, job_id: str) -> None:
         """Remove a job and its history."""

@@ -35,8 +35,8 @@ def test_digits_script_round_trip(app, client, worker):
     assert any(d["id"] == "sample-digits" for d in index["datasets"])
     with client.get(f"/models/{body['id']}/download.tar.gz") as dl:
         assert dl.status_code == 200 and dl.mimetype == "application/gzip"
-    assert client.post(f"/models/{body['id']}/abort").status_code == 409
-    assert client.delete(f"/models/{body['id']}").status_code == 204
+    assert client.post(f"/models/{body['id']}/abort").status_code == 403   # DIGITS: ended
+    assert client.delete(f"/models/{body['id']}").status_code == 200
     assert client.get(f"/models/{body['id']}.json").status_code == 404
 
 
@@ -50,19 +50,20 @@ def test_standard_network_and_abort(client, worker):
     assert wait_for(client, jid, {"aborted"})["status"] == "aborted"
 
 
-def test_errors_are_listed_with_400(client):
+def test_bad_layer_is_an_error_job_and_server_paths_400(client):
+    # DIGITS creates the job, which ends Error with the reason; never queued.
     bad = SEED_LAYER.replace("def forward", "def forward(")
     resp = client.post("/models/images/classification.json",
                        data=_digits_form(python_layer_client_file=(io.BytesIO(bad.encode()), "l.py")),
                        content_type="multipart/form-data")
-    assert resp.status_code == 400
-    errs = resp.get_json()["errors"]
-    assert errs[0]["file"] == "digits_python_layers.py" and errs[0]["line"]
+    assert resp.status_code == 200 and resp.get_json()["status"] == "Error"
+    err = client.get(f"/api/v1/jobs/{resp.get_json()['id']}").get_json()["error"]
+    assert err["file"] == "digits_python_layers.py" and err["line"]
     resp = client.post("/models/images/classification.json",
                        data={**_digits_form(), "python_layer_server_file": "/etc/passwd"},
                        content_type="multipart/form-data")
     assert resp.status_code == 400 and resp.get_json()["errors"][0]["field"] == "python_layer_server_file"
-    assert client.get("/api/v1/jobs").get_json()["jobs"] == []
+    assert [j["status"] for j in client.get("/api/v1/jobs").get_json()["jobs"]] == ["error"]
 
 
 def test_auth_and_ownership(app, client):

@@ -20,8 +20,8 @@ def _plan(tmp_path, **params):
 
 def test_epochs_to_iterations(tmp_path):
     plan = _plan(tmp_path, train_epochs=3, val_interval=0.5, snapshot_interval=1)
-    assert plan.max_iter == 47                 # ceil(3 * 1000 / 64)
-    assert plan.solver.test_interval == 8      # round(0.5 * 15.625)
+    assert plan.max_iter == 48                 # 3 * ceil(1000 / 64): whole iterations per epoch (DIGITS)
+    assert plan.solver.test_interval == 8      # 0.5 * 16
     assert plan.solver.snapshot == 16
     assert list(plan.solver.test_iter) == [5]  # 250 / 50
     assert list(plan.solver.train_state.stage) == ["train"]

@@ -114,5 +114,5 @@ def test_sse_stream_replays_and_ends(client, worker):
 def test_unsupported_queue_is_refused_at_start(tmp_path):
     import pytest
     from app.web import create_app
-    with pytest.raises(RuntimeError, match="not supported yet"):
-        create_app({"INSTANCE_DIR": str(tmp_path / "i"), "JOBS_DIR": str(tmp_path / "j"), "QUEUE": "celery"})
+    with pytest.raises(RuntimeError, match="not supported"):
+        create_app({"INSTANCE_DIR": str(tmp_path / "i"), "JOBS_DIR": str(tmp_path / "j"), "QUEUE": "rabbit"})

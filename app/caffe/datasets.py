@@ -131,3 +131,34 @@ def ensure_sample_digits(datasets_dir: Path) -> dict:
     images, labels = sample_digits_arrays()
     return write_dataset(dest, images, labels, [str(d) for d in range(10)],
                          val_percent=25, name="Sample digits (scikit-learn 8x8, 28x28)")
+
+
+def shuffled_copy(source: Path, dest: Path, seed: int | None) -> Path:
+    """A copy of the LMDB ``source`` with its records in a random order
+    (``seed``: reproducible), for a job with shuffle on: Caffe's Data layer
+    reads an LMDB in key order. Written under a temporary name and renamed,
+    so a killed run never leaves a half copy that a resume would train on;
+    an existing complete copy is reused."""
+    import lmdb
+
+    if dest.is_dir():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    src = lmdb.open(str(source), readonly=True, lock=False, subdir=True)
+    try:
+        with src.begin() as txn:
+            keys = list(txn.cursor().iternext(keys=True, values=False))
+            order = np.random.default_rng(seed).permutation(len(keys))
+            size = max(1 << 24, int(src.info()["map_size"]), os.path.getsize(source / "data.mdb") * 2)
+            out = lmdb.open(str(tmp), map_size=size, subdir=True, lock=True)
+            try:
+                with out.begin(write=True) as wtxn:
+                    for new, old in enumerate(order):
+                        wtxn.put(f"{new:08d}".encode(), txn.get(keys[old]))
+            finally:
+                out.close()
+    finally:
+        src.close()
+    os.replace(tmp, dest)
+    return dest

@@ -50,3 +50,35 @@ def deploy_input_name(deploy_layers: list[Message], data_top: str | None) -> str
     if data_top and DEPLOY_INPUT not in bottoms and data_top in bottoms:
         return data_top
     return DEPLOY_INPUT
+
+
+MEAN_CHOICES = ("none", "image", "pixel")
+
+
+def pixel_mean(mean_file: str) -> list[float]:
+    """The per-channel mean of a mean.binaryproto (DIGITS's use_mean=pixel)."""
+    import numpy as np
+    from pathlib import Path
+    blob = caffe_pb2().BlobProto()
+    blob.ParseFromString(Path(mean_file).read_bytes())
+    shape = list(blob.shape.dim) or [blob.channels, blob.height, blob.width]
+    data = np.asarray(blob.data, dtype=np.float64).reshape(shape[-3:])
+    return [round(float(v), 4) for v in data.mean(axis=(1, 2))]
+
+
+def apply_transform(layer: Message, *, mean_file: str | None, use_mean: str | None,
+                    crop_size: int | None) -> None:
+    """DIGITS's data options on one dataset-fed Data layer: the mean
+    (image: the mean image file, pixel: its per-channel values, none), and a
+    crop (random in training, centre in validation and at inference, as
+    Caffe's DataTransformer does). What the network sets itself wins."""
+    tp = layer.transform_param
+    if crop_size and not tp.crop_size:
+        tp.crop_size = crop_size
+    if tp.mean_file or tp.mean_value or not mean_file:
+        return
+    choice = use_mean or "image"
+    if choice == "image":
+        tp.mean_file = mean_file
+    elif choice == "pixel":
+        tp.mean_value.extend(pixel_mean(mean_file))

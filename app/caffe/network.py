@@ -67,6 +67,7 @@ def parse(text: str, filename: str = "network.prototxt") -> Network:
         line = exc.GetLine() if hasattr(exc, "GetLine") else None
         raise NetworkError("The network prototxt could not be parsed.",
                            [{"field": "network", "file": filename, "line": line, "layer": None,
+                             "column": exc.GetColumn() if hasattr(exc, "GetColumn") else None,
                              "stage": "parse", "message": str(exc)}]) from None
     if net.layers:
         raise NetworkError("V1 'layers' definitions are not supported; use 'layer'.",
@@ -228,9 +229,12 @@ def _data_stage(layer: Message) -> str | None:
     return None
 
 
-def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None) -> dict:
+def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None,
+         transform: dict | None = None) -> dict:
     """Fill Data layers without a source and unsized InnerProducts from the
-    dataset, in place. Returns {"train_batch", "val_batch", "data_top"}."""
+    dataset, in place; ``transform`` holds DIGITS's data options (use_mean,
+    crop_size) for the dataset-fed layers. Returns {"train_batch",
+    "val_batch", "data_top"}."""
     out = {"train_batch": None, "val_batch": None, "data_top": None}
     if not has_data_layers(network.net):
         if dataset is None:
@@ -255,9 +259,9 @@ def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None) 
                                                    "given", layer.name, field_name="dataset")])
             p.source = str(dataset.path / ("train_db" if stage == "train" else "val_db"))
             p.backend = caffe_pb2().DataParameter.LMDB
-            tp = layer.transform_param
-            if dataset.has_mean and not tp.mean_file and not tp.mean_value:
-                tp.mean_file = str(dataset.path / "mean.binaryproto")
+            digits_net.apply_transform(
+                layer, mean_file=str(dataset.path / "mean.binaryproto") if dataset.has_mean else None,
+                use_mean=(transform or {}).get("use_mean"), crop_size=(transform or {}).get("crop_size"))
         if stage == "train" and batch_size:
             p.batch_size = batch_size
         if not p.batch_size:

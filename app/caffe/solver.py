@@ -57,7 +57,15 @@ def build(params: dict, *, net_path: str, snapshot_prefix: str,
     sp.net = net_path
     sp.snapshot_prefix = snapshot_prefix
 
-    per_epoch = (train_count / train_batch) if train_count and train_batch else None
+    # Batch accumulation (DIGITS's batch_accumulation): Caffe adds the
+    # gradients of iter_size batches per iteration, so an epoch is counted in
+    # effective batches of train_batch * iter_size images.
+    if params.get("iter_size"):
+        sp.iter_size = int(params["iter_size"])
+    effective = train_batch * max(1, sp.iter_size) if train_batch else None
+    # Whole iterations per epoch, rounded up as DIGITS does: snapshots and
+    # validations at N epochs then fall on exact epoch numbers.
+    per_epoch = math.ceil(train_count / effective) if train_count and effective else None
     if params.get("max_iter"):
         max_iter = int(params["max_iter"])
     elif per_epoch:
@@ -170,3 +178,18 @@ def lr_at(sp: Message, it: int) -> float:
 def to_text(sp: Message) -> str:
     """Emit solver prototxt."""
     return text_format.MessageToString(sp)
+
+
+def snapshot_epoch(iteration: int, *, max_iter: int | None, train_epochs: float | None,
+                   iters_per_epoch: float | None) -> float | int | None:
+    """The epoch DIGITS names a snapshot by: iteration / (max_iter /
+    train_epochs), 3 decimals, a whole number as an int; so a job's last
+    snapshot is its epoch count exactly. Without train_epochs, by
+    iterations per epoch; None when the job has no epochs at all."""
+    if train_epochs and max_iter:
+        epoch = round(iteration / (max_iter / float(train_epochs)), 3)
+    elif iters_per_epoch:
+        epoch = round(iteration / iters_per_epoch, 3)
+    else:
+        return None
+    return int(epoch) if epoch == int(epoch) else epoch

@@ -15,72 +15,16 @@ import io
 import json
 import os
 import sys
-import tarfile
-import zipfile
 from collections import defaultdict
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
+from app.core.archives import ArchiveError, members   # shared with the Python layer upload
 from app.core.workspace import PROGRESS_FILE, RESULT_FILE
 from app.core.status import RunOutcome
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
-
-
-class ArchiveError(Exception):
-    """The archive cannot become a dataset; the message says why."""
-
-
-def _check_name(name: str) -> PurePosixPath:
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or name.startswith("/"):
-        raise ArchiveError(f"refused entry '{name[:200]}': absolute path or '..'")
-    return p
-
-
-def members(path: str, max_files: int, max_bytes: int):
-    """Yield (path, bytes) of the archive's regular files, checked and capped."""
-    total = count = 0
-
-    def account(size: int) -> None:
-        nonlocal total, count
-        total += size
-        count += 1
-        if count > max_files:
-            raise ArchiveError(f"the archive has more than {max_files} files")
-        if total > max_bytes:
-            raise ArchiveError(f"the archive unpacks to more than {max_bytes >> 20} MiB (zip bomb?)")
-
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                p = _check_name(info.filename)
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise ArchiveError(f"refused entry '{info.filename[:200]}': symbolic link")
-                if info.is_dir():
-                    continue
-                with zf.open(info) as fh:
-                    # Never trust the header's size: read at most what is left.
-                    data = fh.read(max_bytes - total + 1)
-                account(len(data))
-                yield p, data
-        return
-    try:
-        tf = tarfile.open(path, mode="r:*")
-    except tarfile.TarError:
-        raise ArchiveError("the upload is not a zip or tar(.gz) archive") from None
-    with tf:
-        for info in tf:
-            p = _check_name(info.name)
-            if info.issym() or info.islnk():
-                raise ArchiveError(f"refused entry '{info.name[:200]}': link")
-            if info.isdir():
-                continue
-            if not info.isfile():
-                raise ArchiveError(f"refused entry '{info.name[:200]}': not a regular file")
-            account(info.size)
-            yield p, tf.extractfile(info).read()
 
 
 def build(archive: str, out: str, params: dict) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 
+from app.core import layer_code, tracebacks
 from app.core.workspace import DATASET_INFO_FILE, DEPLOY_FILE, RESULT_FILE, TRAIN_VAL_FILE
 
 def _transform(input_dir: Path, caffe_pb2, text_format):
@@ -46,9 +47,30 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+VISUALIZE_FLAG, VISUALS_FILE = "visualize", "visualizations.json"
+
+
+def _visualize(net, work: Path) -> None:
+    """Per layer, the activations and the weights of the net's last forward
+    pass (pictures and statistics) into VISUALS_FILE and vis_*.png."""
+    from app.caffe import visuals
+    out = []
+    for name, blob in net.blobs.items():
+        if blob.data.ndim == 0 or name == net.inputs[0]:
+            continue
+        data = blob.data[0]
+        (work / f"vis_{len(out)}.png").write_bytes(visuals.png(visuals.tiles(data)))
+        out.append(visuals.describe(name, "Activation", data, f"vis_{len(out)}.png"))
+    for name, params in net.params.items():
+        weights = params[0].data
+        (work / f"vis_{len(out)}.png").write_bytes(visuals.png(visuals.tiles(weights)))
+        out.append(visuals.describe(name, "Weights", weights, f"vis_{len(out)}.png"))
+    (work / VISUALS_FILE).write_text(json.dumps(out))
+
+
 def classify(input_dir: Path, model: Path, dataset: Path, work: Path) -> list[dict]:
     """Predictions for every uploaded image, in upload order."""
-    sys.path.insert(0, str(input_dir))
+    layer_code.activate(input_dir)   # the job's helper modules and admin-added packages
     import caffe
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
@@ -82,10 +104,12 @@ def classify(input_dir: Path, model: Path, dataset: Path, work: Path) -> list[di
         net.blobs[data_name].reshape(1, *x.shape)
         net.blobs[data_name].data[0] = x
         probs = _softmax(net.forward()[out_name].reshape(-1).astype(np.float64))
+        if (work / VISUALIZE_FLAG).exists() and not (work / VISUALS_FILE).exists():
+            _visualize(net, work)    # DIGITS's "show visualizations": the first image's
         order = np.argsort(-probs)[:5]
         results.append({"filename": original, "top": [
             {"label": labels[i] if i < len(labels) else str(i), "probability": round(float(probs[i]), 6)}
-            for i in order]})
+            for i in order], "probabilities": [round(float(v), 6) for v in probs[:1000]]})
     return results
 
 
@@ -95,9 +119,9 @@ def main(argv: list[str]) -> None:
     try:
         result = {"ok": True, "predictions": classify(Path(argv[0]), Path(argv[1]), Path(argv[2]), work)}
     except BaseException as exc:   # a Python layer may raise anything
-        import traceback
-        result = {"ok": False, "message": f"{type(exc).__name__}: {exc}",
-                  "traceback": "".join(traceback.format_exception(exc))[-4000:]}
+        # The user's files and Caffe's frames only, no host path.
+        result = {"ok": False, "message": tracebacks.describe(exc),
+                  "traceback": tracebacks.format_exception(exc)[-4000:]}
     (work / RESULT_FILE).write_text(json.dumps(result))
     os._exit(0)
 

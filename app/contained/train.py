@@ -19,13 +19,16 @@ import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
+from app.caffe.datasets import shuffled_copy
 from app.caffe.glog import NETS_BUILT
+from app.core import layer_code, tracebacks
+from app.caffe.weights import load as load_weights
 from app.core.workspace import (
     ABORT_FILE, JOB_META_FILE, LAYER_FILE, METRICS_FILE, PROGRESS_FILE, RESULT_FILE, RESUME_FILE,
-    RUN_FILE, SNAPSHOT_PREFIX, SNAPSHOT_STAGING, SOLVER_FILE, Workspace, user_line)
+    RUN_FILE, SHUFFLED_TRAIN_DB, SNAPSHOT_PREFIX, SNAPSHOT_STAGING, SOLVER_FILE, WEIGHTS_FILE, Workspace,
+    user_line)
 
 SUPERSEDED_EXIT = 75   # EX_TEMPFAIL: another run of this job took over
 
@@ -81,7 +84,7 @@ class Runner:
     def run(self) -> dict:
         """Train to max_iter or until stopped; the result.json to write."""
         signal.signal(signal.SIGTERM, self._on_term)
-        sys.path.insert(0, str(self.input))
+        layer_code.activate(self.input)   # helpers beside the layer file, admin-added packages last
         import caffe
         from caffe.proto import caffe_pb2
         from google.protobuf import text_format
@@ -106,6 +109,8 @@ class Runner:
         # solverstate (learned_net), and snapshot() writes the pair inside the
         # staging directory before it is renamed into OUTPUT_DIR.
         run_sp.snapshot_prefix = SNAPSHOT_PREFIX
+        if self.meta.get("shuffle"):
+            run_sp.net = self._shuffled_net(run_sp.net, caffe_pb2, text_format)
         run_path = Path("/tmp") / f"solver-{os.getpid()}.prototxt"
         run_path.write_text(text_format.MessageToString(run_sp))
         solver = caffe.get_solver(str(run_path))
@@ -117,6 +122,11 @@ class Runner:
             os.chdir(self.output)
             solver.restore(str(self.output / Path(state).name))
             self.emit("resumed", iteration=solver.iter)
+        elif self.meta.get("weights"):
+            # Fine-tuning: start from the chosen weights, copied by layer name
+            # (validation already proved they fit this net).
+            loaded = load_weights(solver.net, self.input / WEIGHTS_FILE)
+            self.emit("weights", copied=loaded["copied"], fresh=loaded["fresh"])
         sys.stderr.write(f"{NETS_BUILT} from iteration {solver.iter}\n")
 
         max_iter, per_epoch = sp.max_iter, self.meta.get("iters_per_epoch")
@@ -145,6 +155,8 @@ class Runner:
                 bad = [k for k, v in point.items() if not math.isfinite(v)]
                 self.emit("train", iteration=it, epoch=epoch(it), **point)
                 self.emit("lr", iteration=it, epoch=epoch(it), lr=lr_at(sp, it))
+                # Wall-clock time of this iteration (job comparison "by wall time").
+                self.emit("clock", iteration=it, time=round(time.time(), 3))
                 sums, count = {k: 0.0 for k in outputs}, 0
                 if bad:
                     return {"status": "error", "error": {
@@ -163,6 +175,22 @@ class Runner:
         self.snapshot(solver, epoch)
         self.progress(solver.iter, max_iter, it0, t_start, epoch(solver.iter), force=True)
         return {"status": self.stop_reason or "done"}
+
+    def _shuffled_net(self, net_path: str, caffe_pb2, text_format) -> str:
+        """The train net reading a shuffled copy of the train LMDB (made once
+        per job in OUTPUT_DIR; a resume reuses it)."""
+        net = caffe_pb2.NetParameter()
+        text_format.Parse(Path(net_path).read_text(), net)
+        for layer in net.layer:
+            if (layer.type == "Data" and layer.data_param.backend == caffe_pb2.DataParameter.LMDB
+                    and any("train" in rule.stage for rule in layer.include)):
+                copy = shuffled_copy(Path(layer.data_param.source), self.output / SHUFFLED_TRAIN_DB,
+                                     self.meta.get("random_seed"))
+                layer.data_param.source = str(copy)
+                self.emit("shuffled", layer=layer.name, seed=self.meta.get("random_seed"))
+        path = Path("/tmp") / f"train_val-{os.getpid()}.prototxt"
+        path.write_text(text_format.MessageToString(net))
+        return str(path)
 
     def validate(self, solver, test_iter: int, it: int, ep) -> None:
         """Run the val net ``test_iter`` times and record its mean outputs."""
@@ -225,9 +253,11 @@ class Runner:
 
 def _python_error(exc: BaseException) -> dict:
     line = user_line(exc.__traceback__)
-    return {"stage": "train", "message": f"{type(exc).__name__}: {exc}",
-            "file": LAYER_FILE if line else None, "line": line,
-            "traceback": "".join(traceback.format_exception(exc))[-6000:]}
+    # The user's files and Caffe's frames only, no host path (app.core.tracebacks).
+    file, line = tracebacks.locate(exc) or (LAYER_FILE if line else None, line)
+    return {"stage": "train", "message": tracebacks.describe(exc),
+            "file": file, "line": line,
+            "traceback": tracebacks.format_exception(exc)[-6000:]}
 
 
 def main(argv: list[str]) -> int:

@@ -23,8 +23,12 @@ import time
 import traceback
 from pathlib import Path
 
+from app.caffe.excerpts import user_position
 from app.caffe.network import BUILDING
-from app.core.workspace import LAYER_FILE, VALIDATION_STARTED, user_line
+from app.contained import gradcheck
+from app.core import layer_code, tracebacks
+from app.caffe.weights import load as load_weights
+from app.core.workspace import LAYER_FILE, VALIDATION_STARTED, WEIGHTS_FILE, user_line
 
 MODULE = "digits_python_layers"
 
@@ -39,10 +43,17 @@ class Failure(Exception):
 
 def _python_error(exc: BaseException, stage: str, layer: str | None, method: str | None) -> Failure:
     where = f" in {method}()" if method else ""
-    return Failure(field="python_layer", file=LAYER_FILE, line=user_line(exc.__traceback__),
+    # The user's own files only (a helper module's frame names that file),
+    # Caffe's calls into them, and never a host path (app.core.tracebacks).
+    file, line = tracebacks.locate(exc) or (LAYER_FILE, user_line(exc.__traceback__))
+    # The column lets the report put a caret under the failing expression.
+    at, column = user_position(exc.__traceback__, Path(file).name) if file else (None, None)
+    if isinstance(exc, SyntaxError):   # a helper module that does not compile
+        at, column = exc.lineno, exc.offset
+    return Failure(field="python_layer", file=file, line=line, column=column if at == line else None,
                    layer=layer, stage=stage,
-                   message=f"{type(exc).__name__}{where}: {exc}",
-                   traceback="".join(traceback.format_exception(exc))[-4000:])
+                   message=tracebacks.describe(exc, where),
+                   traceback=tracebacks.format_exception(exc)[-4000:])
 
 
 def _last_layer_in_log(log: Path) -> str | None:
@@ -68,12 +79,12 @@ def import_layers(input_dir: Path):
     try:
         compile(source, LAYER_FILE, "exec")
     except SyntaxError as exc:
-        raise Failure(field="python_layer", file=LAYER_FILE, line=exc.lineno, layer=None,
-                      stage="import", message=f"SyntaxError: {exc.msg}") from None
+        raise Failure(field="python_layer", file=LAYER_FILE, line=exc.lineno, column=exc.offset, layer=None,
+                      stage="import", message=f"{type(exc).__name__}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError) as exc:
         raise Failure(field="python_layer", file=LAYER_FILE, line=None, layer=None,
                       stage="import", message=f"{type(exc).__name__}: {exc}") from None
-    sys.path.insert(0, str(input_dir))
+    layer_code.activate(input_dir)   # helpers beside it, admin-added packages after the service's
     try:
         return importlib.import_module(MODULE)
     except BaseException as exc:  # anything at import time, SystemExit included
@@ -246,12 +257,17 @@ def validate(input_dir: Path, log: Path, started: Path | None = None) -> dict:
 
     by_stage: dict[str, dict] = {}
     built = {}
+    weights_report = None
     for stage, phase, path in (("train", caffe.TRAIN, "train_val"), ("val", caffe.TEST, "train_val"),
                                ("deploy", caffe.TEST, "deploy")):
         # A Caffe CHECK failure kills this process with no report: this line
         # in the log tells the caller which stage's net it was building.
         print(BUILDING.format(stage=stage), file=sys.stderr, flush=True)
         net = build_net(caffe, input_dir / f"{path}.prototxt", phase, stage, log)
+        if stage == "train" and (input_dir / WEIGHTS_FILE).exists():
+            # Fine-tuning: the starting weights must fit the net (Caffe
+            # aborts naming the layer whose shapes differ).
+            weights_report = load_weights(net, input_dir / WEIGHTS_FILE)
         check_tops(net, stage)
         by_stage[stage] = run_layers(net, stage, backward=(stage == "train"))
         built[stage] = net
@@ -269,7 +285,10 @@ def validate(input_dir: Path, log: Path, started: Path | None = None) -> dict:
             seen[name] = entry
             layers.append(entry)
     return {"ok": True, "errors": [], "warnings": [], "layers": layers,
-            "timing": legacy_timing(by_stage), "timing_by_stage": by_stage}
+            "timing": legacy_timing(by_stage), "timing_by_stage": by_stage, "weights": weights_report,
+            # Each Python layer's backward against finite differences, and
+            # what it does to real data (gradcheck.py, layerview.py).
+            **gradcheck.examine(built, nets_txt["train_val"])}
 
 
 def main(argv: list[str]) -> int:

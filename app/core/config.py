@@ -17,11 +17,17 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "JOBS_DIR": (str(ROOT / "jobs"), str),
     "INSTANCE_DIR": (str(ROOT / "instance"), str),
     "DATABASE_URL": (None, str),
-    "QUEUE": ("local", str),                # local (celery: not built yet)
+    "QUEUE": ("local", str),                # local | celery (workers on any host: README "Several machines")
     "REDIS_URL": ("redis://127.0.0.1:6379/0", str),
+    "BROKER_URL": (None, str),              # celery's broker; default REDIS_URL
+    "WORKER_NAME": (None, str),             # celery node name, default layerbench@<hostname>
+    "WORKER_GPUS": (None, str),             # GPUs a celery worker offers: "0,1", "none"; default: all found
+    "HEARTBEAT_SECONDS": (1.0, float),      # how often a celery worker writes its heartbeat
+    "HANDOVER_SECONDS": (30.0, float),      # a running job whose heartbeat is older is handed over
     "MAX_UPLOAD_MB": (64, int),
     "MAX_LAYER_FILE_KB": (512, int),
     "MAX_NETWORK_FILE_KB": (1024, int),
+    "MAX_WEIGHTS_MB": (64, int),            # a .caffemodel upload (also bounded by MAX_UPLOAD_MB)
     "SANDBOX": ("auto", str),               # auto | bwrap | none
     "SANDBOX_UIDS": ("3000000-3000999", str),  # uids leased one per sandboxed run (root only)
     "ALLOW_UNCONTAINED": (False, bool),
@@ -57,6 +63,8 @@ def load(environ: dict[str, str] | None = None) -> dict[str, object]:
     instance = Path(str(cfg["INSTANCE_DIR"]))
     if not cfg["DATABASE_URL"]:
         cfg["DATABASE_URL"] = f"sqlite:///{instance / 'layerbench.sqlite3'}"
+    if not cfg["BROKER_URL"]:
+        cfg["BROKER_URL"] = cfg["REDIS_URL"]
     if not cfg["CAFFE_PYTHON"]:
         # The interpreter running the web app is the project venv's, which
         # also holds pycaffe (scripts/build_caffe.sh installs it there).

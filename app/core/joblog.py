@@ -25,7 +25,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 MARKER = re.compile(rb"\n\.\.\. (\d{1,18}) bytes dropped \(log capped at \d{1,9} MiB\) \.\.\.\n")
 MARKER_MAX = 120
@@ -161,13 +161,20 @@ class CappedLog:
             size = os.fstat(self.fd).st_size
             return os.pread(self.fd, limit, max(0, size - limit))
 
-    def pump(self, stream: IO[bytes]) -> threading.Thread:
-        """Copy ``stream`` (the runner's pipe) into the log until it closes."""
+    def pump(self, stream: IO[bytes], scrub: Callable[[bytes], bytes] | None = None) -> threading.Thread:
+        """Copy ``stream`` (the runner's pipe) into the log until it closes;
+        ``scrub`` rewrites each whole line first (host paths: app.core.tracebacks)."""
         def run() -> None:
             failed = False
+            pending = b""
             try:
-                while chunk := os.read(stream.fileno(), PIPE_CHUNK):
-                    if failed:
+                while (chunk := os.read(stream.fileno(), PIPE_CHUNK)) or pending:
+                    if scrub is not None:
+                        # Whole lines only: a path split across two reads is still found.
+                        pending += chunk
+                        cut = pending.rfind(b"\n") + 1 if chunk and len(pending) < 4 * PIPE_CHUNK else len(pending)
+                        chunk, pending = scrub(pending[:cut]), pending[cut:]
+                    if failed or not chunk:
                         continue
                     try:
                         self.write(chunk)

@@ -50,6 +50,9 @@ JOB_META_FILE = "job.json"             # input/: max_iter, iters_per_epoch, data
 TRAIN_VAL_FILE = "train_val.prototxt"  # input/: the train and val nets
 DEPLOY_FILE = "deploy.prototxt"        # input/: the deploy net
 SOLVER_FILE = "solver.prototxt"        # input/: the generated solver
+WEIGHTS_FILE = "weights.caffemodel"    # input/: starting weights (fine-tuning), copied by layer name
+SHUFFLED_TRAIN_DB = "train_db_shuffled"  # output/: the job's shuffled copy of the train LMDB
+PRETRAINED_DIR = "pretrained"          # ROOT/pretrained/<id>/: kept pretrained models
 VALIDATION_DIR = "validation"          # the validator's report and log
 REPORT_FILE = "report.json"
 VALIDATE_LOG = "validate.log"
@@ -110,6 +113,10 @@ class Workspace:
         """A dataset's directory (not created)."""
         return self._child(self.root / "datasets", dataset_id)
 
+    def pretrained_dir(self, model_id: str) -> Path:
+        """A kept pretrained model's directory (not created)."""
+        return self._child(self.root / PRETRAINED_DIR, model_id)
+
     def scratch_dir(self) -> Path:
         """A fresh private directory for a validation run."""
         base = self.root / ".scratch"
@@ -120,7 +127,7 @@ class Workspace:
 
     @staticmethod
     def _child(parent: Path, name: str) -> Path:
-        if not _ID.match(name or "") or name in {"datasets", ".scratch"}:
+        if not _ID.match(name or "") or name in {"datasets", ".scratch", PRETRAINED_DIR}:
             raise ValueError(f"invalid id {name!r}")
         path = (parent / name).resolve()
         if path.parent != parent.resolve():

@@ -66,6 +66,8 @@ def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owne
     Workspace.write_json(upload / DATASET_PARAMS_FILE, params)
     ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status=DatasetStatus.QUEUED.value,
                              info={"params": params, "progress": 0.0}, created_at=now_iso())
+    from app.services import queue
+    queue.enqueue_dataset(ctx, ds_id)   # celery queue only (the local one polls the store)
     return ctx.store.get_dataset(ds_id)
 
 
@@ -98,8 +100,13 @@ def build(ctx: Context, ds_id: str) -> str:
                     ctx.store.upsert_dataset(ds_id, info=info)
                 except (OSError, ValueError, TypeError, AttributeError):
                     pass
+                if (ctx.store.get_dataset(ds_id) or {}).get("status") != DatasetStatus.RUNNING:
+                    sandbox.kill(proc)      # abort() moved it on: stop building
+                    break
                 time.sleep(0.2)
         status, error, built = _outcome(out, timed_out=time.monotonic() - t0 > limits.wall_seconds)
+        if (ctx.store.get_dataset(ds_id) or {}).get("status") != DatasetStatus.RUNNING:
+            status, error, built = DatasetStatus.ERROR.value, ABORTED, {}
         if status == DatasetStatus.DONE:
             _publish(out, root)
             info = dict(built, progress=1.0, params=info.get("params"))
@@ -206,3 +213,46 @@ def to_json(ds: dict) -> dict:
             "progress": info.get("progress", 1.0 if ds["status"] == DatasetStatus.DONE else 0.0),
             "per_class": info.get("per_class"), "skipped": info.get("skipped"),
             "created_at": ds.get("created_at")}
+
+
+ABORTED = "Aborted by its owner."
+
+
+def abort(ctx: Context, ds: dict) -> None:
+    """Stop a queued or running build (it ends in error, ABORTED); conflict
+    once it has ended. A running build notices within a poll and is killed."""
+    for state in (DatasetStatus.QUEUED.value, DatasetStatus.RUNNING.value):
+        if ctx.store.claim_dataset(ds["id"], state, DatasetStatus.ERROR.value):
+            if state == DatasetStatus.QUEUED.value:
+                ctx.store.upsert_dataset(ds["id"], error=ABORTED)
+            return
+    raise ServiceError("conflict", f"The dataset's build already ended ({ds['status']}).")
+
+
+def wait_built(ctx: Context, ds_id: str, timeout: float = 30.0) -> dict | None:
+    """The dataset once no build of it is under way any more (an aborted
+    build has written its end: ``error`` is set); None if it is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ds = ctx.store.get_dataset(ds_id)
+        if ds is None or ds["status"] == DatasetStatus.DONE or (
+                ds["status"] == DatasetStatus.ERROR and ds.get("error")) or time.monotonic() > deadline:
+            return ds
+        time.sleep(0.1)
+
+
+def edit(ctx: Context, ds: dict, name: str | None = None, notes: str | None = None) -> dict:
+    """Rename a dataset and/or set its notes (kept in its info); the dataset."""
+    if ds["owner"] is None:
+        raise ServiceError("forbidden", f"'{ds['name']}' is built in and cannot be edited.")
+    fields: dict = {}
+    if name is not None:
+        if not name.strip():
+            raise ServiceError("invalid_request", "The name must not be empty.",
+                               [{"field": "name", "message": "required"}])
+        fields["name"] = name.strip()[:200]
+    if notes is not None:
+        fields["info"] = dict(ds.get("info") or {}, notes=notes[:10000])
+    if fields:
+        ctx.store.upsert_dataset(ds["id"], **fields)
+    return ctx.store.get_dataset(ds["id"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from app.services import cgroups, gpus, sandbox, selftest
+from app.services import cgroups, gpus, sandbox, selftest, workers
 from app.services.caffe_info import caffe_info
 from app.services.context import Context
 
@@ -30,6 +30,10 @@ def health(c: Context, instance_dir: str | Path) -> dict:
         "cgroups": cgroups.available(),
         "store": {"ok": store_ok, "backend": c.store.engine.dialect.name},
         "queue": c.cfg["QUEUE"],
+        # celery queue: the broker, and the live workers with their hosts,
+        # GPUs and current jobs (empty lists and null in the local queue).
+        "broker_ok": workers.broker_ok(c),
+        "workers": workers.live(c),
         "gpus": list(gpus.detect()),
         "disk": disk(c),
     }

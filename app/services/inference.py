@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 from typing import IO
 
-from app.services import sandbox
+from app.core import tracebacks
+from app.services import layer_env, sandbox
 from app.services.context import Context
 from app.core.errors import ServiceError
 from app.core.workspace import RESULT_FILE, Workspace
@@ -29,8 +30,12 @@ def snapshot_model(ctx: Context, job: dict, iteration: int | None) -> tuple[int,
     return iteration, models[iteration]
 
 
-def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iteration: int | None) -> dict:
-    """{"predictions": [{"filename", "top": [{"label", "probability"}]}], "snapshot": N}."""
+def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iteration: int | None,
+             probabilities: bool = False, visualize: bool = False) -> dict:
+    """{"predictions": [{"filename", "top": [{"label", "probability"}]}], "snapshot": N}; with
+    ``probabilities`` each prediction also lists every class's probability (label order); with
+    ``visualize``, "visualizations" holds, for the first image, per layer its activations and
+    weights: {"name", "type", "shape", "mean", "stddev", "histogram", "png" (bytes)}."""
     if not job.get("dataset"):
         raise ServiceError("conflict", "This job has no dataset, so its images and labels are unknown.")
     if not images:
@@ -49,11 +54,14 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
                 raise ServiceError("payload_too_large", f"{filename[:80]} is larger than 20 MiB.") from None
             names.append([f"img_{k}", Workspace.display_name(filename, f"image{k}")])
         Workspace.write_json(work / "files.json", names)
+        if visualize:
+            (work / "visualize").touch()    # app.contained.infer VISUALIZE_FLAG
         ds = ctx.ws.dataset_dir(job["dataset"])
         spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.infer", str(ctx.ws.input_dir(job["id"])),
                              str(model), str(ds), str(work)],
                             read_only=[ctx.ws.input_dir(job["id"]), ctx.ws.output_dir(job["id"]), ds],
                             writable=[work], cwd=work)
+        layer_env.mount(spec, ctx.cfg)   # administrator-added packages, read-only
         limits = sandbox.Limits(wall_seconds=float(ctx.cfg["VALIDATE_TIMEOUT"]) * 2,
                                 address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
                                 memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
@@ -63,13 +71,45 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
             result = json.loads(Workspace.read_capped(work / RESULT_FILE, 8 << 20))
         except (OSError, ValueError):
             tail = Workspace.read_capped(work / "infer.log", 1 << 20).decode("utf-8", "replace")[-3000:]
+            tail = tracebacks.scrub(tail, ctx.ws.input_dir(job["id"]), {str(ctx.ws.root): "<jobs>"})   # no host paths
             raise ServiceError("internal_error", "Inference stopped without a result"
                            + (" (time limit)." if result_code.timed_out else "."), [{"log_tail": tail}]) from None
         if not result.get("ok"):
             raise ServiceError("invalid_python_layer", f"Inference failed: {result.get('message')}",
                            [{"field": "python_layer", "file": "digits_python_layers.py",
                              "message": result.get("message"), "traceback": result.get("traceback")}])
-        return {"predictions": result["predictions"], "snapshot": iteration}
+        if not probabilities:
+            for p in result["predictions"]:
+                p.pop("probabilities", None)
+        out = {"predictions": result["predictions"], "snapshot": iteration}
+        if visualize:
+            out["visualizations"] = _visualizations(work)
+        changed = layer_env.job_warnings(ctx.cfg, job)   # other packages than at validation
+        return dict(out, warnings=changed) if changed else out
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+
+
+def _visualizations(work: Path) -> list[dict]:
+    # What the contained runner wrote (hostile code ran there): size-capped,
+    # only its own picture names, each picture read back as bytes.
+    import re
+    try:
+        records = json.loads(Workspace.read_capped(work / "visualizations.json", 4 << 20))
+    except (OSError, ValueError):
+        return []
+    out, budget = [], 32 << 20
+    for rec in records if isinstance(records, list) else []:
+        name = rec.get("picture") if isinstance(rec, dict) else None
+        if not isinstance(name, str) or not re.fullmatch(r"vis_\d+\.png", name):
+            continue
+        try:
+            data = Workspace.read_capped(work / name, 4 << 20)
+        except OSError:
+            continue
+        budget -= len(data)
+        if budget < 0:
+            break
+        out.append({k: rec.get(k) for k in ("name", "type", "shape", "mean", "stddev", "histogram")} | {"png": data})
+    return out

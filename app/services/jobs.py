@@ -16,10 +16,11 @@ from pathlib import Path
 from app.caffe import network
 from app.core.errors import ServiceError
 from app.core.status import DatasetStatus, JobStatus
-from app.core import joblog
+from app.core import joblog, layer_code
 from app.core.workspace import (
     DEPLOY_FILE, DOWNLOAD_FILE, LAYER_FILE, METRICS_FILE, NETWORK_FILE, REPORT_FILE, SOLVER_FILE,
-    TRAIN_VAL_FILE, VALIDATION_DIR, Workspace)
+    TRAIN_VAL_FILE, VALIDATION_DIR, WEIGHTS_FILE, Workspace)
+from app.services import layer_env, layer_files, queue
 from app.services.access import may_see, only_visible, owner_filter
 from app.services.context import Context
 from app.services.submission import Prepared, Upload, prepare, run_validation
@@ -42,9 +43,14 @@ def ready_datasets(store: Store, ws: Workspace, user: dict | None = None) -> dic
 
 def _validate_into(c: Context, upload: Upload, user: dict, input_dir: Path, out_dir: Path
                    ) -> tuple[Prepared, dict]:
-    from app.services import gpus
+    from app.services import finetune, gpus
     from app.services.caffe_info import caffe_info
+    upload, start = finetune.stage(c, upload, user, input_dir)
     prepared = prepare(upload, input_dir, cfg=c.cfg, datasets=ready_datasets(c.store, c.ws, user))
+    if prepared.python_layer is not None:   # the added packages it validates with (resume/inference compare)
+        prepared.python_layer["environment"] = layer_env.fingerprint(c.cfg)
+    if start is not None:
+        prepared.params["start_weights"] = start
     found = gpus.detect()
     gpu_build = bool(caffe_info(c.cfg["CAFFE_PYTHON"]).get("gpu_build"))
     problem = gpus.parse_device(prepared.params["device"], len(found), gpu_build)
@@ -92,6 +98,13 @@ def _invalid(report: dict) -> ServiceError:
 def submit(c: Context, upload: Upload, user: dict) -> dict:
     """Validate and queue a new job owned by ``user``; invalid_* and nothing
     queued when the upload is wrong."""
+    job_id, prepared, report = validate_new(c, upload, user)
+    return queue_new(c, job_id, prepared, report, user)
+
+
+def validate_new(c: Context, upload: Upload, user: dict) -> tuple[str, Prepared, dict]:
+    """A new job directory with validated inputs (nothing in the store yet);
+    the directory is removed again when the upload is wrong."""
     _guard_containment(c)
     job_id = new_job_id()
     job_dir = c.ws.create_job(job_id)
@@ -103,15 +116,26 @@ def submit(c: Context, upload: Upload, user: dict) -> dict:
         c.ws.delete(job_dir)
         raise
     Workspace.write_json(job_dir / VALIDATION_DIR / REPORT_FILE, report)
-    name = prepared.params.get("name") or prepared.network.net.name or "job"
+    return job_id, prepared, report
+
+
+def queue_new(c: Context, job_id: str, prepared: Prepared, report: dict, user: dict,
+              group: dict | None = None, name_suffix: str = "") -> dict:
+    """Put a job validated by ``validate_new`` in the store, queued;
+    ``group``: the sweep it belongs to."""
+    name = (prepared.params.get("name") or prepared.network.net.name or "job") + name_suffix
     params = {k: v for k, v in prepared.params.items() if k not in ("name", "dataset")}
+    if group is not None:
+        params["group"] = group
     params["network_filename"] = prepared.network.filename
     params["iters_per_epoch"] = prepared.iters_per_epoch
     params["validation_seconds"] = report.get("seconds")
-    return c.store.insert_job(id=job_id, name=name[:200], owner=user["name"], dataset=prepared.dataset,
-                              device=params["device"],
-                              params=params, python_layer=prepared.python_layer,
-                              max_iter=prepared.max_iter)
+    job = c.store.insert_job(id=job_id, name=name[:200], owner=user["name"], dataset=prepared.dataset,
+                             device=params["device"],
+                             params=params, python_layer=prepared.python_layer,
+                             max_iter=prepared.max_iter)
+    queue.enqueue_job(c, job)   # celery queue only (the local one polls the store)
+    return job
 
 
 def get(c: Context, job_id: str, user: dict) -> dict:
@@ -224,13 +248,25 @@ def network_text(c: Context, job: dict) -> str:
     return (c.ws.input_dir(job["id"]) / TRAIN_VAL_FILE).read_text()
 
 
+# The solver and data settings a job ran with, as the job JSON shows them.
+SETTINGS = ("train_epochs", "max_iter", "learning_rate", "batch_size", "iter_size", "solver_type", "lr_policy",
+            "gamma", "power", "stepsize", "stepvalues", "momentum", "weight_decay", "random_seed",
+            "val_interval", "snapshot_interval", "crop_size", "use_mean", "shuffle", "group_name")
+
+
 def to_json(job: dict) -> dict:
     """The job JSON of API.md."""
     base = f"/api/v1/jobs/{job['id']}"
     keys = ("id", "name", "owner", "status", "created_at", "started_at", "finished_at", "progress",
             "iteration", "max_iter", "epoch", "eta_seconds", "device", "dataset", "python_layer",
-            "metrics", "snapshots", "error")
+            "metrics", "snapshots", "error", "worker")
     out = {k: job.get(k) for k in keys}
+    params = job.get("params") or {}
+    out["settings"] = {k: params[k] for k in SETTINGS if params.get(k) is not None}
+    out["start_weights"] = params.get("start_weights")
+    out["group"] = params.get("group")
+    if job.get("warnings"):   # e.g. resume: the layer environment changed
+        out["warnings"] = job["warnings"]
     if out["status"] != JobStatus.RUNNING.value:
         out["eta_seconds"] = None
     if job.get("device", "").startswith("gpu:") and job["status"] == JobStatus.RUNNING.value:
@@ -275,17 +311,28 @@ def clone(c: Context, job: dict, user: dict, fields: dict[str, str]) -> dict:
     params = dict(job.get("params") or {})
     base = {k: str(v) for k, v in params.items() if v is not None and k in (
         "train_epochs", "max_iter", "learning_rate", "batch_size", "val_interval", "snapshot_interval",
-        "random_seed", "gamma", "power", "stepsize", "solver_type", "lr_policy", "stepvalues", "device")}
+        "random_seed", "gamma", "power", "stepsize", "solver_type", "lr_policy", "stepvalues", "device",
+        "iter_size", "crop_size", "use_mean", "shuffle", "stepsize_percent", "stepvalues_percent",
+        "momentum", "weight_decay")}
     base["dataset"] = job.get("dataset") or ""
     base["name"] = f"{job['name']} (clone)"
     base.update({k: v for k, v in fields.items() if v is not None})
-    layer = inp / LAYER_FILE
-    with (open(layer, "rb") if layer.exists() else io.BytesIO()) as fh:
+    carried, main = layer_files.carry(inp, job.get("python_layer"))   # helper modules too
+    if carried:
+        base.setdefault(layer_files.MAIN_FIELD, main)
+    layer, weights = inp / LAYER_FILE, inp / WEIGHTS_FILE
+    # A fine-tuned job's clone starts from the same weights, unless the
+    # client names another start.
+    same_start = weights.exists() and not any(fields.get(k) for k in ("previous_job", "pretrained_model"))
+    with (open(layer, "rb") if layer.exists() else io.BytesIO()) as fh, \
+            (open(weights, "rb") if same_start else io.BytesIO()) as wh:
         upload = Upload(network_text=(inp / NETWORK_FILE).read_bytes(),
                         network_filename=params.get("network_filename") or NETWORK_FILE,
-                        layer_stream=fh if layer.exists() else None,
+                        layer_stream=fh if layer.exists() and not carried else None,
                         layer_filename=(job.get("python_layer") or {}).get("original_filename"),
-                        fields=base)
+                        layer_files=carried,
+                        fields=base, weights_stream=wh if same_start else None,
+                        weights_filename=WEIGHTS_FILE if same_start else None)
         return submit(c, upload, user)
 
 
@@ -300,12 +347,16 @@ def resume(c: Context, job: dict) -> dict:
         raise ServiceError("conflict", "This job has no complete snapshot to resume from.")
     c.store.update_job(job["id"], expect_status=[job["status"]], status=JobStatus.QUEUED.value,
                        abort_requested=False, resume_from=max(snaps), error=None, finished_at=None)
-    return c.store.get_job(job["id"])
+    queue.enqueue_job(c, c.store.get_job(job["id"]))
+    resumed = c.store.get_job(job["id"])
+    changed = layer_env.job_warnings(c.cfg, resumed)   # other added packages than at validation
+    return dict(resumed, warnings=changed) if changed else resumed
 
 
-def metrics(c: Context, job: dict) -> dict:
-    """Every recorded point: {"train": [...], "val": [...], "lr": [...]}."""
-    out: dict[str, list] = {"train": [], "val": [], "lr": []}
+def metrics(c: Context, job: dict, kinds: tuple[str, ...] = ("train", "val", "lr")) -> dict:
+    """Every recorded point: {"train": [...], "val": [...], "lr": [...]}
+    (``kinds``: which record types; "clock" gives wall times by iteration)."""
+    out: dict[str, list] = {k: [] for k in kinds}
     path = c.ws.output_dir(job["id"]) / METRICS_FILE
     try:
         raw = Workspace.read_capped(path, 64 << 20)
@@ -369,6 +420,8 @@ def download(c: Context, job: dict) -> Path:
                                                          SOLVER_FILE) else f"original_{orig}")
             for name in (TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, LAYER_FILE):
                 add(inp / name, name)
+            for rel in layer_code.files(inp)[1:]:   # helper modules beside the layer file
+                add(inp / rel, rel)
             snaps = Workspace.complete_snapshots(out)      # never a truncated model
             latest = snaps[max(snaps)].caffemodel if snaps else None
             if latest:
@@ -389,3 +442,111 @@ def download(c: Context, job: dict) -> Path:
         raise
     return dest
 
+
+
+# ---- for the DIGITS routes (app.web.digits) ---------------------------------
+
+def submit_keeping_failures(c: Context, upload: Upload, user: dict) -> list[dict]:
+    """Submit as DIGITS does: the job(s) queued (``submit_all`` where the
+    fields ask for a sweep), or, when the network or Python layer does not
+    validate, one job record that has already ended in error and carries the
+    validation report (never queued). Bad fields still raise invalid_request."""
+    from app.services.submission import parse_params
+    try:
+        many = globals().get("submit_all")
+        return list(many(c, upload, user)) if many else [submit(c, upload, user)]
+    except ServiceError as err:
+        if err.code not in ("invalid_network", "invalid_python_layer"):
+            raise
+        failure = err
+    params = parse_params(upload.fields)
+    job_id = new_job_id()
+    job_dir = c.ws.create_job(job_id)
+    (job_dir / VALIDATION_DIR).mkdir()
+    details = failure.details or [{"message": failure.message}]
+    Workspace.write_json(job_dir / VALIDATION_DIR / REPORT_FILE,
+                         {"ok": False, "errors": details, "warnings": [], "layers": [], "timing": []})
+    first = details[0] if details else {}
+    error = {"stage": "validation", "message": failure.message, "file": first.get("file"),
+             "line": first.get("line")}
+    name = params.get("name") or "job"
+    return [c.store.insert_job(id=job_id, name=name[:200], owner=user["name"], dataset=params.get("dataset"),
+                               device=params.get("device") or "auto", params={"network_filename": upload.network_filename},
+                               status=JobStatus.ERROR.value, error=error, finished_at=now_iso(),
+                               max_iter=0)]
+
+
+def edit(c: Context, job: dict, name: str | None = None, notes: str | None = None) -> dict:
+    """Rename a job and/or set its notes (kept in its params); the job."""
+    fields: dict = {}
+    if name is not None:
+        if not name.strip():
+            raise _bad("name", "The name must not be empty.", "required")
+        fields["name"] = name.strip()[:200]
+    if notes is not None:
+        fields["params"] = dict(job.get("params") or {}, notes=notes[:10000])
+    if fields:
+        c.store.update_job(job["id"], **fields)
+    return c.store.get_job(job["id"])
+
+
+INPUT_FILES = (NETWORK_FILE, TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, LAYER_FILE)
+
+
+def input_file(c: Context, job: dict, name: str) -> bytes:
+    """One of the job's input files (INPUT_FILES) by name; not_found otherwise."""
+    if name not in INPUT_FILES:
+        raise ServiceError("not_found", "No such file.")
+    try:
+        return Workspace.read_capped(c.ws.input_dir(job["id"]) / name, 8 << 20)
+    except OSError:
+        raise ServiceError("not_found", "No such file.") from None
+
+
+def inputs_of(c: Context, job: dict) -> Upload:
+    """An upload carrying ``job``'s own network and Python layer (no fields):
+    what a new job built on it (DIGITS's "previous network") starts from."""
+    inp = c.ws.input_dir(job["id"])
+    layer = inp / LAYER_FILE
+    return Upload(network_text=(inp / NETWORK_FILE).read_bytes(),
+                  network_filename=(job.get("params") or {}).get("network_filename") or NETWORK_FILE,
+                  layer_stream=io.BytesIO(layer.read_bytes()) if layer.exists() else None,
+                  layer_filename=(job.get("python_layer") or {}).get("original_filename"))
+
+
+DOWNLOAD_FORMATS = {"tar.gz": "application/gzip", "tar": "application/x-tar", "tar.bz2": "application/x-bzip2",
+                    "zip": "application/zip"}
+
+
+def download_as(c: Context, job: dict, fmt: str) -> Path:
+    """The download of ``download`` in another archive format (DOWNLOAD_FORMATS);
+    the same files, repacked member by member (never all in memory)."""
+    import zipfile
+    if fmt not in DOWNLOAD_FORMATS:
+        raise ServiceError("not_found", "Unknown download format; use " + ", ".join(DOWNLOAD_FORMATS) + ".")
+    src = download(c, job)
+    if fmt == "tar.gz":
+        return src
+    jdir = c.ws.job_dir(job["id"])
+    fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".tmp", dir=jdir)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with tarfile.open(src, "r:gz") as tin:
+            if fmt == "zip":
+                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zout:
+                    for member in tin:
+                        if member.isfile():
+                            with tin.extractfile(member) as fh, zout.open(member.name, "w") as out:
+                                shutil.copyfileobj(fh, out, 1 << 20)
+            else:
+                with tarfile.open(tmp, "w:bz2" if fmt == "tar.bz2" else "w") as tout:
+                    for member in tin:
+                        if member.isfile():
+                            tout.addfile(member, tin.extractfile(member))
+        dest = jdir / f"download.{fmt}"
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest

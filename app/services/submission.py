@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import IO
 
 from app.caffe import network
-from app.services import sandbox
+from app.services import layer_env, layer_files, sandbox
 from app.caffe import solver
+from app.caffe.digits_net import MEAN_CHOICES
+from app.core import tracebacks
 from app.core.errors import ServiceError
 from app.core.workspace import (
     DEPLOY_FILE, JOB_META_FILE, LAYER_FILE, NETWORK_FILE, REPORT_FILE, SANDBOX_LOG, SOLVER_FILE,
-    TRAIN_VAL_FILE, VALIDATE_LOG, VALIDATION_STARTED, Workspace)
+    TRAIN_VAL_FILE, VALIDATE_LOG, VALIDATION_STARTED, WEIGHTS_FILE, Workspace)
 
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
 log = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ class Upload:
     layer_filename: str | None = None
     solver_text: str | bytes | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    weights_stream: IO[bytes] | None = None   # a .caffemodel to start from (fine-tuning)
+    weights_filename: str | None = None
+    # Several layer files or one zip (app.services.layer_files); the main
+    # one is named by fields["python_layer_main"]. Empty: layer_stream alone.
+    layer_files: list[tuple[IO[bytes], str | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -54,7 +61,11 @@ class Prepared:
 _NUMBERS = {"train_epochs": float, "max_iter": int, "learning_rate": float, "batch_size": int,
             "val_interval": float, "snapshot_interval": float, "random_seed": int,
             "gamma": float, "power": float, "stepsize": int, "momentum": float,
-            "weight_decay": float, "stepsize_percent": float}
+            "weight_decay": float, "stepsize_percent": float, "iter_size": int, "crop_size": int,
+            "previous_snapshot": float}
+# Fields where zero or a negative value means something (-1: the last snapshot).
+_SIGNED = ("random_seed", "gamma", "weight_decay", "momentum", "previous_snapshot")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def parse_params(fields: dict[str, str]) -> dict:
@@ -72,12 +83,26 @@ def parse_params(fields: dict[str, str]) -> dict:
         except ValueError:
             details.append({"field": name, "message": f"'{raw[:40]}' is not a valid {kind.__name__}"})
             continue
-        if value <= 0 and name not in ("random_seed", "gamma", "weight_decay", "momentum"):
+        if value <= 0 and name not in _SIGNED:
             details.append({"field": name, "message": "must be greater than zero"})
         params[name] = value
-    for name in ("solver_type", "lr_policy", "stepvalues", "stepvalues_percent", "name", "dataset"):
+    for name in ("solver_type", "lr_policy", "stepvalues", "stepvalues_percent", "name", "dataset",
+                 "previous_job", "pretrained_model", "group_name"):
         if (fields.get(name) or "").strip():
             params[name] = fields[name].strip()
+    use_mean = (fields.get("use_mean") or "").strip().lower()
+    if use_mean:
+        if use_mean not in MEAN_CHOICES:
+            details.append({"field": "use_mean", "message": "use none, image or pixel"})
+        params["use_mean"] = use_mean
+    shuffle = (fields.get("shuffle") or "").strip().lower()
+    if shuffle:
+        if shuffle not in _TRUE + _FALSE:
+            details.append({"field": "shuffle", "message": "use true or false"})
+        params["shuffle"] = shuffle in _TRUE
+    from app.services.gradients import parse_mode   # warn (default) or error
+    if parse_mode(fields.get("gradient_check"), details) == "error":
+        params["gradient_check"] = "error"
     device = (fields.get("device") or "auto").strip().lower()
     if device not in DEVICE_CHOICES and not (device.startswith("gpu:") and device[4:].isdigit()):
         details.append({"field": "device", "message": "use auto, cpu, gpu or gpu:N"})
@@ -147,7 +172,11 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, n
         network.check(net)
         network.check_sizes(net)
     except network.NetworkError as exc:
+        _excerpts(exc.details, net_name, text)
         raise ServiceError("invalid_network", exc.message, exc.details) from None
+    if upload.layer_files:   # several files or a zip: the main one is chosen by the net's classes
+        python_layer = layer_files.save(upload.layer_files, upload.fields.get(layer_files.MAIN_FIELD),
+                                        input_dir, net, cfg)
     if network.python_layers(net.net) and python_layer is None:
         layer = network.python_layers(net.net)[0].name
         raise ServiceError("invalid_python_layer", "The network has Python layers but no Python layer file "
@@ -162,10 +191,16 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, n
         if ds is None:
             raise ServiceError("invalid_request", f"Dataset '{ds_id[:80]}' does not exist or is not ready.",
                            [{"field": "dataset", "message": "unknown dataset"}])
+    if ds is not None and params.get("crop_size") and params["crop_size"] > min(ds.image_shape[1:]):
+        raise ServiceError("invalid_request", f"crop_size {params['crop_size']} is larger than the dataset's "
+                           f"images ({ds.image_shape[2]}x{ds.image_shape[1]}).",
+                           [{"field": "crop_size", "message": f"at most {min(ds.image_shape[1:])}"}])
     try:
-        filled = network.fill(net, ds, params.get("batch_size"))
+        filled = network.fill(net, ds, params.get("batch_size"),
+                              {k: params.get(k) for k in ("use_mean", "crop_size")})
         network.check_paths(net, [input_dir] + ([ds.path] if ds else []))
     except network.NetworkError as exc:
+        _excerpts(exc.details, net_name, text)
         raise ServiceError("invalid_network", exc.message, exc.details) from None
     base = solver.parse_solver(_text(upload.solver_text, "solver", "solver.prototxt", 256 * 1024)) \
         if upload.solver_text else None
@@ -183,9 +218,16 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, n
     Workspace.write_atomic(input_dir / DEPLOY_FILE, network.to_text(deploy))
     Workspace.write_atomic(input_dir / SOLVER_FILE, solver.to_text(plan.solver))
     job_meta = {"max_iter": plan.max_iter, "iters_per_epoch": plan.iters_per_epoch,
-                "dataset": ds_id, "device": params["device"]}
+                "dataset": ds_id, "device": params["device"], "shuffle": bool(params.get("shuffle")),
+                "random_seed": params.get("random_seed"),
+                "weights": WEIGHTS_FILE if (input_dir / WEIGHTS_FILE).exists() else None}
     Workspace.write_json(input_dir / JOB_META_FILE, job_meta)
     return Prepared(params, net, python_layer, ds_id, plan.max_iter, plan.iters_per_epoch)
+
+
+def _excerpts(details: list[dict], net_name: str, text: str) -> None:
+    from app.services.diagnostics import annotate_details
+    annotate_details(details, network=(net_name, text))
 
 
 def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: dict, how: str,
@@ -197,6 +239,7 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: d
                          str(report_path), str(log_path)],
                         read_only=[input_dir] + ([dataset_dir] if dataset_dir else []),
                         writable=[out_dir], cwd=out_dir)
+    layer_env.mount(spec, cfg)   # administrator-added packages, read-only
     timeout = float(cfg["VALIDATE_TIMEOUT"])
     limits = sandbox.Limits(wall_seconds=timeout, cpu_seconds=int(timeout * 2) + 5,
                             address_space=int(cfg["MEMORY_LIMIT_MB"]) << 20,
@@ -215,6 +258,13 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: d
                   "errors": [_crash_detail(result, log_path, timeout)]}
     for err in report["errors"]:
         _locate(err, prepared.network)
+    from app.services.gradients import apply_policy   # the gradient check: warnings, or errors
+    apply_policy(report, prepared.params.get("gradient_check", "warn"))
+    from app.services.diagnostics import annotate_report   # excerpts, Python 2 hints
+    annotate_report(report, input_dir, prepared.network.filename)
+    # No host path in what the user sees (a Caffe abort's log tail names files).
+    report = json.loads(tracebacks.scrub(json.dumps(report), input_dir, {
+        str(out_dir): "<validation>", **({str(dataset_dir): "<dataset>"} if dataset_dir else {})}))
     report["seconds"] = seconds
     report["containment"] = how
     return report
@@ -264,9 +314,10 @@ def _crash_detail(result: sandbox.Result, log_path: Path, timeout: float) -> dic
         at, stage = 0, "caffe"   # died before building any net
     fatal = fatal_from_log(log[at:])
     layer = fatal["layer"]
-    named = re.search(r"\(layer '([^']+)'", fatal["message"] or "")   # "Unknown bottom blob 'x' (layer 'y', ...)"
+    # "Unknown bottom blob 'x' (layer 'y', ...)"; "Cannot copy param 0 weights from layer 'y'"
+    named = re.search(r"\(layer '([^']+)'|weights from layer '([^']+)'", fatal["message"] or "")
     if named:
-        layer = named.group(1)
+        layer = named.group(1) or named.group(2)
     where = f" while building the {stage} net" if stage != "caffe" else ""
     return {"field": "network", "file": None, "line": None, "layer": layer, "stage": stage,
             "message": (f"Caffe aborted{where}: {fatal['message']}" if fatal["message"]

@@ -20,10 +20,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     if overrides and "INSTANCE_DIR" in overrides and "DATABASE_URL" not in overrides:
         cfg["DATABASE_URL"] = f"sqlite:///{Path(cfg['INSTANCE_DIR']) / 'layerbench.sqlite3'}"
 
-    if cfg["QUEUE"] != "local":
-        # Celery scale-out is designed (dispatch.run_job is what a task would
-        # call) but not built yet; refusing beats queueing jobs nobody runs.
-        raise RuntimeError(f"LAYERBENCH_QUEUE={cfg['QUEUE']!r} is not supported yet; use 'local'.")
+    if cfg["QUEUE"] not in ("local", "celery"):
+        # Refusing beats queueing jobs nobody runs.
+        raise RuntimeError(f"LAYERBENCH_QUEUE={cfg['QUEUE']!r} is not supported; use 'local' or 'celery'.")
     app = Flask(__name__, instance_path=str(Path(cfg["INSTANCE_DIR"]).resolve()),
                 template_folder=str(config.ROOT / "templates"),
                 static_folder=str(config.ROOT / "static"))
@@ -49,11 +48,13 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from app.caffe.proto import caffe_pb2
     caffe_pb2()
 
-    from app.web import api, auth, cli, compat, errors, pages, security
+    from app.web import api, auth, cli, digits, errors, pages, security
     errors.register(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
-    app.register_blueprint(compat.bp)
+    from app.web import pretrained
+    app.register_blueprint(pretrained.bp)
+    app.register_blueprint(digits.bp)
     security.register(app)
     auth.register(app)
     cli.register(app)

@@ -9,7 +9,8 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file,
 from app.core.workspace import METRICS_FILE
 from app.core.status import JobStatus
 from app.services import datasets as dataset_service
-from app.services import jobs
+from app.services import jobs, sweeps
+from app.services import layer_env, layer_files
 from app.services.submission import Upload
 from app.web.auth import current_user
 from app.web.context import ctx
@@ -28,18 +29,22 @@ def upload_from_request() -> Upload:
     if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise ApiError(415, "unsupported_media_type", "Send multipart/form-data (see API.md).")
     net_file = request.files.get("network")
-    layer = request.files.get("python_layer")
+    # One .py file as ever, or several files / one zip (app.services.layer_files).
+    layer, layer_name, layers = layer_files.split([(f.stream, f.filename) for f in
+                                                   request.files.getlist("python_layer") if f.filename is not None])
     solver_file = request.files.get("solver")
+    weights = request.files.get("weights")
     if net_file is not None and net_file.filename is not None:
         net_text, net_name = net_file.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024 + 1), \
             net_file.filename or "network.prototxt"
     else:
         net_text, net_name = request.form.get("network"), "network.prototxt"
     return Upload(network_text=net_text, network_filename=net_name,
-                  layer_stream=layer.stream if layer is not None and layer.filename is not None else None,
-                  layer_filename=layer.filename if layer is not None else None,
+                  layer_stream=layer, layer_filename=layer_name, layer_files=layers,
                   solver_text=(solver_file.read(256 * 1024 + 1) if solver_file else request.form.get("solver")),
-                  fields={k: v for k, v in request.form.items() if k not in ("network", "solver")})
+                  fields={k: v for k, v in request.form.items() if k not in ("network", "solver")},
+                  weights_stream=weights.stream if weights is not None and weights.filename else None,
+                  weights_filename=weights.filename if weights is not None else None)
 
 
 def _job(job_id: str) -> dict:
@@ -55,7 +60,12 @@ def validate():
 @bp.post("/jobs")
 def create_job():
     """Validate and queue a job: 201 + Location, or 400 with details."""
-    job = jobs.submit(ctx(), upload_from_request(), current_user())
+    created = sweeps.submit_all(ctx(), upload_from_request(), current_user())
+    if len(created) > 1:   # a sweep: every job, and their group
+        resp = jsonify({"jobs": [jobs.to_json(j) for j in created], "group": created[0]["params"]["group"]})
+        resp.status_code = 201
+        return resp
+    job = created[0]
     resp = jsonify(jobs.to_json(job))
     resp.status_code = 201
     resp.headers["Location"] = f"/api/v1/jobs/{job['id']}"
@@ -75,10 +85,44 @@ def list_jobs():
     return _no_store(jsonify({"jobs": [jobs.to_json(j) for j in page.jobs], "next_cursor": page.next_cursor}))
 
 
+@bp.get("/jobs/compare")
+def compare_jobs():
+    """Jobs side by side (?ids=a,b,c): curves, settings with differences,
+    network and layer file diffs, final metrics; 404 for a job not visible."""
+    from app.services import compare
+    ids = compare.parse_ids(request.args.getlist("ids"))
+    return _no_store(jsonify(compare.compare(ctx(), ids, current_user())))
+
+
+@bp.post("/python-layers/convert")
+def convert_python_layer():
+    """The uploaded Python 2 layer file (field ``python_layer``) converted
+    mechanically to Python 3, as a download; nothing is stored or run."""
+    from app.services.diagnostics import convert_layer
+    return python_layer_download(convert_layer)
+
+
+def python_layer_download(convert) -> Response:
+    """The converted text of the request's ``python_layer`` file (shared
+    with the page route of the same name)."""
+    f = request.files.get("python_layer")
+    limit = int(current_app.config["MAX_LAYER_FILE_KB"]) * 1024
+    data = f.read(limit + 1) if f is not None and f.filename else (request.form.get("python_layer") or "").encode()
+    text = convert(data, limit)
+    resp = Response(text, mimetype="text/x-python")
+    resp.headers["Content-Disposition"] = 'attachment; filename="digits_python_layers.py"'
+    return _no_store(resp)
+
+
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    """The job JSON."""
-    return _no_store(jsonify(jobs.to_json(_job(job_id))))
+    """The job JSON, with its history (every state change, and which worker
+    each run was on: a hand-over between workers shows here)."""
+    job = _job(job_id)
+    body = jobs.to_json(job)
+    body["history"] = [{"at": e["at"], "status": e["status"], "message": e["message"]}
+                       for e in jobs.events(ctx(), job)]
+    return _no_store(jsonify(body))
 
 
 @bp.get("/jobs/<job_id>/metrics")
@@ -234,6 +278,14 @@ def delete_dataset(dataset_id: str):
     """204; 409 while a job uses it."""
     dataset_service.delete_as(ctx(), _dataset(dataset_id), current_user())
     return Response(status=204)
+
+
+@bp.get("/layer-env")
+def layer_environment():
+    """What uploaded layer code can import inside the sandbox: Python, the
+    packages with versions (the service's and those an administrator added),
+    Caffe's build; the added packages' fingerprint."""
+    return _no_store(jsonify(layer_env.describe(ctx())))
 
 
 @bp.get("/openapi.json")

@@ -98,6 +98,23 @@ def user_for_token(token: str) -> dict | None:
     return None
 
 
+def user_for_password(name: str, password: str) -> dict | None:
+    """The user of an HTTP Basic user:password. Positive answers are cached
+    like tokens' (a password hash costs tens of ms; scripts poll)."""
+    key = "basic:" + token_hash(f"{name}\0{password}")
+    now = time.monotonic()
+    hit = _TOKEN_CACHE.get(key)
+    if hit and hit[0] > now:
+        return hit[1]
+    user = check_login(name, password)
+    if user is None:
+        return None
+    if len(_TOKEN_CACHE) > 4096:
+        _TOKEN_CACHE.clear()
+    _TOKEN_CACHE[key] = (now + TOKEN_CACHE_SECONDS, {"name": user.name, "admin": user.admin})
+    return _TOKEN_CACHE[key][1]
+
+
 def _bearer() -> str | None:
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
@@ -116,10 +133,19 @@ def _authenticate() -> None:
         g.user = dict(user)
         g.via_token = True
         return None
+    auth = request.authorization
+    if auth is not None and auth.type == "basic":
+        # HTTP Basic (DIGITS scripts, curl -u): like a token, never a session.
+        user = user_for_password(auth.username or "", auth.password or "")
+        if user is None:
+            raise ApiError(401, "unauthorized", "Wrong user name or password.")
+        g.user = dict(user)
+        g.via_token = True
+        return None
     if login_user_proxy.is_authenticated:
         # Session cookies authenticate the pages and the API's reads (the job
         # page polls them); API writes need a token, so no CSRF exposure.
-        if request.blueprint in ("api", "compat") and request.method not in ("GET", "HEAD", "OPTIONS"):
+        if request.blueprint in ("api", "digits") and request.method not in ("GET", "HEAD", "OPTIONS"):
             raise ApiError(401, "unauthorized", "API writes need an 'Authorization: Bearer <token>' header.")
         g.user = {"name": login_user_proxy.name, "admin": login_user_proxy.admin}
         g.via_token = False

@@ -23,6 +23,8 @@ def register(app: Flask) -> None:
     app.cli.add_command(serve)
     app.cli.add_command(worker)
     app.cli.add_command(selftest_command)
+    from app.web.layer_env_cli import layer_env_group
+    app.cli.add_command(layer_env_group)
 
 
 def _selftest() -> dict:

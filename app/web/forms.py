@@ -17,7 +17,10 @@ class JobForm(FlaskForm):
     standard_network = SelectField("Standard network", choices=[SelectChoice("", "— custom —")], validators=[Optional()])
     network = FileField("Network prototxt file")
     network_text = TextAreaField("…or paste the network (all-in-one prototxt)")
-    python_layer = FileField("Python layer file (saved as digits_python_layers.py)")
+    python_layer = FileField("Python layer file (saved as digits_python_layers.py), or several .py files "
+                             "or one zip of them")
+    python_layer_main = StringField("File that holds the layers (with several files; default: the one "
+                                    "defining the network's layer classes)", validators=[Optional(), Length(max=300)])
     dataset = SelectField("Dataset", choices=[SelectChoice("", "— none (network brings its own data) —")],
                           validators=[Optional()])
     train_epochs = DecimalField("Training epochs", default=30, validators=[Optional(), NumberRange(min=0)])
@@ -36,6 +39,9 @@ class JobForm(FlaskForm):
     device = SelectField("Device", choices=[SelectChoice("auto", "auto (a free GPU, else CPU)"),
                                             SelectChoice("cpu", "CPU"),
                                             SelectChoice("gpu", "GPU (wait for a free one)")], default="auto")
+    gradient_check = SelectField("A Python layer's backward fails the gradient check",
+                                 choices=[SelectChoice("warn", "warn"),
+                                          SelectChoice("error", "refuse the upload")], default="warn")
     solver = FileField("Full solver prototxt (optional; the fields above override it)")
 
 

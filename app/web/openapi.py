@@ -32,7 +32,12 @@ _ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"}
 
 _JOB_FIELDS = {
     "network": {"type": "string", "format": "binary", "description": "all-in-one network prototxt (file or text)"},
-    "python_layer": {"type": "string", "format": "binary", "description": "stored as digits_python_layers.py"},
+    "python_layer": {"type": "string", "format": "binary", "description": "stored as digits_python_layers.py; "
+                     "repeat the field for several .py files (helper modules, importable by their names), or send "
+                     "one .zip of them (folders become packages; `..`, absolute paths and links are refused)"},
+    "python_layer_main": {"type": "string", "maxLength": 300, "description": "with several files: the one that "
+                          "holds the layers (its name as sent); default: the one defining the classes the "
+                          "network names"},
     "dataset": _ID, "name": {"type": "string", "maxLength": 200},
     "train_epochs": {**_POSITIVE, "default": 30}, "max_iter": _POSITIVE_INT,
     "solver_type": {"type": "string", "enum": list(SOLVER_TYPES)},
@@ -44,8 +49,15 @@ _JOB_FIELDS = {
     "batch_size": _POSITIVE_INT, "val_interval": {**_POSITIVE, "description": "epochs"},
     "snapshot_interval": {**_POSITIVE, "description": "epochs"},
     "random_seed": {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1},
-    "device": {"type": "string", "pattern": "^(auto|cpu|gpu|gpu:[0-9]+)$", "description": "auto | cpu | gpu | gpu:N"},
+    "device": {"type": "string", "pattern": "^(auto|cpu|gpu|gpu:[0-9]+)$", "description": "auto | cpu | gpu | gpu:N. "
+               "With LAYERBENCH_QUEUE=celery the first free worker whose host offers it runs the job: gpu:N a "
+               "host that has a GPU N, gpu any GPU host, cpu a CPU-only worker, auto any worker (a GPU if it has "
+               "one); the job's `worker` says which."},
     "solver": {"type": "string", "format": "binary", "description": "optional solver prototxt"},
+    "gradient_check": {"type": "string", "enum": ["warn", "error"], "default": "warn",
+                       "description": "a Python layer whose backward fails the gradient check (verdict wrong or "
+                       "not_implemented in the report's `gradient_check`): a warning, or with `error` an "
+                       "invalid upload (400 on /jobs, ok false on /validate; details name layer and blob)"},
 }
 
 
@@ -93,9 +105,30 @@ def spec() -> dict:
                 "Job": {"type": "object", "properties": {k: {} for k in (
                     "id", "name", "owner", "status", "created_at", "started_at", "finished_at", "progress",
                     "iteration", "max_iter", "epoch", "eta_seconds", "device", "dataset", "python_layer",
-                    "metrics", "snapshots", "error", "links")}},
-                "Report": {"type": "object", "properties": {k: {} for k in (
-                    "ok", "errors", "warnings", "layers", "timing")}},
+                    "metrics", "snapshots", "error", "links", "worker", "history")}},
+                "Report": {"type": "object", "properties": {**{k: {} for k in (
+                    "ok", "errors", "warnings", "layers", "timing")},
+                    "gradient_check": {"type": "array", "description": "per Python layer of the train net and "
+                                       "per bottom / parameter blob: {layer, blob, kind, max_rel_error, verdict "
+                                       "(ok | wrong | not_implemented | skipped), reason, checked, elements, "
+                                       "kinks, line}", "items": {"type": "object"}},
+                    "layer_views": {"type": "array", "description": "per Python layer: {layer, stage, image, "
+                                    "blobs: [{role, blob, shape, mean, std, min, max, nan, inf, channels, "
+                                    "images (PNG data URIs, image-shaped tops only)}]}",
+                                    "items": {"type": "object"}},
+                    "layer_check_ms": {"type": "number"}}},
+                "LayerEnv": {"type": "object", "description": "what layer code can import in the sandbox",
+                             "properties": {
+                                 "ok": {"type": "boolean"},
+                                 "python": {"type": "object", "description": "{version, implementation}"},
+                                 "packages": {"type": "array", "items": {"type": "object"}, "description":
+                                              "{name, version, origin: service | admin}"},
+                                 "caffe": {"type": "object", "description": "{version, variant, gpu_build, "
+                                           "with_python_layer, flags, layer_types}"},
+                                 "fingerprint": {"type": "string", "description": "hash of the packages an "
+                                                 "administrator added (\"none\" without any); a job records "
+                                                 "its own in python_layer.environment"},
+                                 "added": {"type": "array", "items": {"type": "string"}}}},
                 "Dataset": {"type": "object", "properties": {k: {} for k in (
                     "id", "name", "status", "num_classes", "labels", "train_count", "val_count",
                     "image_shape", "error")}},
@@ -154,6 +187,10 @@ def spec() -> dict:
                 {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
                     "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     "snapshot": {"type": "integer"}}}}}}, params=jid)},
+            "/api/v1/layer-env": {"get": _op("What uploaded layer code can import (Python, packages with "
+                                             "versions, Caffe's build)", {"200": _json(_ref("LayerEnv"),
+                                                                                        "The layer environment")},
+                                             op_id="layerEnvironment")},
             "/api/v1/datasets": {
                 "get": _op("Datasets", {"200": _json({"type": "object", "properties": {
                     "datasets": {"type": "array", "items": _ref("Dataset")}}}, "Datasets")}),

@@ -11,6 +11,7 @@ from app.core.errors import ServiceError
 from app.core.status import DatasetStatus
 from app.services import datasets as dataset_service
 from app.services import jobs
+from app.services import layer_env, layer_files
 from app.services.submission import Upload
 from app.web.auth import current_user
 from app.web.context import ctx
@@ -103,15 +104,17 @@ def _upload_from_form(form: JobForm) -> Upload:
     elif not (text or "").strip() and standard_network_text(form.standard_network.data):
         text = standard_network_text(form.standard_network.data)
         name = f"{form.standard_network.data}.prototxt"
-    layer = form.python_layer.data
+    # One .py file as ever, or several files / one zip (app.services.layer_files).
+    layer, layer_name, layers = layer_files.split([(f.stream, f.filename) for f in
+                                                   request.files.getlist("python_layer") if f.filename])
     solver_file = form.solver.data
     fields = {k: ("" if form[k].data is None else str(form[k].data)) for k in (
         "name", "dataset", "train_epochs", "max_iter", "batch_size", "val_interval", "snapshot_interval",
         "solver_type", "learning_rate", "lr_policy", "gamma", "power", "stepsize", "stepvalues",
-        "random_seed", "device")}
+        "random_seed", "device", "gradient_check")}
+    fields[layer_files.MAIN_FIELD] = (form.python_layer_main.data or "").strip()
     return Upload(network_text=text, network_filename=name,
-                  layer_stream=layer.stream if layer is not None and getattr(layer, "filename", None) else None,
-                  layer_filename=getattr(layer, "filename", None),
+                  layer_stream=layer, layer_filename=layer_name, layer_files=layers,
                   solver_text=solver_file.read(256 * 1024 + 1) if solver_file is not None and
                   getattr(solver_file, "filename", None) else None,
                   fields=fields)
@@ -190,10 +193,38 @@ def standard_network(name: str):
     return Response(text, mimetype="text/plain")
 
 
+@bp.get("/jobs/compare")
+def compare_page():
+    """Jobs side by side; ?ids=a&ids=b (the job list's form) redirects to
+    the shareable ?ids=a,b."""
+    from app.services import compare
+    raw = request.args.getlist("ids")
+    ids = compare.parse_ids(raw)
+    if len(raw) > 1:
+        return redirect(url_for("web.compare_page", ids=",".join(ids)), code=303)
+    return render_template("web/compare.html", data=compare.compare(ctx(), ids, current_user()))
+
+
+@bp.post("/python-layers/convert")
+def convert_python_layer():
+    """The validation report's "download the Python 3 version" button: the
+    form's layer file converted (a download; the upload is not changed)."""
+    from app.services.diagnostics import convert_layer
+    from app.web.api import python_layer_download
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    return python_layer_download(convert_layer)
+
+
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str):
-    """The live status page."""
-    job = jobs.get(ctx(), job_id, current_user())
+    """The live status page (a dataset's id redirects to its page, as DIGITS's /jobs/<id> did)."""
+    try:
+        job = jobs.get(ctx(), job_id, current_user())
+    except ServiceError as err:
+        if err.code != "not_found":
+            raise
+        return redirect(url_for("web.dataset_page", dataset_id=_dataset(job_id)["id"]), code=302)
     infer_form = InferForm()
     infer_form.snapshot.choices = [SelectChoice(str(s["iteration"]), f"iteration {s['iteration']}")
                                    for s in reversed(job.get("snapshots") or [])]
@@ -213,6 +244,8 @@ def job_action(job_id: str, action: str):
         jobs.abort(c, job)
     elif action == "resume":
         jobs.resume(c, job)
+    elif action == "notes":
+        jobs.edit(c, job, notes=request.form.get("notes", ""))
     elif action == "clone":
         new = jobs.clone(c, job, current_user(), {})
         return redirect(url_for("web.job_page", job_id=new["id"]), code=303)
@@ -247,6 +280,15 @@ def new_dataset():
 
 def _dataset(dataset_id: str) -> dict:
     return dataset_service.get(ctx(), dataset_id, current_user())
+
+
+@bp.post("/datasets/<dataset_id>/notes")
+def dataset_notes(dataset_id: str):
+    """Save the dataset's notes (the page's notes form)."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    dataset_service.edit(ctx(), _dataset(dataset_id), notes=request.form.get("notes", ""))
+    return redirect(url_for("web.dataset_page", dataset_id=dataset_id), code=303)
 
 
 @bp.get("/datasets/<dataset_id>")
@@ -291,3 +333,9 @@ def job_infer(job_id: str):
     snap = int(form.snapshot.data) if form.snapshot.data else None
     result = inference.classify(ctx(), job, files, snap)
     return render_template("web/infer.html", job=job, result=result)
+
+
+@bp.get("/layer-env")
+def layer_environment():
+    """What layer code can import: Python, packages and versions, Caffe's build."""
+    return render_template("web/layer_env.html", env=layer_env.describe(ctx()))

@@ -39,9 +39,10 @@ class TokenAwareSessionInterface(SecureCookieSessionInterface):
     theirs: their forms' CSRF tokens live in it.)"""
 
     def open_session(self, app, request):
-        # The URL is matched only after this runs: go by path (api, DIGITS routes).
+        # The URL is matched only after this runs: go by path (api, DIGITS's
+        # JSON routes; DIGITS's HTML pages under /models/ render forms).
         path = request.path
-        if (path.startswith(("/api/", "/models/")) or path == "/index.json") and \
+        if (path.startswith("/api/") or path.endswith(".json")) and \
                 request.headers.get("Authorization", "")[:7].lower() == "bearer ":
             return self.null_session_class()
         return super().open_session(app, request)
@@ -65,9 +66,11 @@ def register(app: Flask) -> None:
     app.session_interface = TokenAwareSessionInterface()
     csrf.init_app(app)
     from app.web import api
-    from app.web import compat
+    from app.web import digits
+    from app.web import pretrained
     csrf.exempt(api.bp)
-    csrf.exempt(compat.bp)
+    csrf.exempt(pretrained.bp)
+    csrf.exempt(digits.bp)
 
     @app.errorhandler(CSRFError)
     def _csrf_error(err: CSRFError):

@@ -5,8 +5,8 @@ store, starts ``app.contained.train`` in the sandbox from the newest complete
 snapshot when resuming, copies its output into the capped train.log, turns
 the runner's files into store updates, passes aborts on, and always records
 a final state (outcome.py says which). The ``local``
-queue (supervisor.py) calls it for queued jobs in submission order; a Celery
-task (not built yet) would call the same function.
+queue (supervisor.py) calls it for queued jobs in submission order; the
+celery queue's task (celery_app.py) calls the same function.
 """
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ import threading
 import time
 from pathlib import Path
 
+from app.core import tracebacks
 from app.core.joblog import CappedLog
 from app.core.status import JobStatus
 from app.core.workspace import (
     ABORT_FILE, CONTROL_DIR, METRICS_FILE, PROGRESS_FILE, RESULT_FILE, RESUME_FILE, RUN_FILE,
     Workspace, snapshot_name)
-from app.services import sandbox
+from app.services import layer_env, sandbox
 from app.services.context import Context
 from app.store import now_iso
 from app.worker.outcome import classify
@@ -44,9 +45,9 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _claim(ctx: Context, job_id: str) -> int | None:
+def _claim(ctx: Context, job_id: str, worker: str | None = None) -> int | None:
     """Take a queued job; the new run generation, or None if another won."""
-    return ctx.store.claim_job(job_id, worker_name(), started_at=now_iso(), finished_at=None,
+    return ctx.store.claim_job(job_id, worker or worker_name(), started_at=now_iso(), finished_at=None,
                                error=None, heartbeat_at=time.time())
 
 
@@ -118,11 +119,12 @@ def _resume_point(out: Path, wanted: int | None) -> int | None:
 
 
 def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | None = None,
-            shutdown: threading.Event | None = None) -> str:
+            shutdown: threading.Event | None = None, worker: str | None = None) -> str:
     """Run a queued job to its end; return its final status. When
     ``shutdown`` is set the job is stopped with a snapshot and left
-    ``interrupted`` (resumable) rather than aborted."""
-    run = _claim(ctx, job_id)
+    ``interrupted`` (resumable) rather than aborted. ``worker`` is the name
+    the job records (default ``host:pid``; a Celery worker's node name)."""
+    run = _claim(ctx, job_id, worker)
     if run is None:
         return "skipped"
     ws, store = ctx.ws, ctx.store
@@ -154,7 +156,8 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
         spec, limits = _spec(ctx, job, device, gpu_index, inp, out, control)
         t0 = time.monotonic()
         proc = sandbox.start(spec, ctx.containment, limits, subprocess.PIPE, subprocess.STDOUT)
-        pump = log.pump(proc.stdout)
+        # Users read this log: no host path in it (their job directory reads <job>).
+        pump = log.pump(proc.stdout, tracebacks.scrubber({str(ws.job_dir(job_id)): "<job>", str(ws.root): "<jobs>"}))
         final, error = _watch(ctx, job_id, run, proc, limits, t0, out, control, shutdown, log, pump)
     finally:
         if proc is not None:
@@ -185,6 +188,7 @@ def _spec(ctx: Context, job: dict, device: str, gpu_index: int | None, inp: Path
     spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.train", str(inp), str(out), str(control)],
                         read_only=[inp, control] + ([ds_dir] if ds_dir else []), writable=[out],
                         env=env, cwd=out, devices=devices)
+    layer_env.mount(spec, ctx.cfg)   # administrator-added packages, read-only
     limits = sandbox.Limits(wall_seconds=float(ctx.cfg["TRAIN_TIMEOUT"]),
                             cpu_seconds=int(ctx.cfg["TRAIN_TIMEOUT"]) * 4,
                             address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,

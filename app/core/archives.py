@@ -1,0 +1,84 @@
+"""Reading uploaded archives (zip or tar) safely: the one place that knows how.
+
+Used by the dataset builder (inside the sandbox) and by the Python layer
+upload (a zip of layer files, in the web process). The archive is read
+member by member from a file on disk, never extracted: entries with absolute
+paths, ``..`` or links are refused, and the entry count and the total
+uncompressed bytes are capped while reading (zip bombs: a header's size is
+never trusted, at most what is left of the cap is read).
+"""
+from __future__ import annotations
+
+import tarfile
+import zipfile
+from pathlib import PurePosixPath
+from typing import Iterator
+
+
+class ArchiveError(Exception):
+    """The archive cannot be used; the message says why (safe to show)."""
+
+
+def check_name(name: str) -> PurePosixPath:
+    """An entry's path; ArchiveError for an absolute path or one with ``..``."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or name.startswith(("/", "\\")) or name[1:3] in (":/", ":\\"):
+        raise ArchiveError(f"refused entry '{name[:200]}': absolute path or '..'")
+    return p
+
+
+def members(path: str, max_files: int, max_bytes: int, zip_only: bool = False
+            ) -> Iterator[tuple[PurePosixPath, bytes]]:
+    """Yield (path, bytes) of the archive's regular files, checked and capped.
+
+    ``zip_only``: anything but a zip is refused (the layer upload takes zips).
+    """
+    total = count = 0
+
+    def account(size: int) -> None:
+        nonlocal total, count
+        total += size
+        count += 1
+        if count > max_files:
+            raise ArchiveError(f"the archive has more than {max_files} files")
+        if total > max_bytes:
+            raise ArchiveError(f"the archive unpacks to more than {_size(max_bytes)} (zip bomb?)")
+
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    p = check_name(info.filename)
+                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                        raise ArchiveError(f"refused entry '{info.filename[:200]}': symbolic link")
+                    if info.is_dir():
+                        continue
+                    with zf.open(info) as fh:
+                        # Never trust the header's size: read at most what is left.
+                        data = fh.read(max_bytes - total + 1)
+                    account(len(data))
+                    yield p, data
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+            raise ArchiveError(f"the zip archive cannot be read ({exc})") from None
+        return
+    if zip_only:
+        raise ArchiveError("the upload is not a zip archive")
+    try:
+        tf = tarfile.open(path, mode="r:*")
+    except tarfile.TarError:
+        raise ArchiveError("the upload is not a zip or tar(.gz) archive") from None
+    with tf:
+        for info in tf:
+            p = check_name(info.name)
+            if info.issym() or info.islnk():
+                raise ArchiveError(f"refused entry '{info.name[:200]}': link")
+            if info.isdir():
+                continue
+            if not info.isfile():
+                raise ArchiveError(f"refused entry '{info.name[:200]}': not a regular file")
+            account(info.size)
+            yield p, tf.extractfile(info).read()
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"

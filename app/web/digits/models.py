@@ -1,0 +1,260 @@
+"""DIGITS's model routes: create (form and JSON), model JSON, status, page,
+abort, delete, downloads, the new-model page, visualize-network, customize."""
+from __future__ import annotations
+
+import base64
+import re
+
+from flask import Response, jsonify, redirect, render_template, request, send_file
+
+from app.caffe.network import standard_network_text, standard_networks
+from app.core.errors import ServiceError
+from app.services import jobs
+from app.services.submission import Upload, parse_params
+from app.web.auth import current_user
+from app.web.context import ctx
+from app.web.digits import bp
+from app.web.digits.common import arg, model_json, refuse, status_json
+
+# DIGITS field -> /api/v1 field (learning-rate policy parameters included).
+FIELDS = {"model_name": "name", "dataset": "dataset", "train_epochs": "train_epochs",
+          "learning_rate": "learning_rate", "solver_type": "solver_type", "batch_size": "batch_size",
+          "lr_policy": "lr_policy", "val_interval": "val_interval", "snapshot_interval": "snapshot_interval",
+          "random_seed": "random_seed", "max_iter": "max_iter",
+          "lr_step_gamma": "gamma", "lr_multistep_gamma": "gamma", "lr_exp_gamma": "gamma",
+          "lr_inv_gamma": "gamma", "lr_sigmoid_gamma": "gamma", "lr_inv_power": "power",
+          "lr_poly_power": "power", "lr_step_size": "stepsize_percent", "lr_sigmoid_step": "stepsize_percent",
+          "lr_multistep_values": "stepvalues_percent", "batch_accumulation": "iter_size",
+          "crop_size": "crop_size", "use_mean": "use_mean", "shuffle": "shuffle", "group_name": "group_name"}
+# Fields the service gained late (issue 10): sent on only where parse_params
+# takes them; a value that would change the run is refused while it does not.
+NEWER = ("iter_size", "crop_size", "use_mean", "shuffle", "group_name", "previous_job", "previous_snapshot",
+         "pretrained_model")
+# What today's service does anyway: these values need no support.
+NEUTRAL = {"shuffle": ("false", "0", ""), "use_mean": ("image",), "iter_size": ("1",), "crop_size": ("", "0")}
+# DIGITS's data augmentation (Torch/TensorFlow in DIGITS 6): only "off" is honoured.
+AUGMENT = {"aug_flip": ("none", ""), "aug_quad_rot": ("none", ""), "aug_rot": ("0", ""), "aug_scale": ("0", ""),
+           "aug_noise": ("0", ""), "aug_hsv_use": ("false", "n", ""), "aug_hsv_h": ("0", "0.02", ""),
+           "aug_hsv_s": ("0", "0.04", ""), "aug_hsv_v": ("0", "0.06", "")}
+
+
+def _listing(raw: str) -> str:
+    # DIGITS sweeps: "[0.01, 0.02]" or "0.01,0.02" -> "0.01,0.02".
+    return ",".join(p for p in re.split(r"[\s,]+", raw.strip().strip("[]")) if p)
+
+
+def _supported(fields: dict[str, str]) -> None:
+    for name in NEWER:
+        value = fields.get(name)
+        if value is None:
+            continue
+        try:
+            accepted = name in parse_params({name: value})
+        except ServiceError:
+            accepted = True    # known, and its value is wrong: submit says which way
+        if not accepted:
+            if value.strip().lower() in NEUTRAL.get(name, ()):
+                fields.pop(name)
+                continue
+            raise refuse(name, f"{name} ({value[:40]}) is not supported yet by this server.")
+    sweep = [f for f in ("learning_rate", "batch_size") if "," in (fields.get(f) or "")]
+    if sweep and not hasattr(jobs, "submit_all"):
+        raise refuse(sweep[0], "Sweeps (several learning rates or batch sizes) are not supported yet by this server.")
+
+
+def _network(form) -> Upload:
+    method = form.get("method", "custom")
+    if method == "standard":
+        name = form.get("standard_networks", "")
+        text = standard_network_text(name)
+        if text is None:
+            raise refuse("standard_networks", f"Unknown standard network '{name[:40]}'; use "
+                         + ", ".join(standard_networks()) + ".")
+        return Upload(network_text=text, network_filename=f"{name}.prototxt")
+    if method == "custom":
+        return Upload(network_text=form.get("custom_network"), network_filename="custom_network.prototxt")
+    if method == "previous":
+        prev_id = form.get("previous_networks", "")
+        upload = jobs.inputs_of(ctx(), jobs.get(ctx(), prev_id, current_user()))
+        snap = (form.get(f"{prev_id}-snapshot") or "-1").strip()
+        upload.fields = {"previous_job": prev_id, "previous_snapshot": snap}
+        return upload
+    if method == "pretrained":
+        upload = Upload(network_text=form.get("custom_network") or None)
+        upload.fields = {"pretrained_model": form.get("pretrained_networks", "")}
+        return upload
+    raise refuse("method", f"method '{method[:20]}' is not one of standard, custom, previous, pretrained.")
+
+
+def digits_upload(form, files) -> Upload:
+    """DIGITS's create fields as the service's Upload (400 for what is refused)."""
+    if (form.get("framework") or "caffe").lower() != "caffe":
+        raise refuse("framework", "Only Caffe networks are trained here (framework=caffe).")
+    if form.get("python_layer_server_file"):
+        raise refuse("python_layer_server_file", "python_layer_server_file (a path on the server) is not "
+                     "supported: upload the file itself as python_layer_client_file.")
+    if not (form.get("model_name") or "").strip():
+        raise refuse("model_name", "model_name is required.")
+    for name, neutral in AUGMENT.items():
+        if (form.get(name) or "").strip().lower() not in neutral:
+            raise refuse(name, f"{name}: data augmentation is not supported (DIGITS offered it for Torch "
+                         "and TensorFlow only).")
+    if form.get("select_gpu_count") not in (None, "", "1", "0") or "," in (form.get("select_gpus_list") or ""):
+        raise refuse("select_gpu_count", "Training on several GPUs at once is not supported: use 1.")
+    upload = _network(form)
+    fields = {ours: form[theirs].strip() for theirs, ours in FIELDS.items() if form.get(theirs)}
+    for f in ("learning_rate", "batch_size"):
+        if f in fields:
+            fields[f] = _listing(fields[f])
+    fields.update(upload.fields)
+    gpu = form.get("select_gpu") or form.get("select_gpus") or form.get("select_gpus_list")
+    fields["device"] = "auto" if gpu in (None, "", "next") else ("cpu" if gpu == "cpu" else f"gpu:{gpu}")
+    _supported(fields)
+    upload.fields = fields
+    layer = files.get("python_layer_client_file")
+    if layer is not None and layer.filename:
+        upload.layer_stream, upload.layer_filename = layer.stream, layer.filename
+    return upload
+
+
+def _create() -> list[dict]:
+    clone_id = (request.form.get("clone") or "").strip()
+    if clone_id:
+        old = jobs.get(ctx(), clone_id, current_user())
+        # DIGITS's clone repeats every field of the original; jobs.clone
+        # carries the solver's, these are DIGITS's data and grouping options.
+        params = old.get("params") or {}
+        fields = {k: str(params[k]).lower() if isinstance(params[k], bool) else str(params[k])
+                  for k in ("group_name", "iter_size", "crop_size", "use_mean", "shuffle")
+                  if params.get(k) is not None}
+        fields["name"] = (request.form.get("model_name") or "").strip() or None
+        return [jobs.clone(ctx(), old, current_user(), fields)]
+    return jobs.submit_keeping_failures(ctx(), digits_upload(request.form, request.files), current_user())
+
+
+def _brief(job: dict) -> dict:
+    return {"id": job["id"], "name": job["name"], "status": model_json(job)["status"]}
+
+
+@bp.post("/models/images/classification.json")
+def create_model_json():
+    """DIGITS: create an image classification model; {"jobs": [...]} for a sweep."""
+    try:
+        made = _create()
+    except ServiceError as err:
+        if err.code not in ("invalid_request", "invalid_network", "invalid_python_layer"):
+            raise
+        resp = jsonify({"errors": err.details or [{"message": err.message}], "error": err.code,
+                        "message": err.message})
+        resp.status_code = 400
+        return resp
+    return jsonify(_brief(made[0]) if len(made) == 1 else {"jobs": [_brief(j) for j in made]})
+
+
+@bp.post("/models/images/classification")
+def create_model_form():
+    """DIGITS: the new-model form; 302 to the model (to the home page for a sweep)."""
+    from app.web.digits.common import alert_page
+    try:
+        made = _create()
+    except ServiceError as err:
+        if err.code not in ("invalid_request", "invalid_network", "invalid_python_layer", "not_found"):
+            raise
+        return alert_page(err, 404 if err.code == "not_found" else 400)
+    return redirect(f"/models/{made[0]['id']}" if len(made) == 1 else "/", code=302)
+
+
+@bp.get("/models/images/classification/new")
+def new_model_page():
+    """DIGITS: the new-model page (the form lives at /jobs/new)."""
+    return render_template("web/digits_new.html", title="New Image Classification Model", target="/jobs/new")
+
+
+@bp.get("/models/<job_id>.json")
+def model(job_id: str):
+    """DIGITS: a model's JSON."""
+    return jsonify(model_json(jobs.get(ctx(), job_id, current_user())))
+
+
+@bp.get("/models/<job_id>/status")
+def model_status(job_id: str):
+    """DIGITS: {status, name, type, error} in DIGITS's words."""
+    return status_json("model", jobs.get(ctx(), job_id, current_user()))
+
+
+@bp.get("/models/<job_id>")
+def model_page(job_id: str):
+    """DIGITS: the model's page (the job page)."""
+    from app.web import pages
+    return pages.job_page(job_id)
+
+
+@bp.get("/models/<job_id>/files/<name>")
+def model_file(job_id: str, name: str):
+    """A model's input file by name (what DIGITS's "directory" + file keys named)."""
+    data = jobs.input_file(ctx(), jobs.get(ctx(), job_id, current_user()), name)
+    return Response(data, mimetype="text/plain", headers={"Content-Disposition": f"attachment; filename={name}"})
+
+
+@bp.post("/models/<job_id>/abort")
+def abort_model(job_id: str):
+    """DIGITS: abort a model; 403 when it already ended (as DIGITS)."""
+    job = jobs.get(ctx(), job_id, current_user())
+    try:
+        jobs.abort(ctx(), job)
+    except ServiceError as err:
+        if err.code != "conflict":
+            raise
+        raise refuse("job_id", err.message, 403) from None
+    return jsonify(model_json(jobs.get(ctx(), job_id, current_user())))
+
+
+@bp.delete("/models/<job_id>")
+def delete_model(job_id: str):
+    """DIGITS: delete a model and its files; 200."""
+    jobs.delete(ctx(), jobs.get(ctx(), job_id, current_user()))
+    return Response("Job deleted.", mimetype="text/plain")
+
+
+@bp.get("/models/<job_id>/download")
+@bp.get("/models/<job_id>/download.<fmt>")
+def download_model(job_id: str, fmt: str = "tar.gz"):
+    """DIGITS: the model archive as .tar, .zip, .tar.gz or .tar.bz2."""
+    job = jobs.get(ctx(), job_id, current_user())
+    if fmt not in jobs.DOWNLOAD_FORMATS:
+        raise refuse("extension", "Use download.tar, .zip, .tar.gz or .tar.bz2.", 404)
+    return send_file(jobs.download_as(ctx(), job, fmt), mimetype=jobs.DOWNLOAD_FORMATS[fmt], as_attachment=True,
+                     download_name=f"{job['id']}.{fmt}", max_age=0)
+
+
+@bp.post("/models/visualize-network")
+def visualize_network():
+    """DIGITS: the network of ``custom_network`` drawn (an <img> of the SVG)."""
+    from app.caffe import network
+    from app.caffe.netdraw import render_svg
+    if (arg("framework") or "caffe").lower() != "caffe":
+        raise refuse("framework", "Only Caffe networks are drawn here.")
+    try:
+        net = network.parse(request.form.get("custom_network") or "", "custom_network.prototxt")
+    except network.NetworkError as exc:
+        raise refuse("custom_network", "The network cannot be drawn: " + exc.message) from None
+    drawn = render_svg(net.net)
+    svg = base64.b64encode(drawn if isinstance(drawn, bytes) else drawn.encode()).decode()
+    return Response(f'<img src="data:image/svg+xml;base64,{svg}" alt="network">', mimetype="text/html")
+
+
+@bp.post("/models/customize")
+def customize():
+    """DIGITS: a standard network's text (or a model's own) to edit:
+    {"network", "snapshots", "python_layer"}."""
+    name = arg("network") or ""
+    text = standard_network_text(name)
+    if text is not None:
+        return jsonify({"network": text, "snapshots": [], "python_layer": None})
+    job = jobs.get(ctx(), name, current_user())
+    layer = None
+    if job.get("python_layer"):
+        layer = jobs.input_file(ctx(), job, jobs.LAYER_FILE).decode("utf-8", "replace")
+    from app.web.digits.common import epochs
+    return jsonify({"network": jobs.input_file(ctx(), job, jobs.NETWORK_FILE).decode("utf-8", "replace"),
+                    "snapshots": epochs(job), "python_layer": layer})

@@ -1,0 +1,161 @@
+"""The celery queue, working side: a Celery worker for this host.
+
+``python -m app.worker.celery_app [-n NAME] [--gpus 0,1|none]`` (``make
+worker``) starts one. It runs one job per GPU it offers (a CPU-only worker:
+``WORKER_CONCURRENCY`` jobs, default 1) in threads of one process: each job's
+training runs in its own sandboxed process anyway (runner.run_job, the very
+function the local queue calls), and threads share the allocator that hands
+each job its GPU. Its queues are what it offers (``queues_for``); the broker
+settings, each with its reason, are ``app.services.queue.settings``.
+
+Liveness and hand-over of dead workers' jobs: app.worker.heartbeat. Every
+setting comes from the same ``LAYERBENCH_*`` environment as the web
+(database URL, jobs directory on shared storage, broker URL).
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import threading
+
+from celery import Celery, signals
+
+from app.core import config
+from app.core.status import JobStatus
+from app.core.workspace import Workspace
+from app.services import queue
+from app.services.context import Context
+from app.store import Store, now_iso
+from app.worker.heartbeat import Heartbeat
+from app.worker.runner import run_job
+from app.worker.supervisor import Allocator
+
+CFG = config.load()
+app = Celery("layerbench", set_as_current=True)
+app.conf.update(queue.settings(CFG))
+
+# Per worker process: set up by main() before the Celery worker starts.
+STATE: dict = {"ctx": None, "node": None, "alloc": None}
+RUNNING: set[str] = set()
+SHUTDOWN = threading.Event()      # set on the worker's warm shutdown (SIGTERM)
+_alloc_lock = threading.Lock()
+
+
+def queues_for(gpus: list[int]) -> list[str]:
+    """The Celery queues a worker offering ``gpus`` consumes (see
+    ``queue.job_queue``): a GPU host takes ``gpu``, ``gpu.N`` for each GPU
+    it has, and ``auto``; a CPU-only host ``cpu`` and ``auto``. Every worker
+    builds datasets."""
+    own = ["gpu", *[f"gpu.{i}" for i in gpus]] if gpus else ["cpu"]
+    return [*own, "auto", queue.DATASET_QUEUE]
+
+
+def context() -> Context:
+    """This process's store, workspace and containment (made once)."""
+    if STATE["ctx"] is None:
+        from app.services import sandbox
+        store = Store(str(CFG["DATABASE_URL"]))
+        store.create_schema()
+        STATE["ctx"] = Context(cfg=CFG, store=store, ws=Workspace(CFG["JOBS_DIR"]),
+                               containment=sandbox.mode(str(CFG["SANDBOX"])))
+    return STATE["ctx"]
+
+
+@app.task(name=queue.TASK_JOB, bind=True)
+def run_job_task(self, job_id: str) -> str:
+    """Run one queued job here (a duplicate or stale message: 'skipped')."""
+    ctx = context()
+    job = ctx.store.get_job(job_id)
+    if job is None or job["status"] != JobStatus.QUEUED.value:
+        return "skipped"
+    if job["abort_requested"]:
+        ctx.store.update_job(job_id, expect_status=[JobStatus.QUEUED.value],
+                             status=JobStatus.ABORTED.value, finished_at=now_iso())
+        return JobStatus.ABORTED.value
+    with _alloc_lock:
+        slot = STATE["alloc"].pick(str((job.get("params") or {}).get("device") or "auto"))
+    if slot is None:
+        # gpu:N whose GPU another job here holds: back to the queue shortly.
+        raise self.retry(countdown=1, max_retries=None)
+    kind, index = slot
+    RUNNING.add(job_id)
+    try:
+        final = run_job(ctx, job_id, device="cpu" if kind == "cpu" else f"gpu:{index}", gpu_index=index,
+                        shutdown=SHUTDOWN, worker=STATE["node"])
+        if final == JobStatus.INTERRUPTED.value and SHUTDOWN.is_set():
+            _requeue_after_shutdown(ctx, job_id)
+        return final
+    finally:
+        RUNNING.discard(job_id)
+        with _alloc_lock:
+            STATE["alloc"].release(kind, index)
+
+
+def _requeue_after_shutdown(ctx: Context, job_id: str) -> None:
+    """A job this worker stopped because it is shutting down goes back on the
+    queue to resume from its snapshot on another worker (the history says so)."""
+    snaps = Workspace.complete_snapshots(ctx.ws.output_dir(job_id))
+    if snaps and ctx.store.update_job(job_id, expect_status=[JobStatus.INTERRUPTED.value],
+                                      status=JobStatus.QUEUED.value, resume_from=max(snaps),
+                                      error=None, finished_at=None):
+        queue.enqueue_job(ctx, ctx.store.get_job(job_id))
+
+
+@app.task(name=queue.TASK_DATASET)
+def build_dataset_task(ds_id: str) -> str:
+    """Build one queued dataset here (the build's own claim skips duplicates)."""
+    from app.services.datasets import build
+    return build(context(), ds_id)
+
+
+@signals.worker_shutting_down.connect
+def _on_shutdown(**_kw) -> None:
+    # Warm shutdown waits for running tasks: make them stop now, with a
+    # snapshot, instead of after hours of training.
+    SHUTDOWN.set()
+
+
+def offered_gpus(spec: str | None) -> list[int]:
+    """GPUs this worker offers: ``spec`` "0,1" or "none"; by default every
+    GPU found, when this pycaffe is a CUDA build."""
+    if spec:
+        return [] if spec.strip().lower() in ("none", "cpu", "") else \
+            sorted({int(x) for x in spec.split(",") if x.strip()})
+    from app.services import gpus
+    from app.services.caffe_info import caffe_info
+    if not caffe_info(str(CFG["CAFFE_PYTHON"])).get("gpu_build"):
+        return []
+    return [g["index"] for g in gpus.detect()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start this host's worker (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m app.worker.celery_app")
+    p.add_argument("-n", "--name", default=CFG["WORKER_NAME"] or f"layerbench@{socket.gethostname()}",
+                   help="Celery node name, NAME@HOST (default $LAYERBENCH_WORKER_NAME or layerbench@<hostname>)")
+    p.add_argument("--gpus", default=CFG["WORKER_GPUS"], help="GPUs offered: 0,1 or none (default: all found)")
+    p.add_argument("--loglevel", default="INFO")
+    args = p.parse_args(argv)
+    gpus = offered_gpus(args.gpus)
+    slots = len(gpus) or int(CFG["WORKER_CONCURRENCY"]) or 1
+    ctx = context()
+    STATE.update(node=args.name, alloc=Allocator(gpus, 0 if gpus else slots))
+    host = args.name.partition("@")[2] or socket.gethostname()
+    beat = Heartbeat(ctx, args.name, host, gpus, slots, RUNNING)
+    beat.beat()          # listed before it takes its first job
+    beat.start()
+    print(f"worker {args.name}: GPUs {gpus}, {slots} slot(s), queues {queues_for(gpus)}, "
+          f"containment {ctx.containment}", file=sys.stderr, flush=True)
+    try:
+        app.worker_main(["worker", "-n", args.name, "-P", "threads", "-c", str(slots),
+                         "-Q", ",".join(queues_for(gpus)), "-l", args.loglevel,
+                         # Mingle and gossip only slow the start: liveness is in the store.
+                         "--without-mingle", "--without-gossip"])
+    finally:
+        beat.stop.set()
+        beat.join(10)
+
+
+if __name__ == "__main__":
+    main()

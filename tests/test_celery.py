@@ -1,0 +1,250 @@
+"""The celery queue, end to end: real Redis, real PostgreSQL, real Celery
+workers as separate processes with distinct host names, real sandboxed
+Caffe training; every fault injected for real (SIGKILL, a Redis restart that
+loses every message, a web restart, an abort from the web).
+
+What must hold: every job ends where it should, no job ever runs twice at
+once (each run is a ``running`` event in its history, naming its worker),
+a dead worker's job resumes from its last snapshot on another worker.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cluster import CeleryWorker, Postgres, Redis
+from helpers import LENET_SEED, ROOT, SEED_LAYER, api, client_for, free_port, initial_token, make_app, post, wait_for
+from test_recovery import GATE, NETWORK
+
+from app.web.cli import gunicorn_argv
+
+pytestmark = pytest.mark.slow
+ENDED = {"done", "error", "interrupted", "aborted"}
+HANDOVER_S = 3.0
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = Redis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = Postgres()
+    server.start()
+    yield server
+    server.stop()
+
+
+def _celery_app(tmp_path, sample_datasets, broker: str, database: str | None = None):
+    extra = {"DATABASE_URL": database} if database else {}
+    return make_app(tmp_path, sample_datasets, QUEUE="celery", BROKER_URL=broker, HEARTBEAT_SECONDS=0.5,
+                    HANDOVER_SECONDS=HANDOVER_S, **extra)
+
+
+def _runs(client, job_id: str) -> list[str]:
+    """The workers of each run of a job, from its history."""
+    history = client.get(f"/api/v1/jobs/{job_id}").get_json()["history"]
+    return [e["message"].removeprefix("on ") for e in history if e["status"] == "running"]
+
+
+def _gated(client, hold: int, **fields) -> dict:
+    resp = post(client, "/api/v1/jobs", network=NETWORK, layer=GATE.replace("HOLD", str(hold)), **fields)
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()
+
+
+def _wait(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def pg_cluster(tmp_path, sample_datasets, redis_server, postgres):
+    """A web app on PostgreSQL + Redis and two workers, w1@hostA and w2@hostB."""
+    app = _celery_app(tmp_path, sample_datasets, redis_server.url.replace("/0", "/1"),
+                      postgres.create_db(f"t{os.getpid()}_{time.monotonic_ns()}"))
+    workers = [CeleryWorker(app.config, name, tmp_path) for name in ("w1@hostA", "w2@hostB")]
+    yield app, workers
+    for w in workers:
+        w.stop()
+    app.extensions["store"].engine.dispose()
+
+
+def _copies(app, job: dict, n: int) -> list[str]:
+    """``n`` more queued jobs like ``job`` (its validated inputs copied), each
+    rung on the queue by the function submit uses. Validating each again
+    would only add seconds: validation is not what these tests are about."""
+    from app.services import queue
+    from app.store import new_job_id
+    ctx, store = app.extensions["ctx"], app.extensions["store"]
+    src = store.get_job(job["id"])
+    ids = []
+    for i in range(n):
+        job_id = new_job_id()
+        shutil.copytree(ctx.ws.job_dir(job["id"]) / "input", ctx.ws.job_dir(job_id) / "input")
+        for f in (ctx.ws.job_dir(job_id) / "input").rglob("*.prototxt"):   # they name their own job
+            f.write_text(f.read_text().replace(job["id"], job_id))
+        (ctx.ws.job_dir(job_id) / "output").mkdir()
+        row = store.insert_job(id=job_id, name=f"copy {i}", owner=src["owner"], dataset=src["dataset"],
+                               device=src["device"], params=src["params"], python_layer=src["python_layer"],
+                               max_iter=src["max_iter"])
+        queue.enqueue_job(ctx, row)
+        ids.append(job_id)
+    return ids
+
+
+def test_two_workers_share_eight_jobs_none_twice(pg_cluster):
+    app, workers = pg_cluster
+    client = client_for(app)
+    resp = post(client, "/api/v1/jobs", max_iter=4, name="job 0")
+    assert resp.status_code == 201, resp.get_json()
+    ids = [resp.get_json()["id"], *_copies(app, resp.get_json(), 7)]
+    ran_on = {}
+    for job_id in ids:
+        job = wait_for(client, job_id, ENDED, timeout=90)
+        assert job["status"] == "done", (job["error"], job["id"])
+        runs = _runs(client, job_id)
+        assert len(runs) == 1 and runs == [job["worker"]], runs      # once, on the worker it names
+        ran_on[job_id] = job["worker"]
+    assert set(ran_on.values()) == {"w1@hostA", "w2@hostB"}, ran_on
+    health = client.get("/healthz").get_json()
+    assert health["queue"] == "celery" and health["broker_ok"] is True and health["store"]["backend"] == "postgresql"
+    assert {(w["name"], w["host"]) for w in health["workers"]} == {("w1@hostA", "hostA"), ("w2@hostB", "hostB")}
+    assert all(w["gpus"] == [] and w["slots"] == 1 for w in health["workers"])
+
+
+def test_sigkilled_worker_job_resumes_on_the_other_from_its_snapshot(pg_cluster):
+    app, workers = pg_cluster
+    client = client_for(app)
+    # 12 iterations, snapshots every 4 (0.2 of sample-digits' 21-iteration
+    # epoch), held at iteration 6 until released: it dies holding snapshot 4.
+    job = _gated(client, 6, max_iter=12, snapshot_interval=0.2)
+    inp = Path(app.config["JOBS_DIR"]) / job["id"] / "input"
+    deadline = time.monotonic() + 120
+    while 4 not in [s["iteration"] for s in client.get(f"/api/v1/jobs/{job['id']}").get_json()["snapshots"]]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    first = client.get(f"/api/v1/jobs/{job['id']}").get_json()["worker"]
+    victim = next(w for w in workers if w.name == first)
+    other = next(w for w in workers if w.name != first)
+    # The healthz list shows who runs it.
+    live = {w["name"]: w["jobs"] for w in client.get("/healthz").get_json()["workers"]}
+    assert live[first] == [job["id"]]
+    victim.kill()
+    (inp / "release").touch()
+    done = wait_for(client, job["id"], ENDED, timeout=90)
+    assert done["status"] == "done", done
+    assert done["worker"] == other.name and done["iteration"] == 12
+    history = client.get(f"/api/v1/jobs/{job['id']}").get_json()["history"]
+    assert [e["status"] for e in history] == ["queued", "running", "queued", "running", "done"], history
+    assert f"worker {first} stopped heart-beating" in history[2]["message"]
+    assert "resuming from snapshot 4" in history[2]["message"]
+    assert _runs(client, job["id"]) == [first, other.name]
+    from test_recovery import _records
+    assert _records(inp.parent / "output", "resumed") == [{"type": "resumed", "iteration": 4, "run": 2}]
+    assert app.extensions["store"].list_jobs(status="running") == []
+
+
+class Web:
+    """The web process in celery mode: gunicorn serving ``wsgi:app``, as
+    `serve` starts it (its nginx and self-test are not what is under test)."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env, self.port = root, env, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> None:
+        with open(self.root / "web.log", "ab") as log:
+            self.proc = subprocess.Popen(gunicorn_argv("127.0.0.1", self.port, 1, 4, "wsgi:app"), cwd=ROOT,
+                                         stdout=log, stderr=log, env=self.env)
+
+        def up():
+            try:
+                return urllib.request.urlopen(self.url + "/healthz", timeout=2).status == 200
+            except OSError:
+                assert self.proc.poll() is None, (self.root / "web.log").read_text()[-3000:]
+                return False
+        _wait(up, 60, "web did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def _job(web: Web, token: str, job_id: str) -> dict:
+    return api(web.url, token, "GET", f"/api/v1/jobs/{job_id}")
+
+
+def _submit(web: Web, token: str, layer: str, network: str = NETWORK, **fields) -> dict:
+    parts = {k: (None, str(v).encode()) for k, v in dict(dataset="sample-digits", **fields).items()}
+    parts.update(network=("network.prototxt", network.encode()), python_layer=("my_layers.py", layer.encode()))
+    return api(web.url, token, "POST", "/api/v1/jobs", parts)
+
+
+def test_redis_and_web_restarts_lose_nothing_and_abort_crosses_hosts(tmp_path, sample_datasets, redis_server):
+    # SQLite on a directory both "hosts" share, here the same disk.
+    jobs_dir = tmp_path / "jobs"
+    shutil.copytree(sample_datasets, jobs_dir / "datasets")
+    broker = Redis(tmp_path / "redis2")       # its own Redis: this test restarts it
+    broker.start()
+    env = dict(os.environ, LAYERBENCH_QUEUE="celery", LAYERBENCH_BROKER_URL=broker.url,
+               LAYERBENCH_INSTANCE_DIR=str(tmp_path / "instance"), LAYERBENCH_JOBS_DIR=str(jobs_dir),
+               LAYERBENCH_HEARTBEAT_SECONDS="0.5", LAYERBENCH_HANDOVER_SECONDS=str(HANDOVER_S))
+    web = Web(tmp_path, env)
+    workers = []
+    try:
+        web.start()
+        token = initial_token(tmp_path / "instance")
+        cfg = {"BROKER_URL": broker.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'instance' / 'layerbench.sqlite3'}",
+               "JOBS_DIR": str(jobs_dir), "INSTANCE_DIR": str(tmp_path / "instance"),
+               "HEARTBEAT_SECONDS": 0.5, "HANDOVER_SECONDS": HANDOVER_S}
+        workers = [CeleryWorker(cfg, name, tmp_path) for name in ("w1@hostA", "w2@hostB")]
+        # Both workers busy (one job held in its layer, one training for
+        # long); the other two wait queued.
+        held = _submit(web, token, GATE.replace("HOLD", "3"), max_iter=8, name="held")
+        long = _submit(web, token, SEED_LAYER, network=LENET_SEED, max_iter=100000, name="long")
+        queued = [_submit(web, token, SEED_LAYER, network=LENET_SEED, max_iter=4, name=f"queued {i}")
+                  for i in (1, 2)]
+        _wait(lambda: all(_job(web, token, j["id"])["status"] == "running" for j in (held, long)), 90,
+              "the first two jobs never ran")
+        assert {_job(web, token, j["id"])["worker"] for j in (held, long)} == {"w1@hostA", "w2@hostB"}
+        assert all(_job(web, token, j["id"])["status"] == "queued" for j in queued)
+
+        broker.stop()            # every queued message is gone with it (no persistence)
+        broker.start()
+        web.stop()               # and the web restarts while both workers train
+        web.start()
+
+        # Abort through the new web process reaches the worker training it.
+        t0 = time.monotonic()
+        api(web.url, token, "POST", f"/api/v1/jobs/{long['id']}/abort")
+        aborted = _wait(lambda: (j := _job(web, token, long["id"]))["status"] in ENDED and j, 10, "abort")
+        assert aborted["status"] == "aborted" and time.monotonic() - t0 < 5.0, (aborted, time.monotonic() - t0)
+        (jobs_dir / held["id"] / "input" / "release").touch()
+        for j in [held, *queued]:
+            _wait(lambda: _job(web, token, j["id"])["status"] in ENDED, 90, f"{j['id']} never ended")
+            job = _job(web, token, j["id"])
+            assert job["status"] == "done", (job["error"], job["id"])
+            assert len([e for e in job["history"] if e["status"] == "running"]) == 1, job["history"]
+    finally:
+        for w in workers:
+            w.stop()
+        web.stop()
+        broker.stop()
