@@ -5,13 +5,18 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast test-gpu-build gpu-bundle fuzz bench clean
+.PHONY: setup run test test-fast test-gpu-build gpu-bundle fuzz bench clean worker
 
 setup:
 	@bash scripts/setup.sh
 
 run: setup
 	HOST=$(HOST) PORT=$(PORT) exec $(VENV)/bin/flask --app wsgi serve
+
+# A Celery worker for this host (LAYERBENCH_QUEUE=celery): README "Several
+# machines" lists the environment it needs (broker, database, jobs dir, GPUs).
+worker: setup
+	exec $(VENV)/bin/python -m app.worker.celery_app
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -74,6 +74,7 @@ tar -C /usr/lib -ch --exclude=__pycache__ --exclude='python3.11/test' \
     --exclude='python3.11/idlelib' --exclude='python3.11/tkinter' \
     --exclude='python3.11/turtledemo' --exclude='python3.11/lib2to3/tests' \
     --exclude='python3.11/ensurepip' --exclude='python3.11/config-3.11-*' \
+    --exclude='python3.11/lib2to3' --exclude='python3.11/pydoc_data' \
     --exclude='python3.11/sitecustomize.py' --exclude='python3.11/dist-packages' \
     --exclude='python3.11/site-packages' \
     --exclude='lib-dynload/_test*' --exclude='lib-dynload/xxlimited*' \
@@ -90,7 +91,13 @@ log "installing ${#PKGS[@]} packages (and their dependencies) for Python 3.11"
 rm -rf "$SITE/bin"
 cp -r "$VSITE/caffe" "$SITE/caffe"
 rm -f "$SITE/caffe/.build-flags"
+# Size (the archive must stay under 60 MiB): no caches, no test suites, no
+# type stubs, no symbol table in our own build (Debian's libraries come
+# stripped already).
 find "$SITE" -name __pycache__ -prune -exec rm -rf {} +
+find "$SITE/numpy" -name tests -type d -prune -exec rm -rf {} +
+find "$SITE" -name '*.pyi' -delete
+strip --strip-unneeded "$SITE/caffe/_caffe.so"
 # The app, as tracked or newly added in the working tree.
 git ls-files -z --cached --others --exclude-standard -- app templates static migrations wsgi.py \
   | while IFS= read -r -d '' f; do [ -f "$f" ] && printf '%s\0' "$f"; done \
@@ -112,7 +119,7 @@ ensure_sample_digits(Path(sys.argv[1]))' "$STAGE/data/datasets")
 log "packing $OUT"
 rm -f "$OUT.tmp"
 tar -C "$BUILD" --owner=0 --group=0 --sort=name -cf - layerbench-gpu \
-  | nice -n 19 xz -T2 -6 > "$OUT.tmp"
+  | nice -n 19 xz -T2 -9 > "$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 size=$(stat -c %s "$OUT")
 log "$(du -sh "$STAGE" | cut -f1) staged, $((size / 1048576)) MiB packed in $(( $(date +%s) - t0 )) s: $OUT"

@@ -19,7 +19,9 @@
 # Environment: OUT (default build/gpu-check-out), GPU_BUNDLE (default
 # build/gpu-bundle.tar.xz), GPU_CHECK_DEVICE (gpu | cpu), GPU_CHECK_QUICK=1
 # (short figures), GPU_CHECK_CUDA_DIRS (colon-separated folders to take the
-# CUDA libraries from; default: the machine's Python site-packages).
+# CUDA libraries from; default: the machine's Python site-packages),
+# GPU_CHECK_KEEP=1 (keep the unpacked bundle and the service's data in /tmp).
+# Exit status: 0 when every step succeeded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TREE=$(pwd)
@@ -56,6 +58,7 @@ finish() {
   set +e
   local py
   py=$(command -v python3 || echo "$R/bin/python3")
+  local code=$1
   "$py" - "$STEPS" "$OUT/gpu_check.json" "$DEVICE" <<'EOF'
 import json, sys, pathlib
 steps, out, device = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
@@ -77,15 +80,20 @@ doc["summary"] = {
     "service_vs_bare_ratio": (svc.get("service_vs_bare") or {}).get("ratio"),
     "figures": {k: v for k, v in (doc.get("figures") or {}).items() if k != "runs"},
 }
+doc["summary"]["all_steps_ok"] = bool(doc["steps"]) and all(s["rc"] == 0 for s in doc["steps"].values())
 out.write_text(json.dumps(doc, indent=1) + "\n")
 print(json.dumps(doc["summary"], indent=1))
+sys.exit(0 if doc["summary"]["all_steps_ok"] else 1)
 EOF
-  (cd "$WORK" && find . -maxdepth 6 \( -name '*.log' -o -name 'train.log' -o -name 'metrics.jsonl' \) -print0 \
+  [ $? = 0 ] || [ "$code" != 0 ] || code=1
+  (cd "$WORK" && find . -maxdepth 6 \( -name '*.log' -o -name 'metrics.jsonl' \) -print0 \
      | tar --null -T - -czf "$OUT/logs.tar.gz") 2>/dev/null
-  say "done in $(( $(date +%s) - T0 )) s; results in $OUT/gpu_check.json"
+  say "done in $(( $(date +%s) - T0 )) s (exit $code); results in $OUT/gpu_check.json"
+  [ "${GPU_CHECK_KEEP:-0}" = 1 ] || rm -rf "$WORK"
+  exit "$code"
 }
 R=$WORK/layerbench-gpu
-trap finish EXIT
+trap 'finish $?' EXIT
 
 # 0. The machine, and the bundle unpacked.
 {

@@ -95,6 +95,27 @@ def server(tmp_path, sample_datasets):
     log.close()
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the session (tests/cluster.py)."""
+    from cluster import Redis
+    server = Redis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL cluster for the session; ``create_db`` gives each
+    test its own database (tests/cluster.py)."""
+    from cluster import Postgres
+    server = Postgres()
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def rgb_dataset(app):
     """A small 256x256 colour dataset (3 classes), as the service stores one

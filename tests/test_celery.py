@@ -10,6 +10,7 @@ a dead worker's job resumes from its last snapshot on another worker.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -18,31 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from cluster import CeleryWorker, Postgres, Redis
+from cluster import CeleryWorker, Redis
 from helpers import LENET_SEED, ROOT, SEED_LAYER, api, client_for, free_port, initial_token, make_app, post, wait_for
 from test_recovery import GATE, NETWORK
-
-from app.web.cli import gunicorn_argv
 
 pytestmark = pytest.mark.slow
 ENDED = {"done", "error", "interrupted", "aborted"}
 HANDOVER_S = 3.0
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    server = Redis(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    server = Postgres()
-    server.start()
-    yield server
-    server.stop()
 
 
 def _celery_app(tmp_path, sample_datasets, broker: str, database: str | None = None):
@@ -160,19 +143,69 @@ def test_sigkilled_worker_job_resumes_on_the_other_from_its_snapshot(pg_cluster)
     assert app.extensions["store"].list_jobs(status="running") == []
 
 
-class Web:
-    """The web process in celery mode: gunicorn serving ``wsgi:app``, as
-    `serve` starts it (its nginx and self-test are not what is under test)."""
+README = ROOT / "README.md"
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
-        self.root, self.env, self.port = root, env, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+
+def readme_blocks(tmp_path, pg_url: str, broker_url: str, port: int) -> list[str]:
+    """The README's "Several machines" shell blocks (web host, gpu1, gpu2),
+    with the lab's addresses and paths replaced by this test's."""
+    section = README.read_text().split("\n## Several machines\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 3, blocks
+    # What make runs once setup is done (make -n proves it).
+    run = subprocess.run(["make", "-n", "run", "HOST=0.0.0.0"], cwd=ROOT, capture_output=True, text=True).stdout
+    work = subprocess.run(["make", "-n", "worker"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "HOST=0.0.0.0 PORT=5000 exec .venv/bin/flask --app wsgi serve" in run, run
+    assert "exec .venv/bin/python -m app.worker.celery_app" in work, work
+    subs = {"redis://web.lab:6379/0": broker_url,
+            "postgresql+psycopg://layerbench@web.lab/layerbench": pg_url,
+            "/srv/layerbench/jobs": str(tmp_path / "jobs"),
+            "make run HOST=0.0.0.0": f"HOST=127.0.0.1 PORT={port} exec .venv/bin/flask --app wsgi serve",
+            "make worker": "exec .venv/bin/python -m app.worker.celery_app --loglevel WARNING",
+            "LAYERBENCH_WORKER_GPUS=0,1": "LAYERBENCH_WORKER_GPUS=none",
+            "LAYERBENCH_WORKER_GPUS=0\n": "LAYERBENCH_WORKER_GPUS=none\n"}
+    out = []
+    for block in blocks:
+        lines = [line for line in block.splitlines() if not line.startswith("sudo -u postgres create")]
+        text = "\n".join(lines) + "\n"
+        for old, new in subs.items():
+            text = text.replace(old, new)
+        out.append("set -e\n" + text)
+    assert "createdb" in blocks[0] and "make worker" in blocks[1] and "gpu2.lab" in blocks[2]
+    return out
+
+
+class Host:
+    """One README block run by bash, as a host would run it."""
+
+    def __init__(self, name: str, script: str, root: Path, env: dict[str, str]) -> None:
+        self.name, self.script, self.root, self.env = name, script, root, env
         self.proc = None
 
     def start(self) -> None:
-        with open(self.root / "web.log", "ab") as log:
-            self.proc = subprocess.Popen(gunicorn_argv("127.0.0.1", self.port, 1, 4, "wsgi:app"), cwd=ROOT,
-                                         stdout=log, stderr=log, env=self.env)
+        with open(self.root / f"{self.name}.log", "ab") as log:
+            self.proc = subprocess.Popen(["bash", "-c", self.script], cwd=ROOT, stdout=log, stderr=log,
+                                         env=self.env)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class Web(Host):
+    """The web host's block: db-upgrade, then `serve` (nginx, gunicorn)."""
+
+    def __init__(self, script: str, root: Path, env: dict[str, str], port: int) -> None:
+        super().__init__("web", script, root, env)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self) -> None:
+        super().start()
 
         def up():
             try:
@@ -180,12 +213,7 @@ class Web:
             except OSError:
                 assert self.proc.poll() is None, (self.root / "web.log").read_text()[-3000:]
                 return False
-        _wait(up, 60, "web did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
+        _wait(up, 90, "web did not start")
 
 
 def _job(web: Web, token: str, job_id: str) -> dict:
@@ -198,51 +226,68 @@ def _submit(web: Web, token: str, layer: str, network: str = NETWORK, **fields) 
     return api(web.url, token, "POST", "/api/v1/jobs", parts)
 
 
-def test_redis_and_web_restarts_lose_nothing_and_abort_crosses_hosts(tmp_path, sample_datasets, redis_server):
-    # SQLite on a directory both "hosts" share, here the same disk.
+def test_readme_hosts_survive_redis_and_web_restarts_and_abort_crosses_hosts(tmp_path, sample_datasets,
+                                                                              postgres):
+    T0 = time.monotonic()
+    # The README's three hosts, on PostgreSQL and a jobs directory they share.
     jobs_dir = tmp_path / "jobs"
     shutil.copytree(sample_datasets, jobs_dir / "datasets")
     broker = Redis(tmp_path / "redis2")       # its own Redis: this test restarts it
     broker.start()
-    env = dict(os.environ, LAYERBENCH_QUEUE="celery", LAYERBENCH_BROKER_URL=broker.url,
-               LAYERBENCH_INSTANCE_DIR=str(tmp_path / "instance"), LAYERBENCH_JOBS_DIR=str(jobs_dir),
+    port = free_port()
+    web_block, gpu1, gpu2 = readme_blocks(tmp_path, postgres.create_db(f"readme{time.monotonic_ns()}"),
+                                          broker.url, port)
+    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(tmp_path / "instance"),
                LAYERBENCH_HEARTBEAT_SECONDS="0.5", LAYERBENCH_HANDOVER_SECONDS=str(HANDOVER_S))
-    web = Web(tmp_path, env)
-    workers = []
+    web = Web(web_block, tmp_path, env, port)
+    workers = [Host("gpu1", gpu1, tmp_path, env), Host("gpu2", gpu2, tmp_path, env)]
+    names = {"layerbench@gpu1.lab", "layerbench@gpu2.lab"}
     try:
+        print('T', round(time.monotonic()-T0,1), 'web.start()\n        for w', flush=True)
         web.start()
+        for w in workers:
+            w.start()
+        print('T', round(time.monotonic()-T0,1), 'token = initial_token(', flush=True)
         token = initial_token(tmp_path / "instance")
-        cfg = {"BROKER_URL": broker.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'instance' / 'layerbench.sqlite3'}",
-               "JOBS_DIR": str(jobs_dir), "INSTANCE_DIR": str(tmp_path / "instance"),
-               "HEARTBEAT_SECONDS": 0.5, "HANDOVER_SECONDS": HANDOVER_S}
-        workers = [CeleryWorker(cfg, name, tmp_path) for name in ("w1@hostA", "w2@hostB")]
+        health = api(web.url, token, "GET", "/healthz")
+        assert health["queue"] == "celery" and health["store"]["backend"] == "postgresql"
+        _wait(lambda: {w["name"] for w in api(web.url, token, "GET", "/healthz")["workers"]} == names, 60,
+              "the workers never showed on /healthz")
         # Both workers busy (one job held in its layer, one training for
         # long); the other two wait queued.
+        print('T', round(time.monotonic()-T0,1), 'held = _submit(', flush=True)
         held = _submit(web, token, GATE.replace("HOLD", "3"), max_iter=8, name="held")
         long = _submit(web, token, SEED_LAYER, network=LENET_SEED, max_iter=100000, name="long")
         queued = [_submit(web, token, SEED_LAYER, network=LENET_SEED, max_iter=4, name=f"queued {i}")
                   for i in (1, 2)]
+        print('T', round(time.monotonic()-T0,1), '_wait(lambda: all(', flush=True)
         _wait(lambda: all(_job(web, token, j["id"])["status"] == "running" for j in (held, long)), 90,
               "the first two jobs never ran")
-        assert {_job(web, token, j["id"])["worker"] for j in (held, long)} == {"w1@hostA", "w2@hostB"}
+        assert {_job(web, token, j["id"])["worker"] for j in (held, long)} == names
         assert all(_job(web, token, j["id"])["status"] == "queued" for j in queued)
 
+        print('T', round(time.monotonic()-T0,1), 'broker.stop()', flush=True)
         broker.stop()            # every queued message is gone with it (no persistence)
         broker.start()
+        print('T', round(time.monotonic()-T0,1), 'web.stop()', flush=True)
         web.stop()               # and the web restarts while both workers train
         web.start()
+        print('T', round(time.monotonic()-T0,1), 'assert [(_job(', flush=True)
+        assert [(_job(web, token, j["id"])["status"]) for j in (held, long)] == ["running", "running"]
 
         # Abort through the new web process reaches the worker training it.
         t0 = time.monotonic()
         api(web.url, token, "POST", f"/api/v1/jobs/{long['id']}/abort")
         aborted = _wait(lambda: (j := _job(web, token, long["id"]))["status"] in ENDED and j, 10, "abort")
         assert aborted["status"] == "aborted" and time.monotonic() - t0 < 5.0, (aborted, time.monotonic() - t0)
+        print('T', round(time.monotonic()-T0,1), '(jobs_dir / held', flush=True)
         (jobs_dir / held["id"] / "input" / "release").touch()
         for j in [held, *queued]:
             _wait(lambda: _job(web, token, j["id"])["status"] in ENDED, 90, f"{j['id']} never ended")
             job = _job(web, token, j["id"])
             assert job["status"] == "done", (job["error"], job["id"])
             assert len([e for e in job["history"] if e["status"] == "running"]) == 1, job["history"]
+        print('T', round(time.monotonic()-T0,1), 'end', flush=True)
     finally:
         for w in workers:
             w.stop()

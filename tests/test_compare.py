@@ -73,9 +73,10 @@ def test_compare_trained_jobs_in_the_browser(server, browser, tmp_path):  # noqa
     def submit(name: str, lr: str, layer: str) -> dict:
         return api(url, token, "POST", "/api/v1/jobs", {
             "network": ("n.prototxt", LENET_SEED.encode()), "python_layer": ("l.py", layer.encode()),
-            "dataset": (None, b"sample-digits"), "max_iter": (None, b"60"), "learning_rate": (None, lr.encode()),
+            "dataset": (None, b"sample-digits"), "max_iter": (None, b"24"), "learning_rate": (None, lr.encode()),
             "val_interval": (None, b"0.5"), "name": (None, name.encode()), "device": (None, b"cpu")})
 
+    _login(browser, url, instance)
     a, b = submit("slow lr", "0.001", SEED_LAYER), submit("fast lr", "0.05", CHANGED_LAYER)
     for job in (a, b):
         import time
@@ -85,7 +86,6 @@ def test_compare_trained_jobs_in_the_browser(server, browser, tmp_path):  # noqa
             time.sleep(0.3)
         assert api(url, token, "GET", f"/api/v1/jobs/{job['id']}")["status"] == "done"
 
-    _login(browser, url, instance)
     browser.get(url + "/")
     for job in (a, b):
         browser.find_element(By.CSS_SELECTOR, f'#jobs tr[data-job-id="{job["id"]}"] input.pick').click()
@@ -112,11 +112,11 @@ def test_compare_trained_jobs_in_the_browser(server, browser, tmp_path):  # noqa
     for xs in shown["curves"].values():
         assert len(xs) >= 2 and xs[0] == 0 and xs == sorted(xs) and xs[-1] > 0
     Select(browser.find_element(By.ID, "axis")).select_by_value("iteration")
-    assert max(max(xs) for xs in curves()["curves"].values()) == 60
+    assert max(max(xs) for xs in curves()["curves"].values()) == 24
 
     row = browser.find_element(By.CSS_SELECTOR, '#settings tr[data-setting="learning_rate"]')
     assert "differs" in row.get_attribute("class")
-    assert row.value_of_css_property("background-color") != \
+    assert row.find_element(By.CSS_SELECTOR, "td").value_of_css_property("background-color") != \
         browser.find_element(By.CSS_SELECTOR, '#settings tr[data-setting="dataset"] td').value_of_css_property(
             "background-color")
     assert "differs" not in browser.find_element(By.CSS_SELECTOR, '#settings tr[data-setting="dataset"]'

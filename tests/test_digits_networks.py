@@ -153,3 +153,16 @@ def test_digits_big_networks_verbatim_validate(client, rgb_dataset, name):
     assert deploy[0]["layer"] == "data"
     softmax = next(lay for lay in report["layers"] if lay["name"] == "softmax")
     assert softmax["stages"] == ["deploy"] and softmax["top_shapes"][0] == [1, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["alexnet", "googlenet"])
+def test_digits_big_networks_verbatim_train(client, worker, rgb_dataset, name):
+    # Two iterations of batch 2 on 256x256 colour images: the verbatim text
+    # trains (random crops of 227 / 224, DIGITS's data layers, its deploy net).
+    resp = post(client, "/api/v1/jobs", network=(DIGITS / f"{name}.prototxt").read_text(), layer=None,
+                dataset=rgb_dataset, batch_size=2, max_iter=2, name=f"digits {name}")
+    assert resp.status_code == 201, resp.get_json()
+    done = wait_for(client, resp.get_json()["id"], {"done", "error"}, timeout=300)
+    assert done["status"] == "done", done["error"]
+    assert done["iteration"] == 2 and done["snapshots"]

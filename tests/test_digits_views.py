@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 
 import pytest
 
@@ -56,25 +57,12 @@ layer {
 BOGUS_NETWORK = CAFFE_NETWORK.replace("type: 'InnerProduct'", "type: 'BogusCode'")
 
 
-def _accepts(name: str, value: str) -> bool:
-    # Whether the service takes a field issue 10 adds (the DIGITS route
-    # answers 400 "not supported yet" until it does).
-    from app.core.errors import ServiceError
-    from app.services.submission import parse_params
-    try:
-        return name in parse_params({name: value})
-    except ServiceError:
-        return True
-
-
 def _create(d: Digits, json: bool = True, **extra) -> str | list[str]:
     # BaseViewsTestWithDataset.create_model, on the built-in sample digits.
     data = {"model_name": "test_model", "group_name": "test_group", "dataset": "sample-digits",
             "method": "custom", "custom_network": CAFFE_NETWORK, "batch_size": 64, "train_epochs": 1,
             "framework": "caffe", "random_seed": 0xCAFEBABE, "shuffle": "false", "snapshot_interval": 1,
             "learning_rate": 0.01}
-    if not _accepts("group_name", "g"):
-        data.pop("group_name")
     data.update(extra)
     r = d.post("/models/images/classification" + (".json" if json else ""), data)
     if json:
@@ -191,13 +179,8 @@ def test_model_views_end_to_end(server):
 
     # test_retrain: method=previous from the last snapshot
     options = {"method": "previous", "previous_networks": model_id, f"{model_id}-snapshot": info["snapshots"][-1]}
-    if _accepts("previous_job", model_id):
-        retrain_id = _create(d, **options)
-        assert d.wait("models", retrain_id) == "Done"
-    else:
-        r = d.post("/models/images/classification.json", {"model_name": "retrain", "dataset": "sample-digits",
-                                                          **options})
-        assert r.status == 400 and "not supported yet" in r.json["message"]
+    retrain_id = _create(d, **options)
+    assert d.wait("models", retrain_id) == "Done"
 
     # test_bad_network_definition: the job exists, ends Error, names the layer type
     bad_id = _create(d, custom_network=BOGUS_NETWORK)
@@ -207,6 +190,12 @@ def test_model_views_end_to_end(server):
 
     # test_create_abort_delete / test_create_delete / abort of an ended model
     long_id = _create(d, train_epochs=200)
+    while (word := d.status("models", long_id)) in ("Initialized", "Waiting"):
+        time.sleep(0.05)
+    assert word == "Running"                                          # test_inference_while_training
+    r = d.post(f"/models/images/classification/classify_one.json?job_id={model_id}",
+               {"image_file": ("image.png", files[first_path])})
+    assert r.status == 200 and r.json["predictions"][0][0] == expected
     assert d.post(f"/models/{long_id}/abort").status == 200
     assert d.wait("models", long_id) == "Abort"
     assert d.post(f"/models/{model_id}/abort").status == 403
@@ -221,26 +210,19 @@ def test_sweep_and_batch_accumulation(server):
     # TestSweepCreation.test_sweep, TestBatchAccumulationCaffe
     url, instance = server
     d = Digits(url, initial_token(instance))
-    from app.services import jobs
-    if hasattr(jobs, "submit_all"):
-        ids = _create(d, learning_rate="[0.01, 0.02]", batch_size="[8, 10]", train_epochs=0.1)
-        assert isinstance(ids, list) and len(ids) == 4
-        for job_id in ids:
-            assert d.wait("models", job_id) == "Done"
-            assert d.call("DELETE", f"/models/{job_id}").status == 200
-    else:
-        r = d.post("/models/images/classification.json", {"model_name": "s", "dataset": "sample-digits",
-                                                          "custom_network": CAFFE_NETWORK, "learning_rate": "[0.01, 0.02]"})
-        assert r.status == 400 and "not supported yet" in r.json["message"]
-    if _accepts("iter_size", "2"):
-        job_id = _create(d, batch_size=10, batch_accumulation=2, train_epochs=0.1)
-        info = d.get(f"/models/{job_id}.json").json
-        solver = d.get(info["directory"] + "/" + info["solver file"]).text
-        assert "iter_size: 2" in solver
-    else:
-        r = d.post("/models/images/classification.json", {"model_name": "s", "dataset": "sample-digits",
-                                                          "custom_network": CAFFE_NETWORK, "batch_accumulation": 2})
-        assert r.status == 400 and "not supported yet" in r.json["message"]
+    ids = _create(d, learning_rate="[0.01, 0.02]", batch_size="[8, 10]", train_epochs=0.1)
+    assert isinstance(ids, list) and len(ids) == 4
+    for job_id in ids:
+        assert d.wait("models", job_id) == "Done"
+        assert d.get(f"/models/{job_id}.json").json["group_name"] == "test_group"
+        assert d.call("DELETE", f"/models/{job_id}").status == 200
+        assert d.get(f"/models/{job_id}").status == 404
+    job_id = _create(d, batch_size=10, batch_accumulation=2, train_epochs=0.1, crop_size=20)
+    info = d.get(f"/models/{job_id}.json").json
+    solver = d.get(info["directory"] + "/" + info["solver file"]).text
+    assert "iter_size: 2" in solver
+    assert "crop_size: 20" in d.get(info["directory"] + "/" + info["train_val file"]).text   # test_crop_size
+    assert d.wait("models", job_id) == "Done"
 
 
 def _create_dataset(d: Digits, json: bool = True, **extra) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,11 @@ def test_fine_tuning_starts_where_the_previous_job_ended(app, client, worker, fi
     base = post(client, "/api/v1/jobs", train_epochs=3, random_seed=1, learning_rate=0.05).get_json()
     base = wait_for(client, base["id"], {"done", "error"}, timeout=180)
     assert base["status"] == "done", base
+    # The page's "Use as starting point" opens the form with this job chosen.
+    page = client.get(f"/jobs/{base['id']}").get_data(as_text=True)
+    assert f'href="/jobs/new?previous_job={base["id"]}"' in page and "Use as starting point" in page
+    form = client.get(f"/jobs/new?previous_job={base['id']}").get_data(as_text=True)
+    assert re.search(rf'id="previous_job"[^>]*value="{base["id"]}"', form), form[:200]
     fresh = post(client, "/api/v1/jobs", max_iter=3, random_seed=2).get_json()
     tuned = post(client, "/api/v1/jobs", network=None, layer=None, max_iter=3, random_seed=2,
                  previous_job=base["id"], previous_snapshot=-1).get_json()
@@ -206,3 +212,17 @@ def test_bad_option_values_are_clear_errors(client):
         details = body.get("details") or body.get("errors")
         assert resp.status_code == 400 or body.get("ok") is False, body
         assert field in json.dumps(details), body
+
+
+def test_sweep_from_the_form_lists_its_group(client):
+    html = client.get("/jobs/new").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
+    resp = client.post("/jobs/new", data={
+        "csrf_token": token, "action": "create", "dataset": "sample-digits", "max_iter": "2",
+        "solver_type": "SGD", "lr_policy": "fixed", "learning_rate": "0.01, 0.05", "device": "cpu",
+        "use_mean": "image", "group_name": "two rates", "previous_snapshot": "-1",
+        "network": (io.BytesIO(LENET_SEED.encode()), "lenet.prototxt"),
+        "python_layer": (io.BytesIO(SEED_LAYER.encode()), "accuracy_layer.py")}, content_type="multipart/form-data")
+    assert resp.status_code == 303, resp.get_data(as_text=True)[-2000:]
+    listing = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert listing.count("group: two rates") == 2 and "[lr=0.01]" in listing and "[lr=0.05]" in listing

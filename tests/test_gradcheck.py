@@ -107,8 +107,10 @@ def test_wrong_and_missing_backwards_are_caught(client):
     report = _validate(client, net)
     got = _by_blob(report)
     for blob in ("ip2", "ip2b"):
-        assert got[("flip", blob)]["verdict"] == "wrong" and "sign is flipped" in got[("flip", blob)]["reason"]
-        assert got[("nohalf", blob)]["verdict"] == "wrong" and "0.5 times" in got[("nohalf", blob)]["reason"]
+        assert got[("flip", blob)]["verdict"] == "wrong" and "sign is flipped" in got[("flip", blob)]["reason"], \
+            got[("flip", blob)]
+        assert got[("nohalf", blob)]["verdict"] == "wrong" and "0.5 times" in got[("nohalf", blob)]["reason"], \
+            got[("nohalf", blob)]
     assert got[("axis", "ip2")]["verdict"] == "wrong"
     assert "points elsewhere" in got[("axis", "ip2")]["reason"]
     assert got[("double", "ip2b")]["verdict"] == "not_implemented"

@@ -187,3 +187,19 @@ def test_admin_added_package_and_the_visible_environment(app, client):
 def test_unpinned_requirement_is_refused(app):
     out = app.test_cli_runner().invoke(args=["layer-env", "add", "inflection"])
     assert out.exit_code != 0 and "not pinned" in out.output
+
+
+def test_browser_form_takes_several_layer_files(client):
+    import re
+    html = client.get("/jobs/new").get_data(as_text=True)
+    assert re.search(r'<input[^>]*multiple[^>]*name="python_layer"|<input[^>]*name="python_layer"[^>]*multiple', html)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
+    data = {"csrf_token": token, "action": "validate", "dataset": "", "max_iter": "6", "solver_type": "SGD",
+            "lr_policy": "fixed", "learning_rate": "0.01", "device": "cpu",
+            "network": (io.BytesIO((ML / "multilabel.prototxt").read_bytes()), "multilabel.prototxt"),
+            "python_layer": _files(("x.py", MAIN.replace("from tools", "from my_tools")), ("my-tools.py", TOOLS)),
+            "python_layer_main": "x.py"}
+    resp = client.post("/jobs/new", data=data, content_type="multipart/form-data")
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "Valid: every layer built and ran." in page, page[-3000:]
+    assert "MultilabelDataLayerSync" in page

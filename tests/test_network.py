@@ -64,7 +64,7 @@ def test_fill_from_dataset_and_deploy(tmp_path):
     ds = network.DatasetInfo(path=tmp_path / "ds", num_classes=7, image_shape=[3, 32, 30],
                              train_count=100, val_count=20)
     filled = network.fill(net, ds, batch_size=16)
-    assert filled == {"train_batch": 16, "val_batch": 32, "data_top": "data"}
+    assert filled == {"train_batch": 16, "val_batch": 16, "data_top": "data"}   # DIGITS: batch_size sets both
     train = next(layer for layer in net.net.layer if layer.name == "train-data")
     assert train.data_param.source == str(tmp_path / "ds" / "train_db")
     assert train.transform_param.mean_file == str(tmp_path / "ds" / "mean.binaryproto")

@@ -72,12 +72,10 @@ def _at_import(code: str) -> str:
 # (idiom, layer file, text on the idiom's line, words of the hint)
 IDIOMS = [
     ("print", _in_setup("        print 'top_k', self.top_k\n"), "print 'top_k'", "print is a function"),
-    ("except_comma", _in_setup("        try:\n            pass\n        except ValueError, e:\n            pass\n"),
-     "except ValueError, e", "except E as e"),
-    ("iteritems", _in_setup("        for k, v in params.iteritems():\n            pass\n"), "iteritems()",
-     "use .items()"),
-    ("true_division", _in_setup("        self.half = list(range(10))[:self.top_k * 3 / 2]\n"), "* 3 / 2",
-     "`/` is true division"),
+    ("except_comma", _at_import("try:\n    pass\nexcept ValueError, e:\n    pass\n"), "except ValueError, e",
+     "except E as e"),
+    ("iteritems", _at_import("for k, v in {}.iteritems():\n    pass\n"), "iteritems()", "use .items()"),
+    ("true_division", _at_import("HALF = list(range(10))[:3 * 3 / 2]\n"), "* 3 / 2", "`/` is true division"),
     ("xrange", _at_import("for i in xrange(2):\n    pass\n"), "xrange(2)", "use range"),
     ("basestring", _at_import("assert not isinstance('a', basestring)\n"), "basestring", "use str"),
     ("string_constant", _at_import("NAMES = string.letters[:3]\n"), "string.letters", "string.ascii_letters"),

@@ -262,7 +262,7 @@ def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None,
             digits_net.apply_transform(
                 layer, mean_file=str(dataset.path / "mean.binaryproto") if dataset.has_mean else None,
                 use_mean=(transform or {}).get("use_mean"), crop_size=(transform or {}).get("crop_size"))
-        if stage == "train" and batch_size:
+        if batch_size:   # DIGITS sets the train and the val batch alike
             p.batch_size = batch_size
         if not p.batch_size:
             p.batch_size = batch_size or 64

@@ -23,6 +23,7 @@ EXAMPLES = 3          # examples shown per image-shaped blob
 KEEP_ROWS = 4         # rows copied per blob: the examples, and the gradient check's small batch
 MAX_SIDE = 96         # longer PNGs are subsampled to this many pixels a side (the report stays small)
 FULL_COPY = 1 << 18   # blobs up to this many values are copied whole (a layer that needs its full batch)
+MAX_PICTURE_BYTES = 1 << 20   # data URIs per report
 
 
 def stats(a: np.ndarray) -> dict:
@@ -121,6 +122,20 @@ def _blob_view(role: str, name: str, snap: dict, pictures: bool) -> dict:
         entry["images"] = [_picture(ex, lo, hi) for ex in shown]
         entry["scale"] = [_r(lo), _r(hi)]
     return entry
+
+
+def cap_pictures(views: list[dict], limit: int = MAX_PICTURE_BYTES) -> None:
+    """Keep the report small (the service reads at most 4 MiB of it): once
+    the pictures pass ``limit`` bytes, later layers keep only statistics."""
+    total = 0
+    for v in views:
+        size = sum(len(src) for b in v["blobs"] for src in b.get("images", ()))
+        if total + size > limit:
+            for b in v["blobs"]:
+                b.pop("images", None)
+            v["image"], v["pictures_left_out"] = False, "the report's pictures reached their size limit"
+        else:
+            total += size
 
 
 def blob_name(net, blob: int) -> str:

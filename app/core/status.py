@@ -8,8 +8,10 @@ import enum
 
 
 class JobStatus(str, enum.Enum):
-    """A job's life: queued -> running -> done | error | aborted | interrupted."""
+    """A job's life: queued -> running -> done | error | aborted | interrupted;
+    a job on a dataset still building starts as waiting (-> queued | error)."""
 
+    WAITING = "waiting"
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
@@ -20,7 +22,7 @@ class JobStatus(str, enum.Enum):
     @property
     def ended(self) -> bool:
         """True once the job will not change again by itself."""
-        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+        return self not in (JobStatus.WAITING, JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class DatasetStatus(str, enum.Enum):

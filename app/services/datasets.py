@@ -116,6 +116,9 @@ def build(ctx: Context, ds_id: str) -> str:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(upload, ignore_errors=True)   # nothing half-made is left
         ctx.store.upsert_dataset(ds_id, status=status, error=error, info=info)
+    # Jobs created while it built now validate and queue (or end in error).
+    from app.services import waiting
+    waiting.release(ctx, ds_id)
     return status
 
 
@@ -225,6 +228,8 @@ def abort(ctx: Context, ds: dict) -> None:
         if ctx.store.claim_dataset(ds["id"], state, DatasetStatus.ERROR.value):
             if state == DatasetStatus.QUEUED.value:
                 ctx.store.upsert_dataset(ds["id"], error=ABORTED)
+                from app.services import waiting
+                waiting.release(ctx, ds["id"])   # no build will end to release them
             return
     raise ServiceError("conflict", f"The dataset's build already ended ({ds['status']}).")
 

@@ -41,8 +41,10 @@ def ready_datasets(store: Store, ws: Workspace, user: dict | None = None) -> dic
     return out
 
 
-def _validate_into(c: Context, upload: Upload, user: dict, input_dir: Path, out_dir: Path
-                   ) -> tuple[Prepared, dict]:
+def validate_inputs(c: Context, upload: Upload, user: dict, input_dir: Path, out_dir: Path
+                    ) -> tuple[Prepared, dict]:
+    """Stage the starting weights, prepare the upload into ``input_dir`` and
+    validate it contained; the prepared inputs and the report."""
     from app.services import finetune, gpus
     from app.services.caffe_info import caffe_info
     upload, start = finetune.stage(c, upload, user, input_dir)
@@ -78,7 +80,7 @@ def validate_only(c: Context, upload: Upload, user: dict) -> dict:
     try:
         (scratch / "input").mkdir()
         try:
-            _, report = _validate_into(c, upload, user, scratch / "input", scratch / VALIDATION_DIR)
+            _, report = validate_inputs(c, upload, user, scratch / "input", scratch / VALIDATION_DIR)
         except ServiceError as err:
             if err.code not in ("invalid_request", "invalid_network", "invalid_python_layer"):
                 raise
@@ -98,6 +100,11 @@ def _invalid(report: dict) -> ServiceError:
 def submit(c: Context, upload: Upload, user: dict) -> dict:
     """Validate and queue a new job owned by ``user``; invalid_* and nothing
     queued when the upload is wrong."""
+    from app.services import waiting
+    ds = waiting.building(c, upload, user)
+    if ds is not None:   # DIGITS: accepted, waits for its dataset
+        _guard_containment(c)
+        return waiting.hold(c, upload, user, ds)
     job_id, prepared, report = validate_new(c, upload, user)
     return queue_new(c, job_id, prepared, report, user)
 
@@ -109,7 +116,7 @@ def validate_new(c: Context, upload: Upload, user: dict) -> tuple[str, Prepared,
     job_id = new_job_id()
     job_dir = c.ws.create_job(job_id)
     try:
-        prepared, report = _validate_into(c, upload, user, c.ws.input_dir(job_id), job_dir / VALIDATION_DIR)
+        prepared, report = validate_inputs(c, upload, user, c.ws.input_dir(job_id), job_dir / VALIDATION_DIR)
         if not report["ok"]:
             raise _invalid(report)
     except BaseException:
@@ -124,18 +131,24 @@ def queue_new(c: Context, job_id: str, prepared: Prepared, report: dict, user: d
     """Put a job validated by ``validate_new`` in the store, queued;
     ``group``: the sweep it belongs to."""
     name = (prepared.params.get("name") or prepared.network.net.name or "job") + name_suffix
-    params = {k: v for k, v in prepared.params.items() if k not in ("name", "dataset")}
+    params = job_params(prepared, report)
     if group is not None:
         params["group"] = group
-    params["network_filename"] = prepared.network.filename
-    params["iters_per_epoch"] = prepared.iters_per_epoch
-    params["validation_seconds"] = report.get("seconds")
     job = c.store.insert_job(id=job_id, name=name[:200], owner=user["name"], dataset=prepared.dataset,
                              device=params["device"],
                              params=params, python_layer=prepared.python_layer,
                              max_iter=prepared.max_iter)
     queue.enqueue_job(c, job)   # celery queue only (the local one polls the store)
     return job
+
+
+def job_params(prepared: Prepared, report: dict) -> dict:
+    """The params a validated job is stored with."""
+    params = {k: v for k, v in prepared.params.items() if k not in ("name", "dataset")}
+    params["network_filename"] = prepared.network.filename
+    params["iters_per_epoch"] = prepared.iters_per_epoch
+    params["validation_seconds"] = report.get("seconds")
+    return params
 
 
 def get(c: Context, job_id: str, user: dict) -> dict:
@@ -284,9 +297,9 @@ def abort(c: Context, job: dict) -> None:
     if JobStatus(job["status"]).ended:
         raise ServiceError("conflict", f"The job already ended ({job['status']}).")
     store.update_job(job["id"], abort_requested=True)
-    # A queued job never started: end it now.
-    store.update_job(job["id"], expect_status=[JobStatus.QUEUED.value], status=JobStatus.ABORTED.value,
-                     finished_at=now_iso())
+    # A queued or waiting job never started: end it now.
+    store.update_job(job["id"], expect_status=[JobStatus.QUEUED.value, JobStatus.WAITING.value],
+                     status=JobStatus.ABORTED.value, finished_at=now_iso())
 
 
 def delete(c: Context, job: dict) -> None:
@@ -298,7 +311,7 @@ def delete(c: Context, job: dict) -> None:
             cur = c.store.get_job(job["id"])
             if cur is None or JobStatus(cur["status"]).ended:
                 break
-            if cur["status"] == JobStatus.QUEUED.value:
+            if cur["status"] in (JobStatus.QUEUED.value, JobStatus.WAITING.value):
                 break
             time.sleep(0.1)
     c.store.delete_job(job["id"])
@@ -451,10 +464,10 @@ def submit_keeping_failures(c: Context, upload: Upload, user: dict) -> list[dict
     fields ask for a sweep), or, when the network or Python layer does not
     validate, one job record that has already ended in error and carries the
     validation report (never queued). Bad fields still raise invalid_request."""
+    from app.services import sweeps
     from app.services.submission import parse_params
     try:
-        many = globals().get("submit_all")
-        return list(many(c, upload, user)) if many else [submit(c, upload, user)]
+        return list(sweeps.submit_all(c, upload, user))
     except ServiceError as err:
         if err.code not in ("invalid_network", "invalid_python_layer"):
             raise

@@ -23,6 +23,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(serve)
     app.cli.add_command(worker)
     app.cli.add_command(selftest_command)
+    app.cli.add_command(db_upgrade)
     from app.web.layer_env_cli import layer_env_group
     app.cli.add_command(layer_env_group)
 
@@ -35,6 +36,16 @@ def _selftest() -> dict:
     result = selftest.run(c.cfg, c.ws, c.containment, ready_datasets(c.store, c.ws))
     selftest.save(current_app.instance_path, result)
     return result
+
+
+@click.command("db-upgrade")
+def db_upgrade() -> None:
+    """Bring the database to the newest schema (Alembic; also done at every
+    start) and print the revision it is at."""
+    store = current_app.extensions["store"]
+    store.create_schema()
+    click.echo(f"database {store.engine.url.render_as_string(hide_password=True)} "
+               f"at revision {store.schema_revision()}")
 
 
 @click.command("selftest")

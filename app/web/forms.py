@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
-from wtforms import (DecimalField, IntegerField, PasswordField, SelectChoice, SelectField, StringField,
+from wtforms import (BooleanField, DecimalField, IntegerField, PasswordField, SelectChoice, SelectField, StringField,
                      TextAreaField)
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
@@ -25,11 +25,17 @@ class JobForm(FlaskForm):
                           validators=[Optional()])
     train_epochs = DecimalField("Training epochs", default=30, validators=[Optional(), NumberRange(min=0)])
     max_iter = IntegerField("…or iterations (wins over epochs)", validators=[Optional(), NumberRange(min=1)])
-    batch_size = IntegerField("Batch size (overrides the network's)", validators=[Optional(), NumberRange(min=1)])
+    # Text, not numbers: a list (0.01,0.02) makes a sweep, one job per combination.
+    batch_size = StringField("Batch size (overrides the network's; a list such as 32,64 makes a sweep)",
+                             validators=[Optional(), Length(max=200)])
+    iter_size = IntegerField("Batch accumulation (iter_size: batches added up per iteration)",
+                             validators=[Optional(), NumberRange(min=1)])
     val_interval = DecimalField("Validation interval (epochs)", default=1, validators=[Optional()])
     snapshot_interval = DecimalField("Snapshot interval (epochs)", default=1, validators=[Optional()])
     solver_type = SelectField("Solver", choices=[SelectChoice(s) for s in SOLVER_TYPES], default="SGD")
-    learning_rate = DecimalField("Base learning rate", default=0.01, places=None, validators=[Optional()])
+    learning_rate = StringField("Base learning rate (a list such as 0.01,0.02 makes a sweep)", default="0.01",
+                                validators=[Optional(), Length(max=200)])
+    group_name = StringField("Group name (the jobs of a sweep share it)", validators=[Optional(), Length(max=200)])
     lr_policy = SelectField("Learning-rate policy", choices=[SelectChoice(p) for p in LR_POLICIES], default="fixed")
     gamma = DecimalField("gamma (step, multistep, exp, inv, sigmoid)", places=None, validators=[Optional()])
     power = DecimalField("power (inv, poly)", places=None, validators=[Optional()])
@@ -43,6 +49,18 @@ class JobForm(FlaskForm):
                                  choices=[SelectChoice("warn", "warn"),
                                           SelectChoice("error", "refuse the upload")], default="warn")
     solver = FileField("Full solver prototxt (optional; the fields above override it)")
+    crop_size = IntegerField("Crop size (random crops in training, the centre at validation and inference)",
+                             validators=[Optional(), NumberRange(min=1)])
+    use_mean = SelectField("Subtract mean", choices=[SelectChoice("image", "image"), SelectChoice("pixel", "pixel"),
+                                                     SelectChoice("none", "none")], default="image")
+    shuffle = BooleanField("Shuffle the training data (a per-job shuffled copy of the train set)")
+    previous_job = StringField("Start from a previous job (its id)", validators=[Optional(), Length(max=80)])
+    previous_snapshot = StringField("…its snapshot: epoch, or -1 for the last", default="-1",
+                                    validators=[Optional(), Length(max=20)])
+    pretrained_model = SelectField("…or from a pretrained model", choices=[SelectChoice("", "— none —")],
+                                   validators=[Optional()])
+    weights = FileField("…or upload pretrained weights (.caffemodel; layers load by name, renamed ones "
+                        "start fresh)")
 
 
 class ActionForm(FlaskForm):

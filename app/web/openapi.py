@@ -41,12 +41,31 @@ _JOB_FIELDS = {
     "dataset": _ID, "name": {"type": "string", "maxLength": 200},
     "train_epochs": {**_POSITIVE, "default": 30}, "max_iter": _POSITIVE_INT,
     "solver_type": {"type": "string", "enum": list(SOLVER_TYPES)},
-    "learning_rate": {**_POSITIVE, "default": 0.01},
+    "learning_rate": {**_POSITIVE, "default": 0.01, "description": "a list (`0.01,0.02` or `[0.01, 0.02]`, "
+                      "as a string) makes a sweep: one job per combination with batch_size's list, all validated "
+                      "before any is queued, answered as {jobs, group}"},
     "lr_policy": {"type": "string", "enum": list(LR_POLICIES)},
     "gamma": {"type": "number"}, "power": _POSITIVE, "stepsize": _POSITIVE_INT,
     "stepvalues": {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$",
                    "description": "comma-separated iterations (multistep)"},
-    "batch_size": _POSITIVE_INT, "val_interval": {**_POSITIVE, "description": "epochs"},
+    "batch_size": {**_POSITIVE_INT, "description": "a list (`32,64`, as a string) makes a sweep (see learning_rate)"},
+    "iter_size": {**_POSITIVE_INT, "description": "batch accumulation (DIGITS's batch_accumulation): gradients of "
+                  "iter_size batches per iteration; epochs count batch_size x iter_size images"},
+    "crop_size": {**_POSITIVE_INT, "description": "random crops in training, the centre in validation and at "
+                  "inference; at most the dataset's image size"},
+    "use_mean": {"type": "string", "enum": ["image", "pixel", "none"], "default": "image",
+                 "description": "subtract the dataset's mean image, its per-channel mean, or nothing"},
+    "shuffle": {"type": "boolean", "default": False,
+                "description": "train on a shuffled copy of the train set (made once per job, seeded by random_seed)"},
+    "previous_job": {**_ID, "description": "fine-tune: start from this job's snapshot (weights by layer name); its "
+                     "network, Python layer file and dataset are used where none is sent"},
+    "previous_snapshot": {"type": "number", "default": -1,
+                          "description": "the previous job's snapshot by epoch (DIGITS's numbering), -1 for the last"},
+    "pretrained_model": {**_ID, "description": "fine-tune from a kept pretrained model (/api/v1/pretrained)"},
+    "weights": {"type": "string", "format": "binary", "description": "a .caffemodel to start from (at most "
+                "LAYERBENCH_MAX_WEIGHTS_MB), parsed in the sandbox; layers load by name, renamed ones start fresh"},
+    "group_name": {"type": "string", "maxLength": 200, "description": "the name of a sweep's group"},
+    "val_interval": {**_POSITIVE, "description": "epochs"},
     "snapshot_interval": {**_POSITIVE, "description": "epochs"},
     "random_seed": {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1},
     "device": {"type": "string", "pattern": "^(auto|cpu|gpu|gpu:[0-9]+)$", "description": "auto | cpu | gpu | gpu:N. "
@@ -81,6 +100,13 @@ def _ds_id() -> list:
     return [{"name": "dataset_id", "in": "path", "required": True, "schema": _ID}]
 
 
+def _digits_routes() -> list[str]:
+    # From the blueprint itself, so the list cannot drift from the routes.
+    from flask import current_app
+    rules = [r for r in current_app.url_map.iter_rules() if r.endpoint.startswith("digits.")]
+    return sorted(f"{m} {r.rule}" for r in rules for m in sorted(r.methods - {"HEAD", "OPTIONS"}))
+
+
 def spec() -> dict:
     """The OpenAPI document."""
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": _ID}
@@ -105,7 +131,10 @@ def spec() -> dict:
                 "Job": {"type": "object", "properties": {k: {} for k in (
                     "id", "name", "owner", "status", "created_at", "started_at", "finished_at", "progress",
                     "iteration", "max_iter", "epoch", "eta_seconds", "device", "dataset", "python_layer",
-                    "metrics", "snapshots", "error", "links", "worker", "history")}},
+                    "metrics", "snapshots", "error", "links", "worker", "history", "settings", "start_weights",
+                    "group")}},
+                "Pretrained": {"type": "object", "properties": {k: {} for k in (
+                    "id", "name", "owner", "created_at", "size", "sha256", "net_name", "layers")}},
                 "Report": {"type": "object", "properties": {**{k: {} for k in (
                     "ok", "errors", "warnings", "layers", "timing")},
                     "gradient_check": {"type": "array", "description": "per Python layer of the train net and "
@@ -134,11 +163,15 @@ def spec() -> dict:
                     "image_shape", "error")}},
             }},
         "security": [{"bearer": []}],
+        # DIGITS 6's routes (README "Coming from DIGITS"): listed, not described
+        # as operations; their contract is DIGITS's own API and view tests.
+        "x-digits-routes": _digits_routes(),
         "paths": {
             "/api/v1/validate": {"post": _op("Validate only; never creates a job",
                                              {"200": _json(_ref("Report"), "The report"), **errs}, form)},
             "/api/v1/jobs": {
-                "post": _op("Validate and queue a job", {"201": _json(_ref("Job"), "Queued"), **errs}, form,
+                "post": _op("Validate and queue a job (status waiting while its dataset is still building; "
+                            "a sweep answers {jobs, group})", {"201": _json(_ref("Job"), "Queued"), **errs}, form,
                             op_id="createJob", links=to_job),
                 "get": _op("Jobs, newest first, a page at a time (follow next_cursor)", {"200": _json(
                     {"type": "object", "properties": {
@@ -157,6 +190,21 @@ def spec() -> dict:
                             {"name": "ids", "in": "query", "schema": {"type": "string"},
                              "description": "up to 500 comma-separated job ids (unknown or invisible ones left out)"}],
                     op_id="listJobs")},
+            "/api/v1/pretrained": {
+                "post": _op("Keep a .caffemodel as a named pretrained model", {
+                    "201": _json(_ref("Pretrained"), "Kept"), **errs},
+                    {"required": True, "content": {"multipart/form-data": {"schema": {
+                        "type": "object", "required": ["name", "weights"], "properties": {
+                            "name": {"type": "string", "maxLength": 200},
+                            "weights": {"type": "string", "format": "binary"}}}}}}),
+                "get": _op("The pretrained models you may see, newest first", {"200": _json(
+                    {"type": "object", "properties": {"pretrained": {"type": "array", "items": _ref("Pretrained")}}},
+                    "Pretrained models")})},
+            "/api/v1/pretrained/{model_id}": {
+                "get": _op("One pretrained model and the layers it holds", {"200": _json(_ref("Pretrained"), "It")},
+                           params=[{"name": "model_id", "in": "path", "required": True, "schema": _ID}]),
+                "delete": _op("Delete it (jobs started from it keep their copy)", {"204": {"description": "Deleted"}},
+                              params=[{"name": "model_id", "in": "path", "required": True, "schema": _ID}])},
             "/api/v1/jobs/{job_id}": {
                 "get": _op("One job", {"200": _json(_ref("Job"), "The job")}, params=jid, op_id="getJob"),
                 "delete": _op("Abort if running and delete", {"204": {"description": "Deleted"}}, params=jid,

@@ -10,7 +10,7 @@ from app.caffe.network import standard_network_text, standard_networks
 from app.core.errors import ServiceError
 from app.core.status import DatasetStatus
 from app.services import datasets as dataset_service
-from app.services import jobs
+from app.services import jobs, sweeps
 from app.services import layer_env, layer_files
 from app.services.submission import Upload
 from app.web.auth import current_user
@@ -73,12 +73,15 @@ def logout():
 
 @bp.get("/")
 def index():
-    """Jobs (one page of 50, newest first; ?cursor= for older ones) and datasets."""
+    """Jobs (one page of 50, newest first; ?cursor= for older ones; ?ids=a,b
+    for some, e.g. a sweep's group) and datasets."""
     user = current_user()
     cursor = request.args.get("cursor") or None
-    page = jobs.list_for(ctx(), user, cursor=cursor)
+    ids = jobs.parse_ids(request.args.get("ids"))
+    page = jobs.list_for(ctx(), user, cursor=cursor, ids=ids)
     return render_template("web/index.html", jobs=page.jobs, next_cursor=page.next_cursor,
-                           paged=cursor is not None, datasets=dataset_service.list_for(ctx(), user))
+                           paged=cursor is not None or ids is not None,
+                           datasets=dataset_service.list_for(ctx(), user))
 
 
 def _job_form() -> JobForm:
@@ -91,6 +94,12 @@ def _job_form() -> JobForm:
     from app.services import gpus
     form.device.choices = list(form.device.choices[:3]) + [
         SelectChoice(f"gpu:{g['index']}", f"GPU {g['index']}: {g['name']}") for g in gpus.detect()]
+    from app.services import pretrained
+    form.pretrained_model.choices = [SelectChoice("", "— none —")] + [
+        SelectChoice(m["id"], m["name"]) for m in pretrained.list_for(ctx(), current_user())]
+    if request.method == "GET":
+        # "Use as starting point" on a job page: its id (and last snapshot).
+        form.previous_job.data = form.previous_job.data or request.args.get("previous_job", "")[:80]
     if request.method == "GET" and not form.dataset.data and len(form.dataset.choices) > 1:
         form.dataset.data = form.dataset.choices[1].value
     return form
@@ -111,13 +120,18 @@ def _upload_from_form(form: JobForm) -> Upload:
     fields = {k: ("" if form[k].data is None else str(form[k].data)) for k in (
         "name", "dataset", "train_epochs", "max_iter", "batch_size", "val_interval", "snapshot_interval",
         "solver_type", "learning_rate", "lr_policy", "gamma", "power", "stepsize", "stepvalues",
-        "random_seed", "device", "gradient_check")}
+        "random_seed", "device", "gradient_check", "iter_size", "crop_size", "use_mean", "group_name",
+        "previous_job", "previous_snapshot", "pretrained_model")}
+    fields["shuffle"] = "true" if form.shuffle.data else "false"
+    weights = form.weights.data if form.weights.data is not None and getattr(form.weights.data, "filename", None) \
+        else None
     fields[layer_files.MAIN_FIELD] = (form.python_layer_main.data or "").strip()
     return Upload(network_text=text, network_filename=name,
                   layer_stream=layer, layer_filename=layer_name, layer_files=layers,
                   solver_text=solver_file.read(256 * 1024 + 1) if solver_file is not None and
                   getattr(solver_file, "filename", None) else None,
-                  fields=fields)
+                  fields=fields, weights_stream=weights.stream if weights else None,
+                  weights_filename=weights.filename if weights else None)
 
 
 @bp.route("/jobs/new", methods=["GET", "POST"])
@@ -131,8 +145,10 @@ def new_job():
             if request.form.get("action") == "validate":
                 report = jobs.validate_only(ctx(), upload, current_user())
             else:
-                job = jobs.submit(ctx(), upload, current_user())
-                return redirect(url_for("web.job_page", job_id=job["id"]), code=303)
+                created = sweeps.submit_all(ctx(), upload, current_user())
+                if len(created) > 1:   # a sweep: its jobs side by side
+                    return redirect(url_for("web.index", ids=",".join(j["id"] for j in created)), code=303)
+                return redirect(url_for("web.job_page", job_id=created[0]["id"]), code=303)
         except ServiceError as err:
             if not err.user_fault and err.code != "conflict":
                 raise

@@ -291,4 +291,6 @@ def recover(ctx: Context, stale_after: float | None = None) -> list[str]:
             ctx.store.upsert_dataset(ds["id"], status="error",
                                      error="The worker stopped while building this dataset; upload it again.")
             ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]) / "build")
+        from app.services import waiting
+        waiting.release_stale(ctx)   # jobs waiting on a build that ended meanwhile
     return changed

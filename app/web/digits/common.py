@@ -17,6 +17,8 @@ from app.web.errors import ApiError
 # restart aborted DIGITS's running jobs); here it can be resumed.
 JOB_WORDS = {JobStatus.QUEUED: "Waiting", JobStatus.RUNNING: "Running", JobStatus.DONE: "Done",
              JobStatus.ERROR: "Error", JobStatus.ABORTED: "Abort", JobStatus.INTERRUPTED: "Abort"}
+if hasattr(JobStatus, "WAITING"):       # a job whose dataset is still building (issue 16)
+    JOB_WORDS[JobStatus("waiting")] = "Waiting"
 DATASET_WORDS = {DatasetStatus.QUEUED: "Waiting", DatasetStatus.RUNNING: "Running",
                  DatasetStatus.DONE: "Done", DatasetStatus.ERROR: "Error"}
 ENDED_WORDS = ("Done", "Abort", "Error")
@@ -24,7 +26,7 @@ ENDED_WORDS = ("Done", "Abort", "Error")
 
 def job_word(job: dict) -> str:
     """A job's status in DIGITS's words."""
-    return JOB_WORDS[JobStatus(job["status"])]
+    return JOB_WORDS.get(job["status"], "Waiting")
 
 
 def dataset_word(ds: dict) -> str:
@@ -55,7 +57,8 @@ def model_json(job: dict) -> dict:
            "train_val file": jobs.TRAIN_VAL_FILE, "deploy file": jobs.DEPLOY_FILE,
            "solver file": jobs.SOLVER_FILE, "snapshots": epochs(job), "python_layer": job.get("python_layer"),
            "max_iter": job.get("max_iter"), "progress": job.get("progress"), "error": job.get("error"),
-           "notes": params.get("notes"), "group_name": params.get("group_name")}
+           "notes": params.get("notes"),
+           "group_name": (params.get("group") or {}).get("name") or params.get("group_name")}
     for key in ("train_epochs", "learning_rate", "batch_size", "solver_type", "lr_policy", "snapshot_interval",
                 "val_interval", "random_seed", "iter_size", "crop_size", "use_mean", "shuffle"):
         if params.get(key) is not None:

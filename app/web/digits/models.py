@@ -10,7 +10,7 @@ from flask import Response, jsonify, redirect, render_template, request, send_fi
 from app.caffe.network import standard_network_text, standard_networks
 from app.core.errors import ServiceError
 from app.services import jobs
-from app.services.submission import Upload, parse_params
+from app.services.submission import Upload
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.digits import bp
@@ -26,12 +26,6 @@ FIELDS = {"model_name": "name", "dataset": "dataset", "train_epochs": "train_epo
           "lr_poly_power": "power", "lr_step_size": "stepsize_percent", "lr_sigmoid_step": "stepsize_percent",
           "lr_multistep_values": "stepvalues_percent", "batch_accumulation": "iter_size",
           "crop_size": "crop_size", "use_mean": "use_mean", "shuffle": "shuffle", "group_name": "group_name"}
-# Fields the service gained late (issue 10): sent on only where parse_params
-# takes them; a value that would change the run is refused while it does not.
-NEWER = ("iter_size", "crop_size", "use_mean", "shuffle", "group_name", "previous_job", "previous_snapshot",
-         "pretrained_model")
-# What today's service does anyway: these values need no support.
-NEUTRAL = {"shuffle": ("false", "0", ""), "use_mean": ("image",), "iter_size": ("1",), "crop_size": ("", "0")}
 # DIGITS's data augmentation (Torch/TensorFlow in DIGITS 6): only "off" is honoured.
 AUGMENT = {"aug_flip": ("none", ""), "aug_quad_rot": ("none", ""), "aug_rot": ("0", ""), "aug_scale": ("0", ""),
            "aug_noise": ("0", ""), "aug_hsv_use": ("false", "n", ""), "aug_hsv_h": ("0", "0.02", ""),
@@ -41,25 +35,6 @@ AUGMENT = {"aug_flip": ("none", ""), "aug_quad_rot": ("none", ""), "aug_rot": ("
 def _listing(raw: str) -> str:
     # DIGITS sweeps: "[0.01, 0.02]" or "0.01,0.02" -> "0.01,0.02".
     return ",".join(p for p in re.split(r"[\s,]+", raw.strip().strip("[]")) if p)
-
-
-def _supported(fields: dict[str, str]) -> None:
-    for name in NEWER:
-        value = fields.get(name)
-        if value is None:
-            continue
-        try:
-            accepted = name in parse_params({name: value})
-        except ServiceError:
-            accepted = True    # known, and its value is wrong: submit says which way
-        if not accepted:
-            if value.strip().lower() in NEUTRAL.get(name, ()):
-                fields.pop(name)
-                continue
-            raise refuse(name, f"{name} ({value[:40]}) is not supported yet by this server.")
-    sweep = [f for f in ("learning_rate", "batch_size") if "," in (fields.get(f) or "")]
-    if sweep and not hasattr(jobs, "submit_all"):
-        raise refuse(sweep[0], "Sweeps (several learning rates or batch sizes) are not supported yet by this server.")
 
 
 def _network(form) -> Upload:
@@ -109,7 +84,6 @@ def digits_upload(form, files) -> Upload:
     fields.update(upload.fields)
     gpu = form.get("select_gpu") or form.get("select_gpus") or form.get("select_gpus_list")
     fields["device"] = "auto" if gpu in (None, "", "next") else ("cpu" if gpu == "cpu" else f"gpu:{gpu}")
-    _supported(fields)
     upload.fields = fields
     layer = files.get("python_layer_client_file")
     if layer is not None and layer.filename:
