@@ -13,6 +13,8 @@ def main(names: list[str]) -> None:
     suites = {"train_speed": train_speed.run, "validation": validation.run, "http_load": http_load.run,
               "gradient_check": gradient_check.run, "slow_clients": slow_clients.run, "job_list": job_list.run,
               "cold_start": cold_start.run}
+    from . import celery_scale
+    suites["celery_scale"] = celery_scale.run
     for name in names or list(suites):
         result = suites[name]()
         print(f"{name}: {json.dumps(result)}", flush=True)

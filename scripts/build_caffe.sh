@@ -90,21 +90,31 @@ flock 9
 if [ ! -f "$out/caffe/_caffe.so" ]; then
   log "building pycaffe ($variant, key $key) with $JOBS jobs; this takes several minutes"
   work="$CACHE/work-$variant-$key"
-  rm -rf "$work" && mkdir -p "$work"
-  tar -xzf "$sdist" -C "$work"
   src="$work/$SDIST_NAME-$SDIST_VERSION"
-  for p in "${PATCHES[@]}"; do
-    log "patch $(basename "$p")"
-    patch -p1 -s -d "$src" < "$p"
-  done
-  # The sdist ships a caffe.pb.h from an old protoc; the build generates its
-  # own, and the stale copy must never be picked up.
-  rm -f "$src/include/caffe/proto/caffe.pb.h" "$src/python/caffe/proto/caffe_pb2.py"
-  rm -rf "$src/python/caffe/__pycache__"
-  mkdir -p "$work/build"
-  (cd "$work/build" && cmake "$src" "${CMAKE_ARGS[@]}" \
-      -DCMAKE_CXX_FLAGS="$CXXFLAGS" -DCMAKE_SHARED_LINKER_FLAGS="$LDFLAGS" >cmake.log 2>&1) \
-    || { tail -40 "$work/build/cmake.log" >&2; exit 1; }
+  if [ -f "$work/.configured" ]; then
+    # An interrupted build of this very key (the CUDA one takes hours on a
+    # small shared machine): resume it. The newest objects may be half
+    # written by the compilers that were killed, so they are rebuilt.
+    log "resuming the interrupted build in $work"
+    find "$work/build" -name '*.o' -printf '%T@ %p\n' | sort -n | tail -n "$((JOBS + 1))" \
+      | cut -d' ' -f2- | xargs -r rm -f
+  else
+    rm -rf "$work" && mkdir -p "$work"
+    tar -xzf "$sdist" -C "$work"
+    for p in "${PATCHES[@]}"; do
+      log "patch $(basename "$p")"
+      patch -p1 -s -d "$src" < "$p"
+    done
+    # The sdist ships a caffe.pb.h from an old protoc; the build generates its
+    # own, and the stale copy must never be picked up.
+    rm -f "$src/include/caffe/proto/caffe.pb.h" "$src/python/caffe/proto/caffe_pb2.py"
+    rm -rf "$src/python/caffe/__pycache__"
+    mkdir -p "$work/build"
+    (cd "$work/build" && cmake "$src" "${CMAKE_ARGS[@]}" \
+        -DCMAKE_CXX_FLAGS="$CXXFLAGS" -DCMAKE_SHARED_LINKER_FLAGS="$LDFLAGS" >cmake.log 2>&1) \
+      || { tail -40 "$work/build/cmake.log" >&2; exit 1; }
+    touch "$work/.configured"
+  fi
   (cd "$work/build" && make -j"$JOBS" pycaffe >make.log 2>&1) \
     || { grep -B2 -A8 -m5 'error' "$work/build/make.log" >&2 || tail -40 "$work/build/make.log" >&2; exit 1; }
   stage="$out.tmp"

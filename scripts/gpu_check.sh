@@ -110,7 +110,9 @@ trap 'finish $?' EXIT
 } > "$STEPS/machine.txt" 2>&1
 cat "$STEPS/machine.txt"
 [ -f "$BUNDLE" ] || { say "NO BUNDLE at $BUNDLE (make gpu-bundle, then carry it)"; exit 1; }
-step unpack 120 tar -C "$WORK" -xf "$BUNDLE"   # xz (or any compression tar knows)
+# tar needs the xz program for .tar.xz; Python's tarfile is the fallback.
+step unpack 120 bash -c 'tar -C "$0" -xf "$1" 2>/dev/null || python3 -c "import sys, tarfile
+tarfile.open(sys.argv[2]).extractall(sys.argv[1], filter=\"tar\")" "$0" "$1"' "$WORK" "$BUNDLE"
 [ -x "$R/bin/python3" ] || { say "the bundle did not unpack"; exit 1; }
 cp "$R/BUNDLE.json" "$STEPS/bundle.json"
 

@@ -33,7 +33,7 @@ def test_seed_layer_lenet_trains_to_done(app, client, worker, tmp_path):
     done = wait_for(client, job["id"], {"done", "error"})
     assert done["status"] == "done", done["error"]
     assert done["iteration"] == done["max_iter"] == 44   # 2 * ceil(1347 / 64): whole iterations per epoch, as DIGITS
-    assert done["progress"] == 1.0 and done["epoch"] > 2.0
+    assert done["progress"] == 1.0 and done["epoch"] == 2.0   # whole iterations per epoch: exactly 2
     assert done["started_at"] and done["finished_at"]
 
     m = client.get(f"/api/v1/jobs/{job['id']}/metrics").get_json()

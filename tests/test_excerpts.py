@@ -91,3 +91,19 @@ def test_page_shows_excerpt(client):
     assert "NameError in reshape(): name &#39;undefined_name&#39; is not defined" in page
     pre = re.search(r'<pre class="excerpt">(.*?)</pre>', page, re.S).group(1)
     assert f"&gt; {line} |         top[0].reshape(1) + undefined_name" in pre
+
+
+def test_training_error_of_a_job_shows_its_excerpt(app, client):
+    # A job whose layer failed in training: the error record is the one the
+    # runner writes (app.contained.train), stored as the worker stores it.
+    job = post(client, "/api/v1/jobs", layer=SEED_LAYER).get_json()
+    line = line_of(SEED_LAYER, "top[0].data[0] = num_correct / len(ground_truth)")
+    app.extensions["store"].update_job(job["id"], status="error", error={
+        "stage": "train", "message": "ValueError in forward(): broken", "file": LAYER, "line": line,
+        "traceback": "Traceback (most recent call last):\n..."})
+    err = client.get(f"/api/v1/jobs/{job['id']}").get_json()["error"]
+    assert err["message"] == "ValueError in forward(): broken"
+    assert f"> {line} |         top[0].data[0] = num_correct / len(ground_truth)" in err["excerpt"]
+    html = client.get(f"/jobs/{job['id']}").get_data(as_text=True)
+    assert f"&gt; {line} |         top[0].data[0]" in re.search(r'<pre class="excerpt" id="error-excerpt">(.*?)</pre>',
+                                                                html, re.S).group(1)

@@ -13,6 +13,7 @@ from helpers import DATA, LENET_SEED, SEED_LAYER, line_of, post
 # The seed's AccuracyLayer stays in the nets: the layer file must define it.
 LAYERS = SEED_LAYER + "\n\n" + (DATA / "gradcheck_layers.py").read_text()
 LOSS = '  include { stage: "train" }\n  loss_weight: 1\n'
+NO_DEPLOY = '  exclude { stage: "deploy" }\n'   # reads the labels
 
 
 def _python(name: str, cls: str, bottoms: list[str], tops: list[str], extra: str = "") -> str:
@@ -56,21 +57,24 @@ def _validate(client, network: str, **fields) -> dict:
 
 def test_correct_layers_pass_kinks_do_not_false_alarm_and_image_layers_are_shown(client):
     net = _net(IP2B + _python("eucl", "EuclideanLossLayer", ["ip2", "ip2b"], ["eucl"], LOSS)
-               + _python("scale", "ScaleLayer", ["ip2"], ["ip2s"])
-               + _python("center", "CenterRows", ["ip2s"], ["ip2c"])
+               + _python("pyscale", "ScaleLayer", ["ip2"], ["ip2s"])
+               + _python("shift", "ShiftByLabel", ["ip2s", "label"], ["ip2l"], NO_DEPLOY)
+               + _python("center", "CenterRows", ["ip2l"], ["ip2c"], NO_DEPLOY)
                + _python("eucl2", "EuclideanLossLayer", ["ip2c", "ip2b"], ["eucl2"], LOSS),
                occlude=True, relu=True)
     report = _validate(client, net)
     got = _by_blob(report)
-    for key in (("eucl", "ip2"), ("eucl", "ip2b"), ("scale", "ip2"), ("scale", "blobs[0]"),
-                ("center", "ip2s"), ("eucl2", "ip2c"), ("eucl2", "ip2b"), ("pyrelu", "ip1")):
+    for key in (("eucl", "ip2"), ("eucl", "ip2b"), ("pyscale", "ip2"), ("pyscale", "blobs[0]"),
+                ("shift", "ip2s"), ("center", "ip2l"), ("eucl2", "ip2c"), ("eucl2", "ip2b"), ("pyrelu", "ip1")):
         g = got[key]
         assert g["verdict"] == "ok", g
         assert g["checked"] > 0 and g["max_rel_error"] < 1e-3, g
-    assert got[("scale", "blobs[0]")]["kind"] == "param" and got[("scale", "blobs[0]")]["elements"] == 10
+    assert got[("pyscale", "blobs[0]")]["kind"] == "param" and got[("pyscale", "blobs[0]")]["elements"] == 10
     # PyReLU's bottom comes out of Caffe's ReLU: many values sit exactly on
     # its kink, where central differences disagree with any backward.
     assert got[("pyrelu", "ip1")]["kinks"] > 0
+    assert got[("shift", "label")]["verdict"] == "skipped"
+    assert got[("shift", "label")]["reason"].startswith("integer values (labels)")
     # Nothing below the images learns: Caffe asks BlankSquare for no gradient.
     assert got[("blank", "scaled")]["verdict"] == "skipped"
     assert "nothing below it learns" in got[("blank", "scaled")]["reason"]

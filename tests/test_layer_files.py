@@ -82,6 +82,30 @@ def test_multilabel_layer_with_its_helper_module_validates_trains_and_carries(ap
     assert clone.status_code == 201, clone.get_json()
     assert clone.get_json()["python_layer"]["files"] == ["digits_python_layers.py", "tools.py"]
     client.post(f"/api/v1/jobs/{clone.get_json()['id']}/abort")
+    # Fine-tuning from it brings its network and every layer file along.
+    tuned = client.post("/api/v1/jobs", data={"previous_job": job["id"], "previous_snapshot": "-1",
+                                              "max_iter": "2", "dataset": ""}, content_type="multipart/form-data")
+    assert tuned.status_code == 201, tuned.get_json()
+    assert tuned.get_json()["python_layer"]["files"] == ["digits_python_layers.py", "tools.py"]
+    client.post(f"/api/v1/jobs/{tuned.get_json()['id']}/abort")
+
+
+@pytest.mark.slow
+def test_training_error_in_a_helper_names_that_file_and_no_server_path(client, worker):
+    # Validation runs a few batches (32 images); training goes further and fails in tools.py.
+    late = TOOLS.replace("        im = np.float32(im)\n", "        im = np.float32(im)\n"
+                         "        self.n = getattr(self, 'n', 0) + 1\n"
+                         "        if self.n > 40:\n            raise ValueError('late failure in tools')\n")
+    job = _send(client, "/api/v1/jobs", _files(("multilabel_datalayers.py", MAIN), ("tools.py", late))).get_json()
+    ended = wait_for(client, job["id"], {"done", "error"}, timeout=120)
+    assert ended["status"] == "error", ended
+    err = ended["error"]
+    assert err["file"] == "tools.py" and err["line"] == late.splitlines().index(
+        "            raise ValueError('late failure in tools')") + 1
+    assert "late failure in tools" in err["message"]
+    assert 'File "tools.py"' in err["traceback"] and 'File "digits_python_layers.py"' in err["traceback"]
+    log = client.get(f"/api/v1/jobs/{job['id']}/log").get_data(as_text=True)
+    _no_checkout_path(ended, log)
 
 
 def test_zip_with_a_nested_helper_package(client):
@@ -93,6 +117,13 @@ def test_zip_with_a_nested_helper_package(client):
                "mylayers/README.txt": "not python", "__MACOSX/mylayers/._layers.py": "junk"}
     report = _send(client, "/api/v1/validate", _files(("layers.zip", _zip(entries)))).get_json()
     assert report["ok"], report["errors"]
+    # A sweep hands the same files to every job it makes.
+    swept = _send(client, "/api/v1/jobs", _files(("layers.zip", _zip(entries))), learning_rate="0.01,0.02")
+    assert swept.status_code == 201, swept.get_json()
+    for j in swept.get_json()["jobs"]:
+        assert j["python_layer"]["files"] == ["digits_python_layers.py", "helpers/__init__.py",
+                                              "helpers/vision/__init__.py", "helpers/vision/tools.py"]
+        client.post(f"/api/v1/jobs/{j['id']}/abort")
 
     broken = TOOLS.replace("        im = np.float32(im)\n", "        im = np.float32(im)\n        im.reshape(7, 7, 7)\n")
     entries["mylayers/helpers/vision/tools.py"] = broken

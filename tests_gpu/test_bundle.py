@@ -2,12 +2,14 @@
 before any GPU-machine time is spent. Run by `make test-gpu-build`, after
 `make gpu-bundle` (it needs the CUDA build, so `make test` leaves it out).
 
-Each test unpacks the bundle into an empty directory and runs only the
-bundle's interpreter with a cleared environment (``env -i``). The CUDA
-runtime, cuBLAS and cuRAND come from the nvidia-* wheels of the bundle's
-build venv, put in place by the bundle's own link-cuda.sh — exactly what
-scripts/gpu_check.sh does with the GPU machine's wheels. No GPU here: CPU
-mode of the CUDA build.
+The bundle is unpacked once into an empty directory, and only the bundle's
+interpreter runs, with a cleared environment (``env -i``: no PYTHONHOME,
+PYTHONPATH or LD_LIBRARY_PATH, as in the sandbox). The CUDA runtime, cuBLAS
+and cuRAND come from the nvidia-* wheels of the bundle's build venv, put in
+place by the bundle's own link-cuda.sh — exactly what scripts/gpu_check.sh
+does with the GPU machine's wheels (it also exports LD_LIBRARY_PATH, which
+the runs here prove unnecessary). No GPU here: CPU mode of the CUDA build.
+The last test runs gpu_check.sh itself, in CPU mode.
 """
 from __future__ import annotations
 
@@ -74,8 +76,11 @@ def test_every_elf_file_resolves_inside_the_bundle(bundle):
     manifest = json.loads((bundle / "BUNDLE.json").read_text())
     elves = [p for p in bundle.rglob("*") if p.is_file() and not p.is_symlink()
              and p.read_bytes()[:4] == b"\x7fELF"]
-    cuda = bundle / "lib/python3/dist-packages/nvidia/cu13/lib"   # link-cuda.sh's, not packed
-    assert len([p for p in elves if not p.is_relative_to(cuda)]) == manifest["elf_files"]
+    # The CUDA libraries link-cuda.sh put in are the GPU machine's own (its
+    # wheels): not packed, not ours to resolve.
+    cuda = bundle / "lib/python3/dist-packages/nvidia/cu13/lib"
+    elves = [p for p in elves if not p.is_relative_to(cuda)]
+    assert len(elves) == manifest["elf_files"]
     problems = []
     for elf in elves:
         out = subprocess.run(["env", "-i", "ldd", str(elf)], capture_output=True, text=True).stdout

@@ -14,16 +14,21 @@ DEPLOY_INPUT = "data"
 LABEL = "label"
 
 
-def add_data_layers(net: Message, layer_lines: list) -> None:
+def add_data_layers(net: Message, layer_lines: list, split_label: bool = False) -> None:
     """A network without data layers gets DIGITS's `train-data` / `val-data`
     (tops `data`, `label`; stages train / val), prepended and sourceless for
-    fill() to feed from the dataset; they have no line in the upload."""
+    fill() to feed from the dataset; they have no line in the upload.
+    ``split_label`` (segmentation): one layer per top, as DIGITS adds them
+    for a dataset of feature and label images."""
     pb = caffe_pb2()
     added = []
     for stage in ("train", "val"):
-        layer = pb.LayerParameter(name=f"{stage}-data", type="Data", top=[DEPLOY_INPUT, LABEL])
-        layer.include.add(stage=[stage])
-        added.append(layer)
+        tops = [[DEPLOY_INPUT], [LABEL]] if split_label else [[DEPLOY_INPUT, LABEL]]
+        for top in tops:
+            suffix = "-label" if top == [LABEL] else ""
+            layer = pb.LayerParameter(name=f"{stage}-data{suffix}", type="Data", top=top)
+            layer.include.add(stage=[stage])
+            added.append(layer)
     rest = list(net.layer)
     del net.layer[:]
     net.layer.extend(added + rest)

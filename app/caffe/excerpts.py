@@ -5,6 +5,7 @@ service ``excerpt``/``annotate``.
 """
 from __future__ import annotations
 
+import re
 import traceback
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def excerpt(text: str, line: int, column: int | None = None, context: int = CONT
     numbered, the named one marked with ``>``, and a ``^`` under ``column``
     (1-based; the line's first non-blank character when None). None when
     the line is not in the text."""
-    lines = text.splitlines()
+    # Python's own line ends (not str.splitlines's form feeds and U+2028).
+    lines = re.split(r"\r\n|\r|\n", text)
+    if lines and lines[-1] == "":
+        lines.pop()
     if not isinstance(line, int) or isinstance(line, bool) or not 1 <= line <= len(lines):
         return None
     lo, hi = max(1, line - context), min(len(lines), line + context)

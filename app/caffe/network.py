@@ -187,7 +187,8 @@ def _given(net: Message, stage: str) -> set[str]:
 
 
 STANDARD_DIR = Path(__file__).resolve().parent / "standard_networks"
-_STANDARD_NAMES = {"lenet": "LeNet", "alexnet": "AlexNet", "googlenet": "GoogLeNet"}
+_STANDARD_NAMES = {"lenet": "LeNet", "alexnet": "AlexNet", "googlenet": "GoogLeNet",
+                   "fcn": "FCN-small (segmentation)"}
 
 
 def standard_networks() -> dict[str, str]:
@@ -218,6 +219,7 @@ class DatasetInfo:
     train_count: int
     val_count: int
     has_mean: bool = True
+    kind: str = "classification"    # or "segmentation": features + labels LMDBs per stage
 
 
 def _data_stage(layer: Message) -> str | None:
@@ -236,13 +238,18 @@ def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None,
     crop_size) for the dataset-fed layers. Returns {"train_batch",
     "val_batch", "data_top"}."""
     out = {"train_batch": None, "val_batch": None, "data_top": None}
+    if dataset is not None and dataset.kind == "segmentation" and (transform or {}).get("crop_size"):
+        raise NetworkError("Crop size does not apply to a segmentation dataset: the labels would not be cropped.",
+                           [{"field": "crop_size", "file": network.filename, "line": None, "layer": None,
+                             "stage": "parse", "message": "leave it empty for segmentation"}])
     if not has_data_layers(network.net):
         if dataset is None:
             raise NetworkError("The network has no Data layers: choose a dataset to feed it.",
                                [{"field": "dataset", "file": network.filename, "line": None, "layer": None,
                                  "stage": "parse", "message": "DIGITS adds train-data / val-data layers "
                                  "fed from the dataset"}])
-        digits_net.add_data_layers(network.net, network.layer_lines)
+        digits_net.add_data_layers(network.net, network.layer_lines,
+                                   split_label=dataset.kind == "segmentation")
     for layer in network.net.layer:
         if layer.type != "Data":
             continue
@@ -259,9 +266,16 @@ def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None,
                                                    "given", layer.name, field_name="dataset")])
             p.source = str(dataset.path / ("train_db" if stage == "train" else "val_db"))
             p.backend = caffe_pb2().DataParameter.LMDB
-            digits_net.apply_transform(
-                layer, mean_file=str(dataset.path / "mean.binaryproto") if dataset.has_mean else None,
-                use_mean=(transform or {}).get("use_mean"), crop_size=(transform or {}).get("crop_size"))
+            # DIGITS feeds a segmentation dataset by top name: `label` reads the
+            # label images (class indices: no mean, scale or crop), any other
+            # top the features.
+            is_label = dataset.kind == "segmentation" and layer.top[:1] == [digits_net.LABEL]
+            if dataset.kind == "segmentation":
+                p.source = str(Path(p.source) / ("labels" if is_label else "features"))
+            if not is_label:
+                digits_net.apply_transform(
+                    layer, mean_file=str(dataset.path / "mean.binaryproto") if dataset.has_mean else None,
+                    use_mean=(transform or {}).get("use_mean"), crop_size=(transform or {}).get("crop_size"))
         if batch_size:   # DIGITS sets the train and the val batch alike
             p.batch_size = batch_size
         if not p.batch_size:

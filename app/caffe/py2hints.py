@@ -60,8 +60,12 @@ _RENAMED_NAMES = {"xrange": "range", "basestring": "str", "unicode": "str", "lon
 _DICT_METHODS = {"iteritems": "items", "itervalues": "values", "iterkeys": "keys"}
 _STRING_CONSTANTS = {"letters": "ascii_letters", "lowercase": "ascii_lowercase", "uppercase": "ascii_uppercase"}
 # Calls whose arguments are sizes or counts: a float there fails in Python 3.
-_SIZE_CALLS = {"range", "xrange", "randrange", "randint", "reshape", "zeros", "ones", "empty", "full",
-               "resize", "tile", "repeat", "choice", "sample", "islice", "Blob", "crop"}
+_INT_ARGS = {"range", "xrange", "randrange", "randint", "reshape", "resize", "islice", "Blob", "crop"}
+_SHAPE_FIRST = {"zeros", "ones", "empty", "full"}
+# `np.reshape(a, shape)`: called on a module, the first argument is the array.
+_ARRAY_MODULES = {"np", "numpy", "xp", "cupy", "jnp", "torch"}
+_SIZE_KEYWORDS = {"size", "shape", "k", "reps", "repeats", "newshape"}
+_SIZED = {"choice", "sample", "normal", "uniform", "permutation", "tile", "repeat"}   # size= only
 _SYNTAX = {"print", "except_comma", "raise_comma", "not_equal", "backticks", "octal", "long_suffix", "tabs"}
 
 # What Python 3 says when it trips over each idiom (matched against the
@@ -110,9 +114,10 @@ class _Lines:
     """(row, col) of tokenize → absolute offsets in the text."""
 
     def __init__(self, text: str) -> None:
+        # Lines end at "\n" only: what tokenize's readline sees.
         self.starts = [0]
-        for line in text.splitlines(keepends=True):
-            self.starts.append(self.starts[-1] + len(line))
+        for line in text.split("\n"):
+            self.starts.append(self.starts[-1] + len(line) + 1)
 
     def at(self, pos: tuple[int, int]) -> int:
         return self.starts[pos[0] - 1] + pos[1]
@@ -182,6 +187,13 @@ def _assigned_names(lines) -> set[str]:
     """Names the file defines itself (never renamed: `long = 3` is theirs)."""
     names = set()
     for toks in lines:
+        if toks[0].string == "def" and len(toks) > 2 and toks[2].string == "(":
+            # Parameters: `def f(self, long, reduce=None)`.
+            names.update(t.string for k, t in enumerate(toks[3:], 3) if t.type == tokenize.NAME
+                         and _is(toks[k - 1], "(", ",", "*", "**"))
+        if toks[0].string in ("import", "from"):
+            at = next((k for k, t in enumerate(toks) if t.string == "import"), len(toks))
+            names.update(t.string for t in toks[at + 1:] if t.type == tokenize.NAME and t.string != "as")
         for i, t in enumerate(toks):
             nxt = toks[i + 1] if i + 1 < len(toks) else None
             prev = toks[i - 1] if i else None
@@ -225,11 +237,12 @@ def scan(text: str) -> _Scan:
             elif t.type == tokenize.NAME and t.string in ("except", "raise") and at_stmt:
                 _comma_clause(toks, i, inner, add, edit, stmt_end(i))
             elif t.type == tokenize.NAME and t.string in _RENAMED_NAMES and t.string not in own \
-                    and not _is(prev, ".", "def", "class", "import") and not _is(nxt, "="):
+                    and not _is(prev, ".", "def", "class", "import") and not _is(nxt, "=", ":"):
                 add(t, t.string)
                 if _RENAMED_NAMES[t.string]:
                     edit(t.start, t.end, _RENAMED_NAMES[t.string])
-            elif t.type == tokenize.NAME and _is(prev, ".") and _is(nxt, "(") and t.string in _DICT_METHODS:
+            elif t.type == tokenize.NAME and _is(prev, ".") and _is(nxt, "(") and t.string in _DICT_METHODS \
+                    and t.string not in own and not (i >= 2 and toks[i - 2].string == "six"):
                 add(t, t.string)
                 edit(t.start, t.end, _DICT_METHODS[t.string])
             elif t.type == tokenize.NAME and t.string == "has_key" and _is(prev, ".") and _is(nxt, "(") \
@@ -258,7 +271,7 @@ def scan(text: str) -> _Scan:
                     edit(nxt.start, nxt.end, "")
             elif t.type == tokenize.NAME and t.string in ("import", "from") and at_stmt:
                 _imports(toks, i, add, edit)
-    _tabs(text, found, edits, pos)
+    _tabs(text, lines, found, edits, pos)
     # Backtick pairs are found from both ends: keep each finding once.
     unique = list(dict.fromkeys(found))
     unique.sort(key=lambda f: (f.line, f.column))
@@ -308,6 +321,8 @@ def _comma_clause(toks, i: int, inner, add, edit, end: int) -> None:
     commas = [k for k in commas if k < stop]
     if not commas:
         return
+    if commas[-1] + 1 >= len(toks):
+        return      # a dangling comma: not an idiom, just broken
     if toks[i].string == "except":
         add(toks[commas[-1]], "except_comma")
         if len(commas) == 1:
@@ -348,20 +363,44 @@ def _view_index(toks, close: int, pairs, add, edit) -> None:
 def _index_context(toks, i: int, inner) -> bool:
     """Is the `/` at ``i`` inside a subscript or a size argument (through
     grouping parentheses and arithmetic)?"""
-    k = inner[i]
+    nxt = toks[i + 1] if i + 1 < len(toks) else None
+    if _is(nxt, ",", ")") or (i and _is(toks[i - 1], ",", "(")):
+        return False        # `def f(a, /, b)`: the positional-only marker
+    k, at = inner[i], i
     while k is not None:
         opener, before = toks[k], toks[k - 1] if k else None
         callee_like = before is not None and (before.type == tokenize.NAME and before.string not in
                                               ("in", "and", "or", "not", "return", "if", "else", "lambda")
                                               or _is(before, ")", "]"))
         if opener.string == "[" and callee_like:
-            return True
+            if before.string in ("c_", "r_"):
+                return False        # np.c_[...] concatenates values
+            # `a[x > n/3]` is a boolean mask, not an index.
+            return not any(inner[j] == k and _is(toks[j], "<", ">", "<=", ">=", "==", "!=")
+                           for j in range(k + 1, len(toks)))
         if opener.string == "(" and callee_like:
-            return before.type == tokenize.NAME and before.string in _SIZE_CALLS
+            return before.type == tokenize.NAME and not (k >= 2 and _is(toks[k - 2], "def")) \
+                and _size_argument(toks, k, at, inner, before.string)
         if opener.string != "(":
             return False
-        k = inner[k]
+        k, at = inner[k], k
     return False
+
+
+def _size_argument(toks, opener: int, at: int, inner, callee: str) -> bool:
+    """Is token ``at`` (inside the call opened at ``opener``) in an argument
+    that must be an integer: any positional one of range-like calls, the
+    first of shape-taking ones, or a size/shape keyword?"""
+    args = [k for k in range(opener + 1, at) if inner[k] == opener and _is(toks[k], ",")]
+    start = args[-1] + 1 if args else opener + 1
+    if start + 1 < len(toks) and toks[start].type == tokenize.NAME and _is(toks[start + 1], "="):
+        return toks[start].string in _SIZE_KEYWORDS and callee in _INT_ARGS | _SHAPE_FIRST | _SIZED
+    if callee in ("reshape", "resize") and opener >= 3 and _is(toks[opener - 2], ".") \
+            and toks[opener - 3].string in _ARRAY_MODULES:
+        return bool(args)
+    if callee in _INT_ARGS:
+        return True
+    return callee in _SHAPE_FIRST and not args
 
 
 def _backticks(toks, i: int, add, edit) -> None:
@@ -407,15 +446,24 @@ def _dotted(toks, k: int) -> tuple[str, int]:
     return ".".join(parts), min(end, len(toks) - 1)
 
 
-def _tabs(text: str, found: list[Finding], edits, pos: _Lines) -> None:
-    indents = [(n, re.match(r"[ \t]*", line).group()) for n, line in enumerate(text.splitlines(), 1)
-               if line.strip() and not line.lstrip().startswith("#")]
-    tabbed = [(n, ind) for n, ind in indents if "\t" in ind]
-    if not tabbed or not any(ind and "\t" not in ind for _, ind in indents):
+def _tabs(text: str, lines, found: list[Finding], edits, pos: _Lines) -> None:
+    """Indentation whose meaning depends on the tab size (Python 3's
+    TabError; Python 2 read a tab as 8 columns): tabs become 8 spaces."""
+    rows = text.split("\n")
+    indents = [(toks[0].start[0], rows[toks[0].start[0] - 1][:toks[0].start[1]]) for toks in lines]
+    bad = next((n for (_, a), (n, b) in zip(indents, indents[1:])
+                if _sign(len(b.expandtabs(8)) - len(a.expandtabs(8))) !=
+                _sign(len(b.expandtabs(1)) - len(a.expandtabs(1)))), None)
+    if bad is None:
         return
-    found.append(Finding(tabbed[0][0], 1, "tabs", HINTS["tabs"], tabbed[0][0], tabbed[0][0]))
-    for n, ind in tabbed:
-        edits.append((pos.starts[n - 1], pos.starts[n - 1] + len(ind), ind.expandtabs(8)))
+    found.append(Finding(bad, 1, "tabs", HINTS["tabs"], bad, bad))
+    for n, ind in indents:
+        if "\t" in ind:
+            edits.append((pos.starts[n - 1], pos.starts[n - 1] + len(ind), ind.expandtabs(8)))
+
+
+def _sign(x: int) -> int:
+    return (x > 0) - (x < 0)
 
 
 def findings(text: str) -> list[Finding]:

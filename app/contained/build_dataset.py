@@ -80,6 +80,14 @@ def build(archive: str, out: str, params: dict) -> dict:
     return info
 
 
+def build_segmentation(archive: str, out: str, params: dict) -> dict:
+    """A segmentation dataset (images/ + labels/ pairs): app.caffe.segmentation."""
+    from app.caffe import segmentation
+    entries = list(members(archive, int(params["max_files"]), int(params["max_bytes"])))
+    decoded = segmentation.decode_pairs(entries, params, lambda v: _progress(out, v))
+    return segmentation.write_segmentation(Path(out), decoded, float(params["val_percent"]), params["name"])
+
+
 def _progress(out: str, value: float) -> None:
     tmp = os.path.join(out, ".progress.tmp")
     with open(tmp, "w") as fh:
@@ -91,7 +99,8 @@ def main(argv: list[str]) -> None:
     """Entry point: always writes result.json."""
     archive, out, params = argv[0], argv[1], json.loads(open(argv[2]).read())
     try:
-        result = {"status": RunOutcome.DONE.value, "info": build(archive, out, params)}
+        builder = build_segmentation if params.get("type") == "segmentation" else build
+        result = {"status": RunOutcome.DONE.value, "info": builder(archive, out, params)}
     except ArchiveError as exc:
         result = {"status": RunOutcome.ERROR.value, "message": str(exc)}
     except MemoryError:

@@ -33,6 +33,18 @@ from app.core.workspace import (
 SUPERSEDED_EXIT = 75   # EX_TEMPFAIL: another run of this job took over
 
 
+def metric_blobs(net) -> list[str]:
+    """The blobs recorded as metrics: the net's outputs plus every top of a
+    Python layer (a metric layer such as DIGITS's Dice is charted even when
+    another layer consumes its top); in-place tops are the bottom's, skipped."""
+    names = list(net.outputs)
+    for lname, layer in zip(net._layer_names, net.layers):
+        if layer.type == "Python":
+            bottoms = set(net.bottom_names[lname])
+            names += [t for t in net.top_names[lname] if t not in names and t not in bottoms]
+    return names
+
+
 class Runner:
     """One training run; ``run()`` always leaves a result.json."""
 
@@ -132,7 +144,7 @@ class Runner:
         max_iter, per_epoch = sp.max_iter, self.meta.get("iters_per_epoch")
         epoch = (lambda it: round(it / per_epoch, 4)) if per_epoch else (lambda it: None)
         net = solver.net
-        outputs = list(net.outputs)
+        outputs = metric_blobs(net)
         # pycaffe's net.blobs builds a new OrderedDict of every blob on each
         # access: look the output blobs up once (the Blob objects persist).
         out_blobs = {k: net.blobs[k] for k in outputs}
@@ -181,13 +193,19 @@ class Runner:
         per job in OUTPUT_DIR; a resume reuses it)."""
         net = caffe_pb2.NetParameter()
         text_format.Parse(Path(net_path).read_text(), net)
-        for layer in net.layer:
-            if (layer.type == "Data" and layer.data_param.backend == caffe_pb2.DataParameter.LMDB
-                    and any("train" in rule.stage for rule in layer.include)):
-                copy = shuffled_copy(Path(layer.data_param.source), self.output / SHUFFLED_TRAIN_DB,
-                                     self.meta.get("random_seed"))
-                layer.data_param.source = str(copy)
-                self.emit("shuffled", layer=layer.name, seed=self.meta.get("random_seed"))
+        train = [layer for layer in net.layer
+                 if layer.type == "Data" and layer.data_param.backend == caffe_pb2.DataParameter.LMDB
+                 and any("train" in rule.stage for rule in layer.include)]
+        seed = self.meta.get("random_seed")
+        if len(train) > 1 and seed is None:
+            # Features and labels (segmentation) must get the same order: one
+            # seed for every copy (a resume reuses the copies already made).
+            seed = int.from_bytes(os.urandom(4), "little")
+        for k, layer in enumerate(train):
+            dest = SHUFFLED_TRAIN_DB if len(train) == 1 else f"{SHUFFLED_TRAIN_DB}_{k}"
+            copy = shuffled_copy(Path(layer.data_param.source), self.output / dest, seed)
+            layer.data_param.source = str(copy)
+            self.emit("shuffled", layer=layer.name, seed=self.meta.get("random_seed"))
         path = Path("/tmp") / f"train_val-{os.getpid()}.prototxt"
         path.write_text(text_format.MessageToString(net))
         return str(path)
@@ -209,11 +227,13 @@ class Runner:
         if not self.shared:
             net.share_with(solver.net)
             self.shared = True
-        sums = {k: 0.0 for k in net.outputs}
+        names = metric_blobs(net)
+        blobs = {k: net.blobs[k] for k in names}
+        sums = {k: 0.0 for k in names}
         for _ in range(test_iter):
-            out = net.forward()
+            net.forward()
             for k in sums:
-                sums[k] += float(out[k].mean())
+                sums[k] += float(blobs[k].data.mean())
         self.emit("val", iteration=it, epoch=ep, **{k: v / test_iter for k, v in sums.items()})
 
     def snapshot(self, solver, epoch) -> None:

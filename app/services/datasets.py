@@ -43,6 +43,10 @@ def parse_fields(fields: dict[str, str]) -> dict:
     out["resize_mode"] = (fields.get("resize_mode") or "squash").strip()
     if out["resize_mode"] not in RESIZE_MODES:
         details.append({"field": "resize_mode", "message": "use " + ", ".join(RESIZE_MODES)})
+    # Segmentation (images/ + labels/ pairs, app.caffe.segmentation) or the default.
+    out["type"] = (fields.get("type") or "classification").strip()
+    if out["type"] not in ("classification", "segmentation"):
+        details.append({"field": "type", "message": "use classification or segmentation"})
     if details:
         raise ServiceError("invalid_request", "Some dataset fields are invalid.", details)
     return out
@@ -215,7 +219,9 @@ def to_json(ds: dict) -> dict:
             "image_shape": info.get("image_shape"), "error": ds.get("error"),
             "progress": info.get("progress", 1.0 if ds["status"] == DatasetStatus.DONE else 0.0),
             "per_class": info.get("per_class"), "skipped": info.get("skipped"),
-            "created_at": ds.get("created_at")}
+            "created_at": ds.get("created_at"),
+            "type": info.get("type") or (info.get("params") or {}).get("type") or "classification",
+            "palette": info.get("palette"), "class_share": info.get("class_share")}
 
 
 ABORTED = "Aborted by its owner."
@@ -244,6 +250,22 @@ def wait_built(ctx: Context, ds_id: str, timeout: float = 30.0) -> dict | None:
                 ds["status"] == DatasetStatus.ERROR and ds.get("error")) or time.monotonic() > deadline:
             return ds
         time.sleep(0.1)
+
+
+def delete_aborting(ctx: Context, ds: dict, user: dict) -> None:
+    """Delete as DIGITS does: refused (conflict) while any job uses it and
+    for a built-in one, as ``delete``; a build under way is aborted first."""
+    if not may_see(user, ds):
+        raise ServiceError("not_found", "No such dataset.")
+    if ds["owner"] is not None and ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING) \
+            and not ctx.store.jobs_using(ds["id"], active_only=False):
+        try:
+            abort(ctx, ds)
+        except ServiceError as err:
+            if err.code != "conflict":    # it ended meanwhile: delete it as it is
+                raise
+        ds = wait_built(ctx, ds["id"]) or ds
+    delete(ctx, ds)
 
 
 def edit(ctx: Context, ds: dict, name: str | None = None, notes: str | None = None) -> dict:

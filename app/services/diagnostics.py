@@ -77,6 +77,24 @@ def annotate_report(report: dict, input_dir: Path, network_filename: str) -> Non
                              "count": len(found), "convert": CONVERT_URL}
 
 
+def job_error(c, job: dict) -> dict | None:
+    """A job's recorded error (a training-time exception in the layer code)
+    with the excerpt of the line it names and any Python 2 hint; the stored
+    record is not changed."""
+    err = job.get("error")
+    if not isinstance(err, dict) or not isinstance(err.get("line"), int) or not err.get("file"):
+        return err
+    detail = dict(err, field=err.get("field") or ("python_layer" if str(err["file"]).endswith(".py") else "network"))
+    input_dir = c.ws.input_dir(job["id"])
+    if detail["field"] == "python_layer":
+        texts = _helper_texts([detail], input_dir)
+        annotate_details([detail], layer_text=_read(input_dir / LAYER_FILE), helpers=texts)
+    else:
+        net_text = _read(input_dir / NETWORK_FILE)
+        annotate_details([detail], network=(detail["file"], net_text) if net_text is not None else None)
+    return {**err, **{k: detail[k] for k in ("excerpt", "hint") if k in detail}}
+
+
 def convert_layer(data: bytes, limit: int) -> str:
     """The mechanically converted Python 3 text of an uploaded Python 2
     layer file (never stored, never run); ServiceError when it is not text."""

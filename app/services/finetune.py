@@ -17,7 +17,7 @@ from pathlib import Path
 from app.caffe.solver import snapshot_epoch
 from app.core.errors import ServiceError
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, WEIGHTS_FILE, Workspace
-from app.services import pretrained
+from app.services import layer_files, pretrained
 from app.services.access import may_see
 from app.services.context import Context
 from app.services.submission import Upload
@@ -100,9 +100,13 @@ def _from_previous(c: Context, job: dict, upload: Upload) -> Upload:
     if upload.network_text is None or not str(upload.network_text).strip():
         changes["network_text"] = (inp / NETWORK_FILE).read_bytes()
         changes["network_filename"] = (job.get("params") or {}).get("network_filename") or NETWORK_FILE
-    if upload.layer_stream is None and (inp / LAYER_FILE).exists():
+    carried, main = layer_files.carry(inp, job.get("python_layer"))   # several files: helpers too
+    if upload.layer_stream is None and not upload.layer_files and carried:
+        changes["layer_files"] = carried
+        changes["fields"] = {layer_files.MAIN_FIELD: main, **upload.fields}
+    elif upload.layer_stream is None and not upload.layer_files and (inp / LAYER_FILE).exists():
         changes["layer_stream"] = io.BytesIO((inp / LAYER_FILE).read_bytes())
         changes["layer_filename"] = (job.get("python_layer") or {}).get("original_filename") or LAYER_FILE
     if not (upload.fields.get("dataset") or "").strip() and job.get("dataset"):
-        changes["fields"] = {**upload.fields, "dataset": job["dataset"]}
+        changes["fields"] = {**changes.get("fields", upload.fields), "dataset": job["dataset"]}
     return replace(upload, **changes)

@@ -33,7 +33,7 @@ def health(c: Context, instance_dir: str | Path) -> dict:
         # celery queue: the broker, and the live workers with their hosts,
         # GPUs and current jobs (empty lists and null in the local queue).
         "broker_ok": workers.broker_ok(c),
-        "workers": workers.live(c),
+        "workers": workers.public(c),
         "gpus": list(gpus.detect()),
         "disk": disk(c),
     }

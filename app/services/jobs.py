@@ -37,7 +37,8 @@ def ready_datasets(store: Store, ws: Workspace, user: dict | None = None) -> dic
             out[d["id"]] = network.DatasetInfo(
                 path=ws.dataset_dir(d["id"]), num_classes=info["num_classes"],
                 image_shape=info["image_shape"], train_count=info["train_count"],
-                val_count=info["val_count"], has_mean=(ws.dataset_dir(d["id"]) / "mean.binaryproto").exists())
+                val_count=info["val_count"], has_mean=(ws.dataset_dir(d["id"]) / "mean.binaryproto").exists(),
+                kind=info.get("type") or "classification")
     return out
 
 
@@ -49,7 +50,8 @@ def validate_inputs(c: Context, upload: Upload, user: dict, input_dir: Path, out
     from app.services.caffe_info import caffe_info
     upload, start = finetune.stage(c, upload, user, input_dir)
     prepared = prepare(upload, input_dir, cfg=c.cfg, datasets=ready_datasets(c.store, c.ws, user))
-    if prepared.python_layer is not None:   # the added packages it validates with (resume/inference compare)
+    if prepared.python_layer is not None and layer_env.fingerprint(c.cfg) != "none":
+        # The added packages it validates with (resume and inference compare).
         prepared.python_layer["environment"] = layer_env.fingerprint(c.cfg)
     if start is not None:
         prepared.params["start_weights"] = start
@@ -514,17 +516,6 @@ def input_file(c: Context, job: dict, name: str) -> bytes:
         return Workspace.read_capped(c.ws.input_dir(job["id"]) / name, 8 << 20)
     except OSError:
         raise ServiceError("not_found", "No such file.") from None
-
-
-def inputs_of(c: Context, job: dict) -> Upload:
-    """An upload carrying ``job``'s own network and Python layer (no fields):
-    what a new job built on it (DIGITS's "previous network") starts from."""
-    inp = c.ws.input_dir(job["id"])
-    layer = inp / LAYER_FILE
-    return Upload(network_text=(inp / NETWORK_FILE).read_bytes(),
-                  network_filename=(job.get("params") or {}).get("network_filename") or NETWORK_FILE,
-                  layer_stream=io.BytesIO(layer.read_bytes()) if layer.exists() else None,
-                  layer_filename=(job.get("python_layer") or {}).get("original_filename"))
 
 
 DOWNLOAD_FORMATS = {"tar.gz": "application/gzip", "tar": "application/x-tar", "tar.bz2": "application/x-bzip2",

@@ -196,9 +196,12 @@ def _probe(c: Context, fp: str) -> dict:
 def job_warnings(cfg: dict, job: dict) -> list[str]:
     """A warning when the added packages changed since ``job`` was validated
     (a resume or an inference then runs its layers with other packages)."""
-    recorded = (job.get("python_layer") or {}).get("environment")
+    if not job.get("python_layer"):
+        return []
+    # Recorded only where packages were added: a job without it had none.
+    recorded = job["python_layer"].get("environment", "none")
     now = fingerprint(cfg)
-    if recorded is None or recorded == now:
+    if recorded == now:
         return []
     return [f"The packages added for layer code changed since this job was validated (then {recorded}, "
             f"now {now}); its layers now run with the packages listed at /layer-env."]

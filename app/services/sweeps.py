@@ -58,6 +58,8 @@ def submit_all(c: Context, upload: Upload, user: dict) -> list[dict]:
     # The uploaded files are streams: read once, handed to every job.
     limit = (int(c.cfg["MAX_LAYER_FILE_KB"]) << 10) + 1
     layer = upload.layer_stream.read(limit) if upload.layer_stream is not None else None
+    # Several layer files or a zip (app.services.layer_files): read once too.
+    parts = [(s.read((int(c.cfg["MAX_UPLOAD_MB"]) << 20) + 1), n) for s, n in upload.layer_files]
     spool = None
     if upload.weights_stream is not None:
         spool = tempfile.TemporaryFile()
@@ -69,6 +71,7 @@ def submit_all(c: Context, upload: Upload, user: dict) -> list[dict]:
                 spool.seek(0)
             one = replace(upload, fields={**upload.fields, **combo},
                           layer_stream=io.BytesIO(layer) if layer is not None else None,
+                          layer_files=[(io.BytesIO(d), n) for d, n in parts],
                           weights_stream=spool)
             validated.append((combo, *jobs.validate_new(c, one, user)))
     except BaseException:

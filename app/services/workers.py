@@ -28,6 +28,24 @@ def live(c: Context) -> list[dict]:
     return out
 
 
+def public(c: Context) -> list[dict]:
+    """Live workers for /healthz, which answers without a login: how many
+    jobs each runs, not which (job ids are for users who may see them)."""
+    return [{**{k: v for k, v in w.items() if k != "jobs"}, "running": len(w["jobs"])} for w in live(c)]
+
+
+def for_user(c: Context, user: dict) -> list[dict]:
+    """Live workers for the Workers page: each with the current jobs ``user``
+    may see (as job records: id, name, owner) and how many run in all."""
+    from app.services.access import may_see
+    out = []
+    for w in live(c):
+        visible = [j for j in (c.store.get_job(i) for i in w["jobs"]) if j is not None and may_see(user, j)]
+        out.append({**w, "running": len(w["jobs"]),
+                    "jobs": [{"id": j["id"], "name": j["name"], "owner": j["owner"]} for j in visible]})
+    return out
+
+
 def broker_ok(c: Context) -> bool | None:
     """Whether the broker answers (None in the local queue)."""
     if not queue.celery_mode(c.cfg):

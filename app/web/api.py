@@ -120,6 +120,8 @@ def get_job(job_id: str):
     each run was on: a hand-over between workers shows here)."""
     job = _job(job_id)
     body = jobs.to_json(job)
+    from app.services.diagnostics import job_error   # the error's excerpt and Python 2 hint
+    body["error"] = job_error(ctx(), job)
     body["history"] = [{"at": e["at"], "status": e["status"], "message": e["message"]}
                        for e in jobs.events(ctx(), job)]
     return _no_store(jsonify(body))
@@ -239,7 +241,40 @@ def infer(job_id: str):
     except ValueError:
         raise ApiError(400, "invalid_request", "snapshot must be an iteration number.") from None
     files = [(f.stream, f.filename) for f in request.files.getlist("image")]
+    from app.services import segmentation
+    if segmentation.dataset_type(ctx(), job) == "segmentation":
+        raise ApiError(409, "conflict", f"A segmentation job: use POST /api/v1/jobs/{job['id']}/segment.")
     return _no_store(jsonify(inference.classify(ctx(), job, files, snapshot)))
+
+
+@bp.post("/jobs/<job_id>/segment")
+def segment(job_id: str):
+    """Segment uploaded images (``image`` files and/or an ``archive`` of them)
+    with a segmentation job: JSON with each mask and overlay as base64 PNG, or
+    with ``?format=png`` the first image's mask PNG itself (``&index=N``: the Nth)."""
+    import base64
+
+    from app.services import segmentation
+    job = _job(job_id)
+    raw = request.form.get("snapshot") or request.args.get("snapshot")
+    try:
+        snapshot = int(raw) if raw else None
+        index = int(request.args.get("index") or 0)
+    except ValueError:
+        raise ApiError(400, "invalid_request", "snapshot and index must be numbers.") from None
+    files = [(f.stream, f.filename) for f in request.files.getlist("image") if f.filename]
+    archive = request.files.get("archive")
+    result = segmentation.segment(ctx(), job, files, snapshot, archive.stream if archive else None)
+    preds = result["predictions"]
+    if request.args.get("format") == "png":
+        if not 0 <= index < len(preds) or "mask_png" not in preds[index]:
+            raise ApiError(404, "not_found", "No mask for that image.")
+        return _no_store(Response(preds[index]["mask_png"], mimetype="image/png"))
+    for p in preds:
+        for key in ("mask_png", "overlay_png"):
+            if key in p:
+                p[key] = base64.b64encode(p[key]).decode()
+    return _no_store(jsonify(result))
 
 
 @bp.get("/datasets")

@@ -239,6 +239,11 @@ def _stop(children: list[subprocess.Popen]) -> None:
               "or one per GPU, else 1)")
 def worker(slots: int | None) -> None:
     """Run the local job supervisor until SIGTERM/Ctrl-C."""
+    if current_app.config["QUEUE"] != "local":
+        # Its start-up recovery marks every running job interrupted: right for
+        # the one local worker, wrong while Celery workers on other hosts train.
+        raise click.ClickException("LAYERBENCH_QUEUE is not 'local': start Celery workers with `make worker` "
+                                   "(python -m app.worker.celery_app) instead")
     from app.services import gpus
     from app.worker.supervisor import LocalSupervisor
     from app.services.caffe_info import caffe_info

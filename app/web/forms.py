@@ -77,6 +77,9 @@ class LoginForm(FlaskForm):
 class DatasetForm(FlaskForm):
     """New dataset from an image archive (one folder per class)."""
 
+    type = SelectField("Dataset type", choices=[SelectChoice("classification", "Classification (one folder per class)"),
+                                                SelectChoice("segmentation", "Segmentation (images/ + labels/)")],
+                       default="classification")
     name = StringField("Dataset name", validators=[DataRequired(), Length(max=200)])
     archive = FileField("Archive (zip or tar.gz, one folder per class)")
     image_width = IntegerField("Image width", default=28, validators=[NumberRange(min=1, max=1024)])

@@ -156,11 +156,11 @@ def spec() -> dict:
                                            "with_python_layer, flags, layer_types}"},
                                  "fingerprint": {"type": "string", "description": "hash of the packages an "
                                                  "administrator added (\"none\" without any); a job records "
-                                                 "its own in python_layer.environment"},
+                                                 "its own in python_layer.environment (absent while none are added)"},
                                  "added": {"type": "array", "items": {"type": "string"}}}},
                 "Dataset": {"type": "object", "properties": {k: {} for k in (
                     "id", "name", "status", "num_classes", "labels", "train_count", "val_count",
-                    "image_shape", "error")}},
+                    "image_shape", "error", "type", "palette", "class_share")}},
             }},
         "security": [{"bearer": []}],
         # DIGITS 6's routes (README "Coming from DIGITS"): listed, not described
@@ -235,6 +235,26 @@ def spec() -> dict:
                 {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
                     "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     "snapshot": {"type": "integer"}}}}}}, params=jid)},
+            "/api/v1/jobs/{job_id}/segment": {"post": _op(
+                "Segment images with a segmentation job's snapshot: per image the predicted mask (palette PNG "
+                "of class indices) and a colour overlay (base64 PNGs) with each class's pixel share; "
+                "?format=png&index=N answers the Nth mask PNG itself", {
+                    "200": _json({"type": "object", "properties": {"snapshot": {"type": "integer"}, "predictions": {
+                        "type": "array", "items": {"type": "object", "properties": {
+                            "filename": {"type": "string"}, "shape": {"type": "array"},
+                            "mask_png": {"type": "string", "format": "byte"},
+                            "overlay_png": {"type": "string", "format": "byte"},
+                            "classes": {"type": "array", "items": {"type": "object", "properties": {
+                                "label": {"type": "string"}, "color": {"type": "array"},
+                                "share": {"type": "number"}}}}}}}}}, "Masks and overlays"),
+                    **errs, "409": _ERRORS["409"]},
+                {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
+                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "archive": {"type": "string", "format": "binary", "description": "zip or tar.gz of images"},
+                    "snapshot": {"type": "integer"}}}}}}, params=jid + [
+                        {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "png"]}},
+                        {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+                op_id="segmentImages")},
             "/api/v1/layer-env": {"get": _op("What uploaded layer code can import (Python, packages with "
                                              "versions, Caffe's build)", {"200": _json(_ref("LayerEnv"),
                                                                                         "The layer environment")},
@@ -252,7 +272,13 @@ def spec() -> dict:
                                                "channels": {"type": "integer", "enum": [1, 3]},
                                                "resize_mode": {"type": "string", "enum": list(RESIZE_MODES)},
                                                "val_percent": {"type": "number", "minimum": 0, "maximum": 90,
-                                                               "default": 25}}}}}})},
+                                                               "default": 25},
+                                               "type": {"type": "string", "enum": ["classification", "segmentation"],
+                                                        "default": "classification",
+                                                        "description": "segmentation: images/ + labels/ (same "
+                                                        "stems), optional val/images + val/labels and classes.txt "
+                                                        "('name' or 'name R G B' per line); labels are palette PNGs, "
+                                                        "grayscale class indices or RGB in classes.txt's colours"}}}}}})},
             "/api/v1/datasets/{dataset_id}": {
                 "get": _op("One dataset", {"200": _json(_ref("Dataset"), "The dataset")}, params=_ds_id()),
                 "delete": _op("Delete a dataset (409 while a job uses it)", {"204": {"description": "Deleted"},

@@ -79,17 +79,23 @@ def index():
     cursor = request.args.get("cursor") or None
     ids = jobs.parse_ids(request.args.get("ids"))
     page = jobs.list_for(ctx(), user, cursor=cursor, ids=ids)
+    # ?metric=val:dice — "the" metric of the list, a column with each job's latest value.
+    metric_names = sorted({f"{kind}:{k}" for j in page.jobs for kind, vals in (j.get("metrics") or {}).items()
+                           if kind in ("train", "val") and isinstance(vals, dict) for k in vals})
+    metric = request.args.get("metric") if request.args.get("metric") in metric_names else None
     return render_template("web/index.html", jobs=page.jobs, next_cursor=page.next_cursor,
                            paged=cursor is not None or ids is not None,
-                           datasets=dataset_service.list_for(ctx(), user))
+                           datasets=dataset_service.list_for(ctx(), user), metric=metric, metric_names=metric_names)
 
 
 def _job_form() -> JobForm:
     form = JobForm()
+    # data-kind: what the form's job type switch (new_job.js) shows for each type.
     form.standard_network.choices = [SelectChoice("", "— custom —")] + [
-        SelectChoice(k, v) for k, v in standard_networks().items()]
+        SelectChoice(k, v, render_kw={"data-kind": "segmentation" if k == "fcn" else "classification"})
+        for k, v in standard_networks().items()]
     form.dataset.choices = [SelectChoice("", "— none (network brings its own data) —")] + [
-        SelectChoice(d["id"], d["name"])
+        SelectChoice(d["id"], d["name"], render_kw={"data-kind": (d.get("info") or {}).get("type") or "classification"})
         for d in dataset_service.list_for(ctx(), current_user(), status=DatasetStatus.DONE.value)]
     from app.services import gpus
     form.device.choices = list(form.device.choices[:3]) + [
@@ -244,8 +250,11 @@ def job_page(job_id: str):
     infer_form = InferForm()
     infer_form.snapshot.choices = [SelectChoice(str(s["iteration"]), f"iteration {s['iteration']}")
                                    for s in reversed(job.get("snapshots") or [])]
+    from app.services.diagnostics import job_error
     return render_template("web/job.html", job=job, data=jobs.to_json(job), events=jobs.events(ctx(), job),
-                           report=jobs.validation_report(ctx(), job), action_form=ActionForm(), infer_form=infer_form)
+                           job_error=job_error(ctx(), job),
+                           report=jobs.validation_report(ctx(), job), action_form=ActionForm(), infer_form=infer_form,
+                           segmentation=_is_segmentation(job))
 
 
 @bp.post("/jobs/<job_id>/<action>")
@@ -282,7 +291,7 @@ def new_dataset():
     if form.validate_on_submit():
         f = form.archive.data
         fields = {k: str(form[k].data) for k in ("name", "image_width", "image_height", "channels",
-                                                  "resize_mode", "val_percent")}
+                                                  "resize_mode", "val_percent", "type")}
         try:
             ds = dataset_service.create(ctx(), f.stream if f is not None and getattr(f, "filename", None)
                                         else None, fields, current_user()["name"])
@@ -347,8 +356,39 @@ def job_infer(job_id: str):
         abort(400)
     files = [(f.stream, f.filename) for f in request.files.getlist("image") if f.filename]
     snap = int(form.snapshot.data) if form.snapshot.data else None
+    if _is_segmentation(job):
+        from app.services import segmentation
+        # Masks as colour overlays on the images, with per-class pixel shares.
+        result = segmentation.segment(ctx(), job, files, snap)
+        return render_template("web/segment.html", job=job, result=result, b64=_b64, swatch=_swatch)
     result = inference.classify(ctx(), job, files, snap)
     return render_template("web/infer.html", job=job, result=result)
+
+
+def _is_segmentation(job: dict) -> bool:
+    from app.services import segmentation
+    return segmentation.dataset_type(ctx(), job) == "segmentation"
+
+
+def _b64(data: bytes) -> str:
+    import base64
+    return base64.b64encode(data).decode()
+
+
+def _swatch(color: list[int]) -> bytes:
+    # A class colour as a 1x1 PNG (the CSP allows data: images, no inline styles).
+    import numpy as np
+
+    from app.caffe.segmentation import palette_png
+    return palette_png(np.zeros((1, 1), np.uint8), [color])
+
+
+@bp.get("/workers")
+def workers_page():
+    """The celery queue's live workers: hosts, GPUs, current jobs."""
+    from app.services import workers
+    return render_template("web/workers.html", queue=ctx().cfg["QUEUE"],
+                           workers=workers.for_user(ctx(), current_user()))
 
 
 @bp.get("/layer-env")

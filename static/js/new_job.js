@@ -64,3 +64,42 @@
       .catch(function (e) { area.hidden = false; img.removeAttribute("src"); img.alt = "Cannot draw: " + e.message; });
   });
 })();
+
+// Job type switch (classification / segmentation): show only the standard
+// networks, datasets and fields that apply (options carry data-kind).
+(function () {
+  "use strict";
+  var radios = document.querySelectorAll("#job-type input[name=job_type]");
+  var dataset = document.getElementById("dataset");
+  if (!radios.length || !dataset) return;
+  function kind() {
+    var on = document.querySelector("#job-type input[name=job_type]:checked");
+    return on ? on.value : "classification";
+  }
+  function apply() {
+    var k = kind();
+    ["standard_network", "dataset"].forEach(function (id) {
+      var sel = document.getElementById(id);
+      if (!sel) return;
+      Array.prototype.forEach.call(sel.options, function (o) {
+        var dk = o.getAttribute("data-kind");
+        o.hidden = o.disabled = !!dk && dk !== k;
+      });
+      if (sel.selectedOptions.length && sel.selectedOptions[0].disabled) {
+        var first = Array.prototype.find.call(sel.options, function (o) { return !o.disabled && o.value; });
+        sel.value = first ? first.value : "";
+      }
+    });
+    // A crop would cut the features but not their labels.
+    var crop = document.getElementById("crop_size");
+    if (crop && crop.closest("label")) crop.closest("label").hidden = k === "segmentation";
+    document.querySelectorAll("#job-type [data-kind]").forEach(function (el) {
+      el.hidden = el.getAttribute("data-kind") !== k;
+    });
+  }
+  Array.prototype.forEach.call(radios, function (r) { r.addEventListener("change", apply); });
+  // Start on the type of the dataset already chosen.
+  var chosen = dataset.selectedOptions.length ? dataset.selectedOptions[0].getAttribute("data-kind") : null;
+  if (chosen === "segmentation") document.querySelector("#job-type input[value=segmentation]").checked = true;
+  apply();
+})();

@@ -92,6 +92,23 @@ class CenterRows(caffe.Layer):
         bottom[0].diff[...] = g - g.mean(axis=1, keepdims=True)
 
 
+class ShiftByLabel(caffe.Layer):
+    """top = bottom[0] + label / 100: no gradient for the labels."""
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data + bottom[1].data[:, None] / 100
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff
+
+
 class CenterRowsWrongAxis(CenterRows):
     """Wrong: the backward takes the mean over the batch axis."""
 

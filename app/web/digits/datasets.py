@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import Response, jsonify, redirect, render_template, request
 
 from app.core.errors import ServiceError
-from app.core.status import DatasetStatus
 from app.services import datasets as dataset_service
 from app.web.auth import current_user
 from app.web.context import ctx
@@ -15,8 +14,9 @@ from app.web.digits.common import alert_page, dataset_json, refuse, status_json
 # DIGITS field -> /api/v1 dataset field.
 FIELDS = {"dataset_name": "name", "resize_width": "image_width", "resize_height": "image_height",
           "resize_channels": "channels", "resize_mode": "resize_mode", "folder_pct_val": "val_percent"}
-# DIGITS's storage options: what this server always writes is accepted.
-STORAGE = {"backend": ("lmdb", ""), "encoding": ("png", "none", "jpg", ""), "compression": ("none", "")}
+# DIGITS's storage options: what this server always writes is accepted (the
+# same pixels: PNG-encoded, or raw, both lossless), JPEG and HDF5 are not.
+STORAGE = {"backend": ("lmdb", ""), "encoding": ("png", "none", ""), "compression": ("none", "")}
 
 
 def _archive():
@@ -36,6 +36,12 @@ def _fields() -> dict[str, str]:
     for name, allowed in STORAGE.items():
         if (form.get(name) or "").lower() not in allowed:
             raise refuse(name, f"{name}={form.get(name)[:20]} is not supported (LMDB of PNG-encoded images only).")
+    if form.get("clone"):
+        raise refuse("clone", "Datasets cannot be cloned here (the uploaded archive is not kept): upload it again.")
+    for side in ("train", "val", "test"):
+        for limit in ("min", "max"):
+            if (form.get(f"folder_{side}_{limit}_per_class") or "").strip() not in ("", "None"):
+                raise refuse(f"folder_{side}_{limit}_per_class", "Per-class image limits are not supported.")
     for name in ("folder_pct_test", "has_val_folder", "has_test_folder"):
         if (form.get(name) or "0").lower() not in ("0", "", "false", "n"):
             raise refuse(name, f"{name}: separate validation/test folders and test splits are not supported; "
@@ -106,15 +112,8 @@ def delete_dataset(dataset_id: str):
 
 def delete_record(ds: dict) -> Response:
     """Delete ``ds`` as DIGITS does (shared with DELETE /jobs/<id>)."""
-    if ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING) and ds["owner"] is not None:
-        try:
-            dataset_service.abort(ctx(), ds)
-        except ServiceError as err:
-            if err.code != "conflict":
-                raise
-        ds = dataset_service.wait_built(ctx(), ds["id"]) or ds
     try:
-        dataset_service.delete_as(ctx(), ds, current_user())
+        dataset_service.delete_aborting(ctx(), ds, current_user())
     except ServiceError as err:
         if err.code != "conflict":
             raise

@@ -3,7 +3,6 @@ abort, delete, downloads, the new-model page, visualize-network, customize."""
 from __future__ import annotations
 
 import base64
-import re
 
 from flask import Response, jsonify, redirect, render_template, request, send_file
 
@@ -32,11 +31,6 @@ AUGMENT = {"aug_flip": ("none", ""), "aug_quad_rot": ("none", ""), "aug_rot": ("
            "aug_hsv_s": ("0", "0.04", ""), "aug_hsv_v": ("0", "0.06", "")}
 
 
-def _listing(raw: str) -> str:
-    # DIGITS sweeps: "[0.01, 0.02]" or "0.01,0.02" -> "0.01,0.02".
-    return ",".join(p for p in re.split(r"[\s,]+", raw.strip().strip("[]")) if p)
-
-
 def _network(form) -> Upload:
     method = form.get("method", "custom")
     if method == "standard":
@@ -49,15 +43,14 @@ def _network(form) -> Upload:
     if method == "custom":
         return Upload(network_text=form.get("custom_network"), network_filename="custom_network.prototxt")
     if method == "previous":
+        # As DIGITS: the previous model's own network and Python layer (the
+        # service fills them in), weights from its snapshot at that epoch.
         prev_id = form.get("previous_networks", "")
-        upload = jobs.inputs_of(ctx(), jobs.get(ctx(), prev_id, current_user()))
         snap = (form.get(f"{prev_id}-snapshot") or "-1").strip()
-        upload.fields = {"previous_job": prev_id, "previous_snapshot": snap}
-        return upload
+        return Upload(network_text=None, fields={"previous_job": prev_id, "previous_snapshot": snap})
     if method == "pretrained":
-        upload = Upload(network_text=form.get("custom_network") or None)
-        upload.fields = {"pretrained_model": form.get("pretrained_networks", "")}
-        return upload
+        return Upload(network_text=form.get("custom_network") or None,
+                      fields={"pretrained_model": form.get("pretrained_networks", "")})
     raise refuse("method", f"method '{method[:20]}' is not one of standard, custom, previous, pretrained.")
 
 
@@ -74,13 +67,15 @@ def digits_upload(form, files) -> Upload:
         if (form.get(name) or "").strip().lower() not in neutral:
             raise refuse(name, f"{name}: data augmentation is not supported (DIGITS offered it for Torch "
                          "and TensorFlow only).")
+    if (form.get("rms_decay") or "0.99").strip() not in ("0.99", ""):
+        raise refuse("rms_decay", "rms_decay other than Caffe's default 0.99 is not supported.")
     if form.get("select_gpu_count") not in (None, "", "1", "0") or "," in (form.get("select_gpus_list") or ""):
         raise refuse("select_gpu_count", "Training on several GPUs at once is not supported: use 1.")
     upload = _network(form)
     fields = {ours: form[theirs].strip() for theirs, ours in FIELDS.items() if form.get(theirs)}
-    for f in ("learning_rate", "batch_size"):
-        if f in fields:
-            fields[f] = _listing(fields[f])
+    for name in ("learning_rate", "batch_size"):   # DIGITS lists: "[0.01, 0.02]", also "[10]"
+        if fields.get(name, "").startswith("[") and fields[name].endswith("]"):
+            fields[name] = fields[name][1:-1].strip()
     fields.update(upload.fields)
     gpu = form.get("select_gpu") or form.get("select_gpus") or form.get("select_gpus_list")
     fields["device"] = "auto" if gpu in (None, "", "next") else ("cpu" if gpu == "cpu" else f"gpu:{gpu}")
@@ -88,6 +83,14 @@ def digits_upload(form, files) -> Upload:
     layer = files.get("python_layer_client_file")
     if layer is not None and layer.filename:
         upload.layer_stream, upload.layer_filename = layer.stream, layer.filename
+    # DIGITS's "pretrained model" path of a custom network: here the
+    # .caffemodel itself, uploaded in the same field.
+    weights = files.get("custom_network_snapshot")
+    if weights is not None and weights.filename:
+        upload.weights_stream, upload.weights_filename = weights.stream, weights.filename
+    elif (form.get("custom_network_snapshot") or "").strip():
+        raise refuse("custom_network_snapshot", "custom_network_snapshot names a file on the server: upload the "
+                     ".caffemodel itself in custom_network_snapshot instead.")
     return upload
 
 
@@ -95,14 +98,12 @@ def _create() -> list[dict]:
     clone_id = (request.form.get("clone") or "").strip()
     if clone_id:
         old = jobs.get(ctx(), clone_id, current_user())
-        # DIGITS's clone repeats every field of the original; jobs.clone
-        # carries the solver's, these are DIGITS's data and grouping options.
+        # DIGITS's clone repeats every field of the original: jobs.clone
+        # carries the training settings; the group is DIGITS's too.
         params = old.get("params") or {}
-        fields = {k: str(params[k]).lower() if isinstance(params[k], bool) else str(params[k])
-                  for k in ("group_name", "iter_size", "crop_size", "use_mean", "shuffle")
-                  if params.get(k) is not None}
-        fields["name"] = (request.form.get("model_name") or "").strip() or None
-        return [jobs.clone(ctx(), old, current_user(), fields)]
+        group = (params.get("group") or {}).get("name") or params.get("group_name")
+        return [jobs.clone(ctx(), old, current_user(), {
+            "name": (request.form.get("model_name") or "").strip() or None, "group_name": group})]
     return jobs.submit_keeping_failures(ctx(), digits_upload(request.form, request.files), current_user())
 
 

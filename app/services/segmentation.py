@@ -1,0 +1,127 @@
+"""Segmentation inference: run app.contained.segment contained on a finished
+job's snapshot; images come one by one or in bulk as an archive."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from app.core import tracebacks
+from app.core.archives import ArchiveError, members
+from app.core.errors import ServiceError
+from app.core.workspace import RESULT_FILE, Workspace
+from app.services import inference, layer_env, sandbox
+from app.services.context import Context
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+def dataset_type(ctx: Context, job: dict) -> str:
+    """``segmentation`` or ``classification``: the type of the job's dataset."""
+    ds = ctx.store.get_dataset(job["dataset"]) if job.get("dataset") else None
+    return ((ds or {}).get("info") or {}).get("type") or "classification"
+
+
+def _stage(work: Path, images: list[tuple[IO[bytes], str]], archive: IO[bytes] | None) -> list[list[str]]:
+    # Every upload saved under a server name; an archive's images join them
+    # (read with the shared archive rules: capped, no links, no `..`).
+    names: list[list[str]] = []
+    for stream, filename in images:
+        k = len(names)
+        try:
+            Workspace.save_stream(work / f"img_{k}", stream, inference.MAX_IMAGE_BYTES)
+        except ValueError:
+            raise ServiceError("payload_too_large", f"{filename[:80]} is larger than 20 MiB.") from None
+        names.append([f"img_{k}", Workspace.display_name(filename, f"image{k}")])
+    if archive is not None:
+        try:
+            Workspace.save_stream(work / "archive", archive, inference.MAX_IMAGE_BYTES * 5)
+            for path, data in members(str(work / "archive"), inference.MAX_IMAGES * 4, inference.MAX_IMAGE_BYTES * 5):
+                if PurePosixPath(path).suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+                    continue
+                k = len(names)
+                if k >= inference.MAX_IMAGES:
+                    break
+                (work / f"img_{k}").write_bytes(data)
+                names.append([f"img_{k}", Workspace.display_name(str(path), f"image{k}")])
+        except ValueError:
+            raise ServiceError("payload_too_large", "The archive is larger than 100 MiB.") from None
+        except ArchiveError as exc:
+            raise ServiceError("invalid_request", f"The archive cannot be used: {exc}",
+                               [{"field": "archive", "message": str(exc)}]) from None
+    return names
+
+
+def segment(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iteration: int | None,
+            archive: IO[bytes] | None = None) -> dict:
+    """{"predictions": [{"filename", "shape", "classes": [{"label", "color", "share"}],
+    "mask_png": bytes, "overlay_png": bytes}], "snapshot": N}: the predicted
+    mask per image (a palette PNG of class indices) and the image with the
+    mask tinted over it in the dataset's class colours."""
+    if dataset_type(ctx, job) != "segmentation":
+        raise ServiceError("conflict", "This job was not trained on a segmentation dataset.")
+    if not images and archive is None:
+        raise ServiceError("invalid_request", "Upload one or more images as 'image' or an 'archive' of them.",
+                           [{"field": "image", "message": "required"}])
+    if len(images) > inference.MAX_IMAGES:
+        raise ServiceError("payload_too_large", f"At most {inference.MAX_IMAGES} images at once.")
+    iteration, model = inference.snapshot_model(ctx, job, iteration)
+    work = ctx.ws.scratch_dir()
+    try:
+        names = _stage(work, images, archive)
+        if not names:
+            raise ServiceError("invalid_request", "The archive holds no images.",
+                               [{"field": "archive", "message": "no image files"}])
+        (work / "archive").unlink(missing_ok=True)
+        Workspace.write_json(work / "files.json", names)
+        ds = ctx.ws.dataset_dir(job["dataset"])
+        spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.segment",
+                             str(ctx.ws.input_dir(job["id"])), str(model), str(ds), str(work)],
+                            read_only=[ctx.ws.input_dir(job["id"]), ctx.ws.output_dir(job["id"]), ds],
+                            writable=[work], cwd=work)
+        layer_env.mount(spec, ctx.cfg)
+        limits = sandbox.Limits(wall_seconds=float(ctx.cfg["VALIDATE_TIMEOUT"]) * 2,
+                                address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
+                                memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+        with open(work / "segment.log", "wb") as log:
+            code = sandbox.run(spec, ctx.containment, limits, log, log)
+        try:
+            result = json.loads(Workspace.read_capped(work / RESULT_FILE, 8 << 20))
+        except (OSError, ValueError):
+            tail = Workspace.read_capped(work / "segment.log", 1 << 20).decode("utf-8", "replace")[-3000:]
+            tail = tracebacks.scrub(tail, ctx.ws.input_dir(job["id"]), {str(ctx.ws.root): "<jobs>"})
+            raise ServiceError("internal_error", "Segmentation stopped without a result"
+                               + (" (time limit)." if code.timed_out else "."), [{"log_tail": tail}]) from None
+        if not result.get("ok"):
+            raise ServiceError("invalid_python_layer", f"Inference failed: {result.get('message')}",
+                               [{"field": "python_layer", "file": "digits_python_layers.py",
+                                 "message": result.get("message"), "traceback": result.get("traceback")}])
+        return {"predictions": [_read_back(work, p) for p in result.get("predictions") or []],
+                "snapshot": iteration}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _read_back(work: Path, p: dict) -> dict:
+    # What the contained runner wrote (hostile code ran there): only its own
+    # picture names, size-capped, plain values.
+    if not isinstance(p, dict):
+        return {"filename": "?", "error": "no result"}
+    out = {"filename": str(p.get("filename"))[:200]}
+    if p.get("error"):
+        return dict(out, error=str(p["error"])[:300])
+    for key in ("mask", "overlay"):
+        name = p.get(key)
+        if not isinstance(name, str) or not re.fullmatch(rf"{key}_\d+\.png", name):
+            return dict(out, error="no picture")
+        try:
+            out[f"{key}_png"] = Workspace.read_capped(work / name, 8 << 20)
+        except OSError:
+            return dict(out, error="no picture")
+    out["shape"] = [int(v) for v in (p.get("shape") or [])[:2]]
+    out["classes"] = [{"label": str(c.get("label"))[:100], "share": float(c.get("share", 0)),
+                       "color": [int(v) for v in (c.get("color") or [128, 128, 128])[:3]]}
+                      for c in (p.get("classes") or [])[:256] if isinstance(c, dict)]
+    return out
