@@ -183,8 +183,9 @@ def test_model_views_end_to_end(server):
 
     # test_retrain: method=previous from the last snapshot
     options = {"method": "previous", "previous_networks": model_id, f"{model_id}-snapshot": info["snapshots"][-1]}
-    retrain_id = _create(d, **options)
+    retrain_id = _create(d, snapshot_interval=0.5, **options)
     assert d.wait("models", retrain_id) == "Done"
+    assert d.get(f"/models/{retrain_id}.json").json["snapshots"] == [0.5, 1]   # test_snapshot_interval_2
 
     # test_bad_network_definition: the job exists, ends Error, names the layer type
     bad_id = _create(d, custom_network=BOGUS_NETWORK)

@@ -133,6 +133,18 @@ def spec() -> dict:
                     "iteration", "max_iter", "epoch", "eta_seconds", "device", "dataset", "python_layer",
                     "metrics", "snapshots", "error", "links", "worker", "history", "settings", "start_weights",
                     "group")}},
+                "Comparison": {"type": "object", "properties": {
+                    "jobs": {"type": "array", "items": {"type": "object"}, "description": "per job: {id, name, "
+                             "owner, status, created_at, iteration, max_iter, links, final: {metric: last value}, "
+                             "series: {metric: [{iteration, epoch, wall_seconds, value}]}}; metrics are 'train "
+                             "<top>', 'val <top>' (Python layers' tops included) and 'lr'"},
+                    "metrics": {"type": "array", "items": {"type": "string"}},
+                    "axes": {"type": "array", "items": {"type": "string"}},
+                    "settings": {"type": "array", "items": {"type": "object"}, "description":
+                                 "{name, values (one per job), differs}"},
+                    "diffs": {"type": "object", "description": "{network, python_layer}: per job after the first, "
+                              "{job, same, missing, diff (unified diff against the first job)}"},
+                    "link": {"type": "string", "description": "the page's shareable URL"}}},
                 "Pretrained": {"type": "object", "properties": {k: {} for k in (
                     "id", "name", "owner", "created_at", "size", "sha256", "net_name", "layers")}},
                 "Report": {"type": "object", "properties": {**{k: {} for k in (
@@ -145,7 +157,12 @@ def spec() -> dict:
                                     "blobs: [{role, blob, shape, mean, std, min, max, nan, inf, channels, "
                                     "images (PNG data URIs, image-shaped tops only)}]}",
                                     "items": {"type": "object"}},
-                    "layer_check_ms": {"type": "number"}}},
+                    "layer_check_ms": {"type": "number"},
+                    "python2": {"type": "object", "description": "present when the layer file has Python 2 "
+                                "idioms: {findings: [{line, column, idiom, hint}], count, convert (the route "
+                                "that returns the converted file)}; errors[] on such a line carry `hint`, and "
+                                "every error naming a line carries `excerpt` (the line, two lines around it, a "
+                                "caret under `column`)"}}},
                 "LayerEnv": {"type": "object", "description": "what layer code can import in the sandbox",
                              "properties": {
                                  "ok": {"type": "boolean"},
@@ -190,6 +207,26 @@ def spec() -> dict:
                             {"name": "ids", "in": "query", "schema": {"type": "string"},
                              "description": "up to 500 comma-separated job ids (unknown or invisible ones left out)"}],
                     op_id="listJobs")},
+            "/api/v1/jobs/compare": {"get": _op(
+                "Jobs side by side: curves (by epoch, iteration, wall_seconds), settings with the differences "
+                "marked, unified diffs of the network and layer file against the first job, final metrics; "
+                "404 when any job is not visible to you", {
+                    "200": _json(_ref("Comparison"), "The comparison"), "400": _ERRORS["400"],
+                    "404": _ERRORS["404"]},
+                params=[{"name": "ids", "in": "query", "required": True, "schema": {"type": "string"},
+                         "description": "1 to 12 comma-separated job ids; the first is the diffs' baseline"}],
+                op_id="compareJobs")},
+            "/api/v1/python-layers/convert": {"post": _op(
+                "A Python 2 layer file converted mechanically to Python 3 (print, `/` as an index, xrange, "
+                "iteritems, has_key, basestring/unicode/long, `except E, e`, string.letters, renamed modules, "
+                "...): a download; nothing is stored or run", {
+                    "200": {"description": "the converted file (attachment)", "content": {"text/x-python": {
+                        "schema": {"type": "string"}}}},
+                    "400": _ERRORS["400"], "413": _ERRORS["413"]},
+                {"required": True, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["python_layer"], "properties": {
+                        "python_layer": {"type": "string", "format": "binary"}}}}}},
+                op_id="convertPythonLayer")},
             "/api/v1/pretrained": {
                 "post": _op("Keep a .caffemodel as a named pretrained model", {
                     "201": _json(_ref("Pretrained"), "Kept"), **errs},
