@@ -18,7 +18,9 @@
 #
 # Environment: OUT (default build/gpu-check-out), GPU_BUNDLE (default
 # build/gpu-bundle.tar.xz), GPU_CHECK_DEVICE (gpu | cpu), GPU_CHECK_QUICK=1
-# (short figures), GPU_CHECK_CUDA_DIRS (colon-separated folders to take the
+# (short figures), GPU_CHECK_TOTAL (seconds for everything, default 420),
+# GPU_CHECK_LIMIT_SCALE (multiplies each step's limit; a slow shared machine),
+# GPU_CHECK_CUDA_DIRS (colon-separated folders to take the
 # CUDA libraries from; default: the machine's Python site-packages),
 # GPU_CHECK_KEEP=1 (keep the unpacked bundle and the service's data in /tmp).
 # Exit status: 0 when every step succeeded.
@@ -29,6 +31,9 @@ OUT=${OUT:-$TREE/build/gpu-check-out}
 BUNDLE=${GPU_BUNDLE:-$TREE/build/gpu-bundle.tar.xz}
 DEVICE=${GPU_CHECK_DEVICE:-gpu}
 QUICK=${GPU_CHECK_QUICK:-0}
+# The whole check ends within this many seconds (the device call's limit is
+# 600; 420 leaves a rerun inside the session's 15 minutes).
+TOTAL=${GPU_CHECK_TOTAL:-420}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d /tmp/layerbench-gpu-check.XXXXXX)
@@ -39,10 +44,19 @@ exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 T0=$(date +%s)
 say() { printf '[gpu_check %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 
-# step NAME SECONDS CMD...: run under a timeout, record {rc, seconds,
-# timed_out} in $STEPS/NAME.status; never stops the script.
+# step NAME SECONDS CMD...: run under a timeout (cut to what is left of
+# GPU_CHECK_TOTAL), record {rc, seconds, timed_out} in $STEPS/NAME.status;
+# never stops the script.
 step() {
-  local name=$1 limit=$2 t rc=0; shift 2
+  local name=$1 limit=$2 t rc=0 left; shift 2
+  limit=$(( limit * ${GPU_CHECK_LIMIT_SCALE:-1} ))
+  left=$(( TOTAL - ($(date +%s) - T0) ))
+  [ "$limit" -le "$left" ] || limit=$left
+  if [ "$limit" -lt 10 ]; then
+    say "step $name SKIPPED: the ${TOTAL}s budget is spent"
+    echo '{"rc": -1, "seconds": 0, "timed_out": false, "skipped": true}' > "$STEPS/$name.status"
+    return 0
+  fi
   say "step $name (limit ${limit}s): $*"
   t=$(date +%s%N)
   timeout --kill-after=15 "$limit" "$@" || rc=$?
@@ -111,7 +125,7 @@ trap 'finish $?' EXIT
 cat "$STEPS/machine.txt"
 [ -f "$BUNDLE" ] || { say "NO BUNDLE at $BUNDLE (make gpu-bundle, then carry it)"; exit 1; }
 # tar needs the xz program for .tar.xz; Python's tarfile is the fallback.
-step unpack 120 bash -c 'tar -C "$0" -xf "$1" 2>/dev/null || python3 -c "import sys, tarfile
+step unpack 60 bash -c 'tar -C "$0" -xf "$1" 2>/dev/null || python3 -c "import sys, tarfile
 tarfile.open(sys.argv[2]).extractall(sys.argv[1], filter=\"tar\")" "$0" "$1"' "$WORK" "$BUNDLE"
 [ -x "$R/bin/python3" ] || { say "the bundle did not unpack"; exit 1; }
 cp "$R/BUNDLE.json" "$STEPS/bundle.json"
@@ -130,7 +144,7 @@ else
   CUDA_DIRS+=(/usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib)
 fi
 say "CUDA library search: ${CUDA_DIRS[*]}"
-step link_cuda 120 bash -c '"$0" "$@" > "'"$STEPS"'/cuda_lib_dir.txt"' "$R/link-cuda.sh" "${CUDA_DIRS[@]}"
+step link_cuda 60 bash -c '"$0" "$@" > "'"$STEPS"'/cuda_lib_dir.txt"' "$R/link-cuda.sh" "${CUDA_DIRS[@]}"
 CUDA_LIB=$(cat "$STEPS/cuda_lib_dir.txt" 2>/dev/null || true)
 NVML_DIR=""
 if ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libnvidia-ml\.so\.1 '; then
@@ -144,22 +158,22 @@ say "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   > "$STEPS/caffe_ldd.txt"
 cat "$STEPS/caffe_ldd.txt"
 # Byte-compile once (16 cores): every later interpreter starts faster.
-step compile 120 "$R/bin/python3" -m compileall -q -j0 "$R/lib/python3.11" "$R/lib/python3" "$R/src"
+step compile 60 "$R/bin/python3" -m compileall -q -j0 "$R/lib/python3.11" "$R/lib/python3" "$R/src"
 
 if [ "$QUICK" = 1 ]; then FIG_SECONDS=1; ITERS=60; FIRST=60; ROUNDS=1; else FIG_SECONDS=5; ITERS=1000; FIRST=5000; ROUNDS=3; fi   # FIRST: long enough for NVML samples
 NET_MODES=$([ "$DEVICE" = gpu ] && echo gpu,cpu || echo cpu)
 DS=$R/data/datasets
 
 # 2. GPU smoke: the seed Python layer, trained on gpu:0.
-step smoke 150 env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH="$LD_LIBRARY_PATH" \
+step smoke 90 env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH="$LD_LIBRARY_PATH" \
   "$R/bin/python3" scripts/gpu_nets.py selfcheck --mode "$DEVICE" --datasets "$DS" --json "$STEPS/smoke.json"
 
 # 3. The service end to end.
-step service 300 env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH="$LD_LIBRARY_PATH" \
+step service 180 env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH="$LD_LIBRARY_PATH" \
   "$R/bin/python3" scripts/gpu_service_check.py --bundle "$R" --work "$WORK/service" --device "$DEVICE" \
   --first-iters "$FIRST" --iters "$ITERS" --rounds "$ROUNDS" --json "$STEPS/service.json"
 
 # 4. Figures.
-step figures 240 env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH="$LD_LIBRARY_PATH" \
+step figures 150 env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH="$LD_LIBRARY_PATH" \
   "$R/bin/python3" scripts/gpu_nets.py figures --modes "$NET_MODES" --seconds "$FIG_SECONDS" \
   --datasets "$DS" --json "$STEPS/figures.json"

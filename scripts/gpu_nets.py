@@ -267,20 +267,31 @@ def measure(net_name: str, mode: str, datasets: Path, seconds: float) -> dict:
             "ips": round(done / elapsed, 2), "loss": round(float(solver.net.blobs["loss"].data), 4)}
 
 
-def figures(modes: list[str], datasets: Path, seconds: float) -> dict:
-    """Every figure, each in a fresh process of this interpreter."""
-    runs = []
-    for net in ("lenet", "alexnet_small", "lenet_python_layer"):
-        for mode in modes:
+def figures(modes: list[str], datasets: Path, seconds: float, save=None) -> dict:
+    """Every figure, each in a fresh process of this interpreter; ``save``
+    gets the result so far after each one (a step cut short keeps them)."""
+    runs: list[dict] = []
+    # Every net in the first mode (the GPU's) before any in the next.
+    for mode in modes:
+        for net in ("lenet", "lenet_python_layer", "alexnet_small"):
             t0 = time.monotonic()
-            proc = subprocess.run([sys.executable, __file__, "measure", net, mode, "--datasets", str(datasets),
-                                   "--seconds", str(seconds)], capture_output=True, text=True,
-                                  timeout=seconds * 4 + 120)
             try:
+                proc = subprocess.run([sys.executable, __file__, "measure", net, mode, "--datasets",
+                                       str(datasets), "--seconds", str(seconds)], capture_output=True, text=True,
+                                      timeout=seconds * 4 + 60)
                 runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            except subprocess.TimeoutExpired:
+                runs.append({"net": net, "mode": mode, "error": "timed out",
+                             "wall_s": round(time.monotonic() - t0, 1)})
             except (ValueError, IndexError):
                 runs.append({"net": net, "mode": mode, "error": f"exit {proc.returncode}",
                              "stderr_tail": proc.stderr[-2000:], "wall_s": round(time.monotonic() - t0, 1)})
+            if save:
+                save(_summarise(runs, modes, seconds))
+    return _summarise(runs, modes, seconds)
+
+
+def _summarise(runs: list[dict], modes: list[str], seconds: float) -> dict:
     ips = {(r["net"], r["mode"]): r.get("ips") for r in runs}
     out: dict = {"runs": runs, "cpu_threads": os.cpu_count(), "seconds_per_figure": seconds}
     for net in ("lenet", "alexnet_small"):
@@ -316,7 +327,8 @@ def main() -> None:
     if args.cmd == "selfcheck":
         result = selfcheck(args.mode, args.datasets)
     elif args.cmd == "figures":
-        result = figures(args.modes.split(","), args.datasets, args.seconds)
+        save = (lambda r: args.json.write_text(json.dumps(r, indent=1) + "\n")) if args.json else None
+        result = figures(args.modes.split(","), args.datasets, args.seconds, save)
     else:
         result = measure(args.net, args.mode, args.datasets, args.seconds)
     text = json.dumps(result)

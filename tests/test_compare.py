@@ -23,8 +23,10 @@ def _submit(client, **fields) -> dict:
 
 
 def test_compare_api_and_visibility(app, client):
-    a = _submit(client, name="lr 0.01", learning_rate="0.01")
-    b = _submit(client, name="lr 0.05", learning_rate="0.05", layer=CHANGED_LAYER)
+    # A sweep: two jobs, one group, learning rates 0.01 and 0.05.
+    resp = post(client, "/api/v1/jobs", name="lr", learning_rate="0.01,0.05")
+    assert resp.status_code == 201, resp.get_json()
+    a, b = resp.get_json()["jobs"]
     body = client.get(f"/api/v1/jobs/compare?ids={a['id']},{b['id']}").get_json()
     assert [j["id"] for j in body["jobs"]] == [a["id"], b["id"]]
     assert body["link"] == f"/jobs/compare?ids={a['id']},{b['id']}"
@@ -32,16 +34,17 @@ def test_compare_api_and_visibility(app, client):
     assert settings["learning_rate"] == {"name": "learning_rate", "values": [0.01, 0.05], "differs": True}
     assert settings["solver.base_lr"]["differs"] is True
     assert settings["dataset"]["differs"] is False and settings["python_layer"]["values"][0] == "AccuracyLayer"
-    # The network is the same; the layer file differs by the one comment line.
+    assert settings["group"]["differs"] is False and settings["group"]["values"][0] == "lr"
+    # Same network and layer file (the layer diff of a changed file: the browser test).
     assert body["diffs"]["network"] == [{"job": b["id"], "same": True, "missing": False, "diff": ""}]
-    layer_diff = body["diffs"]["python_layer"][0]
-    assert layer_diff["same"] is False
-    assert "-        # Renaming for clarity" in layer_diff["diff"]
-    assert "+        # Renamed for the comparison" in layer_diff["diff"]
+    assert body["diffs"]["python_layer"] == [{"job": b["id"], "same": True, "missing": False, "diff": ""}]
     assert body["jobs"][0]["series"] == {} and body["metrics"] == []    # nothing trained yet
-    # The same data on the page, rendered.
+    # The same data on the page, rendered; the job list links the sweep's comparison.
     html = client.get(f"/jobs/compare?ids={a['id']},{b['id']}").get_data(as_text=True)
-    assert 'class="differs" data-setting="learning_rate"' in html and "+        # Renamed" in html
+    assert 'class="differs" data-setting="learning_rate"' in html and "identical" in html
+    listing = client.get("/").get_data(as_text=True)
+    group_ids = ",".join(resp.get_json()["group"]["jobs"])
+    assert f'href="/jobs/compare?ids={group_ids}">compare</a>' in listing
     # The job list's form (ids=a&ids=b) lands on the shareable URL.
     resp = client.get(f"/jobs/compare?ids={a['id']}&ids={b['id']}")
     assert resp.status_code == 303 and resp.headers["Location"].endswith(f"/jobs/compare?ids={a['id']},{b['id']}")
@@ -55,10 +58,10 @@ def test_compare_api_and_visibility(app, client):
         resp = bob.get(f"/api/v1/jobs/compare?ids={ids}")
         assert resp.status_code == 404 and resp.get_json() == unknown    # nothing leaks, not even its name
         page = bob.get(f"/jobs/compare?ids={ids}", headers={"Accept": "text/html"})
-        assert page.status_code == 404 and "lr 0.01" not in page.get_data(as_text=True)
+        assert page.status_code == 404 and a["name"] not in page.get_data(as_text=True)
     assert client.get(f"/api/v1/jobs/compare?ids={own['id']},{a['id']}").status_code == 200   # the admin sees all
     assert client.get("/api/v1/jobs/compare").status_code == 400
-    too_many = ",".join(f"j{n}" for n in range(13))
+    too_many = ",".join(f"j{n}" for n in range(33))
     assert client.get(f"/api/v1/jobs/compare?ids={too_many}").status_code == 400
 
 

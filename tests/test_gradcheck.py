@@ -107,7 +107,9 @@ def test_wrong_and_missing_backwards_are_caught(client):
                + _python("axis", "CenterRowsWrongAxis", ["ip2"], ["ip2c"])
                + _python("eucl2", "EuclideanLossLayer", ["ip2c", "ip2b"], ["eucl2"], LOSS)
                + _python("double", "Double", ["ip2b"], ["ip2d"])
-               + _python("eucl3", "EuclideanLossLayer", ["ip2d", "ip2"], ["eucl3"], LOSS))
+               + _python("eucl3", "EuclideanLossLayer", ["ip2d", "ip2"], ["eucl3"], LOSS)
+               + _python("accum", "AccumulatingDouble", ["ip2b"], ["ip2a"])
+               + _python("eucl4", "EuclideanLossLayer", ["ip2a", "ip2"], ["eucl4"], LOSS))
     report = _validate(client, net)
     got = _by_blob(report)
     for blob in ("ip2", "ip2b"):
@@ -118,13 +120,15 @@ def test_wrong_and_missing_backwards_are_caught(client):
     assert got[("axis", "ip2")]["verdict"] == "wrong"
     assert "points elsewhere" in got[("axis", "ip2")]["reason"]
     assert got[("double", "ip2b")]["verdict"] == "not_implemented"
-    for key in (("eucl2", "ip2c"), ("eucl3", "ip2d"), ("eucl3", "ip2")):
+    # Right on a zeroed diff, wrong from the second iteration on.
+    assert got[("accum", "ip2b")]["verdict"] == "wrong" and "(+=)" in got[("accum", "ip2b")]["reason"]
+    for key in (("eucl2", "ip2c"), ("eucl3", "ip2d"), ("eucl3", "ip2"), ("eucl4", "ip2a")):
         assert got[key]["verdict"] == "ok", got[key]
     assert got[("flip", "ip2")]["line"] == line_of(LAYERS, "class FlippedEuclideanLoss") + 3
     # A warning per bad blob by default; the upload stays valid.
     warned = {(w["layer"], w["blob"]) for w in report["warnings"] if w.get("stage") == "gradient_check"}
     assert warned == {("flip", "ip2"), ("flip", "ip2b"), ("nohalf", "ip2"), ("nohalf", "ip2b"),
-                      ("axis", "ip2"), ("double", "ip2b")}
+                      ("axis", "ip2"), ("double", "ip2b"), ("accum", "ip2b")}
 
 
 FLIP_NET = _net(IP2B + _python("flip", "FlippedEuclideanLoss", ["ip2", "ip2b"], ["flip"], LOSS), occlude=True)

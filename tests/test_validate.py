@@ -280,7 +280,7 @@ def test_slow_python_layer_dominates_the_step(app, client):
     from flask import render_template
     with app.test_request_context():
         html = render_template("web/_layers.html", report=report)
-    assert "train · batch 4" in html and "val · batch 32" in html and "deploy · batch 1" in html
+    assert "train · batch 4" in html and "val · batch 4" in html and "deploy · batch 1" in html   # DIGITS: batch_size sets the val batch too
     assert "Python layers' share of the step" in html
     assert f'{by_stage["train"]["python_share"] * 100:.1f} %' in html
     assert html.count("<th>Backward ms</th>") == 1 and html.count("<th>Forward ms</th>") == 3

@@ -112,21 +112,45 @@ def test_selfcheck_in_cpu_mode(bundle, tmp_path):
     assert result["checks"]["lenet_short_solve"]["val_accuracy_seed_layer"] > 0.5
 
 
-def test_caffe_in_the_bundle_is_the_cuda_build(bundle):
-    out = _bundle_python(bundle, "-c", "import caffe, json; print(json.dumps(caffe.layer_type_list()))")
+def test_caffe_in_the_bundle_is_the_cuda_build(bundle, tmp_path):
+    out = _bundle_python(bundle, "-c", "import caffe, json; print(json.dumps(list(caffe.layer_type_list())))")
     assert out.returncode == 0, out.stderr
     assert "Python" in json.loads(out.stdout)
     so = bundle / "lib/python3/dist-packages/caffe/_caffe.so"
     needed = subprocess.run(["patchelf", "--print-needed", str(so)], capture_output=True, text=True,
                             check=True).stdout.split()
     assert {"libcudart.so.13", "libcublas.so.13", "libcurand.so.10"} <= set(needed)
-    # sm_90 machine code plus compute_90 PTX, nothing else
-    listing = subprocess.run(["/usr/local/cuda/bin/cuobjdump", "--list-elf", "--list-ptx", str(so)],
-                             capture_output=True, text=True)
-    assert listing.returncode == 0, listing.stderr
-    elf = set(re.findall(r"ELF file.*\.(sm_\d+)\.cubin", listing.stdout))
-    ptx = set(re.findall(r"PTX file.*\.(sm_\d+)\.ptx", listing.stdout))
-    assert elf == {"sm_90"} and ptx == {"sm_90"}, listing.stdout[:2000]
+    # sm_90 machine code plus compute_90 PTX, nothing else (and one fat
+    # binary per .cu file of the fork).
+    count, entries = _fatbin_entries(so, tmp_path)
+    assert entries == {("sass", 90), ("ptx", 90)}, entries
+    assert count >= 50
+
+
+def _fatbin_entries(so: Path, tmp: Path) -> tuple[int, set[tuple[str, int]]]:
+    """(number of fat binaries, {(kind, arch)}) in ``so``'s .nv_fatbin section.
+
+    The layout nvcc writes (no cuobjdump on this machine): fat binaries, each
+    a 16-byte header (magic 0xBA55ED50, version, header size, payload size)
+    followed by entries whose headers hold the kind (1 PTX, 2 ELF) at byte 0,
+    their own header size at 4, the payload size at 8 and the arch at 28.
+    """
+    import struct
+    dump = tmp / "fatbin"
+    subprocess.run(["objcopy", "-O", "binary", "--only-section=.nv_fatbin", str(so), str(dump)], check=True)
+    data, off, count, found = dump.read_bytes(), 0, 0, set()
+    while off + 16 <= len(data):
+        magic, _, head, size = struct.unpack_from("<IHHQ", data, off)
+        if magic != 0xBA55ED50:
+            off += 8 - off % 8   # alignment padding between fat binaries
+            continue
+        count, entry, end = count + 1, off + head, off + head + size
+        while entry < end:
+            kind, _, entry_head, payload = struct.unpack_from("<HHIQ", data, entry)
+            found.add(({1: "ptx", 2: "sass"}.get(kind, str(kind)), struct.unpack_from("<I", data, entry + 28)[0]))
+            entry += entry_head + payload
+        off = end
+    return count, found
 
 
 @pytest.mark.slow
@@ -137,9 +161,11 @@ def test_gpu_check_dry_run_in_cpu_mode(tmp_path):
     # pycaffe, figures. What the GPU machine will run, minus the GPU.
     out_dir = tmp_path / "out"
     env = {"PATH": "/usr/bin:/bin", "OUT": str(out_dir), "GPU_BUNDLE": str(BUNDLE), "GPU_CHECK_DEVICE": "cpu",
-           "GPU_CHECK_QUICK": "1", "GPU_CHECK_CUDA_DIRS": ":".join(_cuda_dirs())}
+           "GPU_CHECK_QUICK": "1", "GPU_CHECK_CUDA_DIRS": ":".join(_cuda_dirs()),
+           # a 2-core machine shared by several people, not the GPU machine's 16 cores
+           "GPU_CHECK_TOTAL": "1200", "GPU_CHECK_LIMIT_SCALE": "4"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, capture_output=True,
-                          text=True, timeout=900, cwd=ROOT)
+                          text=True, timeout=1300, cwd=ROOT)
     doc = json.loads((out_dir / "gpu_check.json").read_text())
     log = proc.stdout[-4000:]
     assert proc.returncode == 0, log

@@ -19,7 +19,10 @@ it is told about; an uploaded layer's kinks are unknown, so a value that
 fails is looked at again with a ten times smaller step, and counts as a kink
 (skipped, like Caffe's) when the analytic gradient then agrees, or agrees
 with one side of a one-sided difference that the other side contradicts.
-Everything runs within a time budget; the report says what was left out.
+Beyond Caffe's checker: a backward that adds to a bottom's diff or leaves
+values of it unset is wrong (Caffe never zeroes a bottom's diff; see
+layerprobe.Probe._overwrite). Everything runs within a time budget; the
+report says what was left out.
 """
 from __future__ import annotations
 
@@ -171,7 +174,7 @@ def check_layer(net, i: int, lp, rec: dict | None, need: dict, deadline: float, 
         until = time.perf_counter() + (deadline - time.perf_counter()) / (len(targets) - n)
         try:
             out.append(_judge(name, blob, kind, probe, probe.analytic(kind, idx), probe.values(kind, idx),
-                              until, line, weights))
+                              until, line, weights, idx))
         except BaseException as exc:
             out.append(_entry(name, blob, "skipped", f"{type(exc).__name__} while checking: {exc}"[:300],
                               kind=kind, line=line))
@@ -199,7 +202,7 @@ def _kink(probe: Probe, arr, e: int, c: float, coarse: float, eps: float) -> boo
 
 
 def _judge(layer: str, blob: str, kind: str, probe: Probe, grad: np.ndarray, arr: np.ndarray,
-           until: float, line, weights) -> dict:
+           until: float, line, weights, blob_index: int) -> dict:
     """Check sampled values of one blob; one `gradient_check` entry."""
     extra = {"kind": kind, "line": line, "elements": int(arr.size)}
     if not np.all(np.isfinite(grad)):
@@ -235,6 +238,15 @@ def _judge(layer: str, blob: str, kind: str, probe: Probe, grad: np.ndarray, arr
     if not checked:
         return _entry(layer, blob, "skipped", "over the time budget", None, **extra)
     error = float(f"{raw:.4g}")
+    issue = probe.overwrite.get(int(blob_index)) if kind == "bottom" else None
+    if issue and issue[0] == "unwritten" and issue[1] == arr.size:
+        return _entry(layer, blob, "not_implemented", "backward never writes this gradient (is backward a "
+                      "no-op, or is propagate_down not honoured?)", error, **extra)
+    if issue:
+        why = (f"backward leaves {issue[1]} of {arr.size} values of this gradient unwritten"
+               if issue[0] == "unwritten" else "backward adds to the bottom's diff (+=) instead of setting it")
+        return _entry(layer, blob, "wrong", f"{why}: Caffe does not zero a bottom's diff, so they keep the "
+                      "previous iteration's gradient", error, **extra)
     if not grad.any() and worst > THRESHOLD:
         return _entry(layer, blob, "not_implemented", "backward leaves this gradient at zero while the loss "
                       "depends on it (is backward a no-op, or is propagate_down not honoured?)", error, **extra)

@@ -14,7 +14,14 @@ from app.contained import layerview
 
 SEED = 1701            # Caffe's GradientChecker default seed, re-applied before every forward
 ROUNDING = 2.0 ** -21  # float32 rounding allowed per changed top value (a few ulps)
+UNSET = np.float32(3 * 2.0 ** -13)   # a marker no backward writes by chance, exact in float32
 FAST_FORWARD_S = 0.01  # CPU seconds: a layer this fast gets its few values checked even past the budget
+
+
+def _seed() -> None:
+    # Caffe's checker re-seeds before every pass; a Python layer draws from numpy's or Python's generator.
+    np.random.seed(SEED)
+    random.seed(SEED)
 
 
 class Unchecked(Exception):
@@ -76,9 +83,31 @@ class Probe:
             b.diff[...] = 0
         for b in self.obj.blobs:
             b.diff[...] = 0
+        _seed()
         self.obj.backward(self.tops, list(prop), self.bottoms)
         self.grads = {("bottom", j): np.array(b.diff, dtype=np.float64) for j, b in enumerate(self.bottoms)}
         self.grads.update({("param", k): np.array(b.diff, dtype=np.float64) for k, b in enumerate(self.obj.blobs)})
+        self.overwrite = self._overwrite(prop)
+
+    def _overwrite(self, prop: list[bool]) -> dict[int, tuple[str, int]]:
+        """Caffe never zeroes a bottom's diff (only parameter diffs, once per
+        iteration): backward must set every value. Run again over a marker:
+        bottom j -> ("unwritten", n) when n values keep the marker, or
+        ("accumulates", n) when backward added to n of them (+=)."""
+        for b in self.bottoms:
+            b.diff[...] = UNSET
+        for b in self.obj.blobs:
+            b.diff[...] = 0
+        _seed()
+        self.obj.backward(self.tops, list(prop), self.bottoms)
+        out = {}
+        for j, b in enumerate(self.bottoms):
+            again, first = np.asarray(b.diff), self.grads[("bottom", j)].astype(np.float32)
+            differ = (again != first) & ~(np.isnan(again) & np.isnan(first))
+            if prop[j] and differ.any():
+                kind = "unwritten" if np.all(again[differ] == UNSET) else "accumulates"
+                out[j] = (kind, int(differ.sum()))
+        return out
 
     def _timed_forward(self) -> tuple[float, float]:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -91,8 +120,7 @@ class Probe:
             blob.data[...] = arr
         for blob, arr in zip(self.obj.blobs, getattr(self, "params", [])):
             blob.data[...] = arr
-        np.random.seed(SEED)
-        random.seed(SEED)
+        _seed()
         self.obj.reshape(self.bottoms, self.tops)
         self.obj.forward(self.bottoms, self.tops)
 

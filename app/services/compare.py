@@ -16,7 +16,7 @@ from app.core.workspace import LAYER_FILE, NETWORK_FILE, SOLVER_FILE, Workspace
 from app.services import jobs
 from app.services.context import Context
 
-MAX_JOBS = 12
+MAX_JOBS = 32            # a whole sweep (app.services.sweeps.MAX_JOBS) fits
 MAX_POINTS = 1500            # per series: longer ones are thinned evenly (last point kept)
 MAX_DIFF_LINES = 2000
 # Job parameters shown as settings (in this order), then the solver's own lines.

@@ -214,7 +214,7 @@ def spec() -> dict:
                     "200": _json(_ref("Comparison"), "The comparison"), "400": _ERRORS["400"],
                     "404": _ERRORS["404"]},
                 params=[{"name": "ids", "in": "query", "required": True, "schema": {"type": "string"},
-                         "description": "1 to 12 comma-separated job ids; the first is the diffs' baseline"}],
+                         "description": "1 to 32 comma-separated job ids; the first is the diffs' baseline"}],
                 op_id="compareJobs")},
             "/api/v1/python-layers/convert": {"post": _op(
                 "A Python 2 layer file converted mechanically to Python 3 (print, `/` as an index, xrange, "

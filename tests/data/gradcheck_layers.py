@@ -149,6 +149,13 @@ class Double(caffe.Layer):
         pass
 
 
+class AccumulatingDouble(Double):
+    """Wrong in Caffe: adds to the bottom's diff, which Caffe never zeroes."""
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] += 2 * top[0].diff
+
+
 class BlankSquare(caffe.Layer):
     """An image layer (occlusion): a blank square in the middle of each image."""
 
