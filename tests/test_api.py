@@ -44,7 +44,7 @@ def test_seed_layer_lenet_trains_to_done(app, client, worker, tmp_path):
     assert len(acc) >= 2 and acc[-1] > 0.6, acc      # chance is 0.1
     assert done["metrics"]["val"]["accuracy"] == acc[-1]
     assert all("lr" in p and "iteration" in p for p in m["lr"])
-    assert [s["iteration"] for s in done["snapshots"]] == [21, 42, 43]
+    assert [s["iteration"] for s in done["snapshots"]] == [22, 44]   # one per epoch, 22 iterations each
 
     log = client.get(f"/api/v1/jobs/{job['id']}/log")
     assert log.status_code == 200 and int(log.headers["X-Log-Size"]) > 0
@@ -57,7 +57,7 @@ def test_seed_layer_lenet_trains_to_done(app, client, worker, tmp_path):
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = set(tar.getnames())
         assert {"network.prototxt", "train_val.prototxt", "deploy.prototxt", "solver.prototxt",
-                "digits_python_layers.py", "snapshot_iter_43.caffemodel", "labels.txt",
+                "digits_python_layers.py", "snapshot_iter_44.caffemodel", "labels.txt",
                 "mean.binaryproto", "info.json"} <= names
         assert all(m.isfile() and "/" not in m.name for m in tar.getmembers())
         tar.extractall(tmp_path / "model")
@@ -65,7 +65,7 @@ def test_seed_layer_lenet_trains_to_done(app, client, worker, tmp_path):
     assert info["id"] == job["id"] and info["status"] == "done"
     import caffe
     net = caffe.Net(str(tmp_path / "model" / "deploy.prototxt"),
-                    str(tmp_path / "model" / "snapshot_iter_43.caffemodel"), caffe.TEST)
+                    str(tmp_path / "model" / "snapshot_iter_44.caffemodel"), caffe.TEST)
     assert net.blobs["data"].data.shape == (1, 1, 28, 28)
     out = net.forward()
     assert out["softmax"].shape == (1, 10)

@@ -155,6 +155,18 @@ def test_two_workers_share_eight_jobs_then_a_sigkilled_workers_job_resumes_on_th
     assert _records(inp.parent / "output", "resumed") == [{"type": "resumed", "iteration": 4, "run": 2}]
     assert app.extensions["store"].list_jobs(status="running") == []
 
+    # A worker stopped with SIGTERM stops its job with a snapshot and puts it
+    # back on the queue to resume there (here: no worker is left to take it).
+    resp = post(client, "/api/v1/jobs", max_iter=100000, snapshot_interval=0.2, name="long")
+    long = resp.get_json()
+    _wait(lambda: client.get(f"/api/v1/jobs/{long['id']}").get_json()["snapshots"], 120, "no snapshot")
+    other.proc.terminate()
+    assert other.proc.wait(60) == 0
+    after = client.get(f"/api/v1/jobs/{long['id']}").get_json()
+    assert after["status"] == "queued", after
+    assert [e["status"] for e in after["history"]][-3:] == ["running", "interrupted", "queued"], after["history"]
+    assert app.extensions["store"].get_job(long["id"])["resume_from"] in [s["iteration"] for s in after["snapshots"]]
+
 
 README = ROOT / "README.md"
 

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DATA, LENET_SEED, SEED_LAYER, api, client_for, post
-from test_browser import _login, _wait, browser  # noqa: F401  (the fixture, reused)
+from helpers import LENET_SEED, SEED_LAYER, api, client_for, post
+from test_browser import _login, _wait
+from test_browser import browser as browser_fixture
+
+browser = browser_fixture    # the Chromium fixture of test_browser.py, reused here
 
 CHANGED_LAYER = SEED_LAYER.replace("        # Renaming for clarity\n", "        # Renamed for the comparison\n")
 
@@ -66,7 +69,7 @@ def test_compare_api_and_visibility(app, client):
 
 
 @pytest.mark.slow
-def test_compare_trained_jobs_in_the_browser(server, browser, tmp_path):  # noqa: F811
+def test_compare_trained_jobs_in_the_browser(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
     from helpers import initial_token

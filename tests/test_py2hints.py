@@ -80,8 +80,11 @@ IDIOMS = [
     ("basestring", _at_import("assert not isinstance('a', basestring)\n"), "basestring", "use str"),
     ("string_constant", _at_import("NAMES = string.letters[:3]\n"), "string.letters", "string.ascii_letters"),
     ("has_key", _at_import("if {}.has_key('top_k'):\n    pass\n"), "has_key", "`k in d`"),
-    ("implicit_relative_import", _at_import("from layer_utils import helper\n"), "from layer_utils",
-     "no implicit relative imports"),
+    # (Said only of a file that is Python 2 elsewhere: here backward's iteritems.)
+    ("implicit_relative_import", _at_import("from layer_utils import helper\n").replace(
+        "    def backward(self, top, propagate_down, bottom):\n",
+        "    def backward(self, top, propagate_down, bottom):\n        for k, v in {}.iteritems(): pass\n"),
+     "from layer_utils", "no implicit relative imports"),
 ]
 
 
@@ -150,6 +153,8 @@ def test_hint_from_the_message_alone():
     assert "import pickle" in py2hints.hint_for({"message": "ModuleNotFoundError: No module named 'cPickle'"},
                                                 text)
     assert py2hints.hint_for({"line": 1, "message": "ValueError in setup(): broken"}, text) is None
+    # A missing package in Python 3 code is not called a relative import.
+    assert py2hints.hint_for({"line": 1, "message": "ModuleNotFoundError: No module named 'cv2'"}, text) is None
 
 
 def test_convert_route_checks_its_input(client):
@@ -162,3 +167,27 @@ def test_convert_route_checks_its_input(client):
     assert _convert(client, "x = 1\n" * 200).status_code == 413
     # Nothing is stored: the route is stateless and never runs the file.
     assert client.get("/api/v1/jobs").get_json()["jobs"] == []
+
+
+def test_form_offers_the_converted_file(client):
+    import re
+    html = client.get("/jobs/new").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
+    layer = _at_import("for i in xrange(2):\n    pass\n")
+
+    def form() -> dict:
+        return {"csrf_token": token, "action": "validate", "dataset": "sample-digits", "device": "cpu",
+                "network": (io.BytesIO(LENET_SEED.encode()), "lenet.prototxt"),
+                "python_layer": (io.BytesIO(layer.encode()), "old_layers.py")}
+    report = client.post("/jobs/new", data=form(), content_type="multipart/form-data",
+                         headers={"X-Requested-With": "fetch"}).get_data(as_text=True)
+    assert "Python 2 → 3: xrange is gone in Python 3: use range" in report
+    # The report's button posts the form (its chosen file) to the page route.
+    button = re.search(r'<button[^>]*id="download-py3"[^>]*>', report, re.S).group(0)
+    assert 'form="job-form"' in button and 'formaction="/python-layers/convert"' in button
+    resp = client.post("/python-layers/convert", data=form(), content_type="multipart/form-data")
+    assert resp.status_code == 200 and "attachment" in resp.headers["Content-Disposition"]
+    assert resp.get_data(as_text=True) == layer.replace("xrange(2)", "range(2)")
+    data = form()
+    del data["csrf_token"]
+    assert client.post("/python-layers/convert", data=data, content_type="multipart/form-data").status_code == 400

@@ -90,21 +90,21 @@ def _records(out: Path, kind: str) -> list[dict]:
 
 def test_torn_newest_snapshot_resumes_from_previous_complete_pair(app, client, worker):
     from app.core.workspace import Workspace
-    job = _create(client, layer=GATE.replace("HOLD", "43"), train_epochs=3)   # 64 iterations
+    job = _create(client, layer=GATE.replace("HOLD", "45"), train_epochs=3)   # 66 iterations (22 per epoch)
     inp = Path(app.config["JOBS_DIR"]) / job["id"] / "input"
     out = inp.parent / "output"
-    _wait_snapshot(client, job["id"], 42)        # held at iteration 43 from here on
+    _wait_snapshot(client, job["id"], 44)        # held at iteration 45 from here on
     assert client.post(f"/api/v1/jobs/{job['id']}/abort").status_code == 202
     _wait_file(inp.parent / "control" / "abort")   # the worker passed the abort on
     (inp / "release").touch()
     ended = wait_for(client, job["id"], {"aborted", "error", "done"})
     assert ended["status"] == "aborted", ended["error"]
-    assert [s["iteration"] for s in ended["snapshots"]] == [21, 42, 43]
+    assert [s["iteration"] for s in ended["snapshots"]] == [22, 44, 45]
 
     # What a kill in the middle of writing the newest solverstate leaves.
-    state = out / "snapshot_iter_43.solverstate"
+    state = out / "snapshot_iter_45.solverstate"
     os.truncate(state, state.stat().st_size // 2)
-    model = out / "snapshot_iter_43.caffemodel"
+    model = out / "snapshot_iter_45.caffemodel"
     os.truncate(model, model.stat().st_size // 2)
     # A download never carries the torn model: the newest whole one instead.
     import io
@@ -115,26 +115,26 @@ def test_torn_newest_snapshot_resumes_from_previous_complete_pair(app, client, w
     resp.close()
     assert resp.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        assert "snapshot_iter_42.caffemodel" in tar.getnames()
-        assert "snapshot_iter_43.caffemodel" not in tar.getnames()
-        assert json.load(tar.extractfile("info.json"))["snapshot"] == "snapshot_iter_42.caffemodel"
+        assert "snapshot_iter_44.caffemodel" in tar.getnames()
+        assert "snapshot_iter_45.caffemodel" not in tar.getnames()
+        assert json.load(tar.extractfile("info.json"))["snapshot"] == "snapshot_iter_44.caffemodel"
 
     assert client.post(f"/api/v1/jobs/{job['id']}/resume").status_code == 202
     done = wait_for(client, job["id"], {"done", "error", "aborted", "interrupted"})
     assert done["status"] == "done", done["error"]
-    assert done["iteration"] == 64
-    assert _records(out, "resumed") == [{"type": "resumed", "iteration": 42, "run": 2}]
+    assert done["iteration"] == 66
+    assert _records(out, "resumed") == [{"type": "resumed", "iteration": 44, "run": 2}]
     # The service chose the newest complete pair (the runner would also
-    # have fallen back from 43 and said so in the log).
-    assert app.extensions["store"].get_job(job["id"])["resume_from"] == 42
-    assert sorted(Workspace.complete_snapshots(out)) == [21, 42, 63, 64]
+    # have fallen back from 45 and said so in the log).
+    assert app.extensions["store"].get_job(job["id"])["resume_from"] == 44
+    assert sorted(Workspace.complete_snapshots(out)) == [22, 44, 66]
 
 
 def test_sigkill_of_training_process_leaves_job_interrupted_and_resumable(app, client, worker):
-    job = _create(client, layer=GATE.replace("HOLD", "30"), train_epochs=2)   # 43 iterations
+    job = _create(client, layer=GATE.replace("HOLD", "30"), train_epochs=2)   # 44 iterations
     inp = Path(app.config["JOBS_DIR"]) / job["id"] / "input"
     out = inp.parent / "output"
-    _wait_snapshot(client, job["id"], 21)        # held at iteration 30 from here on
+    _wait_snapshot(client, job["id"], 22)        # held at iteration 30 from here on
     os.kill(training_pid(out), signal.SIGKILL)
 
     ended = wait_for(client, job["id"], {"interrupted", "error", "done", "aborted"})
@@ -146,8 +146,8 @@ def test_sigkill_of_training_process_leaves_job_interrupted_and_resumable(app, c
     assert client.post(f"/api/v1/jobs/{job['id']}/resume").status_code == 202
     done = wait_for(client, job["id"], {"done", "error", "aborted", "interrupted"})
     assert done["status"] == "done", done["error"]
-    assert done["iteration"] == 43
-    assert _records(out, "resumed") == [{"type": "resumed", "iteration": 21, "run": 2}]
+    assert done["iteration"] == 44
+    assert _records(out, "resumed") == [{"type": "resumed", "iteration": 22, "run": 2}]
 
 
 def test_python_exception_in_layer_during_training_is_error(client, worker):

@@ -93,6 +93,15 @@ def build_error(tmp_path: Path, data: bytes) -> str:
     return str(err.value)
 
 
+def _build(tmp_path: Path, data: bytes) -> dict:
+    import shutil
+    from app.contained.build_dataset import build_segmentation
+    (tmp_path / "ok.zip").write_bytes(data)
+    shutil.rmtree(tmp_path / "ok", ignore_errors=True)
+    (tmp_path / "ok").mkdir()
+    return build_segmentation(str(tmp_path / "ok.zip"), str(tmp_path / "ok"), PARAMS)
+
+
 def test_bad_segmentation_archives_name_the_file(tmp_path):
     rng = np.random.default_rng(5)
     pairs = [shapes_pair(rng) for _ in range(4)]
@@ -115,15 +124,46 @@ def test_bad_segmentation_archives_name_the_file(tmp_path):
     # Nothing but background anywhere.
     msg = build_error(tmp_path, archive([(i, np.zeros_like(lb)) for i, lb in pairs]))
     assert "all background" in msg and "shapes/labels/0000.png" in msg
+    # 255 is "ignore" (VOC's borders), not a class beyond the list.
+    edge = lab.copy()
+    edge[0, :] = 255
+    info = _build(tmp_path, archive(pairs[1:], {"shapes/images/0100.png": png(img),
+                                                "shapes/labels/0100.png": png(edge, True)}))
+    assert info["num_classes"] == 2
+    # Grayscale indices and RGB pictures in classes.txt's colours read as the same classes.
+    from PIL import Image
+    assert (segmentation.label_indices(Image.fromarray(lab), "g.png", None) == lab).all()
+    rgb = np.stack([lab * 200, lab * 10, lab * 0], axis=-1).astype(np.uint8)
+    names, colours = segmentation.parse_classes("bg 0 0 0\nshape 200 10 0\n")
+    assert (segmentation.label_indices(Image.fromarray(rgb), "c.png", colours) == lab).all()
+    rgb[3, 4] = [1, 2, 3]
+    with pytest.raises(ArchiveError, match=r"c.png: pixel \(4, 3\) has colour \(1, 2, 3\)"):
+        segmentation.label_indices(Image.fromarray(rgb), "c.png", colours)
     # The good archive builds: two LMDBs per stage, classes, palette, samples.
-    from app.contained.build_dataset import build_segmentation
-    (tmp_path / "ok.zip").write_bytes(archive(pairs))
+    info = _build(tmp_path, archive(pairs))
     out = tmp_path / "ok"
-    out.mkdir()
-    info = build_segmentation(str(tmp_path / "ok.zip"), str(out), PARAMS)
     assert info["type"] == "segmentation" and info["labels"] == ["background", "shape"]
     assert info["palette"] == [[0, 0, 0], [255, 0, 0]] and info["train_count"] + info["val_count"] == 4
     assert all((out / d / k / "data.mdb").is_file() for d in ("train_db", "val_db") for k in ("features", "labels"))
+
+
+def classifier_weights(tmp_path: Path) -> bytes:
+    """A small classification net's .caffemodel whose conv1/conv2 have the
+    FCN's shapes (its classifier `fc` has no counterpart there)."""
+    import caffe
+    (tmp_path / "cls.prototxt").write_text("""
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 32 dim: 32 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 16 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 16 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv2" top: "fc" inner_product_param { num_output: 10 } }
+""")
+    caffe.set_random_seed(3)
+    net = caffe.Net(str(tmp_path / "cls.prototxt"), caffe.TEST)
+    net.save(str(tmp_path / "cls.caffemodel"))
+    return (tmp_path / "cls.caffemodel").read_bytes()
 
 
 def _wait_json(fetch, done, timeout: float):
@@ -165,6 +205,8 @@ def test_segmentation_walkthrough_dice_curve_masks_and_overlay_page(server, brow
     t_dataset = time.monotonic() - t0
 
     job = api("POST", "/api/v1/jobs", {
+        # Starting weights from a classification net, copied by layer name (DIGITS's FCN-from-AlexNet).
+        "weights": ("classifier.caffemodel", classifier_weights(tmp_path)),
         "network": ("fcn_dice.prototxt", DICE_NET.encode()), "python_layer": ("dice.py", (DATA / "dice_layer.py").read_bytes()),
         "dataset": (None, ds["id"].encode()), "train_epochs": (None, b"6"), "val_interval": (None, b"0.5"),
         "solver_type": (None, b"ADAM"), "learning_rate": (None, b"0.01"), "random_seed": (None, b"1"),
@@ -174,6 +216,11 @@ def test_segmentation_walkthrough_dice_curve_masks_and_overlay_page(server, brow
         "done", "error", "aborted", "interrupted"), 240)
     t_train = time.monotonic() - t1
     assert job["status"] == "done", job["error"]
+    assert job["start_weights"]["kind"] == "upload", job["start_weights"]
+    events = [json.loads(line) for line in (tmp_path / "jobs" / job["id"] / "output" / "metrics.jsonl")
+              .read_text().splitlines()]
+    loaded = next(e for e in events if e["type"] == "weights")
+    assert loaded["copied"] == ["conv1", "conv2"] and "score" in loaded["fresh"], loaded
     metrics = api("GET", f"/api/v1/jobs/{job['id']}/metrics")
     curve = [p["dice"] for p in metrics["val"]]
     assert len(curve) >= 5 and all("dice" in p for p in metrics["train"])   # both nets chart the Python top
@@ -251,3 +298,58 @@ def _segment(url: str, token: str, job_id: str, fields: list, query: str = ""):
     except urllib.error.HTTPError as err:
         raise AssertionError(err.read()[:2000]) from None
     return data if query else json.loads(data)
+
+
+def test_python_layer_tops_are_charted_even_when_consumed(tmp_path, fresh_layer_module):
+    """A metric layer's top that another layer reads is no net output, yet
+    it is recorded (app.contained.train.metric_blobs)."""
+    import sys
+    import caffe
+    from app.contained.train import metric_blobs
+    sys.path.insert(0, str(DATA))
+    (tmp_path / "n.prototxt").write_text("""
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 2 dim: 4 dim: 4 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 dim: 1 dim: 4 dim: 4 } } }
+layer { name: "dice" type: "Python" bottom: "data" bottom: "label" top: "dice"
+        python_param { module: "dice_layer" layer: "Dice" } }
+layer { name: "quiet" type: "Silence" bottom: "dice" }
+layer { name: "out" type: "Power" bottom: "data" top: "out" }
+""")
+    net = caffe.Net(str(tmp_path / "n.prototxt"), caffe.TEST)
+    assert "dice" not in net.outputs
+    assert metric_blobs(net) == ["out", "dice"]
+    net.blobs["data"].data[:, 1] = 1.0          # predicts the object everywhere
+    net.blobs["label"].data[...] = 0
+    net.blobs["label"].data[:, :, :2] = 1       # half the pixels are the object
+    net.forward()
+    assert abs(float(net.blobs["dice"].data[0]) - 2 * 8 / (16 + 8)) < 1e-6
+
+
+def test_fcn_validates_on_a_segmentation_dataset_and_crop_is_refused(app, client, tmp_path):
+    """Two Data layers fed by top name (features / labels), Deconvolution +
+    Crop, the Dice layer; a crop (which would cut images but not labels) is refused."""
+    from helpers import post
+    rng = np.random.default_rng(1)
+    pairs = [shapes_pair(rng) for _ in range(8)]
+    decoded = segmentation.decode_pairs(
+        [(p, d) for p, d in _entries(archive(pairs))], PARAMS)
+    dest = Path(app.config["JOBS_DIR"]) / "datasets" / "seg8"
+    dest.mkdir(parents=True)
+    info = segmentation.write_segmentation(dest, decoded, 25, "seg 8")
+    app.extensions["store"].upsert_dataset("seg8", name="seg 8", owner=None, status="done", info=info)
+    layer = (DATA / "dice_layer.py").read_text()
+    report = post(client, "/api/v1/validate", network=DICE_NET, layer=layer, dataset="seg8", batch_size=2).get_json()
+    assert report["ok"] is True, [e["message"] for e in report["errors"]]
+    shapes = {lay["name"]: lay["top_shapes"] for lay in report["layers"]}
+    assert shapes["train-label"] == [[2, 1, 32, 32]] and shapes["crop"] == [[2, 2, 32, 32]]
+    assert shapes["dice"] == [[1]]
+    bad = post(client, "/api/v1/validate", network=DICE_NET, layer=layer, dataset="seg8", crop_size=16)
+    body = bad.get_json()
+    assert body["ok"] is False and body["errors"][0]["field"] == "crop_size", body
+    assert "not their labels" in body["errors"][0]["message"]
+
+
+def _entries(data: bytes):
+    from pathlib import PurePosixPath
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return [(PurePosixPath(n), zf.read(n)) for n in zf.namelist()]

@@ -241,7 +241,8 @@ def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None,
     if dataset is not None and dataset.kind == "segmentation" and (transform or {}).get("crop_size"):
         raise NetworkError("Crop size does not apply to a segmentation dataset: the labels would not be cropped.",
                            [{"field": "crop_size", "file": network.filename, "line": None, "layer": None,
-                             "stage": "parse", "message": "leave it empty for segmentation"}])
+                             "stage": "parse", "message": "a crop would cut the images but not their labels: "
+                             "leave crop_size empty for a segmentation dataset"}])
     if not has_data_layers(network.net):
         if dataset is None:
             raise NetworkError("The network has no Data layers: choose a dataset to feed it.",

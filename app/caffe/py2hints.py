@@ -522,6 +522,8 @@ def hint_for(detail: dict, text: str, found: list[Finding] | None = None) -> str
         name = missing.group(1)
         if name in RENAMED_MODULES:
             return HINTS["renamed_module"].format(new=f"import {RENAMED_MODULES[name]}")
-        if "." not in name and ("ImportError" in message or "ModuleNotFoundError" in message):
+        # Only in a file that is Python 2 elsewhere: in Python 3 code a
+        # missing module is just a missing package.
+        if "." not in name and found and ("ImportError" in message or "ModuleNotFoundError" in message):
             return HINTS["implicit_relative_import"].format(name=name)
     return None

@@ -26,7 +26,10 @@ from app.core.workspace import DATASET_INFO_FILE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 FEATURES, LABELS = "features", "labels"
-MAX_CLASSES = 256
+MAX_CLASSES = 255
+# 255 marks pixels to ignore (PASCAL VOC's borders; `ignore_label: 255` in
+# the loss): never a class, never "beyond the class list".
+IGNORE = 255
 
 
 def default_palette(n: int) -> list[list[int]]:
@@ -75,9 +78,11 @@ def label_indices(img, name: str, colours: list[list[int]] | None) -> np.ndarray
     gray value, or (RGB) the class whose colour the pixel has."""
     if img.mode == "P":
         return np.asarray(img, dtype=np.uint8)
-    if img.mode in ("L", "I", "I;16", "1"):
+    if img.mode == "1":     # bilevel: white is class 1
+        return np.asarray(img).astype(np.uint8)
+    if img.mode in ("L", "I", "I;16"):
         arr = np.asarray(img.convert("I") if img.mode != "L" else img).astype(np.int64)
-        if arr.max(initial=0) >= MAX_CLASSES:
+        if arr.max(initial=0) > IGNORE:
             raise ArchiveError(f"{name}: label value {int(arr.max())} is not a class index (0-255)")
         return arr.astype(np.uint8)
     rgb = np.asarray(img.convert("RGB"), dtype=np.int64)
@@ -176,8 +181,9 @@ def decode_pairs(entries: list[tuple[PurePosixPath, bytes]], params: dict, progr
             if idx.shape != (feat.size[1], feat.size[0]):
                 raise ArchiveError(f"{lab_name} is {idx.shape[1]}x{idx.shape[0]} but its feature image "
                                    f"{img_name} is {feat.size[0]}x{feat.size[1]}: a label must match its image")
-            if names is not None and int(idx.max()) >= len(names):
-                raise ArchiveError(f"{lab_name} holds class {int(idx.max())}, beyond the {len(names)} "
+            top_value = int(idx[idx != IGNORE].max(initial=0))
+            if names is not None and top_value >= len(names):
+                raise ArchiveError(f"{lab_name} holds class {top_value}, beyond the {len(names)} "
                                    "classes of classes.txt (0 to " f"{len(names) - 1})")
             feat = feat.resize((width, height), Image.BILINEAR)
             idx = np.asarray(Image.fromarray(idx).resize((width, height), Image.NEAREST))
@@ -190,11 +196,12 @@ def decode_pairs(entries: list[tuple[PurePosixPath, bytes]], params: dict, progr
         out[split] = (np.stack(xs), np.stack(ys)) if xs else None
         out["files"][split] = files
     all_y = [out[s][1] for s in ("train", "val") if out[s] is not None]
-    top = max(int(y.max()) for y in all_y)
+    top = max(int(y[y != IGNORE].max(initial=0)) for y in all_y)
     if top == 0:
         first = out["files"]["train"][0]
         raise ArchiveError(f"every label image is all background (class 0), e.g. {first}: "
-                           "there is nothing to segment")
+                           "there is nothing to segment (255 marks pixels to ignore: in a black and white "
+                           "mask, give the object the value 1)")
     if names is None:
         n = max(2, top + 1)
         names = ["background"] + [f"class {i}" for i in range(1, n)]

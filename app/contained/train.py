@@ -199,8 +199,10 @@ class Runner:
         seed = self.meta.get("random_seed")
         if len(train) > 1 and seed is None:
             # Features and labels (segmentation) must get the same order: one
-            # seed for every copy (a resume reuses the copies already made).
-            seed = int.from_bytes(os.urandom(4), "little")
+            # seed for every copy, the same for every run of this job (a
+            # resume after a kill between two copies makes the rest alike).
+            import hashlib
+            seed = int(hashlib.sha256(str(self.output).encode()).hexdigest()[:8], 16)
         for k, layer in enumerate(train):
             dest = SHUFFLED_TRAIN_DB if len(train) == 1 else f"{SHUFFLED_TRAIN_DB}_{k}"
             copy = shuffled_copy(Path(layer.data_param.source), self.output / dest, seed)
