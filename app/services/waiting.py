@@ -136,9 +136,13 @@ def _validate_and_queue(c: Context, jobs, job: dict) -> bool:
                                          "message": first.get("message") or "The network did not validate."})
     params = jobs.job_params(prepared, report)
     shutil.rmtree(pending, ignore_errors=True)
-    return c.store.update_job(job["id"], expect_status=[JobStatus.WAITING.value], status=JobStatus.QUEUED.value,
-                              params=params, python_layer=prepared.python_layer, max_iter=prepared.max_iter,
-                              name=(prepared.params.get("name") or prepared.network.net.name or job["name"])[:200])
+    queued = c.store.update_job(job["id"], expect_status=[JobStatus.WAITING.value], status=JobStatus.QUEUED.value,
+                                params=params, python_layer=prepared.python_layer, max_iter=prepared.max_iter,
+                                name=(prepared.params.get("name") or prepared.network.net.name or job["name"])[:200])
+    if queued:
+        from app.services import queue
+        queue.enqueue_job(c, c.store.get_job(job["id"]))   # celery only: the local worker polls the store
+    return queued
 
 
 def release_stale(c: Context) -> int:
