@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -238,6 +239,7 @@ def selfcheck(mode: str, datasets: Path) -> dict:
     check("no_foreign_shared_objects", not _foreign_mappings(root), foreign=_foreign_mappings(root))
     foreign_mods = _foreign_modules([root, HERE, work])
     check("no_foreign_python_modules", not foreign_mods, foreign=foreign_mods)
+    shutil.rmtree(work, ignore_errors=True)
     return {"ok": all(c["ok"] for c in checks.values()), "mode": mode, "checks": checks}
 
 
@@ -263,8 +265,10 @@ def measure(net_name: str, mode: str, datasets: Path, seconds: float) -> dict:
             break
         # Grow the chunk so the clock is read rarely, yet stop near `seconds`.
         chunk = max(1, min(chunk * 2, int(done / elapsed * (seconds - elapsed)) or 1))
+    loss = float(solver.net.blobs["loss"].data)
+    shutil.rmtree(work, ignore_errors=True)
     return {"net": net_name, "mode": mode, "iterations": done, "seconds": round(elapsed, 3),
-            "ips": round(done / elapsed, 2), "loss": round(float(solver.net.blobs["loss"].data), 4)}
+            "ips": round(done / elapsed, 2), "loss": round(loss, 4)}
 
 
 def figures(modes: list[str], datasets: Path, seconds: float, save=None) -> dict:
