@@ -115,6 +115,7 @@ _MIGRATE_LOCK = 0x4C42   # PostgreSQL advisory lock key: one migrating process a
 _GET_JOB = jobs.select().where(jobs.c.id == sa.bindparam("key"))
 _GET_TOKEN_USER = (sa.select(users.c.name, users.c.admin).join(tokens, tokens.c.user == users.c.name)
                    .where(tokens.c.token_hash == sa.bindparam("key")))
+_GET_JOB_EVENTS = job_events.select().where(job_events.c.job_id == sa.bindparam("key")).order_by(job_events.c.id)
 
 # Columns stored as JSON text and decoded on read.
 _JSON_COLUMNS = ("params", "python_layer", "metrics", "snapshots", "error", "info")
@@ -244,7 +245,8 @@ class Store(UserStore, DatasetStore):
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._hot = {name: str(stmt.compile(dialect=self.engine.dialect))
-                     for name, stmt in (("job", _GET_JOB), ("token", _GET_TOKEN_USER))}
+                     for name, stmt in (("job", _GET_JOB), ("token", _GET_TOKEN_USER),
+                                        ("job_events", _GET_JOB_EVENTS))}
         self._positional = self.engine.dialect.positional
 
     def _hot_fetch(self, name: str, key: str) -> dict | None:
@@ -252,17 +254,35 @@ class Store(UserStore, DatasetStore):
         token lookup): compiled once for this engine's dialect and run on a
         pooled DBAPI connection, skipping SQLAlchemy's per-call execution and
         result layers (~3x faster; the job JSON route's throughput needs it)."""
+        rows = self._hot_rows(name, key, first=True)
+        return rows[0] if rows else None
+
+    def _hot_rows(self, name: str, key: str, first: bool = False) -> list[dict]:
+        return self._hot_many([(name, key, first)])[0]
+
+    def _hot_many(self, queries: list[tuple[str, str, bool]]) -> list[list[dict]]:
+        # Several prebuilt queries on one pooled connection and one read
+        # transaction: under load each checkout and commit costs more than
+        # the query itself.
         raw = self.engine.raw_connection()
+        out = []
         try:
             cur = raw.cursor()
-            cur.execute(self._hot[name], (key,) if self._positional else {"key": key})
-            row = cur.fetchone()
-            names = [d[0] for d in cur.description]
+            for name, key, first in queries:
+                cur.execute(self._hot[name], (key,) if self._positional else {"key": key})
+                rows = [cur.fetchone()] if first else cur.fetchall()
+                names = [d[0] for d in cur.description]
+                out.append([dict(zip(names, row)) for row in rows if row is not None])
             cur.close()
             raw.commit()  # end the read transaction (lets WAL checkpoint)
         finally:
             raw.close()
-        return dict(zip(names, row)) if row else None
+        return out
+
+    def get_job_with_events(self, job_id: str) -> tuple[dict | None, list[dict]]:
+        """A job and its status history in one round trip (the job JSON)."""
+        rows, events = self._hot_many([("job", job_id, True), ("job_events", job_id, False)])
+        return (_decode(rows[0]) if rows else None), events
 
     def create_schema(self) -> None:
         """Bring the database to the newest schema with Alembic (migrations/),
@@ -436,10 +456,9 @@ class Store(UserStore, DatasetStore):
         return changed
 
     def job_events(self, job_id: str) -> list[dict]:
-        """The job's status history, oldest first."""
-        q = job_events.select().where(job_events.c.job_id == job_id).order_by(job_events.c.id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
+        """The job's status history, oldest first (every job JSON carries it:
+        a prebuilt query, like the job lookup)."""
+        return self._hot_rows("job_events", job_id)
 
     def hand_over_job(self, job_id: str, run: int, beat_before: float, message: str, **fields: Any) -> bool:
         """running -> ``fields["status"]`` (queued to resume elsewhere, or

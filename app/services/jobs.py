@@ -153,6 +153,14 @@ def job_params(prepared: Prepared, report: dict) -> dict:
     return params
 
 
+def get_with_history(c: Context, job_id: str, user: dict) -> tuple[dict, list[dict]]:
+    """``get`` and the job's status history, read together (the job JSON)."""
+    job, events = c.store.get_job_with_events(job_id) if isinstance(job_id, str) else (None, [])
+    if not may_see(user, job):
+        raise ServiceError("not_found", "No such job.")
+    return job, events
+
+
 def get(c: Context, job_id: str, user: dict) -> dict:
     """The job ``job_id`` if ``user`` may see it, else not_found. (Reading
     never changes a job: recovering dead runs is the worker side's job.)"""

@@ -118,12 +118,11 @@ def python_layer_download(convert) -> Response:
 def get_job(job_id: str):
     """The job JSON, with its history (every state change, and which worker
     each run was on: a hand-over between workers shows here)."""
-    job = _job(job_id)
+    job, events = jobs.get_with_history(ctx(), job_id, current_user())
     body = jobs.to_json(job)
     from app.services.diagnostics import job_error   # the error's excerpt and Python 2 hint
     body["error"] = job_error(ctx(), job)
-    body["history"] = [{"at": e["at"], "status": e["status"], "message": e["message"]}
-                       for e in jobs.events(ctx(), job)]
+    body["history"] = [{"at": e["at"], "status": e["status"], "message": e["message"]} for e in events]
     return _no_store(jsonify(body))
 
 
