@@ -103,8 +103,7 @@ def main(argv: list[str]) -> None:
     try:
         result = {"ok": True, "predictions": segment(Path(argv[0]), Path(argv[1]), Path(argv[2]), work)}
     except BaseException as exc:   # a Python layer may raise anything
-        result = {"ok": False, "message": tracebacks.describe(exc),
-                  "traceback": tracebacks.format_exception(exc)[-4000:]}
+        result = tracebacks.failure(exc)   # the user's files and Caffe's frames only
     (work / RESULT_FILE).write_text(json.dumps(result))
     os._exit(0)
 

@@ -149,3 +149,9 @@ def scrubber(paths: dict[str, str]) -> Callable[[bytes], bytes]:
                 data = data.replace(old, new)
         return data
     return run
+
+
+def failure(exc: BaseException) -> dict:
+    """A runner's result.json for an exception from user code: the message
+    and the traceback trimmed to the user's files and Caffe's frames."""
+    return {"ok": False, "message": describe(exc), "traceback": format_exception(exc)[-4000:]}

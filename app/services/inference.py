@@ -30,6 +30,38 @@ def snapshot_model(ctx: Context, job: dict, iteration: int | None) -> tuple[int,
     return iteration, models[iteration]
 
 
+def run_contained(ctx: Context, job: dict, runner: str, model: Path, work: Path, what: str) -> dict:
+    """Run an inference runner (``app.contained.infer`` or ``.segment``) in
+    the sandbox on the images staged in ``work`` with ``model``: the job's
+    inputs, outputs and dataset read-only, ``work`` writable, the
+    administrator-added packages mounted. Its result.json, once it says ok;
+    otherwise the error (a Python layer's failure is the upload's fault, a
+    runner that left no result is the server's)."""
+    ds = ctx.ws.dataset_dir(job["dataset"])
+    inp = ctx.ws.input_dir(job["id"])
+    spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", runner, str(inp), str(model), str(ds), str(work)],
+                        read_only=[inp, ctx.ws.output_dir(job["id"]), ds], writable=[work], cwd=work)
+    layer_env.mount(spec, ctx.cfg)   # administrator-added packages, read-only
+    limits = sandbox.Limits(wall_seconds=float(ctx.cfg["VALIDATE_TIMEOUT"]) * 2,
+                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
+                            memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+    log_path = work / (runner.rsplit(".", 1)[1] + ".log")
+    with open(log_path, "wb") as log:
+        code = sandbox.run(spec, ctx.containment, limits, log, log)
+    try:
+        result = json.loads(Workspace.read_capped(work / RESULT_FILE, 8 << 20))
+    except (OSError, ValueError):
+        tail = Workspace.read_capped(log_path, 1 << 20).decode("utf-8", "replace")[-3000:]
+        tail = tracebacks.scrub(tail, inp, {str(ctx.ws.root): "<jobs>"})   # no host paths
+        raise ServiceError("internal_error", f"{what} stopped without a result"
+                           + (" (time limit)." if code.timed_out else "."), [{"log_tail": tail}]) from None
+    if not result.get("ok"):
+        raise ServiceError("invalid_python_layer", f"Inference failed: {result.get('message')}",
+                           [{"field": "python_layer", "file": "digits_python_layers.py",
+                             "message": result.get("message"), "traceback": result.get("traceback")}])
+    return result
+
+
 def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iteration: int | None,
              probabilities: bool = False, visualize: bool = False) -> dict:
     """{"predictions": [{"filename", "top": [{"label", "probability"}]}], "snapshot": N}; with
@@ -56,28 +88,7 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
         Workspace.write_json(work / "files.json", names)
         if visualize:
             (work / "visualize").touch()    # app.contained.infer VISUALIZE_FLAG
-        ds = ctx.ws.dataset_dir(job["dataset"])
-        spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.infer", str(ctx.ws.input_dir(job["id"])),
-                             str(model), str(ds), str(work)],
-                            read_only=[ctx.ws.input_dir(job["id"]), ctx.ws.output_dir(job["id"]), ds],
-                            writable=[work], cwd=work)
-        layer_env.mount(spec, ctx.cfg)   # administrator-added packages, read-only
-        limits = sandbox.Limits(wall_seconds=float(ctx.cfg["VALIDATE_TIMEOUT"]) * 2,
-                                address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
-                                memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
-        with open(work / "infer.log", "wb") as log:
-            result_code = sandbox.run(spec, ctx.containment, limits, log, log)
-        try:
-            result = json.loads(Workspace.read_capped(work / RESULT_FILE, 8 << 20))
-        except (OSError, ValueError):
-            tail = Workspace.read_capped(work / "infer.log", 1 << 20).decode("utf-8", "replace")[-3000:]
-            tail = tracebacks.scrub(tail, ctx.ws.input_dir(job["id"]), {str(ctx.ws.root): "<jobs>"})   # no host paths
-            raise ServiceError("internal_error", "Inference stopped without a result"
-                           + (" (time limit)." if result_code.timed_out else "."), [{"log_tail": tail}]) from None
-        if not result.get("ok"):
-            raise ServiceError("invalid_python_layer", f"Inference failed: {result.get('message')}",
-                           [{"field": "python_layer", "file": "digits_python_layers.py",
-                             "message": result.get("message"), "traceback": result.get("traceback")}])
+        result = run_contained(ctx, job, "app.contained.infer", model, work, "Inference")
         if not probabilities:
             for p in result["predictions"]:
                 p.pop("probabilities", None)

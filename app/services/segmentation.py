@@ -2,17 +2,15 @@
 job's snapshot; images come one by one or in bulk as an archive."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from app.core import tracebacks
 from app.core.archives import ArchiveError, members
 from app.core.errors import ServiceError
-from app.core.workspace import RESULT_FILE, Workspace
-from app.services import inference, layer_env, sandbox
+from app.core.workspace import Workspace
+from app.services import inference
 from app.services.context import Context
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
@@ -76,28 +74,7 @@ def segment(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iterat
                                [{"field": "archive", "message": "no image files"}])
         (work / "archive").unlink(missing_ok=True)
         Workspace.write_json(work / "files.json", names)
-        ds = ctx.ws.dataset_dir(job["dataset"])
-        spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.segment",
-                             str(ctx.ws.input_dir(job["id"])), str(model), str(ds), str(work)],
-                            read_only=[ctx.ws.input_dir(job["id"]), ctx.ws.output_dir(job["id"]), ds],
-                            writable=[work], cwd=work)
-        layer_env.mount(spec, ctx.cfg)
-        limits = sandbox.Limits(wall_seconds=float(ctx.cfg["VALIDATE_TIMEOUT"]) * 2,
-                                address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
-                                memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
-        with open(work / "segment.log", "wb") as log:
-            code = sandbox.run(spec, ctx.containment, limits, log, log)
-        try:
-            result = json.loads(Workspace.read_capped(work / RESULT_FILE, 8 << 20))
-        except (OSError, ValueError):
-            tail = Workspace.read_capped(work / "segment.log", 1 << 20).decode("utf-8", "replace")[-3000:]
-            tail = tracebacks.scrub(tail, ctx.ws.input_dir(job["id"]), {str(ctx.ws.root): "<jobs>"})
-            raise ServiceError("internal_error", "Segmentation stopped without a result"
-                               + (" (time limit)." if code.timed_out else "."), [{"log_tail": tail}]) from None
-        if not result.get("ok"):
-            raise ServiceError("invalid_python_layer", f"Inference failed: {result.get('message')}",
-                               [{"field": "python_layer", "file": "digits_python_layers.py",
-                                 "message": result.get("message"), "traceback": result.get("traceback")}])
+        result = inference.run_contained(ctx, job, "app.contained.segment", model, work, "Segmentation")
         return {"predictions": [_read_back(work, p) for p in result.get("predictions") or []],
                 "snapshot": iteration}
     finally:
