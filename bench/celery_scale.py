@@ -9,6 +9,9 @@
   then by two (each a separate process, one job at a time): jobs per minute
   and the ratio. On a machine with few cores two workers mostly compete for
   the same CPUs: Caffe on the CPU already uses them.
+* inference: one classify request on a finished job, run contained in the
+  web process (local queue) and through the ``infer`` queue by the worker's
+  inference node (celery queue): median seconds and the difference.
 """
 from __future__ import annotations
 
@@ -59,6 +62,20 @@ def _latency(app, client, n: int) -> dict:
         _wait_done(store, [job_id])
         claims.append(_iso(store.get_job(job_id)["started_at"]) - answered)
     return {"first_iteration_s": round(median(firsts), 3), "claimed_s": round(median(claims), 3)}
+
+
+def _inference(app, client, job_id: str, n: int) -> float:
+    """Median seconds of one classify request (one image) on ``job_id``."""
+    import io
+    image = sorted((Path(app.config["JOBS_DIR"]) / "datasets" / "sample-digits" / "samples").glob("*.png"))[0]
+    times = []
+    for _ in range(n + 1):                # the first one warms caches
+        t0 = time.perf_counter()
+        resp = client.post(f"/api/v1/jobs/{job_id}/infer", content_type="multipart/form-data",
+                           data={"image": (io.BytesIO(image.read_bytes()), image.name)})
+        times.append(time.perf_counter() - t0)
+        assert resp.status_code == 200, resp.get_json()
+    return round(median(times[1:]), 3)
 
 
 def _env(app, broker: str | None) -> dict:
@@ -132,6 +149,8 @@ def run(rounds: int = 5, jobs: int = 12, iters: int = 30) -> dict:
         try:
             _latency(app, client, 1)      # warm-up: caches, first sandbox start
             out["local"] = _latency(app, client, rounds)
+            last = app.extensions["store"].list_jobs(status="done")[0]["id"]
+            out["local"]["inference_s"] = _inference(app, client, last, rounds)
         finally:
             _stop([local])
 
@@ -149,6 +168,8 @@ def run(rounds: int = 5, jobs: int = 12, iters: int = 30) -> dict:
             seed = client.post("/api/v1/jobs", data=upload(max_iter=iters),
                                content_type="multipart/form-data").get_json()["id"]
             _wait_done(app.extensions["store"], [seed])
+            out["celery"]["inference_s"] = _inference(app, client, seed, rounds)
+            out["inference_extra_s"] = round(out["celery"]["inference_s"] - out["local"]["inference_s"], 3)
             rates = {}
             for n in (1, 2):
                 if n == 2:

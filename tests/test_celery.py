@@ -120,6 +120,14 @@ def test_two_workers_share_eight_jobs_then_a_sigkilled_workers_job_resumes_on_th
     assert health["queue"] == "celery" and health["broker_ok"] is True and health["store"]["backend"] == "postgresql"
     assert {(w["name"], w["host"]) for w in health["workers"]} == {("w1@hostA", "hostA"), ("w2@hostB", "hostB")}
     assert all(w["gpus"] == [] and w["slots"] == 1 for w in health["workers"])
+    # Inference runs on a worker too (the web host runs no user code for it):
+    # the answer names the worker that ran it, and a Python layer's failure
+    # there is still the upload's fault.
+    sample = sorted((Path(app.config["JOBS_DIR"]) / "datasets" / "sample-digits" / "samples").glob("*.png"))[0]
+    resp = _infer(client, ids[0], sample)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["worker"] in {"w1@hostA", "w2@hostB"}
+    assert len(resp.get_json()["predictions"][0]["top"]) >= 1
 
     # Then one worker is SIGKILLed mid-training (the same two workers: their
     # start-up is the slow part of this test).
@@ -154,6 +162,18 @@ def test_two_workers_share_eight_jobs_then_a_sigkilled_workers_job_resumes_on_th
     from test_recovery import _records
     assert _records(inp.parent / "output", "resumed") == [{"type": "resumed", "iteration": 4, "run": 2}]
     assert app.extensions["store"].list_jobs(status="running") == []
+    # A Python layer that fails at inference on the worker (the gated net's
+    # Probe, put into its deploy net) is still the upload's fault: 400, with
+    # the error from the worker's run.
+    from test_recovery import PROBE
+    deploy = inp / "deploy.prototxt"
+    probe = PROBE.replace('  include { stage: "train" }\n', "")
+    deploy.write_text(deploy.read_text().replace('layer {\n  name: "conv1"', probe + 'layer {\n  name: "conv1"', 1))
+    layer = inp / "digits_python_layers.py"
+    layer.write_text(layer.read_text().replace("        self.n += 1\n", "        self.n += 1\n        1 / 0\n", 1))
+    resp = _infer(client, job["id"], sample)
+    assert resp.status_code == 400 and "ZeroDivisionError" in resp.get_json()["message"], resp.get_json()
+    assert resp.get_json()["details"][0]["file"] == "digits_python_layers.py"
 
     # A worker stopped with SIGTERM stops its job with a snapshot and puts it
     # back on the queue to resume there (here: no worker is left to take it).
@@ -166,6 +186,16 @@ def test_two_workers_share_eight_jobs_then_a_sigkilled_workers_job_resumes_on_th
     assert after["status"] == "queued", after
     assert [e["status"] for e in after["history"]][-3:] == ["running", "interrupted", "queued"], after["history"]
     assert app.extensions["store"].get_job(long["id"])["resume_from"] in [s["iteration"] for s in after["snapshots"]]
+    # No worker left: inference is refused at once as the service's fault.
+    t0 = time.monotonic()
+    resp = _infer(client, ids[0], sample)
+    assert resp.status_code == 503 and "no worker is running" in resp.get_json()["message"], resp.get_json()
+    assert time.monotonic() - t0 < 5
+
+
+def _infer(client, job_id: str, image: Path):
+    return client.post(f"/api/v1/jobs/{job_id}/infer", data={"image": (open(image, "rb"), image.name)},
+                       content_type="multipart/form-data")
 
 
 README = ROOT / "README.md"

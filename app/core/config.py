@@ -24,6 +24,8 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "WORKER_GPUS": (None, str),             # GPUs a celery worker offers: "0,1", "none"; default: all found
     "HEARTBEAT_SECONDS": (1.0, float),      # how often a celery worker writes its heartbeat
     "HANDOVER_SECONDS": (30.0, float),      # a running job whose heartbeat is older is handed over
+    "INFER_QUEUE_SECONDS": (30.0, float),   # celery: how long an inference request may wait for a worker
+    "INFER_CONCURRENCY": (2, int),          # celery: inference requests a worker host runs at once
     "MAX_UPLOAD_MB": (64, int),
     "MAX_LAYER_FILE_KB": (512, int),
     "MAX_NETWORK_FILE_KB": (1024, int),

@@ -30,36 +30,64 @@ def snapshot_model(ctx: Context, job: dict, iteration: int | None) -> tuple[int,
     return iteration, models[iteration]
 
 
-def run_contained(ctx: Context, job: dict, runner: str, model: Path, work: Path, what: str) -> dict:
+def run_sandboxed(ctx: Context, job: dict, runner: str, model: Path, work: Path) -> bool:
     """Run an inference runner (``app.contained.infer`` or ``.segment``) in
-    the sandbox on the images staged in ``work`` with ``model``: the job's
-    inputs, outputs and dataset read-only, ``work`` writable, the
-    administrator-added packages mounted. Its result.json, once it says ok;
-    otherwise the error (a Python layer's failure is the upload's fault, a
-    runner that left no result is the server's)."""
+    the sandbox on this host, on the images staged in ``work`` with
+    ``model``: the job's inputs, outputs and dataset read-only, ``work``
+    writable, the administrator-added packages mounted; its output goes to
+    ``work/<runner>.log``. Whether it ran out of time."""
     ds = ctx.ws.dataset_dir(job["dataset"])
     inp = ctx.ws.input_dir(job["id"])
     spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", runner, str(inp), str(model), str(ds), str(work)],
                         read_only=[inp, ctx.ws.output_dir(job["id"]), ds], writable=[work], cwd=work)
     layer_env.mount(spec, ctx.cfg)   # administrator-added packages, read-only
-    limits = sandbox.Limits(wall_seconds=float(ctx.cfg["VALIDATE_TIMEOUT"]) * 2,
-                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
-                            memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
-    log_path = work / (runner.rsplit(".", 1)[1] + ".log")
-    with open(log_path, "wb") as log:
-        code = sandbox.run(spec, ctx.containment, limits, log, log)
+    with open(_log_path(runner, work), "wb") as log:
+        code = sandbox.run(spec, ctx.containment, run_limits(ctx.cfg), log, log)
+    return bool(code.timed_out)
+
+
+def run_limits(cfg) -> sandbox.Limits:
+    """An inference run's limits (the same on the web host and a worker)."""
+    return sandbox.Limits(wall_seconds=float(cfg["VALIDATE_TIMEOUT"]) * 2,
+                          address_space=int(cfg["MEMORY_LIMIT_MB"]) << 20,
+                          memory_bytes=int(cfg["MEMORY_LIMIT_MB"]) << 20)
+
+
+def _log_path(runner: str, work: Path) -> Path:
+    return work / (runner.rsplit(".", 1)[1] + ".log")
+
+
+def run_contained(ctx: Context, job: dict, runner: str, model: Path, work: Path, what: str) -> dict:
+    """Run an inference runner contained, here (local queue) or on a worker
+    (celery queue: app.services.offload), and return its result.json once
+    it says ok (with "worker": who ran it, when a worker did); otherwise the
+    error (a Python layer's failure is the upload's fault, a runner that
+    left no result is the server's)."""
+    from app.services import offload, queue
+    worker = None
+    if queue.celery_mode(ctx.cfg):
+        record = offload.run_on_worker(ctx, job["id"], runner, model, work,
+                                       run_limits(ctx.cfg).wall_seconds, what)
+        timed_out, worker = bool(record.get("timed_out")), record.get("worker")
+        if record.get("error"):
+            raise ServiceError("internal_error", f"{what} could not run on worker {worker}: "
+                               f"{str(record['error'])[:300]}")
+    else:
+        timed_out = run_sandboxed(ctx, job, runner, model, work)
+    inp = ctx.ws.input_dir(job["id"])
+    log_path = _log_path(runner, work)
     try:
         result = json.loads(Workspace.read_capped(work / RESULT_FILE, 8 << 20))
     except (OSError, ValueError):
         tail = Workspace.read_capped(log_path, 1 << 20).decode("utf-8", "replace")[-3000:]
         tail = tracebacks.scrub(tail, inp, {str(ctx.ws.root): "<jobs>"})   # no host paths
         raise ServiceError("internal_error", f"{what} stopped without a result"
-                           + (" (time limit)." if code.timed_out else "."), [{"log_tail": tail}]) from None
+                           + (" (time limit)." if timed_out else "."), [{"log_tail": tail}]) from None
     if not result.get("ok"):
         raise ServiceError("invalid_python_layer", f"Inference failed: {result.get('message')}",
                            [{"field": "python_layer", "file": "digits_python_layers.py",
                              "message": result.get("message"), "traceback": result.get("traceback")}])
-    return result
+    return dict(result, worker=worker) if worker else result
 
 
 def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iteration: int | None,
@@ -93,6 +121,8 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
             for p in result["predictions"]:
                 p.pop("probabilities", None)
         out = {"predictions": result["predictions"], "snapshot": iteration}
+        if result.get("worker"):
+            out["worker"] = result["worker"]      # the celery worker that ran it
         if visualize:
             out["visualizations"] = _visualizations(work)
         changed = layer_env.job_warnings(ctx.cfg, job)   # other packages than at validation

@@ -92,21 +92,22 @@ def client(cfg):
         return _clients[url]
 
 
-def _redis(cfg):
-    """A Redis client on the broker (for the "sent" marks)."""
+def redis_client(cfg, read_timeout: float = 5):
+    """A Redis client on the broker (the "sent" marks, inference replies);
+    ``read_timeout`` must outlast any blocking command sent on it."""
     import redis
-    return redis.Redis.from_url(str(cfg["BROKER_URL"]), socket_timeout=5, socket_connect_timeout=5)
+    return redis.Redis.from_url(str(cfg["BROKER_URL"]), socket_timeout=read_timeout, socket_connect_timeout=5)
 
 
 def _send(cfg, kind: str, ident: str, gen: int, name: str, queue: str) -> bool:
     """Send one message unless this queuing of ``ident`` was sent already."""
     key = SENT_KEY.format(kind=kind, id=ident, gen=gen)
-    if not _redis(cfg).set(key, "1", nx=True, ex=SENT_TTL_S):
+    if not redis_client(cfg).set(key, "1", nx=True, ex=SENT_TTL_S):
         return False
     try:
         client(cfg).send_task(name, args=[ident], queue=queue)
     except Exception:
-        _redis(cfg).delete(key)   # not sent: the next redispatch tries again
+        redis_client(cfg).delete(key)   # not sent: the next redispatch tries again
         raise
     return True
 

@@ -75,8 +75,9 @@ def segment(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iterat
         (work / "archive").unlink(missing_ok=True)
         Workspace.write_json(work / "files.json", names)
         result = inference.run_contained(ctx, job, "app.contained.segment", model, work, "Segmentation")
-        return {"predictions": [_read_back(work, p) for p in result.get("predictions") or []],
-                "snapshot": iteration}
+        out = {"predictions": [_read_back(work, p) for p in result.get("predictions") or []],
+               "snapshot": iteration}
+        return dict(out, worker=result["worker"]) if result.get("worker") else out
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

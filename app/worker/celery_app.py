@@ -15,16 +15,19 @@ setting comes from the same ``LAYERBENCH_*`` environment as the web
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from celery import Celery, signals
 
 from app.core import config
 from app.core.status import JobStatus
 from app.core.workspace import Workspace
-from app.services import queue
+from app.services import inference, offload, queue
 from app.services.context import Context
 from app.store import Store, now_iso
 from app.worker.heartbeat import Heartbeat
@@ -109,6 +112,28 @@ def build_dataset_task(ds_id: str) -> str:
     return build(context(), ds_id)
 
 
+@app.task(name=offload.TASK_INFER, acks_late=False)
+def infer_task(body: dict) -> str:
+    """Run one inference request here and wake the web request waiting on
+    it (app.services.offload). Acknowledged when it starts, unlike a job: a
+    request whose node dies mid-run is not run again for a web request that
+    has given up on it."""
+    ctx = context()
+    record = {"worker": STATE["node"], "timed_out": False}
+    try:
+        job = ctx.store.get_job(str(body["job"]))
+        if job is None:
+            raise LookupError("the job no longer exists")
+        record["timed_out"] = inference.run_sandboxed(
+            ctx, job, offload.check_runner(str(body["runner"])), offload.resolve(ctx, str(body["model"])),
+            offload.resolve(ctx, str(body["work"])))
+    except Exception as exc:     # reported to the waiting request as the service's fault
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        offload.reply(ctx, str(body["token"]), record)
+    return "error" if "error" in record else "ok"
+
+
 @signals.worker_shutting_down.connect
 def _on_shutdown(**_kw) -> None:
     # Warm shutdown waits for running tasks: make them stop now, with a
@@ -136,7 +161,16 @@ def main(argv: list[str] | None = None) -> None:
                    help="Celery node name, NAME@HOST (default $LAYERBENCH_WORKER_NAME or layerbench@<hostname>)")
     p.add_argument("--gpus", default=CFG["WORKER_GPUS"], help="GPUs offered: 0,1 or none (default: all found)")
     p.add_argument("--loglevel", default="INFO")
+    # The inference node main() starts beside this host's worker (see
+    # start_inference_node); its value is the worker it serves.
+    p.add_argument("--inference-for", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.inference_for:
+        STATE["node"] = args.inference_for      # replies name the host's worker, as the Workers page does
+        context()
+        app.worker_main(["worker", "-n", args.name, "-P", "threads", "-c", str(max(1, int(CFG["INFER_CONCURRENCY"]))),
+                         "-Q", offload.INFER_QUEUE, "-l", args.loglevel, "--without-mingle", "--without-gossip"])
+        return
     gpus = offered_gpus(args.gpus)
     slots = len(gpus) or int(CFG["WORKER_CONCURRENCY"]) or 1
     ctx = context()
@@ -147,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     beat.start()
     print(f"worker {args.name}: GPUs {gpus}, {slots} slot(s), queues {queues_for(gpus)}, "
           f"containment {ctx.containment}", file=sys.stderr, flush=True)
+    infer = start_inference_node(args.name, args.loglevel)
     try:
         app.worker_main(["worker", "-n", args.name, "-P", "threads", "-c", str(slots),
                          "-Q", ",".join(queues_for(gpus)), "-l", args.loglevel,
@@ -154,7 +189,28 @@ def main(argv: list[str] | None = None) -> None:
                          "--without-mingle", "--without-gossip"])
     finally:
         beat.stop.set()
+        infer.terminate()           # a warm shutdown: a request it runs finishes
         beat.join(10)
+        try:
+            infer.wait(float(CFG["VALIDATE_TIMEOUT"]) * 2 + 10)
+        except subprocess.TimeoutExpired:
+            infer.kill()
+
+
+def start_inference_node(name: str, loglevel: str) -> subprocess.Popen:
+    """This host's inference node: a second Celery worker process consuming
+    only the ``infer`` queue with INFER_CONCURRENCY threads. A separate node
+    because a Celery worker has one pool for all its queues: inference
+    sharing the training slots would wait behind hours of training. It
+    gets SIGTERM when this process dies, even by SIGKILL (no orphans)."""
+    base, _, host = name.partition("@")
+    def die_with_parent() -> None:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    node = f"{base}-infer@{host}" if host else f"{base}-infer"
+    return subprocess.Popen([sys.executable, "-m", "app.worker.celery_app", "-n", node, "--loglevel", loglevel,
+                             "--inference-for", name], cwd=Path(__file__).resolve().parents[2],
+                            preexec_fn=die_with_parent)
 
 
 if __name__ == "__main__":
