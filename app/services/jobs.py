@@ -274,7 +274,7 @@ def network_text(c: Context, job: dict) -> str:
 # The solver and data settings a job ran with, as the job JSON shows them.
 SETTINGS = ("train_epochs", "max_iter", "learning_rate", "batch_size", "iter_size", "solver_type", "lr_policy",
             "gamma", "power", "stepsize", "stepvalues", "momentum", "weight_decay", "random_seed",
-            "val_interval", "snapshot_interval", "crop_size", "use_mean", "shuffle", "group_name")
+            "val_interval", "snapshot_interval", "crop_size", "use_mean", "shuffle", "group_name", "auto_retry")
 
 
 def to_json(job: dict) -> dict:
@@ -336,7 +336,7 @@ def clone(c: Context, job: dict, user: dict, fields: dict[str, str]) -> dict:
         "train_epochs", "max_iter", "learning_rate", "batch_size", "val_interval", "snapshot_interval",
         "random_seed", "gamma", "power", "stepsize", "solver_type", "lr_policy", "stepvalues", "device",
         "iter_size", "crop_size", "use_mean", "shuffle", "stepsize_percent", "stepvalues_percent",
-        "momentum", "weight_decay")}
+        "momentum", "weight_decay", "auto_retry")}
     base["dataset"] = job.get("dataset") or ""
     base["name"] = f"{job['name']} (clone)"
     base.update({k: v for k, v in fields.items() if v is not None})
@@ -399,6 +399,11 @@ def metrics(c: Context, job: dict, kinds: tuple[str, ...] = ("train", "val", "lr
             if run < latest:
                 continue
             latest = run
+        if kind == "restarted":
+            # A run lost before its first snapshot started again from the
+            # beginning (app.worker.heartbeat): its points are not history.
+            for series in out.values():
+                series.clear()
         if kind == "resumed" and isinstance(rec.get("iteration"), int):
             # Training went back to this snapshot: what came after it before
             # is superseded by what follows now (no iteration counted twice).

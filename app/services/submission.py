@@ -100,6 +100,12 @@ def parse_params(fields: dict[str, str]) -> dict:
         if shuffle not in _TRUE + _FALSE:
             details.append({"field": "shuffle", "message": "use true or false"})
         params["shuffle"] = shuffle in _TRUE
+    # Start again from the beginning when the worker is lost before the
+    # first snapshot (app.worker.heartbeat); on unless asked otherwise.
+    auto_retry = (fields.get("auto_retry") or "").strip().lower()
+    if auto_retry and auto_retry not in _TRUE + _FALSE:
+        details.append({"field": "auto_retry", "message": "use true or false"})
+    params["auto_retry"] = auto_retry not in _FALSE
     from app.services.gradients import parse_mode   # warn (default) or error
     if parse_mode(fields.get("gradient_check"), details) == "error":
         params["gradient_check"] = "error"

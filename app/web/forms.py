@@ -54,6 +54,8 @@ class JobForm(FlaskForm):
     use_mean = SelectField("Subtract mean", choices=[SelectChoice("image", "image"), SelectChoice("pixel", "pixel"),
                                                      SelectChoice("none", "none")], default="image")
     shuffle = BooleanField("Shuffle the training data (a per-job shuffled copy of the train set)")
+    auto_retry = BooleanField("Start again automatically if its worker is lost before the first snapshot",
+                              default=True)
     previous_job = StringField("Start from a previous job (its id)", validators=[Optional(), Length(max=80)])
     previous_snapshot = StringField("…its snapshot: epoch, or -1 for the last", default="-1",
                                     validators=[Optional(), Length(max=20)])

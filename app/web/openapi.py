@@ -22,6 +22,10 @@ _ERRORS = {str(code): _json(_ref("Error"), text) for code, text in (
     (413, "Upload too large"), (415, "Not multipart/form-data"),
     (503, "The server cannot run the validator or sandbox right now (its fault, not the request's)"),
     (507, "No space left on the jobs volume"))}
+# Inference in the celery queue runs on a worker (app.services.offload).
+_WORKER = {"type": "string", "description": "celery queue: the worker that ran it (absent in the local queue)"}
+_NO_WORKER = _json(_ref("Error"), "The service cannot run it now: the sandbox, or (celery queue) no live "
+                   "worker took it in time; the server's fault, not the request's")
 # Answered by the HTTP server itself, before the app: a request line or
 # header longer than the server accepts.
 _TOO_LONG = {"414": {"description": "Request line too long (answered by the HTTP server)"},
@@ -57,6 +61,11 @@ _JOB_FIELDS = {
                  "description": "subtract the dataset's mean image, its per-channel mean, or nothing"},
     "shuffle": {"type": "boolean", "default": False,
                 "description": "train on a shuffled copy of the train set (made once per job, seeded by random_seed)"},
+    "auto_retry": {"type": "boolean", "default": True,
+                   "description": "with LAYERBENCH_QUEUE=celery: when the job's worker stops heart-beating before "
+                   "the first snapshot, start the job again from the beginning on another worker (at most twice "
+                   "per job; the history says `restarting from the beginning`); false: it ends `interrupted` with "
+                   "the reason. A job with a snapshot always resumes from it. Kept by clone; shown in `settings`"},
     "previous_job": {**_ID, "description": "fine-tune: start from this job's snapshot (weights by layer name); its "
                      "network, Python layer file and dataset are used where none is sent"},
     "previous_snapshot": {"type": "number", "default": -1,
@@ -267,8 +276,8 @@ def spec() -> dict:
                 "description": "tar.gz", "content": {"application/gzip": {}}}, "507": _ERRORS["507"]},
                 params=jid, op_id="downloadJob")},
             "/api/v1/jobs/{job_id}/infer": {"post": _op("Classify images with a snapshot", {
-                "200": _json({"type": "object", "properties": {"predictions": {"type": "array"}}},
-                             "Top-5 labels per image"), **errs, "409": _ERRORS["409"]},
+                "200": _json({"type": "object", "properties": {"predictions": {"type": "array"}, "worker": _WORKER}},
+                             "Top-5 labels per image"), **errs, "409": _ERRORS["409"], "503": _NO_WORKER},
                 {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
                     "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     "snapshot": {"type": "integer"}}}}}}, params=jid)},
@@ -276,7 +285,8 @@ def spec() -> dict:
                 "Segment images with a segmentation job's snapshot: per image the predicted mask (palette PNG "
                 "of class indices) and a colour overlay (base64 PNGs) with each class's pixel share; "
                 "?format=png&index=N answers the Nth mask PNG itself", {
-                    "200": _json({"type": "object", "properties": {"snapshot": {"type": "integer"}, "predictions": {
+                    "200": _json({"type": "object", "properties": {"snapshot": {"type": "integer"}, "worker": _WORKER,
+                                                                   "predictions": {
                         "type": "array", "items": {"type": "object", "properties": {
                             "filename": {"type": "string"}, "shape": {"type": "array"},
                             "mask_png": {"type": "string", "format": "byte"},
@@ -284,7 +294,7 @@ def spec() -> dict:
                             "classes": {"type": "array", "items": {"type": "object", "properties": {
                                 "label": {"type": "string"}, "color": {"type": "array"},
                                 "share": {"type": "number"}}}}}}}}}, "Masks and overlays"),
-                    **errs, "409": _ERRORS["409"]},
+                    **errs, "409": _ERRORS["409"], "503": _NO_WORKER},
                 {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
                     "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     "archive": {"type": "string", "format": "binary", "description": "zip or tar.gz of images"},

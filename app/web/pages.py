@@ -129,6 +129,7 @@ def _upload_from_form(form: JobForm) -> Upload:
         "random_seed", "device", "gradient_check", "iter_size", "crop_size", "use_mean", "group_name",
         "previous_job", "previous_snapshot", "pretrained_model")}
     fields["shuffle"] = "true" if form.shuffle.data else "false"
+    fields["auto_retry"] = "true" if form.auto_retry.data else "false"
     weights = form.weights.data if form.weights.data is not None and getattr(form.weights.data, "filename", None) \
         else None
     fields[layer_files.MAIN_FIELD] = (form.python_layer_main.data or "").strip()

@@ -11,25 +11,47 @@ Two heartbeats, both in the store (the one thing every host shares):
 Every worker also looks after the others: a running job whose heartbeat is
 older than ``HANDOVER_SECONDS`` has lost its worker (killed, host down,
 partitioned), so it is put back on the queue to resume from its last complete
-snapshot on whichever worker takes it, or marked ``interrupted`` with the
-reason when it has none. The hand-over is a compare-and-set on the job's run
-generation and stale heartbeat, so exactly one of the workers noticing does
-it, and a run that was only slow is fenced (runner: "superseded") rather
-than duplicated.
+snapshot on whichever worker takes it. One with no snapshot yet starts again
+from the beginning when its owner left ``auto_retry`` on (the default; at
+most ``MAX_AUTO_RETRIES`` times), else it is marked ``interrupted`` with the
+reason. The hand-over is a compare-and-set on the job's run generation and
+stale heartbeat, so exactly one of the workers noticing does it, and a run
+that was only slow is fenced (runner: "superseded") rather than duplicated.
 """
 from __future__ import annotations
 
+import json
 import os
+import stat
 import threading
 import time
+from pathlib import Path
 
 from app.core.status import JobStatus
-from app.core.workspace import Workspace
+from app.core.workspace import METRICS_FILE, Workspace
 from app.services import queue
 from app.services.context import Context
 from app.store import now_iso
 
 REDISPATCH_EVERY_S = 2.0   # how often lost queue messages are looked for
+# Automatic restarts from the beginning of a job lost before its first
+# snapshot. Capped because a job that keeps losing its worker (one that
+# takes its host down: out of memory, a driver crash) must not loop forever
+# taking worker after worker; past the cap it ends interrupted, with why.
+MAX_AUTO_RETRIES = 2
+RESTART_NOTE = "restarting from the beginning"   # marks the automatic restarts in the history
+
+
+def auto_retry(job: dict) -> bool:
+    """Whether the owner left automatic retry on (jobs from before the
+    option have no such param: on, like the default)."""
+    return (job.get("params") or {}).get("auto_retry", True) is not False
+
+
+def restarts(events: list[dict]) -> int:
+    """How many automatic restarts a job's history records."""
+    return sum(1 for e in events
+               if e.get("status") == JobStatus.QUEUED.value and RESTART_NOTE in (e.get("message") or ""))
 
 
 def hand_over_stale(ctx: Context, stale_after: float) -> list[str]:
@@ -54,14 +76,61 @@ def hand_over_stale(ctx: Context, stale_after: float) -> list[str]:
             if ok:
                 queue.enqueue_job(ctx, ctx.store.get_job(job["id"]) or job)
         else:
-            reason = (f"The worker running this job ({who}) stopped heart-beating before the first "
-                      "snapshot; submit it again (or clone it) to start over.")
-            ok = ctx.store.hand_over_job(
-                job["id"], int(job["run"]), cutoff, reason, status=JobStatus.INTERRUPTED.value,
-                finished_at=now_iso(), error={"stage": "worker", "message": reason})
+            ok = _restart_or_interrupt(ctx, job, who, now - beat, cutoff)
         if ok:
             moved.append(job["id"])
     return moved
+
+
+def _restart_or_interrupt(ctx: Context, job: dict, who: str, age: float, cutoff: float) -> bool:
+    """A lost job without a complete snapshot: queued to start from the
+    beginning (auto_retry on, under the cap), else interrupted with the
+    reason; whether this worker's compare-and-set won."""
+    done = restarts(ctx.store.job_events(job["id"]))
+    if auto_retry(job) and done < MAX_AUTO_RETRIES:
+        # What a fresh run expects of its row (as when it was submitted):
+        # no resume point and nothing of the lost run's progress. Files the
+        # lost run left are safe to keep: a torn snapshot is replaced by the
+        # next one of its iteration, an unfinished shuffled copy is never
+        # used, the runner drops the old progress/result files, and train.log
+        # keeps the lost run's lines as history (resumes append there too).
+        ok = ctx.store.hand_over_job(
+            job["id"], int(job["run"]), cutoff,
+            f"handed over: worker {who} stopped heart-beating {age:.0f} s ago before the first snapshot; "
+            f"{RESTART_NOTE} on another worker (automatic retry {done + 1} of {MAX_AUTO_RETRIES})",
+            status=JobStatus.QUEUED.value, resume_from=None, error=None, finished_at=None,
+            iteration=0, progress=0.0, epoch=0.0, eta_seconds=None, metrics={}, snapshots=[])
+        if ok:
+            _mark_restart(ctx.ws.output_dir(job["id"]), int(job["run"]) + 1)
+            queue.enqueue_job(ctx, ctx.store.get_job(job["id"]) or job)
+        return ok
+    why = "automatic retry is off" if not auto_retry(job) else \
+        f"it was already restarted {done} times (automatic retries stop there)"
+    reason = (f"The worker running this job ({who}) stopped heart-beating before the first snapshot, "
+              f"and {why}; submit it again (or clone it) to start over.")
+    return ctx.store.hand_over_job(
+        job["id"], int(job["run"]), cutoff, reason, status=JobStatus.INTERRUPTED.value,
+        finished_at=now_iso(), error={"stage": "worker", "message": reason})
+
+
+def _mark_restart(out: Path, next_run: int) -> None:
+    """Append a ``restarted`` record to the job's metrics.jsonl: the lost
+    run's points end there (jobs.metrics drops them), so the restarted run's
+    iterations are not charted twice. Tagged with the run that will claim
+    the job next, so a late write of the lost run counts as superseded.
+    The file is in the sandbox's output directory: never through a link or
+    into a FIFO, and never created (no file: nothing to end)."""
+    try:
+        fd = os.open(out / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.write(fd, (json.dumps({"type": "restarted", "run": next_run}) + "\n").encode())
+    except OSError:
+        pass   # the marker is for charts only; the restart itself has happened
+    finally:
+        os.close(fd)
 
 
 class Heartbeat(threading.Thread):
