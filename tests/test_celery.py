@@ -333,6 +333,17 @@ def test_readme_hosts_survive_redis_and_web_restarts_and_abort_crosses_hosts(tmp
               "the first two jobs never ran")
         assert {_job(web, token, j["id"])["worker"] for j in (held, long)} == names
         assert all(_job(web, token, j["id"])["status"] == "queued" for j in queued)
+        # A dataset uploaded now builds at once on a host's side node, though
+        # every training slot is taken (it would wait for one otherwise).
+        from test_datasets import _pngs, _zip
+        fields = {k: (None, v.encode()) for k, v in {"name": "busy", "image_width": "28", "image_height": "28",
+                                                     "channels": "1", "val_percent": "25"}.items()}
+        ds = api(web.url, token, "POST", "/api/v1/datasets",
+                 dict(fields, archive=("d.zip", _zip(_pngs(classes=(0, 1), per_class=20)))))
+        built = _wait(lambda: (d := api(web.url, token, "GET", f"/api/v1/datasets/{ds['id']}"))["status"]
+                      in ("done", "error") and d, 60, "the dataset never built while the workers trained")
+        assert built["status"] == "done", built
+        assert [_job(web, token, j["id"])["status"] for j in (held, long)] == ["running", "running"]
 
         broker.stop()            # every queued message is gone with it (no persistence)
         broker.start()

@@ -45,7 +45,8 @@ ABORT_FILE = "abort"                   # CONTROL_DIR/abort: stop with a snapshot
 RESUME_FILE = "resume.json"            # CONTROL_DIR: {"solverstate": name} to restore
 RESULT_FILE = "result.json"            # written last by a runner: how it ended
 PROGRESS_FILE = "progress.json"        # iteration, progress, eta (replaced atomically)
-METRICS_FILE = "metrics.jsonl"         # one record per line: train, val, lr, snapshot, resumed
+METRICS_FILE = "metrics.jsonl"         # one record per line: train, val, lr, snapshot, resumed,
+#                                        and restarted (written by app.worker.heartbeat)
 JOB_META_FILE = "job.json"             # input/: max_iter, iters_per_epoch, dataset, device
 TRAIN_VAL_FILE = "train_val.prototxt"  # input/: the train and val nets
 DEPLOY_FILE = "deploy.prototxt"        # input/: the deploy net

@@ -9,9 +9,9 @@ runs no user code it does not have to, so the request goes to the workers:
   (the storage every host shares) and sends one ``layerbench.infer`` message
   to the ``infer`` queue, with paths *relative to* the jobs directory (each
   host resolves them against its own mount) and a reply token;
-* every worker host runs a small inference node beside its training node
-  (app.worker.celery_app), so a request never waits behind hours of
-  training; whichever node takes the message runs the same sandboxed runner
+* every worker host runs a side node beside its training node
+  (app.worker.celery_app.start_side_node), so a request never waits behind
+  hours of training; whichever node takes the message runs the same sandboxed runner
   and pushes a reply record onto a Redis list named by the token;
 * the web blocks on that list (BLPOP: woken at once, no polling of the
   shared directory, whose attribute caches may lag on NFS), then reads the

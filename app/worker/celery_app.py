@@ -7,6 +7,8 @@ training runs in its own sandboxed process anyway (runner.run_job, the very
 function the local queue calls), and threads share the allocator that hands
 each job its GPU. Its queues are what it offers (``queues_for``); the broker
 settings, each with its reason, are ``app.services.queue.settings``.
+Beside it, a side node (``start_side_node``) takes this host's share of
+inference requests and dataset builds, which must not wait behind training.
 
 Liveness and hand-over of dead workers' jobs: app.worker.heartbeat. Every
 setting comes from the same ``LAYERBENCH_*`` environment as the web
@@ -45,13 +47,18 @@ SHUTDOWN = threading.Event()      # set on the worker's warm shutdown (SIGTERM)
 _alloc_lock = threading.Lock()
 
 
+# What each host's side node (start_side_node) consumes: work that must not
+# wait behind training, as it does not wait in the local queue either.
+SIDE_QUEUES = (offload.INFER_QUEUE, queue.DATASET_QUEUE)
+
+
 def queues_for(gpus: list[int]) -> list[str]:
     """The Celery queues a worker offering ``gpus`` consumes (see
     ``queue.job_queue``): a GPU host takes ``gpu``, ``gpu.N`` for each GPU
-    it has, and ``auto``; a CPU-only host ``cpu`` and ``auto``. Every worker
-    builds datasets."""
+    it has, and ``auto``; a CPU-only host ``cpu`` and ``auto``. (Dataset
+    builds and inference go to the host's side node: ``SIDE_QUEUES``.)"""
     own = ["gpu", *[f"gpu.{i}" for i in gpus]] if gpus else ["cpu"]
-    return [*own, "auto", queue.DATASET_QUEUE]
+    return [*own, "auto"]
 
 
 def context() -> Context:
@@ -161,15 +168,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="Celery node name, NAME@HOST (default $LAYERBENCH_WORKER_NAME or layerbench@<hostname>)")
     p.add_argument("--gpus", default=CFG["WORKER_GPUS"], help="GPUs offered: 0,1 or none (default: all found)")
     p.add_argument("--loglevel", default="INFO")
-    # The inference node main() starts beside this host's worker (see
-    # start_inference_node); its value is the worker it serves.
-    p.add_argument("--inference-for", default=None, help=argparse.SUPPRESS)
+    # The side node main() starts beside this host's worker (see
+    # start_side_node); its value is the worker it serves.
+    p.add_argument("--side-for", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.inference_for:
-        STATE["node"] = args.inference_for      # replies name the host's worker, as the Workers page does
+    if args.side_for:
+        STATE["node"] = args.side_for      # replies name the host's worker, as the Workers page does
         context()
-        app.worker_main(["worker", "-n", args.name, "-P", "threads", "-c", str(max(1, int(CFG["INFER_CONCURRENCY"]))),
-                         "-Q", offload.INFER_QUEUE, "-l", args.loglevel, "--without-mingle", "--without-gossip"])
+        # One thread more than the inference requests it takes at once, so
+        # one dataset build (minutes) leaves them theirs.
+        threads = max(1, int(CFG["INFER_CONCURRENCY"])) + 1
+        app.worker_main(["worker", "-n", args.name, "-P", "threads", "-c", str(threads),
+                         "-Q", ",".join(SIDE_QUEUES), "-l", args.loglevel, "--without-mingle", "--without-gossip"])
         return
     gpus = offered_gpus(args.gpus)
     slots = len(gpus) or int(CFG["WORKER_CONCURRENCY"]) or 1
@@ -181,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     beat.start()
     print(f"worker {args.name}: GPUs {gpus}, {slots} slot(s), queues {queues_for(gpus)}, "
           f"containment {ctx.containment}", file=sys.stderr, flush=True)
-    infer = start_inference_node(args.name, args.loglevel)
+    side = start_side_node(args.name, args.loglevel)
     try:
         app.worker_main(["worker", "-n", args.name, "-P", "threads", "-c", str(slots),
                          "-Q", ",".join(queues_for(gpus)), "-l", args.loglevel,
@@ -189,27 +199,28 @@ def main(argv: list[str] | None = None) -> None:
                          "--without-mingle", "--without-gossip"])
     finally:
         beat.stop.set()
-        infer.terminate()           # a warm shutdown: a request it runs finishes
+        side.terminate()           # a warm shutdown: a request or build it runs finishes
         beat.join(10)
         try:
-            infer.wait(float(CFG["VALIDATE_TIMEOUT"]) * 2 + 10)
+            side.wait(float(CFG["VALIDATE_TIMEOUT"]) * 2 + 10)
         except subprocess.TimeoutExpired:
-            infer.kill()
+            side.kill()
 
 
-def start_inference_node(name: str, loglevel: str) -> subprocess.Popen:
-    """This host's inference node: a second Celery worker process consuming
-    only the ``infer`` queue with INFER_CONCURRENCY threads. A separate node
-    because a Celery worker has one pool for all its queues: inference
-    sharing the training slots would wait behind hours of training. It
-    gets SIGTERM when this process dies, even by SIGKILL (no orphans)."""
+def start_side_node(name: str, loglevel: str) -> subprocess.Popen:
+    """This host's side node: a second Celery worker process consuming
+    ``SIDE_QUEUES`` (inference requests, dataset builds) with
+    INFER_CONCURRENCY + 1 threads. A separate node because a Celery worker
+    has one pool for all its queues: sharing the training slots, a request
+    or a build would wait behind days of training. It gets SIGTERM when this
+    process dies, even by SIGKILL (no orphans)."""
     base, _, host = name.partition("@")
     def die_with_parent() -> None:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    node = f"{base}-infer@{host}" if host else f"{base}-infer"
+    node = f"{base}-side@{host}" if host else f"{base}-side"
     return subprocess.Popen([sys.executable, "-m", "app.worker.celery_app", "-n", node, "--loglevel", loglevel,
-                             "--inference-for", name], cwd=Path(__file__).resolve().parents[2],
+                             "--side-for", name], cwd=Path(__file__).resolve().parents[2],
                             preexec_fn=die_with_parent)
 
 
