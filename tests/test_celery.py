@@ -128,6 +128,24 @@ def test_two_workers_share_eight_jobs_then_a_sigkilled_workers_job_resumes_on_th
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["worker"] in {"w1@hostA", "w2@hostB"}
     assert len(resp.get_json()["predictions"][0]["top"]) >= 1
+    # A side node SIGKILLed mid-build: the build is handed over and done by
+    # a side node (the other host's, or this host's, started again).
+    from test_datasets import _pngs, _zip
+    from io import BytesIO
+    resp = client.post("/api/v1/datasets", content_type="multipart/form-data", data={
+        "name": "killed mid-build", "image_width": "28", "image_height": "28", "channels": "1",
+        "val_percent": "25", "archive": (BytesIO(_zip(_pngs(classes=range(10), per_class=80))), "d.zip")})
+    assert resp.status_code == 202, resp.get_json()
+    ds_id, store = resp.get_json()["id"], app.extensions["store"]
+    builder = _wait(lambda: (store.get_dataset(ds_id)["info"].get("builder") or {}).get("worker"), 60, "no build")
+    side = _side_node_of(next(w for w in workers if w.name == builder))
+    os.kill(side, signal.SIGKILL)
+    built = _wait(lambda: (d := client.get(f"/api/v1/datasets/{ds_id}").get_json())["status"] in ("done", "error")
+                  and d, 90, "the build never ended")
+    assert built["status"] == "done" and built["train_count"] + built["val_count"] == 800, built
+    assert [h["worker"] for h in store.get_dataset(ds_id)["info"]["handovers"]] == [builder]
+    _wait(lambda: _side_node_of(next(w for w in workers if w.name == builder), fail=False), 30,
+          "the killed side node was not started again")
 
     # Then one worker is SIGKILLed mid-training (the same two workers: their
     # start-up is the slow part of this test).
@@ -191,6 +209,20 @@ def test_two_workers_share_eight_jobs_then_a_sigkilled_workers_job_resumes_on_th
     resp = _infer(client, ids[0], sample)
     assert resp.status_code == 503 and "no worker is running" in resp.get_json()["message"], resp.get_json()
     assert time.monotonic() - t0 < 5
+
+
+def _side_node_of(worker: CeleryWorker, fail: bool = True) -> int | None:
+    """The pid of a worker's side node (its child with --side-for)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == worker.proc.pid and b"--side-for" in argv:
+            return int(proc.name)
+    assert not fail, f"no side node under {worker.name}"
+    return None
 
 
 def _infer(client, job_id: str, image: Path):

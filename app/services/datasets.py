@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import stat
 import time
@@ -75,8 +76,16 @@ def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owne
     return ctx.store.get_dataset(ds_id)
 
 
-def build(ctx: Context, ds_id: str) -> str:
-    """Run a queued dataset's build to its end; its final status."""
+BEAT_EVERY_S = 1.0    # how often a build writes its heartbeat (celery: app.worker.heartbeat)
+
+
+def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
+    """Run a queued dataset's build to its end; its final status. The build
+    writes a heartbeat (``info.builder``: a token of this run, ``worker``,
+    ``heartbeat_at``) so that, in the celery queue, a build whose worker died
+    is handed over (app.worker.heartbeat); a build that finds its dataset
+    handed over meanwhile stops and leaves everything to the new one
+    ("superseded")."""
     if not ctx.store.claim_dataset(ds_id, DatasetStatus.QUEUED.value, DatasetStatus.RUNNING.value):
         return "skipped"
     root = ctx.ws.dataset_dir(ds_id)
@@ -84,6 +93,9 @@ def build(ctx: Context, ds_id: str) -> str:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     info = (ctx.store.get_dataset(ds_id) or {}).get("info") or {}
+    token = secrets.token_hex(8)
+    info["builder"] = {"token": token, "worker": worker, "heartbeat_at": time.time()}
+    ctx.store.upsert_dataset(ds_id, info=info)
     spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset", str(upload / "archive"),
                          str(out), str(upload / DATASET_PARAMS_FILE)], read_only=[upload], writable=[out], cwd=out)
     limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
@@ -94,36 +106,64 @@ def build(ctx: Context, ds_id: str) -> str:
         with open(root / "build.log", "ab") as log:
             t0 = time.monotonic()
             proc = sandbox.start(spec, ctx.containment, limits, log, log)
+            last_beat = 0.0
             while proc.poll() is None:
                 if time.monotonic() - t0 > limits.wall_seconds:
                     sandbox.kill(proc)
                     break
                 try:
                     p = json.loads(Workspace.read_capped(out / PROGRESS_FILE, 4096))
-                    info["progress"] = float(p.get("progress", 0))
-                    ctx.store.upsert_dataset(ds_id, info=info)
+                    progress = float(p.get("progress", 0))
                 except (OSError, ValueError, TypeError, AttributeError):
-                    pass
-                if (ctx.store.get_dataset(ds_id) or {}).get("status") != DatasetStatus.RUNNING:
-                    sandbox.kill(proc)      # abort() moved it on: stop building
+                    progress = info.get("progress")
+                if progress != info.get("progress") or time.monotonic() - last_beat >= BEAT_EVERY_S:
+                    info["progress"] = progress
+                    info["builder"]["heartbeat_at"] = time.time()
+                    ctx.store.upsert_dataset(ds_id, info=info)
+                    last_beat = time.monotonic()
+                now = _owner(ctx, ds_id, token)
+                if now != "mine":
+                    sandbox.kill(proc)      # aborted, or handed over: stop building
+                    if now == "superseded":
+                        return "superseded"   # the new build owns the files now
                     break
                 time.sleep(0.2)
+            # Ended (or killed above): give its uid and cgroup back now, not
+            # whenever the Popen is collected.
+            sandbox.wait(proc, limits, t0)
         status, error, built = _outcome(out, timed_out=time.monotonic() - t0 > limits.wall_seconds)
-        if (ctx.store.get_dataset(ds_id) or {}).get("status") != DatasetStatus.RUNNING:
+        now = _owner(ctx, ds_id, token)
+        if now == "superseded":
+            return "superseded"
+        if now != "mine":
             status, error, built = DatasetStatus.ERROR.value, ABORTED, {}
         if status == DatasetStatus.DONE:
             _publish(out, root)
-            info = dict(built, progress=1.0, params=info.get("params"))
+            info = dict(built, progress=1.0, params=info.get("params"),
+                        **({"handovers": info["handovers"]} if info.get("handovers") else {}))
     except OSError as exc:
         status, error = DatasetStatus.ERROR.value, f"the build failed: {exc}"
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(upload, ignore_errors=True)   # nothing half-made is left
-        ctx.store.upsert_dataset(ds_id, status=status, error=error, info=info)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(upload, ignore_errors=True)   # nothing half-made is left
+    info.pop("builder", None)
+    ctx.store.upsert_dataset(ds_id, status=status, error=error, info=info)
     # Jobs created while it built now validate and queue (or end in error).
     from app.services import waiting
     waiting.release(ctx, ds_id)
     return status
+
+
+def _owner(ctx: Context, ds_id: str, token: str) -> str:
+    """Whose build this is now: "mine" (still running, this run's token),
+    "superseded" (handed over: queued again or another run's token), or
+    "ended" (aborted by its owner, or deleted)."""
+    ds = ctx.store.get_dataset(ds_id)
+    if ds is None:
+        return "ended"
+    if ds["status"] == DatasetStatus.QUEUED or (
+            ds["status"] == DatasetStatus.RUNNING and ((ds.get("info") or {}).get("builder") or {}).get("token") != token):
+        return "superseded"
+    return "mine" if ds["status"] == DatasetStatus.RUNNING else "ended"
 
 
 def _outcome(out: Path, timed_out: bool) -> tuple[str, str | None, dict]:

@@ -125,12 +125,18 @@ def enqueue_job(c: Context, job: dict) -> None:
         pass
 
 
+def build_generation(ds: dict | None) -> int:
+    """Which queuing of a dataset build this is: 0, then one more per
+    hand-over of a build whose worker died (app.worker.heartbeat)."""
+    return len(((ds or {}).get("info") or {}).get("handovers") or [])
+
+
 def enqueue_dataset(c: Context, ds_id: str) -> None:
     """Ring the queue for a dataset build now ``queued``."""
     if not celery_mode(c.cfg):
         return
     try:
-        _send(c.cfg, "dataset", ds_id, 0, TASK_DATASET, DATASET_QUEUE)
+        _send(c.cfg, "dataset", ds_id, build_generation(c.store.get_dataset(ds_id)), TASK_DATASET, DATASET_QUEUE)
     except Exception:
         pass
 
@@ -146,6 +152,6 @@ def redispatch(c: Context) -> list[str]:
         if _send(c.cfg, "job", job["id"], int(job.get("run") or 0), TASK_JOB, job_queue(device)):
             sent.append(job["id"])
     for ds in c.store.list_datasets(status=DatasetStatus.QUEUED.value):
-        if _send(c.cfg, "dataset", ds["id"], 0, TASK_DATASET, DATASET_QUEUE):
+        if _send(c.cfg, "dataset", ds["id"], build_generation(ds), TASK_DATASET, DATASET_QUEUE):
             sent.append(ds["id"])
     return sent

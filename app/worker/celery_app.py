@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from celery import Celery, signals
@@ -116,7 +117,7 @@ def _requeue_after_shutdown(ctx: Context, job_id: str) -> None:
 def build_dataset_task(ds_id: str) -> str:
     """Build one queued dataset here (the build's own claim skips duplicates)."""
     from app.services.datasets import build
-    return build(context(), ds_id)
+    return build(context(), ds_id, worker=STATE["node"])
 
 
 @app.task(name=offload.TASK_INFER, acks_late=False)
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     beat.start()
     print(f"worker {args.name}: GPUs {gpus}, {slots} slot(s), queues {queues_for(gpus)}, "
           f"containment {ctx.containment}", file=sys.stderr, flush=True)
-    side = start_side_node(args.name, args.loglevel)
+    side = SideNode(args.name, args.loglevel)
+    side.start()
     try:
         app.worker_main(["worker", "-n", args.name, "-P", "threads", "-c", str(slots),
                          "-Q", ",".join(queues_for(gpus)), "-l", args.loglevel,
@@ -199,12 +201,41 @@ def main(argv: list[str] | None = None) -> None:
                          "--without-mingle", "--without-gossip"])
     finally:
         beat.stop.set()
-        side.terminate()           # a warm shutdown: a request or build it runs finishes
+        side.stop(float(CFG["VALIDATE_TIMEOUT"]) * 2 + 10)
         beat.join(10)
+
+
+class SideNode(threading.Thread):
+    """Keeps this host's side node running: started with the worker, and
+    started again when it exits on its own (killed, out of memory), at most
+    every RESTART_EVERY_S so a node that cannot start does not spin."""
+
+    RESTART_EVERY_S = 5.0
+
+    def __init__(self, worker: str, loglevel: str) -> None:
+        super().__init__(name="layerbench-side-node", daemon=True)
+        self.worker, self.loglevel = worker, loglevel
+        self.stopping = threading.Event()
+        self.proc = start_side_node(worker, loglevel)
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            if self.proc.poll() is not None and time.monotonic() - self.started >= self.RESTART_EVERY_S:
+                print(f"side node of {self.worker} exited ({self.proc.returncode}); starting it again",
+                      file=sys.stderr, flush=True)
+                self.proc = start_side_node(self.worker, self.loglevel)
+                self.started = time.monotonic()
+
+    def stop(self, timeout: float) -> None:
+        """A warm shutdown: a request or build it runs finishes (within ``timeout``)."""
+        self.stopping.set()
+        self.join(5)
+        self.proc.terminate()
         try:
-            side.wait(float(CFG["VALIDATE_TIMEOUT"]) * 2 + 10)
+            self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            side.kill()
+            self.proc.kill()
 
 
 def start_side_node(name: str, loglevel: str) -> subprocess.Popen:

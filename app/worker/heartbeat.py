@@ -133,6 +133,42 @@ def _mark_restart(out: Path, next_run: int) -> None:
         os.close(fd)
 
 
+def hand_over_stale_builds(ctx: Context, stale_after: float) -> list[str]:
+    """Dataset builds whose heartbeat (datasets.build writes it) is older
+    than ``stale_after`` seconds lost their worker: queued again to build
+    from the upload, which a dead build never got to remove (at most
+    ``MAX_AUTO_RETRIES`` times, then ``error`` with why). Their ids."""
+    from app.core.status import DatasetStatus
+    now = time.time()
+    moved = []
+    for ds in ctx.store.list_datasets(status=DatasetStatus.RUNNING.value):
+        info = ds.get("info") or {}
+        builder = info.get("builder") or {}
+        beat = builder.get("heartbeat_at")
+        if not isinstance(beat, (int, float)) or beat >= now - stale_after:
+            continue
+        who = builder.get("worker") or "unknown"
+        handovers = list(info.get("handovers") or [])
+        again = len(handovers) < MAX_AUTO_RETRIES
+        # The compare-and-set on the status: exactly one worker noticing
+        # moves it, and a build that was only slow finds itself superseded.
+        if not ctx.store.claim_dataset(ds["id"], DatasetStatus.RUNNING.value,
+                                       DatasetStatus.QUEUED.value if again else DatasetStatus.ERROR.value):
+            continue
+        handovers.append({"worker": who, "at": now_iso(), "stale_s": round(now - beat)})
+        if again:
+            ctx.store.upsert_dataset(ds["id"], info=dict(info, handovers=handovers, builder=None, progress=0.0))
+            queue.enqueue_dataset(ctx, ds["id"])
+        else:
+            ctx.store.upsert_dataset(ds["id"], info=dict(info, handovers=handovers, builder=None), error=(
+                f"The worker building this dataset ({who}) stopped heart-beating, after {len(handovers) - 1} "
+                "earlier restarts of the build; upload it again."))
+            from app.services import waiting
+            waiting.release(ctx, ds["id"])      # jobs waiting on it end, with the reason
+        moved.append(ds["id"])
+    return moved
+
+
 class Heartbeat(threading.Thread):
     """A worker's heartbeat thread: its row in the store, the hand-over of
     dead workers' jobs, and re-sending lost queue messages."""
@@ -158,6 +194,7 @@ class Heartbeat(threading.Thread):
             try:
                 self.beat()
                 hand_over_stale(self.ctx, float(self.ctx.cfg["HANDOVER_SECONDS"]))
+                hand_over_stale_builds(self.ctx, float(self.ctx.cfg["HANDOVER_SECONDS"]))
                 if time.monotonic() - last_dispatch >= REDISPATCH_EVERY_S:
                     last_dispatch = time.monotonic()
                     queue.redispatch(self.ctx)
