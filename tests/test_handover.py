@@ -14,7 +14,7 @@ import time
 from helpers import LENET_SEED, SEED_LAYER, post
 
 from app.core.workspace import METRICS_FILE, snapshot_name
-from app.services import jobs
+from app.services import job_files
 from app.worker.heartbeat import MAX_AUTO_RETRIES, hand_over_stale
 
 
@@ -87,10 +87,10 @@ def test_a_stale_job_without_a_snapshot_starts_again_from_the_beginning_once(app
                                            f"on another worker (automatic retry 1 of {MAX_AUTO_RETRIES})")
     # The lost run's points are gone from the charts, also one it writes
     # late; the next run's (its generation is one more) are kept.
-    assert jobs.metrics(ctx, after)["train"] == []
+    assert job_files.metrics(ctx, after)["train"] == []
     _append(out / METRICS_FILE, {"type": "train", "iteration": 4, "loss": 2.0, "run": job["run"]},
             {"type": "train", "iteration": 1, "loss": 1.0, "run": job["run"] + 1})
-    assert jobs.metrics(ctx, after)["train"] == [{"iteration": 1, "loss": 1.0}]
+    assert job_files.metrics(ctx, after)["train"] == [{"iteration": 1, "loss": 1.0}]
 
 
 def test_automatic_restarts_stop_at_the_cap_with_the_reason(app):

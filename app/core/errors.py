@@ -28,3 +28,9 @@ class ServiceError(Exception):
     def body(self) -> dict:
         """The JSON body of this error (API.md "Error shape")."""
         return {"error": self.code, "message": self.message, "details": self.details}
+
+
+def invalid_field(field: str, message: str, hint: str) -> ServiceError:
+    """An invalid_request about one field: ``message`` for people, ``hint``
+    (what the field takes) in its details."""
+    return ServiceError("invalid_request", message, [{"field": field, "message": hint}])

@@ -13,7 +13,7 @@ import re
 
 from app.core.errors import ServiceError
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, SOLVER_FILE, Workspace
-from app.services import jobs
+from app.services import job_files, jobs
 from app.services.context import Context
 
 MAX_JOBS = 32            # a whole sweep (app.services.sweeps.MAX_JOBS) fits
@@ -78,7 +78,7 @@ def _thin(points: list[dict]) -> list[dict]:
 def _series(c: Context, job: dict) -> tuple[dict[str, list[dict]], dict[str, float]]:
     """Every curve of the job by name ("train loss", "val accuracy", "lr"):
     points {iteration, epoch, wall_seconds, value}; and the final values."""
-    recs = jobs.metrics(c, job, ("train", "val", "lr", "clock"))
+    recs = job_files.metrics(c, job, ("train", "val", "lr", "clock"))
     clock = _clock(recs["clock"])
     out: dict[str, list[dict]] = {}
     for kind in ("train", "val", "lr"):

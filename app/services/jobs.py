@@ -1,27 +1,20 @@
-"""Job services: what the views call. Plain Python: every function is handed
-the context (settings, store, workspace) and, where it matters, the user."""
+"""Job services: submit and validate, read, and the lifecycle (abort,
+delete, clone, resume, edit). Plain Python: every function is handed the
+context (settings, store, workspace) and, where it matters, the user.
+Listings: app.services.job_listing; a job's files: app.services.job_files."""
 from __future__ import annotations
 
-import base64
 import io
-import json
-import os
 import shutil
-import tarfile
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from app.caffe import network
-from app.core.errors import ServiceError
+from app.core.errors import ServiceError, invalid_field
 from app.core.status import DatasetStatus, JobStatus
-from app.core import joblog, layer_code
-from app.core.workspace import (
-    DEPLOY_FILE, DOWNLOAD_FILE, LAYER_FILE, METRICS_FILE, NETWORK_FILE, REPORT_FILE, SOLVER_FILE,
-    TRAIN_VAL_FILE, VALIDATION_DIR, WEIGHTS_FILE, Workspace)
+from app.core.workspace import LAYER_FILE, NETWORK_FILE, REPORT_FILE, VALIDATION_DIR, WEIGHTS_FILE, Workspace
 from app.services import layer_env, layer_files, queue
-from app.services.access import may_see, only_visible, owner_filter
+from app.services.access import may_see, only_visible
 from app.services.context import Context
 from app.services.submission import Prepared, Upload, prepare, run_validation
 from app.store import Store, new_job_id, now_iso
@@ -170,105 +163,9 @@ def get(c: Context, job_id: str, user: dict) -> dict:
     return job
 
 
-PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
-
-
-@dataclass
-class JobPage:
-    """One page of a job listing: ``jobs`` newest first and the opaque
-    cursor of the next (older) page, None on the last page."""
-    jobs: list[dict]
-    next_cursor: str | None
-
-
-def _bad(field: str, message: str, hint: str) -> ServiceError:
-    return ServiceError("invalid_request", message, [{"field": field, "message": hint}])
-
-
-def parse_limit(raw: str | int | None) -> int:
-    """A page size from a query string: default PAGE_SIZE, 1..MAX_PAGE_SIZE."""
-    if raw is None or raw == "":
-        return PAGE_SIZE
-    text = str(raw).strip()
-    limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise _bad("limit", f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}.",
-                   f"1..{MAX_PAGE_SIZE} (default {PAGE_SIZE})")
-    return limit
-
-
-def encode_cursor(key: tuple[str, str]) -> str:
-    """The opaque cursor of a page position (the (created_at, id) of its last row)."""
-    return base64.urlsafe_b64encode(json.dumps(list(key), separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[str, str]:
-    """The position a cursor of ``encode_cursor`` names; invalid_request otherwise."""
-    try:
-        if len(cursor) > 400:
-            raise ValueError
-        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if (not isinstance(key, list) or len(key) != 2
-                or not all(isinstance(k, str) and 0 < len(k) <= 80 for k in key)):
-            raise ValueError
-    except ValueError:   # binascii.Error and JSON errors included
-        raise _bad("cursor", "The cursor is not one this server handed out.",
-                   "pass next_cursor of the previous page unchanged") from None
-    return key[0], key[1]
-
-
-def parse_ids(raw: str | None) -> list[str] | None:
-    """Job ids from a comma-separated query value (at most MAX_PAGE_SIZE)."""
-    if raw is None:
-        return None
-    ids = [i for i in (part.strip() for part in raw.split(",")) if i]
-    if len(ids) > MAX_PAGE_SIZE or any(len(i) > 40 for i in ids):
-        raise _bad("ids", f"ids takes at most {MAX_PAGE_SIZE} job ids.", "comma-separated job ids")
-    return ids
-
-
-def list_for(c: Context, user: dict, status: str | None = None, *, limit: int = PAGE_SIZE,
-             cursor: str | None = None, owner: str | None = None, dataset: str | None = None,
-             ids: list[str] | None = None) -> JobPage:
-    """One page of the jobs ``user`` may see, newest first: ``limit`` jobs
-    older than ``cursor`` (a ``next_cursor`` of an earlier page; None: the
-    newest). ``status``, ``owner``, ``dataset`` and ``ids`` filter. Who sees
-    what is app.services.access: a user asking for another owner's jobs gets
-    an empty page unless that rule lets them see that owner's work."""
-    if status is not None and status not in {s.value for s in JobStatus}:
-        raise ServiceError("invalid_request", f"Unknown status '{status[:20]}'.",
-                           [{"field": "status", "message": "use " + "|".join(s.value for s in JobStatus)}])
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise _bad("limit", f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}.", f"1..{MAX_PAGE_SIZE}")
-    after = decode_cursor(cursor) if cursor else None
-    scope = owner_filter(user)
-    if owner is not None and scope is not None and owner != scope:
-        return JobPage([], None)
-    if ids is not None and not ids:
-        return JobPage([], None)
-    rows, last = c.store.page_jobs(limit=limit, after=after, owner=owner if owner is not None else scope,
-                                   status=status, dataset=dataset, ids=ids)
-    # The query is already scoped; this keeps the one rule the last word.
-    return JobPage(only_visible(user, rows), encode_cursor(last) if last else None)
-
-
-def validation_report(c: Context, job: dict) -> dict | None:
-    """The report the job's validation wrote, or None."""
-    try:
-        return json.loads(Workspace.read_capped(c.ws.job_dir(job["id"]) / VALIDATION_DIR / REPORT_FILE,
-                                                8 << 20))
-    except (OSError, ValueError):
-        return None
-
-
 def events(c: Context, job: dict) -> list[dict]:
     """The job's recorded state changes, oldest first."""
     return c.store.job_events(job["id"])
-
-
-def network_text(c: Context, job: dict) -> str:
-    """The job's train_val prototxt (every stage but deploy)."""
-    return (c.ws.input_dir(job["id"]) / TRAIN_VAL_FILE).read_text()
 
 
 # The solver and data settings a job ran with, as the job JSON shows them.
@@ -376,100 +273,6 @@ def resume(c: Context, job: dict) -> dict:
     return dict(resumed, warnings=changed) if changed else resumed
 
 
-def metrics(c: Context, job: dict, kinds: tuple[str, ...] = ("train", "val", "lr")) -> dict:
-    """Every recorded point: {"train": [...], "val": [...], "lr": [...]}
-    (``kinds``: which record types; "clock" gives wall times by iteration)."""
-    out: dict[str, list] = {k: [] for k in kinds}
-    path = c.ws.output_dir(job["id"]) / METRICS_FILE
-    try:
-        raw = Workspace.read_capped(path, 64 << 20)
-    except OSError:
-        return out
-    latest = 0
-    for line in raw.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        kind = rec.pop("type", None) if isinstance(rec, dict) else None
-        # Once a later run has written, what an earlier (superseded) run
-        # still wrote is not part of the job's history.
-        run = rec.pop("run", None) if isinstance(rec, dict) else None
-        if isinstance(run, int):
-            if run < latest:
-                continue
-            latest = run
-        if kind == "restarted":
-            # A run lost before its first snapshot started again from the
-            # beginning (app.worker.heartbeat): its points are not history.
-            for series in out.values():
-                series.clear()
-        if kind == "resumed" and isinstance(rec.get("iteration"), int):
-            # Training went back to this snapshot: what came after it before
-            # is superseded by what follows now (no iteration counted twice).
-            for series in out.values():
-                series[:] = [r for r in series if not (isinstance(r.get("iteration"), (int, float))
-                                                       and r["iteration"] > rec["iteration"])]
-        if kind in out:
-            out[kind].append(rec)
-    return out
-
-
-def log(c: Context, job: dict, offset: int, limit: int = 1 << 20) -> tuple[bytes, int, int]:
-    """(data from ``offset``, offset to ask for next, log size). Offsets count
-    output bytes; a capped log's dropped middle comes back as one marker line."""
-    return joblog.read(*c.ws.log_paths(job["id"]), offset, limit)
-
-
-def download(c: Context, job: dict) -> Path:
-    """Write the tarball of API.md to the job's directory and return its path.
-    Files are streamed from disk into the archive: the web process never
-    holds a model in memory."""
-    inp, out = c.ws.input_dir(job["id"]), c.ws.output_dir(job["id"])
-    dest = c.ws.job_dir(job["id"]) / DOWNLOAD_FILE
-    # A private temporary name per request: two downloads of one job at once
-    # each build their own archive, and the rename publishes whole files only.
-    fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".tmp", dir=c.ws.job_dir(job["id"]))
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with tarfile.open(tmp, mode="w:gz", compresslevel=1) as tar:
-            def add(path: Path, arcname: str) -> None:
-                try:
-                    fd = Workspace.open_regular(path)
-                except OSError:
-                    return
-                with fd as fh:
-                    info = tarfile.TarInfo(arcname)
-                    info.size, info.mtime, info.mode = os.fstat(fh.fileno()).st_size, int(time.time()), 0o644
-                    tar.addfile(info, fh)
-            orig = Path((job.get("params") or {}).get("network_filename") or NETWORK_FILE).name
-            add(inp / NETWORK_FILE, orig if orig not in (TRAIN_VAL_FILE, DEPLOY_FILE,
-                                                         SOLVER_FILE) else f"original_{orig}")
-            for name in (TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, LAYER_FILE):
-                add(inp / name, name)
-            for rel in layer_code.files(inp)[1:]:   # helper modules beside the layer file
-                add(inp / rel, rel)
-            snaps = Workspace.complete_snapshots(out)      # never a truncated model
-            latest = snaps[max(snaps)].caffemodel if snaps else None
-            if latest:
-                add(latest, latest.name)
-            if job.get("dataset"):
-                ds = c.ws.dataset_dir(job["dataset"])
-                add(ds / "labels.txt", "labels.txt")
-                add(ds / "mean.binaryproto", "mean.binaryproto")
-            info = dict(to_json(job), framework="caffe",
-                        snapshot=latest.name if latest else None)
-            data = json.dumps(info, indent=1).encode()
-            ti = tarfile.TarInfo("info.json")
-            ti.size, ti.mtime = len(data), int(time.time())
-            tar.addfile(ti, io.BytesIO(data))
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
-
 
 
 # ---- for the DIGITS routes (app.web.digits) ---------------------------------
@@ -509,61 +312,10 @@ def edit(c: Context, job: dict, name: str | None = None, notes: str | None = Non
     fields: dict = {}
     if name is not None:
         if not name.strip():
-            raise _bad("name", "The name must not be empty.", "required")
+            raise invalid_field("name", "The name must not be empty.", "required")
         fields["name"] = name.strip()[:200]
     if notes is not None:
         fields["params"] = dict(job.get("params") or {}, notes=notes[:10000])
     if fields:
         c.store.update_job(job["id"], **fields)
     return c.store.get_job(job["id"])
-
-
-INPUT_FILES = (NETWORK_FILE, TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, LAYER_FILE)
-
-
-def input_file(c: Context, job: dict, name: str) -> bytes:
-    """One of the job's input files (INPUT_FILES) by name; not_found otherwise."""
-    if name not in INPUT_FILES:
-        raise ServiceError("not_found", "No such file.")
-    try:
-        return Workspace.read_capped(c.ws.input_dir(job["id"]) / name, 8 << 20)
-    except OSError:
-        raise ServiceError("not_found", "No such file.") from None
-
-
-DOWNLOAD_FORMATS = {"tar.gz": "application/gzip", "tar": "application/x-tar", "tar.bz2": "application/x-bzip2",
-                    "zip": "application/zip"}
-
-
-def download_as(c: Context, job: dict, fmt: str) -> Path:
-    """The download of ``download`` in another archive format (DOWNLOAD_FORMATS);
-    the same files, repacked member by member (never all in memory)."""
-    import zipfile
-    if fmt not in DOWNLOAD_FORMATS:
-        raise ServiceError("not_found", "Unknown download format; use " + ", ".join(DOWNLOAD_FORMATS) + ".")
-    src = download(c, job)
-    if fmt == "tar.gz":
-        return src
-    jdir = c.ws.job_dir(job["id"])
-    fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".tmp", dir=jdir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with tarfile.open(src, "r:gz") as tin:
-            if fmt == "zip":
-                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zout:
-                    for member in tin:
-                        if member.isfile():
-                            with tin.extractfile(member) as fh, zout.open(member.name, "w") as out:
-                                shutil.copyfileobj(fh, out, 1 << 20)
-            else:
-                with tarfile.open(tmp, "w:bz2" if fmt == "tar.bz2" else "w") as tout:
-                    for member in tin:
-                        if member.isfile():
-                            tout.addfile(member, tin.extractfile(member))
-        dest = jdir / f"download.{fmt}"
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest

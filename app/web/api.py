@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file,
 from app.core.workspace import METRICS_FILE
 from app.core.status import JobStatus
 from app.services import datasets as dataset_service
-from app.services import jobs, sweeps
+from app.services import job_files, job_listing, jobs, sweeps
 from app.services import layer_env, layer_files
 from app.services.submission import Upload
 from app.web.auth import current_user
@@ -78,10 +78,10 @@ def list_jobs():
     ?cursor= (next_cursor of the previous page); ?status=, ?owner= (admins:
     anyone; others: themselves), ?dataset= and ?ids=a,b,c filter."""
     args = request.args
-    page = jobs.list_for(ctx(), current_user(), args.get("status") or None,
-                         limit=jobs.parse_limit(args.get("limit")), cursor=args.get("cursor") or None,
+    page = job_listing.list_for(ctx(), current_user(), args.get("status") or None,
+                         limit=job_listing.parse_limit(args.get("limit")), cursor=args.get("cursor") or None,
                          owner=args.get("owner") or None, dataset=args.get("dataset") or None,
-                         ids=jobs.parse_ids(args.get("ids")))
+                         ids=job_listing.parse_ids(args.get("ids")))
     return _no_store(jsonify({"jobs": [jobs.to_json(j) for j in page.jobs], "next_cursor": page.next_cursor}))
 
 
@@ -129,7 +129,7 @@ def get_job(job_id: str):
 @bp.get("/jobs/<job_id>/metrics")
 def job_metrics(job_id: str):
     """Every recorded train/val/lr point."""
-    return _no_store(jsonify(jobs.metrics(ctx(), _job(job_id))))
+    return _no_store(jsonify(job_files.metrics(ctx(), _job(job_id))))
 
 
 @bp.get("/jobs/<job_id>/log")
@@ -139,7 +139,7 @@ def job_log(job_id: str):
         offset = max(0, int(request.args.get("offset", "0")))
     except ValueError:
         raise ApiError(400, "invalid_request", "offset must be an integer.") from None
-    data, nxt, size = jobs.log(ctx(), _job(job_id), offset)
+    data, nxt, size = job_files.log(ctx(), _job(job_id), offset)
     resp = Response(data, mimetype="text/plain")
     resp.headers["X-Log-Size"] = str(size)
     # Past a capped log's dropped middle the next offset jumps: ask for this one.
@@ -172,7 +172,7 @@ def job_events(job_id: str):
             recs = tail.lines()
             if recs:
                 yield f"event: metrics\ndata: {json.dumps(recs)}\n\n"
-            chunk, log_offset, size = jobs.log(c, cur, log_offset, 64 * 1024)
+            chunk, log_offset, size = job_files.log(c, cur, log_offset, 64 * 1024)
             if chunk:
                 yield f"event: log\ndata: {json.dumps(chunk.decode('utf-8', 'replace'))}\n\n"
             if JobStatus(cur["status"]).ended and not recs and log_offset >= size:
@@ -224,7 +224,7 @@ def delete_job(job_id: str):
 def download_job(job_id: str):
     """application/gzip tarball of the job's model files."""
     job = _job(job_id)
-    path = jobs.download(ctx(), job)
+    path = job_files.download(ctx(), job)
     return send_file(path, mimetype="application/gzip", as_attachment=True,
                      download_name=f"{job['id']}.tar.gz", max_age=0)
 

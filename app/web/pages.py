@@ -10,7 +10,7 @@ from app.caffe.network import standard_network_text, standard_networks
 from app.core.errors import ServiceError
 from app.core.status import DatasetStatus
 from app.services import datasets as dataset_service
-from app.services import jobs, sweeps
+from app.services import job_files, job_listing, jobs, sweeps
 from app.services import layer_env, layer_files
 from app.services.submission import Upload
 from app.web.auth import current_user
@@ -77,8 +77,8 @@ def index():
     for some, e.g. a sweep's group) and datasets."""
     user = current_user()
     cursor = request.args.get("cursor") or None
-    ids = jobs.parse_ids(request.args.get("ids"))
-    page = jobs.list_for(ctx(), user, cursor=cursor, ids=ids)
+    ids = job_listing.parse_ids(request.args.get("ids"))
+    page = job_listing.list_for(ctx(), user, cursor=cursor, ids=ids)
     # ?metric=val:dice — "the" metric of the list, a column with each job's latest value.
     metric_names = sorted({f"{kind}:{k}" for j in page.jobs for kind, vals in (j.get("metrics") or {}).items()
                            if kind in ("train", "val") and isinstance(vals, dict) for k in vals})
@@ -204,7 +204,7 @@ def job_network_svg(job_id: str):
     """The job's network (as uploaded, all stages) as an SVG graph."""
     from app.caffe import network
     job = jobs.get(ctx(), job_id, current_user())
-    return _svg(network.parse(jobs.network_text(ctx(), job)).net)
+    return _svg(network.parse(job_files.network_text(ctx(), job)).net)
 
 
 @bp.get("/networks/<name>.prototxt")
@@ -254,7 +254,7 @@ def job_page(job_id: str):
     from app.services.diagnostics import job_error
     return render_template("web/job.html", job=job, data=jobs.to_json(job), events=jobs.events(ctx(), job),
                            job_error=job_error(ctx(), job),
-                           report=jobs.validation_report(ctx(), job), action_form=ActionForm(), infer_form=infer_form,
+                           report=job_files.validation_report(ctx(), job), action_form=ActionForm(), infer_form=infer_form,
                            segmentation=_is_segmentation(job))
 
 

@@ -115,7 +115,7 @@ def _restart_or_interrupt(ctx: Context, job: dict, who: str, age: float, cutoff:
 
 def _mark_restart(out: Path, next_run: int) -> None:
     """Append a ``restarted`` record to the job's metrics.jsonl: the lost
-    run's points end there (jobs.metrics drops them), so the restarted run's
+    run's points end there (job_files.metrics drops them), so the restarted run's
     iterations are not charted twice. Tagged with the run that will claim
     the job next, so a late write of the lost run counts as superseded.
     The file is in the sandbox's output directory: never through a link or

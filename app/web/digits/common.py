@@ -6,6 +6,7 @@ from flask import Response, jsonify, render_template, request
 
 from app.core.errors import ServiceError
 from app.core.status import DatasetStatus, JobStatus
+from app.core.workspace import DEPLOY_FILE, NETWORK_FILE, SOLVER_FILE, TRAIN_VAL_FILE
 from app.services import datasets as dataset_service
 from app.services import jobs
 from app.web.auth import current_user
@@ -53,9 +54,9 @@ def model_json(job: dict) -> dict:
     out = {"id": job["id"], "name": job["name"], "status": job_word(job), "type": "Image Classification Model",
            "framework": "caffe", "caffe flavor": "BVLC", "job id": job["id"],
            "creation time": job.get("created_at"), "dataset_id": job.get("dataset"),
-           "directory": f"/models/{job['id']}/files", "network file": jobs.NETWORK_FILE,
-           "train_val file": jobs.TRAIN_VAL_FILE, "deploy file": jobs.DEPLOY_FILE,
-           "solver file": jobs.SOLVER_FILE, "snapshots": epochs(job), "python_layer": job.get("python_layer"),
+           "directory": f"/models/{job['id']}/files", "network file": NETWORK_FILE,
+           "train_val file": TRAIN_VAL_FILE, "deploy file": DEPLOY_FILE,
+           "solver file": SOLVER_FILE, "snapshots": epochs(job), "python_layer": job.get("python_layer"),
            "max_iter": job.get("max_iter"), "progress": job.get("progress"), "error": job.get("error"),
            "notes": params.get("notes"),
            "group_name": (params.get("group") or {}).get("name") or params.get("group_name")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, current_app, jsonify, redirect, request
 
 from app.services import datasets as dataset_service
-from app.services import jobs
+from app.services import job_listing, jobs
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.digits import bp
@@ -53,7 +53,7 @@ def index_json():
     """DIGITS: the models (one page, newest first: ?limit=, ?cursor= as on
     /api/v1/jobs; next_cursor names the next page) and the datasets the user may see."""
     user = current_user()
-    page = jobs.list_for(ctx(), user, limit=jobs.parse_limit(request.args.get("limit")),
+    page = job_listing.list_for(ctx(), user, limit=job_listing.parse_limit(request.args.get("limit")),
                          cursor=request.args.get("cursor") or None)
     return jsonify({"models": [model_json(j) for j in page.jobs],
                     "datasets": [dataset_json(d) for d in dataset_service.list_for(ctx(), user)],
@@ -64,7 +64,7 @@ def index_json():
 def completed_jobs():
     """DIGITS: the ended models (one page, as /index.json) and datasets."""
     user = current_user()
-    page = jobs.list_for(ctx(), user, limit=jobs.parse_limit(request.args.get("limit")),
+    page = job_listing.list_for(ctx(), user, limit=job_listing.parse_limit(request.args.get("limit")),
                          cursor=request.args.get("cursor") or None)
     models = [m for m in map(model_json, page.jobs) if m["status"] in ENDED_WORDS]
     datasets = [d for d in map(dataset_json, dataset_service.list_for(ctx(), user)) if d["status"] in ENDED_WORDS]

@@ -8,7 +8,8 @@ from flask import Response, jsonify, redirect, render_template, request, send_fi
 
 from app.caffe.network import standard_network_text, standard_networks
 from app.core.errors import ServiceError
-from app.services import jobs
+from app.core.workspace import LAYER_FILE, NETWORK_FILE
+from app.services import job_files, jobs
 from app.services.submission import Upload
 from app.web.auth import current_user
 from app.web.context import ctx
@@ -167,7 +168,7 @@ def model_page(job_id: str):
 @bp.get("/models/<job_id>/files/<name>")
 def model_file(job_id: str, name: str):
     """A model's input file by name (what DIGITS's "directory" + file keys named)."""
-    data = jobs.input_file(ctx(), jobs.get(ctx(), job_id, current_user()), name)
+    data = job_files.input_file(ctx(), jobs.get(ctx(), job_id, current_user()), name)
     return Response(data, mimetype="text/plain", headers={"Content-Disposition": f"attachment; filename={name}"})
 
 
@@ -196,9 +197,9 @@ def delete_model(job_id: str):
 def download_model(job_id: str, fmt: str = "tar.gz"):
     """DIGITS: the model archive as .tar, .zip, .tar.gz or .tar.bz2."""
     job = jobs.get(ctx(), job_id, current_user())
-    if fmt not in jobs.DOWNLOAD_FORMATS:
+    if fmt not in job_files.DOWNLOAD_FORMATS:
         raise refuse("extension", "Use download.tar, .zip, .tar.gz or .tar.bz2.", 404)
-    return send_file(jobs.download_as(ctx(), job, fmt), mimetype=jobs.DOWNLOAD_FORMATS[fmt], as_attachment=True,
+    return send_file(job_files.download_as(ctx(), job, fmt), mimetype=job_files.DOWNLOAD_FORMATS[fmt], as_attachment=True,
                      download_name=f"{job['id']}.{fmt}", max_age=0)
 
 
@@ -229,7 +230,7 @@ def customize():
     job = jobs.get(ctx(), name, current_user())
     layer = None
     if job.get("python_layer"):
-        layer = jobs.input_file(ctx(), job, jobs.LAYER_FILE).decode("utf-8", "replace")
+        layer = job_files.input_file(ctx(), job, LAYER_FILE).decode("utf-8", "replace")
     from app.web.digits.common import epochs
-    return jsonify({"network": jobs.input_file(ctx(), job, jobs.NETWORK_FILE).decode("utf-8", "replace"),
+    return jsonify({"network": job_files.input_file(ctx(), job, NETWORK_FILE).decode("utf-8", "replace"),
                     "snapshots": epochs(job), "python_layer": layer})
