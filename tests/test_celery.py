@@ -211,15 +211,15 @@ def test_two_workers_share_eight_jobs_then_a_sigkilled_workers_job_resumes_on_th
     assert time.monotonic() - t0 < 5
 
 
-def _side_node_of(worker: CeleryWorker, fail: bool = True) -> int | None:
-    """The pid of a worker's side node (its child with --side-for)."""
+def _side_node_of(worker: CeleryWorker, role: str = "datasets", fail: bool = True) -> int | None:
+    """The pid of a worker's ``role`` side node (app.worker.side_nodes)."""
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == worker.proc.pid and b"--side-for" in argv:
+        if ppid == worker.proc.pid and b"--side-for" in argv and argv[argv.index(b"--role") + 1] == role.encode():
             return int(proc.name)
     assert not fail, f"no side node under {worker.name}"
     return None

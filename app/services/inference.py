@@ -30,19 +30,25 @@ def snapshot_model(ctx: Context, job: dict, iteration: int | None) -> tuple[int,
     return iteration, models[iteration]
 
 
-def run_sandboxed(ctx: Context, job: dict, runner: str, model: Path, work: Path) -> bool:
+def run_sandboxed(ctx: Context, job: dict, runner: str, model: Path, work: Path,
+                  wall_seconds: float | None = None) -> bool:
     """Run an inference runner (``app.contained.infer`` or ``.segment``) in
     the sandbox on this host, on the images staged in ``work`` with
     ``model``: the job's inputs, outputs and dataset read-only, ``work``
     writable, the administrator-added packages mounted; its output goes to
-    ``work/<runner>.log``. Whether it ran out of time."""
+    ``work/<runner>.log``, within ``wall_seconds`` (default: ``run_limits``;
+    a worker gets the web's, which is what the web waits for). Whether it
+    ran out of time."""
     ds = ctx.ws.dataset_dir(job["dataset"])
     inp = ctx.ws.input_dir(job["id"])
     spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", runner, str(inp), str(model), str(ds), str(work)],
                         read_only=[inp, ctx.ws.output_dir(job["id"]), ds], writable=[work], cwd=work)
     layer_env.mount(spec, ctx.cfg)   # administrator-added packages, read-only
     with open(_log_path(runner, work), "wb") as log:
-        code = sandbox.run(spec, ctx.containment, run_limits(ctx.cfg), log, log)
+        limits = run_limits(ctx.cfg)
+        if wall_seconds:
+            limits.wall_seconds = float(wall_seconds)
+        code = sandbox.run(spec, ctx.containment, limits, log, log)
     return bool(code.timed_out)
 
 
@@ -69,9 +75,11 @@ def run_contained(ctx: Context, job: dict, runner: str, model: Path, work: Path,
         record = offload.run_on_worker(ctx, job["id"], runner, model, work,
                                        run_limits(ctx.cfg).wall_seconds, what)
         timed_out, worker = bool(record.get("timed_out")), record.get("worker")
-        if record.get("error"):
-            raise ServiceError("internal_error", f"{what} could not run on worker {worker}: "
-                               f"{str(record['error'])[:300]}")
+        if record.get("gone"):
+            raise ServiceError("not_found", "The job was deleted meanwhile.")
+        if record.get("error"):     # its details are in that worker's log, not for the client
+            raise ServiceError("internal_error", f"{what} could not run on worker {worker} "
+                               f"({str(record['error'])[:80]}); see that worker's log.")
     else:
         timed_out = run_sandboxed(ctx, job, runner, model, work)
     inp = ctx.ws.input_dir(job["id"])

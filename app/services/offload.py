@@ -7,36 +7,53 @@ runs no user code it does not have to, so the request goes to the workers:
 
 * the web stages the images in a scratch directory under the jobs directory
   (the storage every host shares) and sends one ``layerbench.infer`` message
-  to the ``infer`` queue, with paths *relative to* the jobs directory (each
-  host resolves them against its own mount) and a reply token;
-* every worker host runs a side node beside its training node
-  (app.worker.celery_app.start_side_node), so a request never waits behind
-  hours of training; whichever node takes the message runs the same sandboxed runner
-  and pushes a reply record onto a Redis list named by the token;
+  to the ``infer`` queue: the job, the snapshot and the scratch directory as
+  paths *relative to* the jobs directory (each host resolves them against
+  its own mount), the run's time limit and a reply token;
+* every worker host runs an inference node beside its training node
+  (app.worker.celery_app), so a request never waits behind hours of
+  training; the node that takes the message first *claims* the request
+  (``take``), then runs the same sandboxed runner and pushes the outcome onto
+  a Redis list named by the token;
 * the web blocks on that list (BLPOP: woken at once, no polling of the
   shared directory, whose attribute caches may lag on NFS), then reads the
   runner's result from the scratch directory exactly as in local mode.
 
-The message expires when the web stops waiting for a worker to take it, so
-a request given up on is never run later for nobody. No live worker, or none
-that took it in time, is the service's fault (503), never the user's.
+Bounds: a request no worker claimed within ``INFER_QUEUE_SECONDS`` is given
+up (503) and can no longer be claimed (the claim and the give-up are one
+Redis SET NX: exactly one wins), so it never runs later for nobody; a
+claimed one is answered within its time limit plus a start-up margin. No
+live worker, or none in time, is the service's fault (503), never the
+user's.
+
+A message is data, not a command: a worker runs only the inference runners,
+only on a snapshot in that job's own output directory and only in a fresh
+scratch directory (``check_request``). The broker must still be private or
+password-protected (README "Several machines").
 """
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from pathlib import Path
 
 from app.core.errors import ServiceError
+from app.core.workspace import SNAPSHOT_PREFIX
 from app.services import queue
 from app.services.context import Context
 
 TASK_INFER = "layerbench.infer"
-RUNNERS = frozenset({"app.contained.infer", "app.contained.segment"})   # all a message may name
 INFER_QUEUE = "infer"
+RUNNERS = frozenset({"app.contained.infer", "app.contained.segment"})   # all a message may name
 REPLY_KEY = "layerbench:reply:{token}"
-REPLY_TTL_S = 600          # a reply nobody reads (the web gave up) goes away
+TAKEN_KEY = "layerbench:taken:{token}"
+KEY_TTL_S = 600            # replies and claims nobody reads any more go away
 START_MARGIN_S = 15        # a worker's sandbox and Caffe start-up, beyond the run's own limit
+MAX_WALL_S = 3600          # the longest run a message may ask for
+GAVE_UP = "gave-up"
+_SCRATCH = re.compile(r"\.scratch/[A-Za-z0-9_]{1,64}")
+_MODEL = re.compile(rf"{SNAPSHOT_PREFIX}_iter_\d{{1,12}}\.caffemodel")
 
 
 def relative(ctx: Context, path: Path) -> str:
@@ -44,55 +61,97 @@ def relative(ctx: Context, path: Path) -> str:
     return str(Path(path).resolve().relative_to(ctx.ws.root.resolve()))
 
 
-def resolve(ctx: Context, rel: str) -> Path:
-    """A message's relative path on this host; refuses anything that would
-    leave the jobs directory (a message is data, not a command)."""
-    root = ctx.ws.root.resolve()
-    path = (root / rel).resolve()
-    if rel.startswith("/") or not path.is_relative_to(root):
-        raise ValueError(f"path outside the jobs directory: {rel!r}")
-    return path
-
-
-def check_runner(runner: str) -> str:
-    """``runner`` if a message may name it (a message is data, not a command)."""
+def check_request(ctx: Context, body: dict) -> tuple[dict, str, Path, Path, float]:
+    """A worker's check of a message before it runs anything: (job row,
+    runner, model, scratch directory, wall seconds), or ValueError. The
+    runner is an inference runner, the model a snapshot in the job's own
+    output directory, the scratch directory one of the web's fresh ones (not
+    the jobs directory, not another job's files), no link anywhere."""
+    if not re.fullmatch(r"[0-9a-f]{32}", str(body.get("token"))):
+        raise ValueError("bad reply token")
+    runner = str(body.get("runner"))
     if runner not in RUNNERS:
         raise ValueError(f"not an inference runner: {runner!r}")
-    return runner
+    job = ctx.store.get_job(str(body.get("job")))
+    if job is None:
+        raise LookupError("the job no longer exists")
+    root = ctx.ws.root.resolve()
+    work_rel, model_rel = str(body.get("work")), str(body.get("model"))
+    if not _SCRATCH.fullmatch(work_rel):
+        raise ValueError("not a scratch directory")
+    work = root / work_rel
+    if work.is_symlink() or not work.is_dir() or work.resolve() != work:
+        raise ValueError("not a scratch directory")
+    out = ctx.ws.output_dir(job["id"])
+    name = Path(model_rel).name
+    model = out / name
+    if not _MODEL.fullmatch(name) or model_rel != relative(ctx, out / name) or model.is_symlink() \
+            or not model.is_file():
+        raise ValueError("not a snapshot of this job")
+    wall = float(body.get("wall_seconds") or 0)
+    if not 0 < wall <= MAX_WALL_S:
+        raise ValueError("bad time limit")
+    return job, runner, model, work, wall
 
 
 def run_on_worker(ctx: Context, job_id: str, runner: str, model: Path, work: Path,
                   run_seconds: float, what: str) -> dict:
     """Have a worker run ``runner`` for job ``job_id`` on ``model`` and the
-    files staged in ``work`` (see the module docstring); its reply record:
-    {"worker", "timed_out"} and, when the worker could not run it, "error". 503 when no worker is live, or
-    none answered in time."""
+    files staged in ``work`` within ``run_seconds`` (see the module
+    docstring); its outcome record: {"worker", "timed_out"} and, when the
+    worker could not run it, "error" (and "gone" if the job was deleted).
+    503 when no worker is live, or none claimed it in time."""
     from app.services import workers
+    if runner not in RUNNERS:
+        raise ValueError(runner)
     if not workers.live(ctx):
         raise ServiceError("unavailable", f"{what} runs on a worker, and no worker is running; "
                            "start one (make worker) and try again.")
     token = secrets.token_hex(16)
     take_within = float(ctx.cfg["INFER_QUEUE_SECONDS"])
-    body = {"job": job_id, "runner": check_runner(runner), "model": relative(ctx, model),
-            "work": relative(ctx, work), "token": token}
-    wait = int(take_within + run_seconds + START_MARGIN_S)
+    body = {"job": job_id, "runner": runner, "model": relative(ctx, model), "work": relative(ctx, work),
+            "token": token, "wall_seconds": run_seconds}
+    reply_key = REPLY_KEY.format(token=token)
+    run_wait = int(run_seconds + START_MARGIN_S)
     try:
-        r = queue.redis_client(ctx.cfg, read_timeout=wait + 10)
+        r = queue.redis_client(ctx.cfg, read_timeout=max(take_within, run_wait) + 10)
         queue.client(ctx.cfg).send_task(TASK_INFER, args=[body], queue=INFER_QUEUE, expires=take_within)
-        got = r.blpop([REPLY_KEY.format(token=token)], timeout=wait)
+        got = r.blpop([reply_key], timeout=max(1, int(take_within)))
+        if got is None:
+            # Nobody claimed it in time: give it up, unless a worker claims
+            # it this very moment (then its claim won, and it runs).
+            if r.set(TAKEN_KEY.format(token=token), GAVE_UP, nx=True, ex=KEY_TTL_S):
+                raise ServiceError("unavailable", f"No worker took the {what.lower()} request within "
+                                   f"{take_within:.0f} s (all busy or stopped); try again shortly.")
+            got = r.blpop([reply_key], timeout=5)
+        record = json.loads(got[1]) if got else {}
+        if record.get("claimed"):                # the worker runs it now
+            got = r.blpop([reply_key], timeout=run_wait)
+            record = json.loads(got[1]) if got else {}
+    except ServiceError:
+        raise
     except Exception as exc:     # the broker is down: not the user's doing
         raise ServiceError("unavailable", f"{what} could not reach the queue ({type(exc).__name__}); "
                            "try again shortly.") from None
-    if got is None:
-        raise ServiceError("unavailable", f"No worker answered the {what.lower()} request within "
-                           f"{wait} s (all busy or stopped); "
-                           "try again shortly.")
-    return json.loads(got[1])
+    if not record or "claimed" in record:
+        raise ServiceError("unavailable", f"The worker running the {what.lower()} request did not answer "
+                           f"within {run_wait} s; try again shortly.")
+    return record
+
+
+def take(ctx: Context, token: str, worker: str) -> bool:
+    """The worker's claim of a request, before it runs anything: False when
+    the web gave up on it (or another delivery of it claimed it)."""
+    r = queue.redis_client(ctx.cfg)
+    if not r.set(TAKEN_KEY.format(token=token), worker, nx=True, ex=KEY_TTL_S):
+        return False
+    reply(ctx, token, {"claimed": worker})
+    return True
 
 
 def reply(ctx: Context, token: str, record: dict) -> None:
     """The worker's side: wake the web request waiting on ``token``."""
     key = REPLY_KEY.format(token=token)
-    r = queue.redis_client(ctx.cfg)
-    r.rpush(key, json.dumps(record))
-    r.expire(key, REPLY_TTL_S)
+    pipe = queue.redis_client(ctx.cfg).pipeline(transaction=True)
+    pipe.rpush(key, json.dumps(record)).expire(key, KEY_TTL_S)
+    pipe.execute()

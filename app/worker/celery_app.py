@@ -7,7 +7,7 @@ training runs in its own sandboxed process anyway (runner.run_job, the very
 function the local queue calls), and threads share the allocator that hands
 each job its GPU. Its queues are what it offers (``queues_for``); the broker
 settings, each with its reason, are ``app.services.queue.settings``.
-Beside it, a side node (``start_side_node``) takes this host's share of
+Beside it, side nodes (app.worker.side_nodes) take this host's share of
 inference requests and dataset builds, which must not wait behind training.
 
 Liveness and hand-over of dead workers' jobs: app.worker.heartbeat. Every
@@ -17,13 +17,9 @@ setting comes from the same ``LAYERBENCH_*`` environment as the web
 from __future__ import annotations
 
 import argparse
-import signal
 import socket
-import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
 from celery import Celery, signals
 
@@ -33,6 +29,7 @@ from app.core.workspace import Workspace
 from app.services import inference, offload, queue
 from app.services.context import Context
 from app.store import Store, now_iso
+from app.worker import side_nodes
 from app.worker.heartbeat import Heartbeat
 from app.worker.runner import run_job
 from app.worker.supervisor import Allocator
@@ -48,16 +45,11 @@ SHUTDOWN = threading.Event()      # set on the worker's warm shutdown (SIGTERM)
 _alloc_lock = threading.Lock()
 
 
-# What each host's side node (start_side_node) consumes: work that must not
-# wait behind training, as it does not wait in the local queue either.
-SIDE_QUEUES = (offload.INFER_QUEUE, queue.DATASET_QUEUE)
-
-
 def queues_for(gpus: list[int]) -> list[str]:
     """The Celery queues a worker offering ``gpus`` consumes (see
     ``queue.job_queue``): a GPU host takes ``gpu``, ``gpu.N`` for each GPU
     it has, and ``auto``; a CPU-only host ``cpu`` and ``auto``. (Dataset
-    builds and inference go to the host's side node: ``SIDE_QUEUES``.)"""
+    builds and inference go to the host's side nodes: app.worker.side_nodes.)"""
     own = ["gpu", *[f"gpu.{i}" for i in gpus]] if gpus else ["cpu"]
     return [*own, "auto"]
 
@@ -120,25 +112,28 @@ def build_dataset_task(ds_id: str) -> str:
     return build(context(), ds_id, worker=STATE["node"])
 
 
-@app.task(name=offload.TASK_INFER, acks_late=False)
+@app.task(name=offload.TASK_INFER)
 def infer_task(body: dict) -> str:
-    """Run one inference request here and wake the web request waiting on
-    it (app.services.offload). Acknowledged when it starts, unlike a job: a
-    request whose node dies mid-run is not run again for a web request that
-    has given up on it."""
+    """Run one inference request here, if the web still waits for it, and
+    wake the request with the outcome (app.services.offload). Acknowledged
+    when it ends, like a job, so a node busy with requests reserves no more
+    (other hosts' nodes take them); a redelivered one has expired or is
+    already claimed, so it never runs twice or for nobody."""
     ctx = context()
+    token = str(body.get("token"))
+    if not offload.take(ctx, token, STATE["node"]):
+        return "given up"
     record = {"worker": STATE["node"], "timed_out": False}
     try:
-        job = ctx.store.get_job(str(body["job"]))
-        if job is None:
-            raise LookupError("the job no longer exists")
-        record["timed_out"] = inference.run_sandboxed(
-            ctx, job, offload.check_runner(str(body["runner"])), offload.resolve(ctx, str(body["model"])),
-            offload.resolve(ctx, str(body["work"])))
-    except Exception as exc:     # reported to the waiting request as the service's fault
-        record["error"] = f"{type(exc).__name__}: {exc}"
+        job, runner, model, work, wall = offload.check_request(ctx, body)
+        record["timed_out"] = inference.run_sandboxed(ctx, job, runner, model, work, wall_seconds=wall)
+    except LookupError:
+        record.update(error="the job was deleted", gone=True)
+    except Exception as exc:     # the service's fault; the details stay in this node's log
+        print(f"inference request {token}: {exc!r}", file=sys.stderr, flush=True)
+        record["error"] = type(exc).__name__
     finally:
-        offload.reply(ctx, str(body["token"]), record)
+        offload.reply(ctx, token, record)
     return "error" if "error" in record else "ok"
 
 
@@ -169,18 +164,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="Celery node name, NAME@HOST (default $LAYERBENCH_WORKER_NAME or layerbench@<hostname>)")
     p.add_argument("--gpus", default=CFG["WORKER_GPUS"], help="GPUs offered: 0,1 or none (default: all found)")
     p.add_argument("--loglevel", default="INFO")
-    # The side node main() starts beside this host's worker (see
-    # start_side_node); its value is the worker it serves.
+    # A side node (app.worker.side_nodes) started by this host's worker.
     p.add_argument("--side-for", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--role", choices=side_nodes.ROLES, default="infer", help=argparse.SUPPRESS)
+    p.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.side_for:
+        side_nodes.die_with_parent(args.parent_pid)
         STATE["node"] = args.side_for      # replies name the host's worker, as the Workers page does
         context()
-        # One thread more than the inference requests it takes at once, so
-        # one dataset build (minutes) leaves them theirs.
-        threads = max(1, int(CFG["INFER_CONCURRENCY"])) + 1
-        app.worker_main(["worker", "-n", args.name, "-P", "threads", "-c", str(threads),
-                         "-Q", ",".join(SIDE_QUEUES), "-l", args.loglevel, "--without-mingle", "--without-gossip"])
+        app.worker_main(["worker", "-n", args.name, "-P", "threads", "-c", str(side_nodes.threads(args.role, CFG)),
+                         "-Q", side_nodes.role_queue(args.role)[0], "-l", args.loglevel,
+                         "--without-mingle", "--without-gossip"])
         return
     gpus = offered_gpus(args.gpus)
     slots = len(gpus) or int(CFG["WORKER_CONCURRENCY"]) or 1
@@ -192,8 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     beat.start()
     print(f"worker {args.name}: GPUs {gpus}, {slots} slot(s), queues {queues_for(gpus)}, "
           f"containment {ctx.containment}", file=sys.stderr, flush=True)
-    side = SideNode(args.name, args.loglevel)
-    side.start()
+    sides = [side_nodes.SideNode(args.name, role, args.loglevel) for role in side_nodes.ROLES]
+    for side in sides:
+        side.start()
     try:
         app.worker_main(["worker", "-n", args.name, "-P", "threads", "-c", str(slots),
                          "-Q", ",".join(queues_for(gpus)), "-l", args.loglevel,
@@ -201,58 +197,14 @@ def main(argv: list[str] | None = None) -> None:
                          "--without-mingle", "--without-gossip"])
     finally:
         beat.stop.set()
-        side.stop(float(CFG["VALIDATE_TIMEOUT"]) * 2 + 10)
+        for side in sides:
+            side.stop()
+        for side in sides:
+            # An inference request finishes (a client waits for it); a build
+            # gets 30 s, then its node is killed and another host's builds it
+            # again (its heartbeat stops: app.worker.heartbeat).
+            side.wait(30.0 if side.role == "datasets" else float(CFG["VALIDATE_TIMEOUT"]) * 2 + 10)
         beat.join(10)
-
-
-class SideNode(threading.Thread):
-    """Keeps this host's side node running: started with the worker, and
-    started again when it exits on its own (killed, out of memory), at most
-    every RESTART_EVERY_S so a node that cannot start does not spin."""
-
-    RESTART_EVERY_S = 5.0
-
-    def __init__(self, worker: str, loglevel: str) -> None:
-        super().__init__(name="layerbench-side-node", daemon=True)
-        self.worker, self.loglevel = worker, loglevel
-        self.stopping = threading.Event()
-        self.proc = start_side_node(worker, loglevel)
-        self.started = time.monotonic()
-
-    def run(self) -> None:
-        while not self.stopping.wait(0.5):
-            if self.proc.poll() is not None and time.monotonic() - self.started >= self.RESTART_EVERY_S:
-                print(f"side node of {self.worker} exited ({self.proc.returncode}); starting it again",
-                      file=sys.stderr, flush=True)
-                self.proc = start_side_node(self.worker, self.loglevel)
-                self.started = time.monotonic()
-
-    def stop(self, timeout: float) -> None:
-        """A warm shutdown: a request or build it runs finishes (within ``timeout``)."""
-        self.stopping.set()
-        self.join(5)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def start_side_node(name: str, loglevel: str) -> subprocess.Popen:
-    """This host's side node: a second Celery worker process consuming
-    ``SIDE_QUEUES`` (inference requests, dataset builds) with
-    INFER_CONCURRENCY + 1 threads. A separate node because a Celery worker
-    has one pool for all its queues: sharing the training slots, a request
-    or a build would wait behind days of training. It gets SIGTERM when this
-    process dies, even by SIGKILL (no orphans)."""
-    base, _, host = name.partition("@")
-    def die_with_parent() -> None:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    node = f"{base}-side@{host}" if host else f"{base}-side"
-    return subprocess.Popen([sys.executable, "-m", "app.worker.celery_app", "-n", node, "--loglevel", loglevel,
-                             "--side-for", name], cwd=Path(__file__).resolve().parents[2],
-                            preexec_fn=die_with_parent)
 
 
 if __name__ == "__main__":
