@@ -155,8 +155,10 @@ def job_events(job_id: str):
     store, ws = c.store, c.ws
 
     def stream():
-        from app.worker.runner import _Tail
-        tail = _Tail(ws.output_dir(job_id) / METRICS_FILE)
+        # Run-fenced, and restarted/resumed records kept in order: the page
+        # applies them as job_files.metrics does (app.services.live_metrics).
+        from app.services.live_metrics import MetricsFeed
+        tail = MetricsFeed(ws.output_dir(job_id) / METRICS_FILE)
         log_offset, last = 0, None
         deadline = time.monotonic() + 6 * 3600
         while time.monotonic() < deadline:
@@ -169,7 +171,7 @@ def job_events(job_id: str):
             if key != last:
                 last = key
                 yield f"event: status\ndata: {json.dumps(body)}\n\n"
-            recs = tail.lines()
+            recs = tail.records()
             if recs:
                 yield f"event: metrics\ndata: {json.dumps(recs)}\n\n"
             chunk, log_offset, size = job_files.log(c, cur, log_offset, 64 * 1024)

@@ -262,8 +262,12 @@ def spec() -> dict:
                 "400": _ERRORS["400"]},
                 params=jid + [{"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
                 op_id="jobLog")},
-            "/api/v1/jobs/{job_id}/events": {"get": _op("Server-Sent Events: status, metrics, log, end", {
-                "200": {"description": "event stream", "content": {"text/event-stream": {}}}}, params=jid)},
+            "/api/v1/jobs/{job_id}/events": {"get": {**_op("Server-Sent Events: status, metrics, log, end", {
+                "200": {"description": "event stream", "content": {"text/event-stream": {}}}}, params=jid),
+                "description": "A `metrics` event holds metrics.jsonl's new records in order (a superseded "
+                "run's late ones left out). Applied in order they give /metrics: `train`/`val`/`lr` append "
+                "a point, `restarted` clears every series, `resumed` with `iteration` N drops the points "
+                "after iteration N."}},
             "/api/v1/jobs/{job_id}/abort": {"post": _op("Abort", {"202": _json(_ref("Job"), "Aborting"),
                                                                  "409": _ERRORS["409"]}, params=jid,
                                                           op_id="abortJob")},

@@ -42,10 +42,37 @@
           if (kind === "val") ds.pointRadius = 2;
           chart.data.datasets.push(ds);
         }
-        ds.data.push({ x: xOf(p), y: p[k] });
+        // The iteration rides along: a "resumed" record truncates by it.
+        ds.data.push({ x: xOf(p), y: p[k], iteration: p.iteration });
       });
     });
     chart.update("none");
+  }
+
+  // A "restarted" record (after === null: every point) or a "resumed" one
+  // (after = its iteration) supersedes points, as /metrics drops them.
+  function dropAfter(after) {
+    Object.keys(series).forEach(function (name) {
+      var ds = series[name];
+      ds.data = after === null ? [] : ds.data.filter(function (pt) {
+        return !(typeof pt.iteration === "number" && pt.iteration > after);
+      });
+    });
+    outputs.update("none"); lr.update("none");
+  }
+
+  // Records in file order (the stream already left out superseded runs').
+  function applyRecords(recs) {
+    var by = { train: [], val: [], lr: [] };
+    function flush() {
+      Object.keys(by).forEach(function (k) { if (by[k].length) addPoints(k, by[k]); by[k] = []; });
+    }
+    recs.forEach(function (r) {
+      if (r.type === "restarted") { flush(); dropAfter(null); }
+      else if (r.type === "resumed" && Number.isInteger(r.iteration)) { flush(); dropAfter(r.iteration); }
+      else if (by[r.type]) by[r.type].push(r);
+    });
+    flush();
   }
 
   function fmtEta(s) {
@@ -109,11 +136,7 @@
     if (!window.EventSource) return poll();
     var es = new EventSource(api + "/events");
     es.addEventListener("status", function (e) { showStatus(JSON.parse(e.data)); });
-    es.addEventListener("metrics", function (e) {
-      var recs = JSON.parse(e.data), by = { train: [], val: [], lr: [] };
-      recs.forEach(function (r) { if (by[r.type]) by[r.type].push(r); });
-      Object.keys(by).forEach(function (k) { if (by[k].length) addPoints(k, by[k]); });
-    });
+    es.addEventListener("metrics", function (e) { applyRecords(JSON.parse(e.data)); });
     es.addEventListener("log", function (e) { appendLog(JSON.parse(e.data)); });
     es.addEventListener("end", function () { es.close(); });
     es.onerror = function () { es.close(); if (ended.indexOf(root.dataset.status) < 0) setTimeout(poll, 2000); };
