@@ -75,6 +75,16 @@ datasets = sa.Table(
     sa.Column("created_at", sa.String(40), nullable=False),
     sa.Column("info", sa.Text, nullable=False, default="{}"),
     sa.Column("error", sa.Text),
+    # The build under way (migrations/versions/0003_dataset_builds.py): the
+    # token of the run that claimed it, its worker and heartbeat. Every write
+    # of a build is conditional on its token, and a hand-over clears the
+    # token, so a build that was only slow can never take its dataset back.
+    sa.Column("build_token", sa.String(40)),
+    sa.Column("build_worker", sa.String(200)),
+    sa.Column("build_heartbeat_at", sa.Float),
+    # JSON list, one entry per hand-over of a build whose worker died (its
+    # length is the queuing generation: app.services.queue.build_generation).
+    sa.Column("handovers", sa.Text),
 )
 
 users = sa.Table(
@@ -118,7 +128,7 @@ _GET_TOKEN_USER = (sa.select(users.c.name, users.c.admin).join(tokens, tokens.c.
 _GET_JOB_EVENTS = job_events.select().where(job_events.c.job_id == sa.bindparam("key")).order_by(job_events.c.id)
 
 # Columns stored as JSON text and decoded on read.
-_JSON_COLUMNS = ("params", "python_layer", "metrics", "snapshots", "error", "info")
+_JSON_COLUMNS = ("params", "python_layer", "metrics", "snapshots", "error", "info", "handovers")
 
 
 def now_iso() -> str:
@@ -177,6 +187,49 @@ class DatasetStore:
         """Atomically move a dataset between states; False if it was not in ``from_status``."""
         q = (datasets.update().where(datasets.c.id == dataset_id, datasets.c.status == from_status)
              .values(status=to_status))
+        with self.engine.begin() as conn:
+            return conn.execute(q).rowcount > 0
+
+    # A dataset build's writes: each one UPDATE whose WHERE is the fence.
+    def claim_dataset_build(self, dataset_id: str, token: str, worker: str | None, now: float) -> bool:
+        """queued -> running for the build run ``token`` on ``worker``, its
+        heartbeat ``now``, in one compare-and-set (a running row always has
+        a token and a heartbeat); False when it was not queued."""
+        return self._dataset_cas(
+            dataset_id, [datasets.c.status == "queued"],
+            status="running", build_token=token, build_worker=worker, build_heartbeat_at=now)
+
+    def beat_dataset_build(self, dataset_id: str, token: str, now: float, info: dict) -> bool:
+        """The heartbeat (and progress, in ``info``) of build run ``token``,
+        written only while it still owns the running dataset; False: it was
+        handed over or ended (aborted, deleted) meanwhile."""
+        return self._dataset_cas(
+            dataset_id, [datasets.c.status == "running", datasets.c.build_token == token],
+            build_heartbeat_at=now, info=info)
+
+    def hand_over_dataset_build(self, dataset_id: str, token: str | None, beat_before: float,
+                                **fields: Any) -> bool:
+        """running -> ``fields["status"]`` (queued again, or error) for the
+        build run ``token`` whose heartbeat is still older than
+        ``beat_before``, clearing the token (so that run can write nothing
+        more); of several workers noticing, exactly one does it, and a run
+        that beat meanwhile keeps its dataset."""
+        return self._dataset_cas(
+            dataset_id, [datasets.c.status == "running", datasets.c.build_token.is_not_distinct_from(token),
+                         sa.func.coalesce(datasets.c.build_heartbeat_at, 0) < beat_before],
+            build_token=None, **fields)
+
+    def end_dataset_build(self, dataset_id: str, token: str, **fields: Any) -> bool:
+        """The end (status, error, info) of build run ``token``, written only
+        while the token is still its own: running, or moved to error by its
+        owner's abort (which keeps the token); never after a hand-over. A
+        ``done`` end only while still running: an abort that came first wins."""
+        ended = ["running"] if fields.get("status") == "done" else ["running", "error"]
+        return self._dataset_cas(dataset_id, [datasets.c.build_token == token, datasets.c.status.in_(ended)],
+                                 build_token=None, **fields)
+
+    def _dataset_cas(self, dataset_id: str, where: list, **fields: Any) -> bool:
+        q = datasets.update().where(datasets.c.id == dataset_id, *where).values(**_encoded(fields))
         with self.engine.begin() as conn:
             return conn.execute(q).rowcount > 0
 
@@ -506,6 +559,11 @@ class Store(UserStore, DatasetStore):
         with self.engine.begin() as conn:
             conn.execute(job_events.delete().where(job_events.c.job_id == job_id))
             conn.execute(jobs.delete().where(jobs.c.id == job_id))
+
+
+def _encoded(fields: dict) -> dict:
+    """Column values as stored (the JSON columns as text)."""
+    return {k: (json.dumps(v) if k in _JSON_COLUMNS and v is not None else v) for k, v in fields.items()}
 
 
 def _decode(row) -> dict:

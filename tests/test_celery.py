@@ -137,13 +137,13 @@ def test_two_workers_share_eight_jobs_then_a_sigkilled_workers_job_resumes_on_th
         "val_percent": "25", "archive": (BytesIO(_zip(_pngs(classes=range(10), per_class=80))), "d.zip")})
     assert resp.status_code == 202, resp.get_json()
     ds_id, store = resp.get_json()["id"], app.extensions["store"]
-    builder = _wait(lambda: (store.get_dataset(ds_id)["info"].get("builder") or {}).get("worker"), 60, "no build")
+    builder = _wait(lambda: store.get_dataset(ds_id)["build_worker"], 60, "no build")
     side = _side_node_of(next(w for w in workers if w.name == builder))
     os.kill(side, signal.SIGKILL)
     built = _wait(lambda: (d := client.get(f"/api/v1/datasets/{ds_id}").get_json())["status"] in ("done", "error")
                   and d, 90, "the build never ended")
     assert built["status"] == "done" and built["train_count"] + built["val_count"] == 800, built
-    assert [h["worker"] for h in store.get_dataset(ds_id)["info"]["handovers"]] == [builder]
+    assert [h["worker"] for h in store.get_dataset(ds_id)["handovers"]] == [builder]
     _wait(lambda: _side_node_of(next(w for w in workers if w.name == builder), fail=False), 30,
           "the killed side node was not started again")
 

@@ -54,16 +54,26 @@ def _old_rows_survive(store: Store) -> None:
     store.insert_job(id="20260102-000000-bbbbbbbb", name="new", owner="olduser", device="cpu", params={})
     store.beat_worker("w@h", host="h", pid=1, gpus=[], slots=1, jobs=[], started_at="x", heartbeat_at=1.0)
     assert [w["name"] for w in store.list_workers(alive_since=0)] == ["w@h"]
+    # ... and the dataset build columns of 0003 (empty on old rows).
+    old = store.get_dataset("old-ds")
+    assert (old["build_token"], old["build_worker"], old["build_heartbeat_at"], old["handovers"]) == (None,) * 4
+    store.upsert_dataset("old-ds", status="running")    # a build under way across the upgrade: no token
+    assert store.hand_over_dataset_build("old-ds", None, 1.0, status="queued", handovers=[{"worker": None}])
+    assert store.claim_dataset_build("old-ds", "t1", "w@h", 5.0)
+    assert not store.hand_over_dataset_build("old-ds", None, 6.0, status="queued")   # t1 owns it now
+    assert store.hand_over_dataset_build("old-ds", "t1", 6.0, status="queued",
+                                         handovers=[{"worker": None}, {"worker": "w@h"}])
+    assert [h["worker"] for h in store.get_dataset("old-ds")["handovers"]] == [None, "w@h"]
 
 
 def test_a_new_sqlite_database_is_created_at_head_and_matches_the_model(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'new.sqlite3'}")
     assert store.schema_revision() is None
     store.create_schema()
-    assert store.schema_revision() == _head() == "0002"
+    assert store.schema_revision() == _head() == "0003"
     assert _drift(store) == []
     store.create_schema()         # idempotent: every start runs it
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
 
 
 def test_a_pre_alembic_sqlite_database_is_upgraded_in_place(tmp_path):
@@ -77,7 +87,7 @@ def test_a_pre_alembic_sqlite_database_is_upgraded_in_place(tmp_path):
     store = Store(f"sqlite:///{path}")
     assert store.schema_revision() is None
     store.create_schema()
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
     assert _drift(store) == []
     _old_rows_survive(store)
 
@@ -90,7 +100,7 @@ def test_the_cli_upgrades_and_reports_the_revision(tmp_path, sample_datasets):
     out = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db-upgrade"],
                          cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "0002" in out.stdout
+    assert "0003" in out.stdout
 
 
 def test_a_pre_alembic_postgresql_database_is_upgraded_in_place(postgres):
@@ -116,7 +126,7 @@ def test_a_pre_alembic_postgresql_database_is_upgraded_in_place(postgres):
     store = Store(url)
     assert store.schema_revision() is None
     store.create_schema()
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
     assert _drift(store) == []
     _old_rows_survive(store)
     store.engine.dispose()
@@ -126,6 +136,6 @@ def test_a_new_postgresql_database_matches_the_model(postgres):
     store = Store(postgres.create_db("fresh"))
     store.create_schema()
     store.create_schema()
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
     assert _drift(store) == []
     store.engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -77,58 +78,41 @@ def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owne
 
 
 BEAT_EVERY_S = 1.0    # how often a build writes its heartbeat (celery: app.worker.heartbeat)
+log = logging.getLogger(__name__)
 
 
 def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
-    """Run a queued dataset's build to its end; its final status. The build
-    writes a heartbeat (``info.builder``: a token of this run, ``worker``,
-    ``heartbeat_at``) so that, in the celery queue, a build whose worker died
-    is handed over (app.worker.heartbeat); a build that finds its dataset
-    handed over meanwhile stops and leaves everything to the new one
-    ("superseded")."""
-    if not ctx.store.claim_dataset(ds_id, DatasetStatus.QUEUED.value, DatasetStatus.RUNNING.value):
+    """Run a queued dataset's build to its end; its final status ("skipped"
+    when it was not queued). The claim gives the run a token, its worker and
+    a heartbeat (the dataset's ``build_*`` columns), and every later write of
+    the run is fenced by that token, so that, in the celery queue, a build
+    whose worker died is handed over (app.worker.heartbeat) and a build that
+    was only slow finds itself handed over, stops and leaves everything to
+    the new one ("superseded"). Whatever fails, the build ends (``error``
+    with why) and its sandboxed process is killed."""
+    token = secrets.token_hex(8)
+    if not ctx.store.claim_dataset_build(ds_id, token, worker, time.time()):
         return "skipped"
     root = ctx.ws.dataset_dir(ds_id)
     upload, out = root / "upload", root / "build"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
     info = (ctx.store.get_dataset(ds_id) or {}).get("info") or {}
-    token = secrets.token_hex(8)
-    info["builder"] = {"token": token, "worker": worker, "heartbeat_at": time.time()}
-    ctx.store.upsert_dataset(ds_id, info=info)
-    spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset", str(upload / "archive"),
-                         str(out), str(upload / DATASET_PARAMS_FILE)], read_only=[upload], writable=[out], cwd=out)
-    limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
-                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
-                            memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
-    status, error = DatasetStatus.ERROR.value, None
+    info.pop("builder", None)     # where builds kept their token before build_token
+    proc = None
     try:
-        with open(root / "build.log", "ab") as log:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset",
+                             str(upload / "archive"), str(out), str(upload / DATASET_PARAMS_FILE)],
+                            read_only=[upload], writable=[out], cwd=out)
+        limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
+                                address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
+                                memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+        with open(root / "build.log", "ab") as build_log:
             t0 = time.monotonic()
-            proc = sandbox.start(spec, ctx.containment, limits, log, log)
-            last_beat = 0.0
-            while proc.poll() is None:
-                if time.monotonic() - t0 > limits.wall_seconds:
-                    sandbox.kill(proc)
-                    break
-                try:
-                    p = json.loads(Workspace.read_capped(out / PROGRESS_FILE, 4096))
-                    progress = float(p.get("progress", 0))
-                except (OSError, ValueError, TypeError, AttributeError):
-                    progress = info.get("progress")
-                if progress != info.get("progress") or time.monotonic() - last_beat >= BEAT_EVERY_S:
-                    info["progress"] = progress
-                    info["builder"]["heartbeat_at"] = time.time()
-                    ctx.store.upsert_dataset(ds_id, info=info)
-                    last_beat = time.monotonic()
-                now = _owner(ctx, ds_id, token)
-                if now != "mine":
-                    sandbox.kill(proc)      # aborted, or handed over: stop building
-                    if now == "superseded":
-                        return "superseded"   # the new build owns the files now
-                    break
-                time.sleep(0.2)
-            # Ended (or killed above): give its uid and cgroup back now, not
+            proc = sandbox.start(spec, ctx.containment, limits, build_log, build_log)
+            if _watch(ctx, ds_id, token, info, proc, limits, t0, out) == "superseded":
+                return "superseded"   # the new build owns the files now
+            # Ended (or killed): give its uid and cgroup back now, not
             # whenever the Popen is collected.
             sandbox.wait(proc, limits, t0)
         status, error, built = _outcome(out, timed_out=time.monotonic() - t0 > limits.wall_seconds)
@@ -139,31 +123,81 @@ def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
             status, error, built = DatasetStatus.ERROR.value, ABORTED, {}
         if status == DatasetStatus.DONE:
             _publish(out, root)
-            info = dict(built, progress=1.0, params=info.get("params"),
-                        **({"handovers": info["handovers"]} if info.get("handovers") else {}))
-    except OSError as exc:
-        status, error = DatasetStatus.ERROR.value, f"the build failed: {exc}"
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(upload, ignore_errors=True)   # nothing half-made is left
-    info.pop("builder", None)
-    ctx.store.upsert_dataset(ds_id, status=status, error=error, info=info)
+    except BaseException as exc:
+        # Never leave the builder running, nor its uid leased.
+        if proc is not None and proc.poll() is None:
+            sandbox.kill(proc)
+        elif proc is not None:
+            sandbox.wait(proc, limits, t0)
+        if not isinstance(exc, Exception):
+            raise
+        if not isinstance(exc, OSError):
+            log.exception("building dataset %s failed", ds_id)
+        if _owner(ctx, ds_id, token) == "superseded":
+            return "superseded"
+        status, error, built = DatasetStatus.ERROR.value, f"the build failed: {exc}"[:2000], {}
+    return _end(ctx, ds_id, token, root, status, error, info, built)
+
+
+def _watch(ctx: Context, ds_id: str, token: str, info: dict, proc, limits: sandbox.Limits, t0: float,
+           out: Path) -> str:
+    """Follow the builder until it ends, writing the run's heartbeat and
+    progress; kill it past its wall-clock limit or once the dataset is no
+    longer this run's. Whose the dataset is then (see ``_owner``)."""
+    last_beat = 0.0
+    while proc.poll() is None:
+        if time.monotonic() - t0 > limits.wall_seconds:
+            sandbox.kill(proc)
+            break
+        try:
+            p = json.loads(Workspace.read_capped(out / PROGRESS_FILE, 4096))
+            progress = float(p.get("progress", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            progress = info.get("progress")
+        if progress != info.get("progress") or time.monotonic() - last_beat >= BEAT_EVERY_S:
+            info["progress"], last_beat = progress, time.monotonic()
+            mine = ctx.store.beat_dataset_build(ds_id, token, time.time(), info)
+        else:
+            mine = _owner(ctx, ds_id, token) == "mine"   # an abort is noticed within a poll
+        if not mine:
+            sandbox.kill(proc)      # aborted, or handed over: stop building
+            return _owner(ctx, ds_id, token)
+        time.sleep(0.2)
+    return "mine"
+
+
+def _owner(ctx: Context, ds_id: str, token: str) -> str:
+    """Whose build this is now: "mine" (running, this run's token),
+    "superseded" (another token or none: handed over, perhaps built or
+    failed since), or "ended" (this run's token but no longer running: its
+    owner aborted it; or the dataset was deleted)."""
+    ds = ctx.store.get_dataset(ds_id)
+    if ds is None:
+        return "ended"
+    if ds.get("build_token") != token:
+        return "superseded"
+    return "mine" if ds["status"] == DatasetStatus.RUNNING else "ended"
+
+
+def _end(ctx: Context, ds_id: str, token: str, root: Path, status: str, error: str | None, info: dict,
+         built: dict) -> str:
+    """Write the run's end (fenced by its token), then remove what is left
+    of the build and move the jobs waiting on it on; the final status, or
+    "superseded" when it was handed over meanwhile (nothing is touched)."""
+    final = dict(built, progress=1.0, params=info.get("params")) if status == DatasetStatus.DONE else info
+    written = ctx.store.end_dataset_build(ds_id, token, status=status, error=error, info=final)
+    if not written and status == DatasetStatus.DONE and _owner(ctx, ds_id, token) == "ended":
+        # Its owner aborted it after the last look: the abort wins.
+        status, error = DatasetStatus.ERROR.value, ABORTED
+        written = ctx.store.end_dataset_build(ds_id, token, status=status, error=error, info=info)
+    if not written and _owner(ctx, ds_id, token) == "superseded":
+        return "superseded"
+    shutil.rmtree(root / "build", ignore_errors=True)
+    shutil.rmtree(root / "upload", ignore_errors=True)   # nothing half-made is left
     # Jobs created while it built now validate and queue (or end in error).
     from app.services import waiting
     waiting.release(ctx, ds_id)
     return status
-
-
-def _owner(ctx: Context, ds_id: str, token: str) -> str:
-    """Whose build this is now: "mine" (still running, this run's token),
-    "superseded" (handed over: queued again or another run's token), or
-    "ended" (aborted by its owner, or deleted)."""
-    ds = ctx.store.get_dataset(ds_id)
-    if ds is None:
-        return "ended"
-    if ds["status"] == DatasetStatus.QUEUED or (
-            ds["status"] == DatasetStatus.RUNNING and ((ds.get("info") or {}).get("builder") or {}).get("token") != token):
-        return "superseded"
-    return "mine" if ds["status"] == DatasetStatus.RUNNING else "ended"
 
 
 def _outcome(out: Path, timed_out: bool) -> tuple[str, str | None, dict]:

@@ -127,8 +127,10 @@ def enqueue_job(c: Context, job: dict) -> None:
 
 def build_generation(ds: dict | None) -> int:
     """Which queuing of a dataset build this is: 0, then one more per
-    hand-over of a build whose worker died (app.worker.heartbeat)."""
-    return len(((ds or {}).get("info") or {}).get("handovers") or [])
+    hand-over of a build whose worker died (the dataset's ``handovers``,
+    written by app.worker.heartbeat in the same fenced UPDATE as the
+    hand-over, so it never goes back and a generation is never reused)."""
+    return len((ds or {}).get("handovers") or [])
 
 
 def enqueue_dataset(c: Context, ds_id: str) -> None:

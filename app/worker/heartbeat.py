@@ -1,9 +1,11 @@
 """Liveness across hosts, for the celery queue.
 
-Two heartbeats, both in the store (the one thing every host shares):
+Three heartbeats, all in the store (the one thing every host shares):
 
 * a job's: ``jobs.heartbeat_at``, written by the runner's watch loop every
   0.5 s while its process lives (runner._watch);
+* a dataset build's: ``datasets.build_heartbeat_at``, written every second
+  by its build (app.services.datasets.build), fenced by its token;
 * a worker's: its row in ``workers``, written by ``Heartbeat`` below every
   ``HEARTBEAT_SECONDS``, with its host, GPUs and current jobs (what /healthz
   and the Workers page list).
@@ -137,32 +139,38 @@ def hand_over_stale_builds(ctx: Context, stale_after: float) -> list[str]:
     """Dataset builds whose heartbeat (datasets.build writes it) is older
     than ``stale_after`` seconds lost their worker: queued again to build
     from the upload, which a dead build never got to remove (at most
-    ``MAX_AUTO_RETRIES`` times, then ``error`` with why). Their ids."""
+    ``MAX_AUTO_RETRIES`` times, then ``error`` with why, its upload and
+    half-made build removed). Their ids."""
+    import shutil
     from app.core.status import DatasetStatus
     now = time.time()
     moved = []
     for ds in ctx.store.list_datasets(status=DatasetStatus.RUNNING.value):
-        info = ds.get("info") or {}
-        builder = info.get("builder") or {}
-        beat = builder.get("heartbeat_at")
-        if not isinstance(beat, (int, float)) or beat >= now - stale_after:
+        beat = ds.get("build_heartbeat_at") or 0.0     # none: claimed before these columns existed
+        if beat >= now - stale_after:
             continue
-        who = builder.get("worker") or "unknown"
-        handovers = list(info.get("handovers") or [])
-        again = len(handovers) < MAX_AUTO_RETRIES
-        # The compare-and-set on the status: exactly one worker noticing
-        # moves it, and a build that was only slow finds itself superseded.
-        if not ctx.store.claim_dataset(ds["id"], DatasetStatus.RUNNING.value,
-                                       DatasetStatus.QUEUED.value if again else DatasetStatus.ERROR.value):
+        who = ds.get("build_worker") or "unknown"
+        handovers = [*(ds.get("handovers") or []),
+                     {"worker": who, "at": now_iso(), "stale_s": round(now - beat) if beat else None}]
+        again = len(handovers) <= MAX_AUTO_RETRIES
+        error = None if again else (
+            f"The worker building this dataset ({who}) stopped heart-beating, after {len(handovers) - 1} "
+            "earlier restarts of the build; upload it again.")
+        fields = {"status": DatasetStatus.QUEUED.value, "info": dict(ds.get("info") or {}, progress=0.0)} \
+            if again else {"status": DatasetStatus.ERROR.value, "error": error}
+        # One compare-and-set on the run's token and its stale heartbeat,
+        # writing the hand-over record with the move: exactly one worker
+        # noticing moves it, a run that beat meanwhile keeps it, and the
+        # cleared token fences every later write of the run handed over.
+        if not ctx.store.hand_over_dataset_build(ds["id"], ds.get("build_token"), now - stale_after,
+                                                 handovers=handovers, **fields):
             continue
-        handovers.append({"worker": who, "at": now_iso(), "stale_s": round(now - beat)})
         if again:
-            ctx.store.upsert_dataset(ds["id"], info=dict(info, handovers=handovers, builder=None, progress=0.0))
             queue.enqueue_dataset(ctx, ds["id"])
         else:
-            ctx.store.upsert_dataset(ds["id"], info=dict(info, handovers=handovers, builder=None), error=(
-                f"The worker building this dataset ({who}) stopped heart-beating, after {len(handovers) - 1} "
-                "earlier restarts of the build; upload it again."))
+            root = ctx.ws.dataset_dir(ds["id"])
+            for part in ("upload", "build"):        # up to GBs on shared storage, of no more use
+                shutil.rmtree(root / part, ignore_errors=True)
             from app.services import waiting
             waiting.release(ctx, ds["id"])      # jobs waiting on it end, with the reason
         moved.append(ds["id"])
