@@ -84,6 +84,9 @@ def test_archive_becomes_dataset_and_lenet_trains_on_it(app, client, worker):
     assert ds["skipped"] == {"not an image": 1}
     root = app.config["JOBS_DIR"] + f"/datasets/{ds['id']}"
     import os
+    deadline = time.monotonic() + 10     # upload/ goes just after the end is written
+    while {"upload", "build"} & set(os.listdir(root)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert sorted(os.listdir(root)) == ["build.log", "info.json", "labels.txt", "mean.binaryproto", "mean.png",
                                         "samples", "train_db", "val_db"]
     page = client.get(f"/datasets/{ds['id']}").get_data(as_text=True)
@@ -128,8 +131,14 @@ def test_bad_archives_fail_clearly_and_leave_nothing(app, client, worker, case, 
     ds = _built(client, resp.get_json()["id"])
     assert ds["status"] == "error" and message in ds["error"], (case, ds["error"])
     import os
-    left = os.listdir(app.config["JOBS_DIR"] + f"/datasets/{ds['id']}")
-    assert left == ["build.log"], left                    # nothing half-made
+    # Nothing half-made is left: the build removes it just after writing its
+    # end (the end first, so that a build handed over meanwhile touches
+    # nothing), so allow it a moment.
+    deadline = time.monotonic() + 10
+    while (left := os.listdir(app.config["JOBS_DIR"] + f"/datasets/{ds['id']}")) != ["build.log"] \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == ["build.log"], left
     assert "sample-digits" in [d["id"] for d in client.get("/api/v1/datasets").get_json()["datasets"]]
 
 
