@@ -16,48 +16,20 @@ previous one: an open job page never makes the server re-read the file.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from app.core.workspace import Workspace
-
-# As job_files.metrics and the runner's own tail: nothing past 64 MiB.
-MAX_BYTES = 64 << 20
+from app.core.jsonl import JsonlTail
 
 
-class MetricsFeed:
-    """Incremental, run-fenced reader of one job's metrics.jsonl (no links)."""
+class MetricsFeed(JsonlTail):
+    """Incremental, run-fenced reader of one job's metrics.jsonl: the
+    records of ``records()`` (app.core.jsonl), a superseded run's left out."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.buf, self.latest = path, 0, b"", 0
+    latest = 0
 
-    def records(self) -> list[dict]:
-        """The complete records appended since the last call, in file order,
-        without their ``run`` tag; superseded runs' records left out."""
-        if self.offset >= MAX_BYTES:
-            return []
-        try:
-            chunk = Workspace.read_capped(self.path, min(1 << 20, MAX_BYTES - self.offset), self.offset)
-        except OSError:
-            return []
-        self.offset += len(chunk)
-        self.buf += chunk
-        # A line still being written stays in ``buf`` until its newline comes.
-        *complete, self.buf = self.buf.split(b"\n")
-        out = []
-        for raw in complete:
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(rec, dict):
-                continue
-            run = rec.pop("run", None)
-            # The same fencing as job_files.metrics: once a later run has
-            # written, an earlier one's records are not history.
-            if isinstance(run, int):
-                if run < self.latest:
-                    continue
-                self.latest = run
-            out.append(rec)
-        return out
+    def keep(self, run: int | None) -> bool:
+        # The same fencing as job_files.metrics: once a later run has
+        # written, an earlier one's records are not history.
+        if isinstance(run, int):
+            if run < self.latest:
+                return False
+            self.latest = run
+        return True
