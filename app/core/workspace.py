@@ -16,12 +16,13 @@ import json
 import os
 import re
 import shutil
-import stat
 import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
+
+from app.core import untrusted
 
 LAYER_FILE = "digits_python_layers.py"
 NETWORK_FILE = "network.prototxt"
@@ -81,6 +82,7 @@ class Snapshot:
     iteration: int
     caffemodel: Path
     solverstate: Path
+    sizes: tuple[int, int] | None = None   # (caffemodel, solverstate) as the marker records them
 
 
 class Workspace:
@@ -189,42 +191,29 @@ class Workspace:
         return total
 
     # ---- reads of untrusted output ---------------------------------------------------
+    # Everything here goes through app.core.untrusted: no link below the
+    # (resolved) workspace root is followed, the open descriptor is checked.
     @staticmethod
     def read_capped(path: Path, limit: int, offset: int = 0) -> bytes:
-        """Read a regular file without following symlinks, at most ``limit`` bytes."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(f"{path.name} is not a regular file")
-            os.lseek(fd, offset, os.SEEK_SET)
-            return os.read(fd, limit)
-        finally:
-            os.close(fd)
+        """At most ``limit`` bytes of a regular file (untrusted.read_bytes)."""
+        return untrusted.read_bytes(path, limit, offset=offset)
 
     @staticmethod
-    def open_regular(path: Path) -> IO[bytes]:
-        """Open a regular file for reading without following symlinks."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise OSError(f"{Path(path).name} is not a regular file")
-        return os.fdopen(fd, "rb")
+    def open_regular(path: Path, max_size: int | None = None) -> IO[bytes]:
+        """A regular file opened for reading (untrusted.open_file)."""
+        return untrusted.open_file(path, max_size=max_size)
 
     @staticmethod
     def file_size(path: Path) -> int:
         """Size of a regular file (0 for anything else, links included)."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return 0
-        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+        return untrusted.size_of(path)
 
     @staticmethod
     def snapshots(directory: Path, suffix: str) -> dict[int, Path]:
         """Caffe snapshots (``*_iter_N<suffix>``, regular files only) by iteration."""
         out = {}
         for p in Workspace.regular_files(directory, suffix):
-            tail = p.stem.rsplit("_", 1)[-1]
+            tail = p.name[:-len(suffix)].rsplit("_", 1)[-1]
             if tail.isdigit():
                 out[int(tail)] = p
         return out
@@ -234,28 +223,43 @@ class Workspace:
         """Snapshot pairs that are whole, by iteration: both files regular and
         of the sizes their completion marker records. What resume, download
         and inference may use; a pair torn by a kill or a full disk is not.
+        A pair listed here is only a candidate: whoever reads one opens it
+        with ``open_snapshot``, which checks the open descriptor again (the
+        files may have been swapped since this listing).
 
         A directory without any marker holds snapshots from before markers
         existed: there every pair present under its final names counts."""
-        markers = Workspace.snapshots(directory, SNAPSHOT_MARKER)
+        entries = {e.name: e for e in untrusted.list_dir(directory) if not e.is_dir}
+        markers = {it: n for it, n in _by_iteration(entries, SNAPSHOT_MARKER).items()}
         out = {}
         if not markers:
-            states = Workspace.snapshots(directory, ".solverstate")
-            for it, model in Workspace.snapshots(directory, ".caffemodel").items():
-                if it in states and Workspace.file_size(model) and Workspace.file_size(states[it]):
-                    out[it] = Snapshot(it, model, states[it])
+            states = _by_iteration(entries, ".solverstate")
+            for it, model in _by_iteration(entries, ".caffemodel").items():
+                if it in states and entries[model].size and entries[states[it]].size:
+                    out[it] = Snapshot(it, directory / model, directory / states[it])
             return out
         for it, marker in markers.items():
             try:
-                sizes = json.loads(Workspace.read_capped(marker, 4096))
+                sizes = json.loads(untrusted.read_bytes(directory / marker, 4096))
             except (OSError, ValueError):
                 continue
-            files = [directory / snapshot_name(it, sfx) for sfx in SNAPSHOT_FILES]
+            names = [snapshot_name(it, sfx) for sfx in SNAPSHOT_FILES]
             if isinstance(sizes, dict) and all(
-                    type(sizes.get(sfx)) is int and sizes[sfx] > 0 and Workspace.file_size(f) == sizes[sfx]
-                    for sfx, f in zip(SNAPSHOT_FILES, files)):
-                out[it] = Snapshot(it, *files)
+                    type(sizes.get(sfx)) is int and sizes[sfx] > 0 and name in entries
+                    and entries[name].size == sizes[sfx] for sfx, name in zip(SNAPSHOT_FILES, names)):
+                out[it] = Snapshot(it, *(directory / n for n in names),
+                                   sizes=(sizes[".caffemodel"], sizes[".solverstate"]))
         return out
+
+    @staticmethod
+    def open_snapshot(snap: Snapshot, suffix: str = ".caffemodel") -> IO[bytes]:
+        """One file of a complete pair, opened and checked on its descriptor:
+        regular, one link, and exactly the size its marker recorded."""
+        path = snap.caffemodel if suffix == ".caffemodel" else snap.solverstate
+        want = None
+        if snap.sizes is not None:
+            want = snap.sizes[0] if suffix == ".caffemodel" else snap.sizes[1]
+        return untrusted.open_file(path, size=want)
 
     @staticmethod
     def publish_snapshot(staging: Path, directory: Path, iteration: int) -> Snapshot:
@@ -298,13 +302,20 @@ class Workspace:
     @staticmethod
     def regular_files(directory: Path, suffix: str) -> Iterator[Path]:
         """Regular files (never links) directly in ``directory`` ending in ``suffix``."""
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            return
-        for e in entries:
-            if e.name.endswith(suffix) and e.is_file(follow_symlinks=False):
-                yield Path(e.path)
+        for e in untrusted.list_dir(directory):
+            if not e.is_dir and e.name.endswith(suffix):
+                yield Path(directory) / e.name
+
+
+def _by_iteration(entries, suffix: str) -> dict[int, str]:
+    # ``snapshot_iter_N<suffix>`` names among listed entries, by N.
+    out = {}
+    for name in entries:
+        if name.endswith(suffix):
+            tail = name[:-len(suffix)].rsplit("_", 1)[-1]
+            if tail.isdigit():
+                out[int(tail)] = name
+    return out
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -10,13 +10,13 @@ file and its dataset, as DIGITS does.
 from __future__ import annotations
 
 import io
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from app.caffe.solver import snapshot_epoch
+from app.core import untrusted
 from app.core.errors import ServiceError
-from app.core.workspace import LAYER_FILE, NETWORK_FILE, WEIGHTS_FILE, Workspace
+from app.core.workspace import LAYER_FILE, NETWORK_FILE, WEIGHTS_FILE, Snapshot, Workspace
 from app.services import layer_files, pretrained
 from app.services.access import may_see
 from app.services.context import Context
@@ -37,17 +37,17 @@ def snapshot_epochs(c: Context, job: dict) -> dict[int, float | None]:
                                iters_per_epoch=params.get("iters_per_epoch")) for it in sorted(snaps)}
 
 
-def _choose_snapshot(c: Context, job: dict, raw: float | None) -> Path:
+def _choose_snapshot(c: Context, job: dict, raw: float | None) -> Snapshot:
     snaps = Workspace.complete_snapshots(c.ws.output_dir(job["id"]))
     if not snaps:
         raise _bad("previous_job", f"Job {job['id']} has no snapshot to start from.", "no snapshot")
     if raw is None or raw == -1:
-        return snaps[max(snaps)].caffemodel
+        return snaps[max(snaps)]
     epochs = snapshot_epochs(c, job)
     # DIGITS names a snapshot by its epoch; without epochs, by iteration.
     for it, ep in epochs.items():
         if (ep is not None and abs(ep - raw) < 1e-3) or (ep is None and it == raw):
-            return snaps[it].caffemodel
+            return snaps[it]
     shown = ", ".join(f"{ep:g}" if ep is not None else str(it) for it, ep in epochs.items())
     raise _bad("previous_snapshot", f"Job {job['id']} has no snapshot at epoch {raw:g} (it has: {shown}; "
                "-1 is the last).", "unknown snapshot")
@@ -73,7 +73,8 @@ def stage(c: Context, upload: Upload, user: dict, input_dir: Path) -> tuple[Uplo
                         "size": size, "sha256": sha}
     if chosen[0] == "pretrained_model":
         meta = pretrained.get(c, fields["pretrained_model"].strip(), user)
-        shutil.copyfile(pretrained.weights_path(c, meta), dest)
+        with untrusted.open_file(pretrained.weights_path(c, meta), max_size=pretrained.weights_limit(c.cfg)) as fh:
+            untrusted.copy_fd(fh, dest)
         return upload, {"kind": "pretrained", "id": meta["id"], "name": meta["name"], "sha256": meta["sha256"]}
     job_id = fields["previous_job"].strip()
     job = c.store.get_job(job_id)
@@ -84,9 +85,17 @@ def stage(c: Context, upload: Upload, user: dict, input_dir: Path) -> tuple[Uplo
         wanted = float(raw) if raw else None
     except ValueError:
         raise _bad("previous_snapshot", f"'{raw[:20]}' is not an epoch number.", "an epoch, or -1") from None
-    source = _choose_snapshot(c, job, wanted)
-    shutil.copyfile(source, dest)
-    it = int(source.stem.rsplit("_", 1)[-1])
+    snap = _choose_snapshot(c, job, wanted)
+    # Copied from the descriptor that was checked (regular, one link, the
+    # size its marker records): the previous job's code may still be
+    # swapping files in its output directory.
+    try:
+        with Workspace.open_snapshot(snap) as fh:
+            untrusted.copy_fd(fh, dest)
+    except untrusted.Refused:
+        raise _bad("previous_snapshot", f"Job {job['id']}'s snapshot at iteration {snap.iteration} changed "
+                   "while it was read; it cannot be used.", "snapshot not usable") from None
+    it = snap.iteration
     return _from_previous(c, job, upload), {"kind": "previous", "job": job["id"], "iteration": it,
                                             "epoch": snapshot_epochs(c, job).get(it)}
 
@@ -98,14 +107,14 @@ def _from_previous(c: Context, job: dict, upload: Upload) -> Upload:
     inp = c.ws.input_dir(job["id"])
     changes: dict = {}
     if upload.network_text is None or not str(upload.network_text).strip():
-        changes["network_text"] = (inp / NETWORK_FILE).read_bytes()
+        changes["network_text"] = untrusted.read_all(inp / NETWORK_FILE, 8 << 20)
         changes["network_filename"] = (job.get("params") or {}).get("network_filename") or NETWORK_FILE
     carried, main = layer_files.carry(inp, job.get("python_layer"))   # several files: helpers too
     if upload.layer_stream is None and not upload.layer_files and carried:
         changes["layer_files"] = carried
         changes["fields"] = {layer_files.MAIN_FIELD: main, **upload.fields}
-    elif upload.layer_stream is None and not upload.layer_files and (inp / LAYER_FILE).exists():
-        changes["layer_stream"] = io.BytesIO((inp / LAYER_FILE).read_bytes())
+    elif upload.layer_stream is None and not upload.layer_files and untrusted.size_of(inp / LAYER_FILE):
+        changes["layer_stream"] = io.BytesIO(untrusted.read_all(inp / LAYER_FILE, 8 << 20))
         changes["layer_filename"] = (job.get("python_layer") or {}).get("original_filename") or LAYER_FILE
     if not (upload.fields.get("dataset") or "").strip() and job.get("dataset"):
         changes["fields"] = {**changes.get("fields", upload.fields), "dataset": job["dataset"]}

@@ -3,22 +3,22 @@ network, metrics for the charts, the log, input files and the model
 download (streamed from disk, never a model in memory)."""
 from __future__ import annotations
 
-import io
 import json
 import os
-import shutil
-import tarfile
 import tempfile
-import time
 from pathlib import Path
+from typing import IO
 
-from app.core import joblog, layer_code
+from app.caffe import portable
+from app.core import joblog, layer_code, untrusted
 from app.core.errors import ServiceError
 from app.core.workspace import (
-    DEPLOY_FILE, DOWNLOAD_FILE, LAYER_FILE, METRICS_FILE, NETWORK_FILE, REPORT_FILE, SOLVER_FILE,
+    DEPLOY_FILE, LAYER_FILE, METRICS_FILE, NETWORK_FILE, REPORT_FILE, SOLVER_FILE,
     TRAIN_VAL_FILE, VALIDATION_DIR, Workspace)
 from app.services.context import Context
 from app.services.jobs import to_json
+
+README_FILE = "README.txt"
 
 
 def validation_report(c: Context, job: dict) -> dict | None:
@@ -33,7 +33,7 @@ def validation_report(c: Context, job: dict) -> dict | None:
 
 def network_text(c: Context, job: dict) -> str:
     """The job's train_val prototxt (every stage but deploy)."""
-    return (c.ws.input_dir(job["id"]) / TRAIN_VAL_FILE).read_text()
+    return untrusted.read_text(c.ws.input_dir(job["id"]) / TRAIN_VAL_FILE, 8 << 20)
 
 
 
@@ -83,55 +83,63 @@ def log(c: Context, job: dict, offset: int, limit: int = 1 << 20) -> tuple[bytes
     return joblog.read(*c.ws.log_paths(job["id"]), offset, limit)
 
 
-def download(c: Context, job: dict) -> Path:
-    """Write the tarball of API.md to the job's directory and return its path.
-    Files are streamed from disk into the archive: the web process never
-    holds a model in memory."""
+def download(c: Context, job: dict, fmt: str = "tar.gz") -> IO[bytes]:
+    """The job's model archive (API.md) in ``fmt`` (DOWNLOAD_FORMATS), as an
+    open anonymous temporary file positioned at its start (the caller
+    streams and closes it). Every member comes from a descriptor
+    app.core.untrusted opened and checked, never from a path reopened: a
+    link, FIFO or hard link planted by user code is left out, a snapshot
+    whose size differs from its marker is not taken. Paths inside the
+    prototxts are rewritten relative to the archive (no server path leaks)."""
+    if fmt not in DOWNLOAD_FORMATS:
+        raise ServiceError("not_found", "Unknown download format; use " + ", ".join(DOWNLOAD_FORMATS) + ".")
     inp, out = c.ws.input_dir(job["id"]), c.ws.output_dir(job["id"])
-    dest = c.ws.job_dir(job["id"]) / DOWNLOAD_FILE
-    # A private temporary name per request: two downloads of one job at once
-    # each build their own archive, and the rename publishes whole files only.
-    fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".tmp", dir=c.ws.job_dir(job["id"]))
-    os.close(fd)
-    tmp = Path(tmp_name)
+    cap = int(c.cfg.get("MAX_DOWNLOAD_FILE_MB") or 4096) << 20
+    # Built on disk beside the job (never a model in memory), unlinked at
+    # once: nothing is left behind and nothing can be swapped under it.
+    tmp = tempfile.TemporaryFile(dir=c.ws.job_dir(job["id"]))
     try:
-        with tarfile.open(tmp, mode="w:gz", compresslevel=1) as tar:
-            def add(path: Path, arcname: str) -> None:
-                try:
-                    fd = Workspace.open_regular(path)
-                except OSError:
-                    return
-                with fd as fh:
-                    info = tarfile.TarInfo(arcname)
-                    info.size, info.mtime, info.mode = os.fstat(fh.fileno()).st_size, int(time.time()), 0o644
-                    tar.addfile(info, fh)
+        with untrusted.Archive(tmp, fmt) as arc:
             orig = Path((job.get("params") or {}).get("network_filename") or NETWORK_FILE).name
-            add(inp / NETWORK_FILE, orig if orig not in (TRAIN_VAL_FILE, DEPLOY_FILE,
-                                                         SOLVER_FILE) else f"original_{orig}")
-            for name in (TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, LAYER_FILE):
-                add(inp / name, name)
+            arc.add_file(inp / NETWORK_FILE, orig if orig not in (TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE,
+                                                                   README_FILE) else f"original_{orig}",
+                         max_size=8 << 20)
+            for name in (TRAIN_VAL_FILE, SOLVER_FILE):
+                try:
+                    text = untrusted.read_all(inp / name, 8 << 20).decode("utf-8", "replace")
+                except OSError:
+                    continue
+                arc.add_bytes(portable.relative_paths(text, name).encode(), name)
+            arc.add_file(inp / DEPLOY_FILE, DEPLOY_FILE, max_size=8 << 20)
+            arc.add_file(inp / LAYER_FILE, LAYER_FILE, max_size=8 << 20)
             for rel in layer_code.files(inp)[1:]:   # helper modules beside the layer file
-                add(inp / rel, rel)
+                arc.add_file(inp / rel, rel, max_size=8 << 20)
             snaps = Workspace.complete_snapshots(out)      # never a truncated model
-            latest = snaps[max(snaps)].caffemodel if snaps else None
-            if latest:
-                add(latest, latest.name)
+            latest = None
+            for it in sorted(snaps, reverse=True):
+                try:
+                    fh = Workspace.open_snapshot(snaps[it])
+                except OSError:
+                    continue     # swapped or torn since it was listed: an older one
+                with fh:
+                    if os.fstat(fh.fileno()).st_size > cap:
+                        continue
+                    arc.add_open(fh, snaps[it].caffemodel.name)
+                latest = snaps[it].caffemodel
+                break
             if job.get("dataset"):
                 ds = c.ws.dataset_dir(job["dataset"])
-                add(ds / "labels.txt", "labels.txt")
-                add(ds / "mean.binaryproto", "mean.binaryproto")
+                arc.add_file(ds / "labels.txt", "labels.txt", max_size=64 << 20)
+                arc.add_file(ds / "mean.binaryproto", "mean.binaryproto", max_size=256 << 20)
             info = dict(to_json(job), framework="caffe",
                         snapshot=latest.name if latest else None)
-            data = json.dumps(info, indent=1).encode()
-            ti = tarfile.TarInfo("info.json")
-            ti.size, ti.mtime = len(data), int(time.time())
-            tar.addfile(ti, io.BytesIO(data))
-        os.replace(tmp, dest)
+            arc.add_bytes(json.dumps(info, indent=1).encode(), "info.json")
+            arc.add_bytes(portable.README.encode(), README_FILE)
+        tmp.seek(0)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        tmp.close()
         raise
-    return dest
-
+    return tmp
 
 
 INPUT_FILES = (NETWORK_FILE, TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, LAYER_FILE)
@@ -149,37 +157,3 @@ def input_file(c: Context, job: dict, name: str) -> bytes:
 
 DOWNLOAD_FORMATS = {"tar.gz": "application/gzip", "tar": "application/x-tar", "tar.bz2": "application/x-bzip2",
                     "zip": "application/zip"}
-
-
-def download_as(c: Context, job: dict, fmt: str) -> Path:
-    """The download of ``download`` in another archive format (DOWNLOAD_FORMATS);
-    the same files, repacked member by member (never all in memory)."""
-    import zipfile
-    if fmt not in DOWNLOAD_FORMATS:
-        raise ServiceError("not_found", "Unknown download format; use " + ", ".join(DOWNLOAD_FORMATS) + ".")
-    src = download(c, job)
-    if fmt == "tar.gz":
-        return src
-    jdir = c.ws.job_dir(job["id"])
-    fd, tmp_name = tempfile.mkstemp(prefix=".download-", suffix=".tmp", dir=jdir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with tarfile.open(src, "r:gz") as tin:
-            if fmt == "zip":
-                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zout:
-                    for member in tin:
-                        if member.isfile():
-                            with tin.extractfile(member) as fh, zout.open(member.name, "w") as out:
-                                shutil.copyfileobj(fh, out, 1 << 20)
-            else:
-                with tarfile.open(tmp, "w:bz2" if fmt == "tar.bz2" else "w") as tout:
-                    for member in tin:
-                        if member.isfile():
-                            tout.addfile(member, tin.extractfile(member))
-        dest = jdir / f"download.{fmt}"
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest

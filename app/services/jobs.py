@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 from app.caffe import network
+from app.core import untrusted
 from app.core.errors import ServiceError, invalid_field
 from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, REPORT_FILE, VALIDATION_DIR, WEIGHTS_FILE, Workspace
 from app.services import layer_env, layer_files, queue
 from app.services.access import may_see, only_visible
 from app.services.context import Context
-from app.services.submission import Prepared, Upload, prepare, run_validation
+from app.services.submission import Prepared, Upload, check_dataset, prepare, run_validation
 from app.store import Store, new_job_id, now_iso
 
 
@@ -108,6 +109,7 @@ def validate_new(c: Context, upload: Upload, user: dict) -> tuple[str, Prepared,
     """A new job directory with validated inputs (nothing in the store yet);
     the directory is removed again when the upload is wrong."""
     _guard_containment(c)
+    check_dataset(c, user, upload.fields)   # before anything is made (issue 22, item 3)
     job_id = new_job_id()
     job_dir = c.ws.create_job(job_id)
     try:
@@ -240,20 +242,27 @@ def clone(c: Context, job: dict, user: dict, fields: dict[str, str]) -> dict:
     carried, main = layer_files.carry(inp, job.get("python_layer"))   # helper modules too
     if carried:
         base.setdefault(layer_files.MAIN_FIELD, main)
-    layer, weights = inp / LAYER_FILE, inp / WEIGHTS_FILE
+    layer, weights = _open_or_none(inp / LAYER_FILE), None
     # A fine-tuned job's clone starts from the same weights, unless the
     # client names another start.
-    same_start = weights.exists() and not any(fields.get(k) for k in ("previous_job", "pretrained_model"))
-    with (open(layer, "rb") if layer.exists() else io.BytesIO()) as fh, \
-            (open(weights, "rb") if same_start else io.BytesIO()) as wh:
-        upload = Upload(network_text=(inp / NETWORK_FILE).read_bytes(),
+    if not any(fields.get(k) for k in ("previous_job", "pretrained_model")):
+        weights = _open_or_none(inp / WEIGHTS_FILE)
+    with (layer or io.BytesIO()) as fh, (weights or io.BytesIO()) as wh:
+        upload = Upload(network_text=untrusted.read_all(inp / NETWORK_FILE, 8 << 20),
                         network_filename=params.get("network_filename") or NETWORK_FILE,
-                        layer_stream=fh if layer.exists() and not carried else None,
+                        layer_stream=fh if layer is not None and not carried else None,
                         layer_filename=(job.get("python_layer") or {}).get("original_filename"),
                         layer_files=carried,
-                        fields=base, weights_stream=wh if same_start else None,
-                        weights_filename=WEIGHTS_FILE if same_start else None)
+                        fields=base, weights_stream=wh if weights is not None else None,
+                        weights_filename=WEIGHTS_FILE if weights is not None else None)
         return submit(c, upload, user)
+
+
+def _open_or_none(path):
+    try:
+        return untrusted.open_file(path)
+    except FileNotFoundError:
+        return None
 
 
 def resume(c: Context, job: dict) -> dict:
@@ -284,6 +293,9 @@ def submit_keeping_failures(c: Context, upload: Upload, user: dict) -> list[dict
     validation report (never queued). Bad fields still raise invalid_request."""
     from app.services import sweeps
     from app.services.submission import parse_params
+    # The failure record below keeps the dataset field as sent: it must name
+    # a dataset this user may see (issue 22, item 3), checked before anything.
+    check_dataset(c, user, upload.fields)
     try:
         return list(sweeps.submit_all(c, upload, user))
     except ServiceError as err:

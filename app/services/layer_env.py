@@ -30,6 +30,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from app.core import untrusted
 from app.core.errors import ServiceError
 from app.core.tracebacks import LAYER_ENV_VAR, scrub
 from app.core.workspace import Workspace
@@ -71,7 +72,7 @@ def parse_requirements(text: str) -> list[str]:
 def current(cfg: dict) -> dict | None:
     """{"dir", "fingerprint", "packages"} of the environment in force, or None."""
     try:
-        info = json.loads((_root(cfg) / CURRENT).read_text())
+        info = json.loads(untrusted.read_all(_root(cfg) / CURRENT, 1 << 20))
         path = _root(cfg) / info["dirname"]
         return dict(info, dir=str(path)) if path.is_dir() else None
     except (OSError, ValueError, KeyError, TypeError):
@@ -106,7 +107,7 @@ def sync(cfg: dict, pip_args: list[str] | None = None) -> dict:
     """Install what the requirements file lists into a fresh directory and put
     it in force; the new ``current`` (None when the list is empty)."""
     path = requirements_path(cfg)
-    reqs = parse_requirements(path.read_text()) if path.exists() else []
+    reqs = parse_requirements(untrusted.read_all(path, 1 << 20).decode()) if path.exists() else []
     root = _root(cfg)
     root.mkdir(parents=True, exist_ok=True)
     if not reqs:
@@ -148,7 +149,7 @@ def add(cfg: dict, requirements: list[str], pip_args: list[str] | None = None) -
     """Add (or re-pin) ``requirements`` in the file, then ``sync``."""
     new = parse_requirements("\n".join(requirements))
     path = requirements_path(cfg)
-    old = parse_requirements(path.read_text()) if path.exists() else []
+    old = parse_requirements(untrusted.read_all(path, 1 << 20).decode()) if path.exists() else []
     names = {_PINNED.match(r).group(1).lower().replace("_", "-") for r in new}
     kept = [r for r in old if _PINNED.match(r).group(1).lower().replace("_", "-") not in names]
     path.parent.mkdir(parents=True, exist_ok=True)

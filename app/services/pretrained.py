@@ -9,12 +9,12 @@ jobs and datasets.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import IO
 
+from app.core import untrusted
 from app.core.errors import ServiceError
 from app.core.workspace import PRETRAINED_DIR, WEIGHTS_FILE, Workspace
 from app.services import sandbox
@@ -44,11 +44,8 @@ def save_upload(c: Context, stream: IO[bytes], dest: Path) -> tuple[int, str]:
         dest.unlink()
         raise ServiceError("invalid_request", "The weights file is empty.",
                            [{"field": "weights", "message": "empty"}])
-    digest = hashlib.sha256()
-    with open(dest, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return size, digest.hexdigest()
+    with untrusted.open_file(dest, max_size=limit) as fh:
+        return size, untrusted.sha256_of(fh)
 
 
 def inspect(c: Context, path: Path) -> dict:

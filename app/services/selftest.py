@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+from app.core import untrusted
 from app.services import submission
 from app.core.workspace import VALIDATION_DIR, Workspace
 
@@ -93,6 +94,6 @@ def save(instance_dir: Path, result: dict) -> None:
 def load(instance_dir: Path) -> dict | None:
     """The last saved self-test result, or None when none ran."""
     try:
-        return json.loads((Path(instance_dir) / RESULT_FILE).read_text())
+        return json.loads(untrusted.read_all(Path(instance_dir) / RESULT_FILE, 1 << 20))
     except (OSError, ValueError):
         return None

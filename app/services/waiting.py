@@ -10,12 +10,12 @@ naming the dataset and its reason. Nothing waiting is ever shown as running.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
 from pathlib import Path
 
+from app.core import untrusted
 from app.core.errors import ServiceError
 from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import REPORT_FILE, VALIDATION_DIR, Workspace
@@ -84,14 +84,25 @@ def hold(c: Context, upload: Upload, user: dict, ds: dict) -> dict:
 
 
 def _upload(pending: Path) -> Upload:
-    meta = json.loads((pending / _FIELDS).read_text())
+    # The pending upload is the host's own copy, read like everything under
+    # the jobs directory: through app.core.untrusted.
+    meta = json.loads(untrusted.read_all(pending / _FIELDS, 16 << 20))
 
     def stream(name: str):
-        return io.BytesIO((pending / name).read_bytes()) if (pending / name).exists() else None
-    return Upload(network_text=(pending / "network").read_bytes() if (pending / "network").exists() else None,
+        try:
+            return untrusted.open_file(pending / name)
+        except FileNotFoundError:
+            return None
+
+    def text(name: str):
+        try:
+            return untrusted.read_all(pending / name, 64 << 20)
+        except FileNotFoundError:
+            return None
+    return Upload(network_text=text("network"),
                   network_filename=meta["network_filename"], layer_stream=stream("layer"),
                   layer_filename=meta["layer_filename"],
-                  solver_text=(pending / "solver").read_bytes() if (pending / "solver").exists() else None,
+                  solver_text=text("solver"),
                   fields=meta["fields"], weights_stream=stream("weights"), weights_filename=meta["weights_filename"],
                   layer_files=[(stream(f"layer-file-{i}"), name) for i, name in enumerate(meta["layer_files"])])
 
@@ -121,13 +132,18 @@ def _validate_and_queue(c: Context, jobs, job: dict) -> bool:
     job_dir, user = c.ws.job_dir(job["id"]), c.store.get_user(job["owner"]) or {"name": job["owner"]}
     pending = job_dir / PENDING
     (job_dir / VALIDATION_DIR).mkdir(exist_ok=True)
+    upload = _upload(pending)
     try:
-        prepared, report = jobs.validate_inputs(c, _upload(pending), user, c.ws.input_dir(job["id"]),
+        prepared, report = jobs.validate_inputs(c, upload, user, c.ws.input_dir(job["id"]),
                                                 job_dir / VALIDATION_DIR)
     except ServiceError as err:
         report = {"ok": False, "errors": err.details or [{"message": err.message}], "warnings": []}
         if not err.user_fault:
             log.error("validating waiting job %s failed: %s", job["id"], err.message)
+    finally:
+        for fh in [upload.layer_stream, upload.weights_stream, *(f for f, _ in upload.layer_files)]:
+            if fh is not None:
+                fh.close()
     Workspace.write_json(job_dir / VALIDATION_DIR / REPORT_FILE, report)
     if not report["ok"]:
         first = report["errors"][0] if report["errors"] else {}

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import threading
 import time
 from pathlib import Path
 
+from app.core import untrusted
 from app.core.status import JobStatus
 from app.core.workspace import METRICS_FILE, Workspace
 from app.services import queue
@@ -123,12 +123,11 @@ def _mark_restart(out: Path, next_run: int) -> None:
     The file is in the sandbox's output directory: never through a link or
     into a FIFO, and never created (no file: nothing to end)."""
     try:
-        fd = os.open(out / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = untrusted.open_append(out / METRICS_FILE)
     except OSError:
         return
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.write(fd, (json.dumps({"type": "restarted", "run": next_run}) + "\n").encode())
+        os.write(fd, (json.dumps({"type": "restarted", "run": next_run}) + "\n").encode())
     except OSError:
         pass   # the marker is for charts only; the restart itself has happened
     finally:

@@ -199,7 +199,7 @@ def download_model(job_id: str, fmt: str = "tar.gz"):
     job = jobs.get(ctx(), job_id, current_user())
     if fmt not in job_files.DOWNLOAD_FORMATS:
         raise refuse("extension", "Use download.tar, .zip, .tar.gz or .tar.bz2.", 404)
-    return send_file(job_files.download_as(ctx(), job, fmt), mimetype=job_files.DOWNLOAD_FORMATS[fmt], as_attachment=True,
+    return send_file(job_files.download(ctx(), job, fmt), mimetype=job_files.DOWNLOAD_FORMATS[fmt], as_attachment=True,
                      download_name=f"{job['id']}.{fmt}", max_age=0)
 
 
