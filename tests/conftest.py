@@ -70,29 +70,43 @@ def worker(app):
 
 @pytest.fixture
 def server(tmp_path, sample_datasets):
-    """`flask --app wsgi serve` on a free port with its own data root."""
-    shutil.copytree(sample_datasets, tmp_path / "jobs" / "datasets")
+    """`flask --app wsgi serve` on a free port with its own data root.
+
+    As root, serve runs the web and worker as the `layerbench` user and
+    grants it a way through 0700 ancestors (app.web.privsep): the data root
+    lives outside pytest's own directory, whose mode every new pytest
+    session resets (which would cut a running server off)."""
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="lb-server-", dir="/tmp"))
+    shutil.copytree(sample_datasets, base / "jobs" / "datasets")
     port = free_port()
-    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(tmp_path / "instance"),
-               LAYERBENCH_JOBS_DIR=str(tmp_path / "jobs"), LAYERBENCH_WORKER_POLL_SECONDS="0.1",
+    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(base / "instance"),
+               LAYERBENCH_JOBS_DIR=str(base / "jobs"), LAYERBENCH_WORKER_POLL_SECONDS="0.1",
                HOST="127.0.0.1", PORT=str(port))
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "serve"], cwd=ROOT, env=env,
                             stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
+                time.sleep(0.2)
+        yield url, base / "instance"
+    finally:
+        proc.terminate()
         try:
-            urllib.request.urlopen(url + "/healthz", timeout=2).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(0.2)
-    yield url, tmp_path / "instance"
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

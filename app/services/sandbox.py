@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from app.core import config
-from app.services import cgroups
+from app.services import cgroups, sandbox_remote
 
 NOBODY = 65534
 # Leases of sandbox uids are flocks on files here (root only: as an ordinary
@@ -93,6 +93,11 @@ DEGRADED: dict[str, str] = {}
 @lru_cache(maxsize=4)
 def mode(requested: str = "auto") -> str:
     """The containment in force: ``bwrap``, ``unshare`` or ``none``."""
+    remote = sandbox_remote.configured()
+    if remote:
+        # Privilege separation: the root launcher starts every sandbox, so
+        # what is in force is what it found (app.services.launcher).
+        return sandbox_remote.remote_mode(remote)
     cgroups.sweep()   # groups a crashed process left behind
     if requested == "none":
         return "none"
@@ -307,6 +312,14 @@ def command(spec: Spec, how: str, limits: Limits, uid: int | None = None) -> lis
 def start(spec: Spec, how: str, limits: Limits, stdout, stderr) -> subprocess.Popen:
     """Start ``spec`` contained; the caller waits with ``wait`` (or ``kill``),
     which gives the run's uid back."""
+    remote = sandbox_remote.configured()
+    if remote and how != "none":
+        from dataclasses import asdict
+        return sandbox_remote.start(remote, {
+            "argv": list(spec.argv), "read_only": [str(p) for p in spec.read_only],
+            "writable": [str(p) for p in spec.writable], "env": dict(spec.env),
+            "cwd": str(spec.cwd) if spec.cwd else None, "devices": list(spec.devices)},
+            asdict(limits), stdout, stderr)
     held = lease() if how != "none" else None
     uid = held.uid if held else None
     # The run's own cgroup (pids + memory for all its processes together),
@@ -338,6 +351,8 @@ def start(spec: Spec, how: str, limits: Limits, stdout, stderr) -> subprocess.Po
 
 def oom_killed(proc: subprocess.Popen) -> bool:
     """Whether the kernel killed part of this run for its cgroup's memory limit."""
+    if isinstance(proc, sandbox_remote.RemoteRun):
+        return proc.oom
     group = getattr(proc, "sandbox_group", None)
     return bool(group is not None and group.oom_killed())
 
@@ -351,6 +366,17 @@ def _release(proc: subprocess.Popen) -> None:
         proc.sandbox_oom = group.oom_killed()  # type: ignore[attr-defined]
         group.close()
         proc.sandbox_group = None  # type: ignore[attr-defined]
+
+
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the run's process group (what is left of it)."""
+    if isinstance(proc, sandbox_remote.RemoteRun):
+        proc.send_signal(sig)
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def wait(proc: subprocess.Popen, limits: Limits, t0: float, poll: float = 0.02) -> Result:
@@ -369,6 +395,10 @@ def wait(proc: subprocess.Popen, limits: Limits, t0: float, poll: float = 0.02) 
 
 def kill(proc: subprocess.Popen) -> None:
     """SIGKILL the process group (bwrap's pid namespace dies with it)."""
+    if isinstance(proc, sandbox_remote.RemoteRun):
+        proc.kill()
+        proc.wait()
+        return
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -14,6 +14,7 @@ import click
 from flask import Flask, current_app
 
 if TYPE_CHECKING:
+    from app.web.privsep import Dropped
     from app.web.proxy import Front
     from app.worker.respawn import Respawner
 
@@ -78,6 +79,9 @@ def gunicorn_argv(host: str, port: int, workers: int, threads: int, target: str,
         log += ["--access-logformat", FORWARDED_LOG_FORMAT]
     return [sys.executable, "-m", "gunicorn", "--bind", *bind, "--workers", str(workers),
             "--threads", str(threads), "--worker-class", "gthread", "--graceful-timeout", "10",
+            # No gunicornc control socket: unused, and it lives in $HOME, which the
+            # service user has none of (and two instances would share it).
+            "--no-control-socket",
             *log, target]
 
 
@@ -104,23 +108,26 @@ def serve(host: str, port: int, workers: int, threads: int, no_proxy: bool) -> N
     front = None if no_proxy else _prepare_front(host, port, stream_slots=max(1, threads // 2))
     web: dict[str, subprocess.Popen] = {}
     jobs_worker = None
+    drop = None
     signal.signal(signal.SIGTERM, _interrupt)
     code = 0
     try:
         _report_selftest()
+        drop = _drop_privileges(front)
+        as_user = drop.popen_args() if drop else {}
         if front is None:
             click.echo("WARNING: --no-proxy: gunicorn serves clients directly; slow clients can "
                        "make the service unavailable", err=True)
-            web["gunicorn"] = subprocess.Popen(gunicorn_argv(host, port, workers, threads, "wsgi:app"))
+            web["gunicorn"] = subprocess.Popen(gunicorn_argv(host, port, workers, threads, "wsgi:app"), **as_user)
         else:
             web["gunicorn"] = subprocess.Popen(gunicorn_argv(host, port, workers, threads, "wsgi:app",
-                                                             unix_socket=str(front.socket)))
+                                                             unix_socket=str(front.socket)), **as_user)
             # nginx only once gunicorn listens: earlier, the first requests of
             # a fresh start were answered 502 (no upstream yet).
             _wait_listening(front.socket, web["gunicorn"])
             web["nginx"] = subprocess.Popen(front.argv)
         if cfg["QUEUE"] == "local" and "worker" in current_app.cli.commands:
-            jobs_worker = _local_worker()
+            jobs_worker = _local_worker(drop)
             jobs_worker.start()
         click.echo(f"serving on http://{host}:{port}/ (queue: {cfg['QUEUE']}, "
                    f"{'no proxy' if front is None else 'behind nginx'})", err=True)
@@ -130,6 +137,8 @@ def serve(host: str, port: int, workers: int, threads: int, no_proxy: bool) -> N
     finally:
         live_worker = jobs_worker.running() if jobs_worker is not None else None
         _stop([*web.values(), *([live_worker] if live_worker else [])])
+        if drop is not None:
+            drop.close()
         if front is not None:
             front.close()
     sys.exit(code)
@@ -182,7 +191,43 @@ def _report_selftest() -> None:
         click.echo(f"SELF-TEST FAILED: {check['reason']}", err=True)
 
 
-def _local_worker() -> Respawner:
+def _drop_privileges(front: Front | None) -> Dropped | None:
+    """As root: the service user, its directories and the sandbox launcher
+    (app.web.privsep); None when `serve` keeps running everything itself."""
+    from app.web import privsep
+    if not privsep.wanted(current_app.config):
+        if os.geteuid() == 0:
+            click.echo("WARNING: LAYERBENCH_PRIVSEP=0: the web and the worker run as root", err=True)
+        return None
+    drop = privsep.prepare(current_app.config)
+    if front is not None and front.private is not None:
+        # gunicorn (the service user) creates its socket where nginx's workers connect.
+        os.chown(front.private, drop.uid, -1)
+    click.echo(f"privilege separation: web and worker run as {privsep.SERVICE_USER} (uid {drop.uid}); "
+               "a root launcher starts the sandboxes", err=True)
+    return drop
+
+
+def _as_service_user(drop: Dropped | None):
+    """A context in which this (root) process writes as the service user, so
+    files it creates (SQLite's journal) stay the service user's."""
+    import contextlib
+    if drop is None:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def switched():
+        os.setegid(drop.gid)
+        os.seteuid(drop.uid)
+        try:
+            yield
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+    return switched()
+
+
+def _local_worker(drop: Dropped | None = None) -> Respawner:
     """The `flask --app wsgi worker` child, restarted whenever it dies."""
     from app.worker.respawn import Respawner, describe_exit
     from app.worker.supervisor import recover_dead_worker
@@ -191,14 +236,16 @@ def _local_worker() -> Respawner:
     def died(pid: int, returncode: int, delay: float) -> None:
         how = describe_exit(returncode)
         try:
-            ids = recover_dead_worker(ctx, pid, f"The worker process died ({how}); resume the job "
-                                      "to continue from its last snapshot.")
+            with _as_service_user(drop):
+                ids = recover_dead_worker(ctx, pid, f"The worker process died ({how}); resume the job "
+                                          "to continue from its last snapshot.")
         except Exception as exc:   # the restarted worker's own recovery still runs
             ids = f"not recovered here ({exc})"
         click.echo(f"worker (pid {pid}) {how}; jobs interrupted: {ids}; restarting in {delay:g} s",
                    err=True)
 
-    return Respawner([sys.executable, "-m", "flask", "--app", "wsgi", "worker"], died)
+    return Respawner([sys.executable, "-m", "flask", "--app", "wsgi", "worker"], died,
+                     popen_args=drop.popen_args() if drop else None)
 
 
 def _interrupt(signum, _frame):

@@ -43,8 +43,9 @@ class Respawner:
 
     def __init__(self, argv: list[str], on_death: Callable[[int, int, float], None],
                  first_delay: float = FIRST_DELAY_S, max_delay: float = MAX_DELAY_S,
-                 stable_after: float = STABLE_AFTER_S) -> None:
+                 stable_after: float = STABLE_AFTER_S, popen_args: dict | None = None) -> None:
         self.argv, self.on_death = argv, on_death
+        self.popen_args = popen_args or {}   # e.g. user/group/env: the child drops to the service user
         self.first_delay, self.max_delay, self.stable_after = first_delay, max_delay, stable_after
         self.delay = first_delay
         self.proc: subprocess.Popen | None = None
@@ -57,7 +58,7 @@ class Respawner:
         self.restart_at = None
         self.started_at = time.monotonic()
         try:
-            self.proc = subprocess.Popen(self.argv)
+            self.proc = subprocess.Popen(self.argv, **self.popen_args)
         except OSError as exc:
             # Not starting is one more death: retried with the same backoff.
             print(f"could not start {self.argv[:4]}: {exc}", file=sys.stderr, flush=True)
