@@ -43,10 +43,8 @@ class RemoteRun:
             self._receive(block=False)
         return self.returncode
 
-    def wait(self, timeout: float | None = None) -> int:
+    def wait(self) -> int:
         """Block until the run ended (and its files are the service's again)."""
-        if timeout is not None:
-            self.conn.settimeout(timeout)
         while self.returncode is None:
             self._receive(block=True)
         return self.returncode

@@ -115,6 +115,8 @@ def serve(host: str, port: int, workers: int, threads: int, no_proxy: bool) -> N
         _report_selftest()
         drop = _drop_privileges(front)
         as_user = drop.popen_args() if drop else {}
+        if drop is not None:
+            web["sandbox launcher"] = drop.launcher   # without it no job can run: its death ends serve
         if front is None:
             click.echo("WARNING: --no-proxy: gunicorn serves clients directly; slow clients can "
                        "make the service unavailable", err=True)
