@@ -6,6 +6,7 @@ source of truth for job state; workers write to it, pages read from it.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,6 +94,11 @@ users = sa.Table(
     sa.Column("password_hash", sa.String(300), nullable=False),
     sa.Column("admin", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.String(40), nullable=False),
+    # Revocation (migrations/versions/0004_revocation.py): a deactivated user
+    # is refused everywhere; the session generation is part of every session
+    # cookie's user id, so bumping it ends all of the user's sessions at once.
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("session_generation", sa.Integer, nullable=False, server_default="0"),
 )
 
 tokens = sa.Table(
@@ -103,6 +109,10 @@ tokens = sa.Table(
     sa.Column("user", sa.String(80), sa.ForeignKey("users.name", ondelete="CASCADE"),
               nullable=False, index=True),
     sa.Column("created_at", sa.String(40), nullable=False),
+    # The first characters after "lb_", to name a token without holding it
+    # (NULL for tokens made before 0004: they are named by their hash).
+    sa.Column("prefix", sa.String(16)),
+    sa.Column("last_used_at", sa.String(40)),
 )
 
 workers = sa.Table(
@@ -123,7 +133,8 @@ MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 _MIGRATE_LOCK = 0x4C42   # PostgreSQL advisory lock key: one migrating process at a time
 
 _GET_JOB = jobs.select().where(jobs.c.id == sa.bindparam("key"))
-_GET_TOKEN_USER = (sa.select(users.c.name, users.c.admin).join(tokens, tokens.c.user == users.c.name)
+_GET_TOKEN_USER = (sa.select(users.c.name, users.c.admin, users.c.active, tokens.c.created_at,
+                             tokens.c.last_used_at).join(tokens, tokens.c.user == users.c.name)
                    .where(tokens.c.token_hash == sa.bindparam("key")))
 _GET_JOB_EVENTS = job_events.select().where(job_events.c.job_id == sa.bindparam("key")).order_by(job_events.c.id)
 
@@ -150,6 +161,27 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _private_sqlite_file(path: str | None) -> None:
+    """Create the SQLite file 0600, or tighten an existing one (and its WAL
+    and shared-memory files) to 0600: it holds password and token hashes,
+    and SQLite would create it with the process umask (often 0644, readable
+    by every local user). SQLite gives the -wal/-shm files it creates the
+    database file's own mode, so they follow."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    for name, create in ((path, os.O_CREAT), (path + "-wal", 0), (path + "-shm", 0)):
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CLOEXEC | create, 0o600)
+        except (FileNotFoundError, PermissionError):
+            continue   # no such file yet, or not ours: SQLite reports what matters
+        try:
+            os.fchmod(fd, 0o600)
+        except PermissionError:
+            pass       # another user's file (read-only use): not ours to change
+        finally:
+            os.close(fd)
 
 
 class DatasetStore:
@@ -264,10 +296,38 @@ class UserStore:
         return True
 
     def set_password(self, name: str, password_hash: str) -> bool:
-        """Replace a user's password hash."""
+        """Replace a user's password hash and end all their sessions (the
+        session generation moves on in the same UPDATE)."""
         with self.engine.begin() as conn:
-            return conn.execute(users.update().where(users.c.name == name)
-                                .values(password_hash=password_hash)).rowcount > 0
+            return conn.execute(users.update().where(users.c.name == name).values(
+                password_hash=password_hash,
+                session_generation=users.c.session_generation + 1)).rowcount > 0
+
+    def set_user_active(self, name: str, active: bool) -> bool:
+        """(De)activate a user; deactivating also ends their sessions, so a
+        later reactivation does not bring old cookies back. False: no user."""
+        values: dict[str, Any] = {"active": active}
+        if not active:
+            values["session_generation"] = users.c.session_generation + 1
+        with self.engine.begin() as conn:
+            return conn.execute(users.update().where(users.c.name == name).values(**values)).rowcount > 0
+
+    def bump_session_generation(self, name: str) -> bool:
+        """End every session of ``name`` (their cookies name the old generation)."""
+        with self.engine.begin() as conn:
+            return conn.execute(users.update().where(users.c.name == name).values(
+                session_generation=users.c.session_generation + 1)).rowcount > 0
+
+    def delete_user_without_records(self, name: str) -> bool:
+        """Delete a user (and their tokens) only if no job or dataset names
+        them as owner, in one statement: a job created meanwhile cannot be
+        orphaned. False: no such user, or they own records."""
+        owns = sa.or_(sa.exists().where(jobs.c.owner == name), sa.exists().where(datasets.c.owner == name))
+        with self.engine.begin() as conn:
+            gone = conn.execute(users.delete().where(users.c.name == name, sa.not_(owns))).rowcount > 0
+            if gone:   # SQLite's cascade needs foreign_keys=ON; say it outright
+                conn.execute(tokens.delete().where(tokens.c.user == name))
+        return gone
 
     def get_user(self, name: str) -> dict | None:
         """A user row, or None."""
@@ -275,19 +335,49 @@ class UserStore:
             row = conn.execute(users.select().where(users.c.name == name)).mappings().first()
         return dict(row) if row else None
 
+    def list_users(self) -> list[dict]:
+        """Every user row (without the password hash), by name."""
+        cols = [c for c in users.c if c.name != "password_hash"]
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.select(*cols).order_by(users.c.name)).mappings()]
+
     def count_users(self) -> int:
         """How many users exist."""
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one()
 
-    def add_token(self, name: str, token_hash: str) -> None:
-        """Store a token (its hash) for a user."""
+    def add_token(self, name: str, token_hash: str, prefix: str | None = None) -> None:
+        """Store a token (its hash, and the prefix that names it) for a user."""
         with self.engine.begin() as conn:
-            conn.execute(tokens.insert().values(token_hash=token_hash, user=name, created_at=now_iso()))
+            conn.execute(tokens.insert().values(token_hash=token_hash, user=name, created_at=now_iso(),
+                                                prefix=prefix))
 
     def user_for_token(self, token_hash: str) -> dict | None:
-        """The user owning a token hash, or None."""
+        """The user owning a token hash (name, admin, active) with the
+        token's created_at and last_used_at, or None."""
         return self._hot_fetch("token", token_hash)
+
+    def touch_token(self, token_hash: str, at: str) -> None:
+        """Record when a token was last used."""
+        with self.engine.begin() as conn:
+            conn.execute(tokens.update().where(tokens.c.token_hash == token_hash).values(last_used_at=at))
+
+    def list_tokens(self, name: str | None = None) -> list[dict]:
+        """Token rows (hash, user, prefix, created_at, last_used_at) of one
+        user, or of everyone; oldest first."""
+        q = tokens.select().order_by(tokens.c.user, tokens.c.created_at)
+        if name is not None:
+            q = q.where(tokens.c.user == name)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def delete_tokens(self, name: str, token_hashes: list[str] | None = None) -> int:
+        """Delete the given tokens of ``name`` (all of them when None); how many went."""
+        q = tokens.delete().where(tokens.c.user == name)
+        if token_hashes is not None:
+            q = q.where(tokens.c.token_hash.in_(token_hashes))
+        with self.engine.begin() as conn:
+            return conn.execute(q).rowcount
 
 
 class Store(UserStore, DatasetStore):
@@ -296,6 +386,7 @@ class Store(UserStore, DatasetStore):
     def __init__(self, url: str) -> None:
         self.engine = sa.create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
+            _private_sqlite_file(self.engine.url.database)
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._hot = {name: str(stmt.compile(dialect=self.engine.dialect))
                      for name, stmt in (("job", _GET_JOB), ("token", _GET_TOKEN_USER),
@@ -435,6 +526,19 @@ class Store(UserStore, DatasetStore):
         with self.engine.connect() as conn:
             return [_decode(r) for r in conn.execute(q).mappings()]
 
+    def share_state(self, owners: Iterable[str]) -> dict[str, tuple[int, str]]:
+        """owner -> (running jobs, when their newest job started; "" never) for
+        fair share (app.services.fairshare): one grouped query."""
+        owners = list(set(owners))
+        if not owners:
+            return {}
+        running = sa.func.sum(sa.case((jobs.c.status == JobStatus.RUNNING.value, 1), else_=0))
+        q = sa.select(jobs.c.owner, running, sa.func.max(jobs.c.started_at)).where(
+            jobs.c.owner.in_(owners)).group_by(jobs.c.owner)
+        with self.engine.connect() as conn:
+            found = {o: (int(r or 0), s or "") for o, r, s in conn.execute(q)}
+        return {o: found.get(o, (0, "")) for o in owners}
+
     def page_jobs(self, *, limit: int, after: tuple[str, str] | None = None, owner: str | None = None,
                   status: str | None = None, dataset: str | None = None,
                   ids: Iterable[str] | None = None) -> tuple[list[dict], tuple[str, str] | None]:
@@ -572,3 +676,4 @@ def _decode(row) -> dict:
         if out.get(k) is not None:
             out[k] = json.loads(out[k])
     return out
+

@@ -102,7 +102,12 @@ class Service:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.proc.returncode} (see service.log)")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=5) as resp:
+                # The details (containment and why) are for admins: send the
+                # initial admin's token once the service has written it.
+                creds = self.instance / "initial-credentials.txt"
+                headers = {"Authorization": f"Bearer {self.token()}"} if creds.exists() else {}
+                req = urllib.request.Request(self.url + "/healthz", headers=headers)
+                with urllib.request.urlopen(req, timeout=5) as resp:
                     return json.loads(resp.read())
             except urllib.error.HTTPError as exc:   # 503: up, but not healthy: still an answer
                 return json.loads(exc.read() or b"{}")

@@ -23,7 +23,15 @@ def test_notes_are_shown_and_editable_on_the_pages(app, client):
                                                    "notes": "from the page"})
     assert r.status_code == 303
     assert client.get(f"/models/{job_id}.json").get_json()["notes"] == "from the page"
-    assert client.post(f"/jobs/{job_id}/notes", data={"notes": "no token"}).status_code == 400   # CSRF
+    # A browser signed in by its session cookie needs the CSRF token (a bearer token does not).
+    from pathlib import Path
+    creds = dict(line.split(": ", 1) for line in
+                 (Path(app.instance_path) / "initial-credentials.txt").read_text().splitlines())
+    web = app.test_client()
+    login = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', web.get("/login").get_data(as_text=True))
+    assert web.post("/login", data={"csrf_token": login.group(1), "username": "admin",
+                                    "password": creds["password"]}).status_code == 303
+    assert web.post(f"/jobs/{job_id}/notes", data={"notes": "no token"}).status_code == 400   # CSRF
 
     app.extensions["store"].upsert_dataset("mine", name="mine", owner="admin", status="done", info={})
     r = client.post("/datasets/mine/notes", data={"csrf_token": _csrf(client, "/datasets/mine"), "notes": "ds notes"})

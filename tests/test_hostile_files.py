@@ -227,6 +227,16 @@ def test_planted_files_never_reach_a_response(app, client, worker, canary):
     out = job_dir / "output"
     before = _read_everything(client, job["id"])
     assert all(status == 200 for _, status, _ in before), [(u, s) for u, s, _ in before]
+    # Item 8: a download names no server path; the solver writes beside itself.
+    from helpers import ROOT
+    with client.get(f"/api/v1/jobs/{job['id']}/download") as r:
+        members, blob = _members(r.data, "tar.gz")
+    for needle in (app.config["JOBS_DIR"], str(ROOT)):
+        assert needle.encode() not in blob
+    solver = members["solver.prototxt"].decode()
+    assert 'snapshot_prefix: "snapshot"' in solver and 'net: "train_val.prototxt"' in solver, solver
+    assert 'source: "train_db"' in members["train_val.prototxt"].decode()
+    assert b"where the data goes" in members["README.txt"] or b"databases beside" in members["README.txt"]
     for kind in KINDS:
         for name in PROTOCOL_NAMES:
             plant(out / name, kind, canary[0])

@@ -48,6 +48,8 @@ def _old_rows_survive(store: Store) -> None:
     job = store.get_job(OLD_JOB)
     assert job["name"] == "old job" and job["params"] == {"max_iter": 4} and job["status"] == "done"
     assert store.get_user("olduser")["admin"]
+    # 0004: an old user stays active, at session generation 0.
+    assert store.get_user("olduser")["active"] and store.get_user("olduser")["session_generation"] == 0
     assert store.get_dataset("old-ds")["info"] == {"classes": 2}
     assert [e["message"] for e in store.job_events(OLD_JOB)] == ["submitted"]
     # ... and the upgraded database takes new rows and the new table.
@@ -70,10 +72,10 @@ def test_a_new_sqlite_database_is_created_at_head_and_matches_the_model(tmp_path
     store = Store(f"sqlite:///{tmp_path / 'new.sqlite3'}")
     assert store.schema_revision() is None
     store.create_schema()
-    assert store.schema_revision() == _head() == "0003"
+    assert store.schema_revision() == _head() == "0004"
     assert _drift(store) == []
     store.create_schema()         # idempotent: every start runs it
-    assert store.schema_revision() == "0003"
+    assert store.schema_revision() == "0004"
 
 
 def test_a_pre_alembic_sqlite_database_is_upgraded_in_place(tmp_path):
@@ -87,7 +89,7 @@ def test_a_pre_alembic_sqlite_database_is_upgraded_in_place(tmp_path):
     store = Store(f"sqlite:///{path}")
     assert store.schema_revision() is None
     store.create_schema()
-    assert store.schema_revision() == "0003"
+    assert store.schema_revision() == "0004"
     assert _drift(store) == []
     _old_rows_survive(store)
 
@@ -100,7 +102,7 @@ def test_the_cli_upgrades_and_reports_the_revision(tmp_path, sample_datasets):
     out = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db-upgrade"],
                          cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "0003" in out.stdout
+    assert "0004" in out.stdout
 
 
 def test_a_pre_alembic_postgresql_database_is_upgraded_in_place(postgres):
@@ -126,7 +128,7 @@ def test_a_pre_alembic_postgresql_database_is_upgraded_in_place(postgres):
     store = Store(url)
     assert store.schema_revision() is None
     store.create_schema()
-    assert store.schema_revision() == "0003"
+    assert store.schema_revision() == "0004"
     assert _drift(store) == []
     _old_rows_survive(store)
     store.engine.dispose()
@@ -136,6 +138,6 @@ def test_a_new_postgresql_database_matches_the_model(postgres):
     store = Store(postgres.create_db("fresh"))
     store.create_schema()
     store.create_schema()
-    assert store.schema_revision() == "0003"
+    assert store.schema_revision() == "0004"
     assert _drift(store) == []
     store.engine.dispose()

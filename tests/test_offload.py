@@ -38,9 +38,11 @@ def _job_with_snapshot(app, owner: str = "admin") -> dict:
     return job
 
 
-def _body(ctx, job: dict, **over) -> dict:
+def _body(ctx, job: dict, token: str = "0" * 32, **over) -> dict:
+    """A message as the web sends one, its scratch directory bound to it."""
     work = ctx.ws.scratch_dir()
-    body = {"job": job["id"], "runner": "app.contained.infer", "token": "0" * 32, "wall_seconds": 30,
+    offload.bind(ctx, work, token, job["id"])
+    body = {"job": job["id"], "runner": "app.contained.infer", "token": token, "wall_seconds": 30,
             "model": offload.relative(ctx, ctx.ws.output_dir(job["id"]) / snapshot_name(4, ".caffemodel")),
             "work": offload.relative(ctx, work)}
     return {**body, **over}
@@ -83,6 +85,32 @@ def test_a_worker_runs_only_an_inference_runner_on_the_jobs_own_snapshot_in_a_sc
         offload.check_request(ctx, {**good, "job": "no-such-job"})
 
 
+def test_a_message_runs_only_in_the_scratch_dir_staged_for_its_own_request(celery_app):
+    # Issue 22, item 9: any .scratch/* directory was accepted, so a message
+    # could point an inference run (the sender's own job and Python layer)
+    # at the images another request staged, or at a validation's upload.
+    ctx = celery_app.extensions["ctx"]
+    job, other = _job_with_snapshot(celery_app), _job_with_snapshot(celery_app, owner="someone-else")
+    mine, theirs = _body(ctx, job, token="a" * 32), _body(ctx, other, token="b" * 32)
+    assert offload.check_request(ctx, mine)[3].name == mine["work"].split("/")[1]
+    validation = ctx.ws.scratch_dir()          # a validation's scratch dir: bound to nothing
+    # A marker that is a link to a right one (bound for this very request).
+    link = ctx.ws.scratch_dir()
+    moved = offload.bind(ctx, link, mine["token"], job["id"]).rename(ctx.ws.root / "elsewhere")
+    link.with_name(link.name + offload.BOUND_SUFFIX).symlink_to(moved)
+    refused = {
+        "another request's scratch dir": {"work": theirs["work"]},
+        "a scratch dir no request staged": {"work": offload.relative(ctx, validation)},
+        "a marker that is a link (to a right one)": {"work": offload.relative(ctx, link)},
+        "its own scratch dir under another job": {"job": other["id"], "model": theirs["model"]},
+        "its own scratch dir under another token": {"token": "c" * 32},
+    }
+    for what, change in refused.items():
+        with pytest.raises(ValueError):
+            offload.check_request(ctx, {**mine, **change})
+            pytest.fail(what)
+
+
 def test_a_request_nobody_took_in_time_is_given_up_and_can_no_longer_be_claimed(celery_app):
     ctx, store = celery_app.extensions["ctx"], celery_app.extensions["store"]
     job = _job_with_snapshot(celery_app)
@@ -103,6 +131,9 @@ def test_a_request_nobody_took_in_time_is_given_up_and_can_no_longer_be_claimed(
         offload.run_on_worker(ctx, job["id"], "app.contained.infer", model, work, 30, "Inference")
     assert err.value.code == "unavailable" and "within 1 s" in err.value.message
     assert time.monotonic() - t0 < 5
+    # The request is over: its scratch dir is bound to nothing any more, so
+    # even the message still queued for it would be refused by a worker.
+    assert list(work.parent.glob("*" + offload.BOUND_SUFFIX)) == []
     # The message is still in the queue; a worker that gets to it now must not run it.
     import redis
     r = redis.Redis.from_url(str(ctx.cfg["BROKER_URL"]))
@@ -122,3 +153,29 @@ def test_inference_in_the_celery_queue_never_runs_on_the_web_host(celery_app):
     resp = client.post(f"/api/v1/jobs/{job['id']}/infer", content_type="multipart/form-data",
                        data={"image": (io.BytesIO(b"\x89PNG not really"), "x.png")})
     assert resp.status_code == 503 and resp.get_json()["error"] == "unavailable", resp.get_json()
+
+
+def test_inference_on_a_real_worker_runs_in_its_bound_scratch_dir(tmp_path, celery_app):
+    # End to end with a real Celery worker: a job trained there, then an
+    # image classified there; the worker accepts the web's own (bound)
+    # request, and nothing stays bound once it is answered.
+    from pathlib import Path
+
+    from cluster import CeleryWorker
+    from helpers import post, wait_for
+    client = client_for(celery_app)
+    worker = CeleryWorker(celery_app.config, "w1@hostA", tmp_path)
+    try:
+        resp = post(client, "/api/v1/jobs", max_iter=4, snapshot_interval=1)
+        assert resp.status_code == 201, resp.get_json()
+        job = wait_for(client, resp.get_json()["id"], {"done", "error", "interrupted", "aborted"}, timeout=180)
+        assert job["status"] == "done", job["error"]
+        root = Path(celery_app.config["JOBS_DIR"])
+        sample = sorted((root / "datasets" / "sample-digits" / "samples").glob("*.png"))[0]
+        resp = client.post(f"/api/v1/jobs/{job['id']}/infer", content_type="multipart/form-data",
+                           data={"image": (io.BytesIO(sample.read_bytes()), sample.name)})
+        assert resp.status_code == 200, (resp.get_json(), worker.log_path.read_text()[-3000:])
+        assert resp.get_json()["worker"] == "w1@hostA" and resp.get_json()["predictions"][0]["top"]
+        assert list((root / ".scratch").glob("*" + offload.BOUND_SUFFIX)) == []
+    finally:
+        worker.stop()

@@ -169,7 +169,7 @@ def test_convert_route_checks_its_input(client):
     assert client.get("/api/v1/jobs").get_json()["jobs"] == []
 
 
-def test_form_offers_the_converted_file(client):
+def test_form_offers_the_converted_file(app, client):
     import re
     html = client.get("/jobs/new").get_data(as_text=True)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
@@ -190,4 +190,10 @@ def test_form_offers_the_converted_file(client):
     assert resp.get_data(as_text=True) == layer.replace("xrange(2)", "range(2)")
     data = form()
     del data["csrf_token"]
-    assert client.post("/python-layers/convert", data=data, content_type="multipart/form-data").status_code == 400
+    # A browser signed in by its session cookie needs the CSRF token (a bearer token does not).
+    from helpers import client_for
+    client_for(app, "browser", password="pw-browser-1")
+    web = app.test_client()
+    login = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', web.get("/login").get_data(as_text=True))
+    web.post("/login", data={"csrf_token": login.group(1), "username": "browser", "password": "pw-browser-1"})
+    assert web.post("/python-layers/convert", data=data, content_type="multipart/form-data").status_code == 400

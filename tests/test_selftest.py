@@ -32,8 +32,11 @@ def test_selftest_reports_the_broken_install_on_healthz(broken_install):
     result = selftest.run(c.cfg, c.ws, c.containment, ready_datasets(c.store, c.ws))
     assert result["ok"] is False and "ModuleNotFoundError" in result["reason"], result
     selftest.save(broken_install.instance_path, result)
-    health = client_for(broken_install).get("/healthz").get_json()
+    health = client_for(broken_install).get("/healthz").get_json()      # the admin: the details
     assert health["ok"] is False and health["selftest"]["reason"] == result["reason"]
+    assert health["status"] == "unhealthy"
+    # Anyone else learns only that it is unhealthy, not why.
+    assert broken_install.test_client().get("/healthz").get_json() == {"status": "unhealthy"}
 
 
 def test_selftest_passes_on_a_working_install(app):

@@ -8,15 +8,50 @@ from helpers import LENET_SEED, SEED_LAYER, wait_for
 
 
 def test_healthz_reports_caffe_containment_and_store(client):
-    resp = client.get("/healthz")
+    resp = client.get("/healthz")      # the admin's token: every detail
     assert resp.status_code == 200
     body = resp.get_json()
-    assert body["ok"] is True
+    assert body["ok"] is True and body["status"] == "ok"
     assert body["caffe"]["python_layer"] is True
     assert body["caffe"]["version"] == "1.0.0"
     assert body["store"] == {"ok": True, "backend": "sqlite"}
     assert body["containment"] == "bwrap"
     assert resp.headers["Cache-Control"] == "no-store"
+
+
+DETAILS = {"containment", "containment_degraded", "cgroups", "disk", "workers", "gpus", "caffe", "selftest",
+           "store", "queue", "broker_ok"}
+
+
+def test_healthz_tells_anyone_only_ok_and_the_details_to_admins_and_monitoring(app):
+    # Issue 22, item 9: containment, cgroups, disk and workers map the host
+    # for an attacker; a probe needs only the status.
+    from helpers import client_for
+    anon = app.test_client()
+    resp = anon.get("/healthz")
+    assert resp.status_code == 200 and resp.get_json() == {"status": "ok"}
+    assert resp.headers["Cache-Control"] == "no-store"
+    user = client_for(app, "alice")                                   # not an admin
+    assert user.get("/healthz").get_json() == {"status": "ok"}
+    for header in ("Bearer lb_not-a-real-token", "Bearer ", "Basic YWRtaW46eA=="):
+        resp = anon.get("/healthz", headers={"Authorization": header})
+        assert resp.status_code == 200 and resp.get_json() == {"status": "ok"}, header
+    # The monitoring token, once configured, sees everything; before, it is nothing.
+    monitor = "mon-" + "x" * 40
+    assert anon.get("/healthz", headers={"Authorization": f"Bearer {monitor}"}).get_json() == {"status": "ok"}
+    app.config["MONITOR_TOKEN"] = monitor
+    body = anon.get("/healthz", headers={"Authorization": f"Bearer {monitor}"}).get_json()
+    assert DETAILS <= set(body) and body["status"] == "ok", body
+    assert anon.get("/healthz", headers={"Authorization": f"Bearer {monitor}x"}).get_json() == {"status": "ok"}
+    # An admin's token, and an admin's browser session.
+    assert DETAILS <= set(client_for(app, "root2", admin=True).get("/healthz").get_json())
+    client_for(app, "boss", admin=True, password="pw-boss-1")
+    web = app.test_client()
+    page = web.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    assert web.post("/login", data={"csrf_token": token, "username": "boss", "password": "pw-boss-1"}
+                    ).status_code == 303
+    assert DETAILS <= set(web.get("/healthz").get_json())
 
 
 def test_unknown_api_route_gets_error_shape(client):
@@ -66,10 +101,16 @@ def test_form_validate_shows_errors_inline(client):
     assert "layer <code>accuracy</code>" in html
 
 
-def test_form_without_csrf_token_is_refused(client):
+def test_form_without_csrf_token_is_refused(app, client):
+    # A browser: signed in by the session cookie (a bearer token needs no
+    # CSRF token: tests/test_auth_hardening.py).
+    from helpers import client_for
+    client_for(app, "browser", password="pw-browser-1")
+    web = app.test_client()
+    web.post("/login", data={"csrf_token": _csrf(web, "/login"), "username": "browser", "password": "pw-browser-1"})
     data = _form("", "create")
     del data["csrf_token"]
-    resp = client.post("/jobs/new", data=data, content_type="multipart/form-data")
+    resp = web.post("/jobs/new", data=data, content_type="multipart/form-data")
     assert resp.status_code == 400
     assert client.get("/api/v1/jobs").get_json()["jobs"] == []
 

@@ -45,7 +45,21 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "SECRET_KEY": (None, str),
     "SECURE_COOKIES": (False, bool),         # set behind HTTPS
     "DISK_LOW_MB": (1024, int),              # warn on /healthz and pages below this free space
+    "JOB_DISK_MB": (10240, int),             # what one job's output dir may take on disk (app.worker.quota)
+    "MONITOR_TOKEN": (None, str),            # bearer token that sees /healthz's details (besides admins)
+    # Failed sign-ins (login form, HTTP Basic, API tokens), app.web.throttle:
+    # past LOGIN_FAILURES for one user name from one address, or
+    # LOGIN_ADDRESS_FAILURES from one address for any names, within
+    # LOGIN_WINDOW_SECONDS, that address is answered 429 for that name (or all).
+    "LOGIN_FAILURES": (10, int),
+    "LOGIN_ADDRESS_FAILURES": (50, int),
+    "LOGIN_WINDOW_SECONDS": (300, int),
+    "RATELIMIT_STORAGE_URL": (None, str),   # where they are counted; default memory://, Redis (BROKER_URL) in celery mode
+    "TOKEN_DAYS": (0, int),                 # API tokens expire this many days after creation; 0: never
     "CAFFE_PYTHON": (None, str),            # interpreter with pycaffe
+    "PRIVSEP": (True, bool),
+    "USER_MAX_RUNNING": (0, int),           # jobs of one user running at once (0: no limit); the rest wait
+    "USER_MAX_QUEUED": (0, int),            # jobs of one user queued or waiting at once (0: no limit); 429 past it                # as root, `serve` runs web + worker as the `layerbench` user
 }
 
 

@@ -220,46 +220,72 @@ def list_dir(path: Path, beneath: Path | None = None) -> list[Entry]:
     return sorted(out, key=lambda e: e.name)
 
 
+MAX_DEPTH = 128   # directory levels disk_usage walks; a deeper tree is refused
+
+
 def disk_usage(path: Path, beneath: Path | None = None, stop_at: int | None = None) -> int:
     """Bytes allocated to everything under ``path`` (blocks, so a sparse file
-    counts what it really uses), never following a link; stops early once
-    past ``stop_at``."""
+    counts what it really uses; a file hard-linked several times once),
+    never following a link; stops early once past ``stop_at``; 0 when
+    ``path`` is missing. Depth-first, holding descriptors only along the
+    current branch: a directory of millions of subdirectories cannot run the
+    host out of descriptors and so hide what lies in the ones not opened. A
+    tree deeper than ``MAX_DEPTH`` is ``Refused`` (no one may vouch for it)."""
     anchor, parts = _parts(path, beneath)
     try:
-        fd = _open_dir_fd(anchor, parts)
+        top = _open_dir_fd(anchor, parts)
     except OSError:
         return 0
-    total = 0
-    stack = [fd]
+    total, seen = 0, set()
+    stack: list[tuple[int, int, object]] = []   # (O_PATH fd, readable fd, its scandir) per level
+
+    def enter(pfd: int) -> None:
+        # Takes ownership of pfd: pushed, or closed when it cannot be read.
+        try:
+            dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
+        except OSError:
+            os.close(pfd)
+            return
+        try:
+            stack.append((pfd, dfd, os.scandir(dfd)))
+        except OSError:
+            os.close(dfd)
+            os.close(pfd)
+
     try:
+        enter(top)
         while stack:
-            pfd = stack.pop()
-            try:
-                dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
-            except OSError:
-                os.close(pfd)
-                continue
-            try:
-                with os.scandir(dfd) as it:
-                    for e in it:
-                        try:
-                            st = e.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        total += st.st_blocks * 512
-                        if stat.S_ISDIR(st.st_mode):
-                            try:
-                                stack.append(os.open(e.name, _DIR_FLAGS, dir_fd=pfd))
-                            except OSError:
-                                pass
-            finally:
+            pfd, dfd, it = stack[-1]
+            e = next(it, None)
+            if e is None:
+                it.close()
                 os.close(dfd)
                 os.close(pfd)
+                stack.pop()
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
             if stop_at is not None and total > stop_at:
                 break
+            if stat.S_ISDIR(st.st_mode):
+                if len(stack) >= MAX_DEPTH:
+                    raise Refused(f"{Path(path).name}: deeper than {MAX_DEPTH} directory levels")
+                try:
+                    enter(os.open(e.name, _DIR_FLAGS, dir_fd=pfd))   # a link swapped in: ELOOP
+                except OSError:
+                    pass
     finally:
-        for rest in stack:
-            os.close(rest)
+        for pfd, dfd, it in stack:
+            it.close()
+            os.close(dfd)
+            os.close(pfd)
     return total
 
 

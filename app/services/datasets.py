@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from app.core import untrusted
 from app.services import sandbox
 from app.caffe.images import RESIZE_MODES
 from app.services.access import may_see, only_visible
@@ -268,8 +269,9 @@ def delete_as(ctx: Context, ds: dict, user: dict) -> None:
 
 def sample_names(ctx: Context, ds: dict) -> list[str]:
     """File names of the dataset's preview samples (samples/*.png)."""
-    d = ctx.ws.dataset_dir(ds["id"]) / "samples"
-    return sorted(p.name for p in d.glob("*.png")) if d.is_dir() else []
+    # Listed like everything a sandbox wrote: regular files only, no links.
+    return [e.name for e in untrusted.list_dir(ctx.ws.dataset_dir(ds["id"]) / "samples")
+            if not e.is_dir and e.name.endswith(".png")]
 
 
 def preview(ctx: Context, ds: dict, name: str) -> bytes | None:

@@ -8,18 +8,23 @@ from app.services import cgroups, gpus, sandbox, selftest, workers
 from app.services.caffe_info import caffe_info
 from app.services.context import Context
 
+UNHEALTHY = "unhealthy"   # /healthz's status when ``ok`` is false
+
 
 def health(c: Context, instance_dir: str | Path) -> dict:
-    """``ok`` plus the facts behind it: pycaffe, the start-up self-test (a
-    real contained validation; null when the server was not started by
-    ``flask serve``), the containment in force and why it is degraded, the
-    store, the queue and the GPUs."""
+    """``status`` ("ok" or "unhealthy") and ``ok`` plus the facts behind
+    them, for admins and monitoring only (``summary`` is what anyone
+    reads): pycaffe, the start-up self-test (a real contained validation;
+    null when the server was not started by ``flask serve``), the
+    containment in force and why it is degraded, the store, the queue and
+    the GPUs."""
     caffe = caffe_info(c.cfg["CAFFE_PYTHON"])
     store_ok = c.store.ping()
     check = selftest.load(Path(instance_dir))
+    ok = bool(caffe.get("ok") and caffe.get("python_layer") and store_ok and (check is None or check.get("ok")))
     return {
-        "ok": bool(caffe.get("ok") and caffe.get("python_layer") and store_ok
-                   and (check is None or check.get("ok"))),
+        "status": "ok" if ok else UNHEALTHY,
+        "ok": ok,
         "selftest": check,
         "caffe": {"version": caffe.get("version"), "python_layer": caffe.get("python_layer", False),
                   "gpu_build": caffe.get("gpu_build", False), "error": caffe.get("error")},
@@ -37,6 +42,12 @@ def health(c: Context, instance_dir: str | Path) -> dict:
         "gpus": list(gpus.detect()),
         "disk": disk(c),
     }
+
+
+def summary(report: dict) -> dict:
+    """What anyone may read of ``report`` (``health``'s): {"status": "ok"}
+    or {"status": "unhealthy"}, nothing about the host behind it."""
+    return {"status": report["status"]}
 
 
 def disk(c: Context) -> dict:

@@ -14,7 +14,7 @@ from app.core import untrusted
 from app.core.errors import ServiceError, invalid_field
 from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, REPORT_FILE, VALIDATION_DIR, WEIGHTS_FILE, Workspace
-from app.services import layer_env, layer_files, queue
+from app.services import fairshare, layer_env, layer_files, queue
 from app.services.access import may_see, only_visible
 from app.services.context import Context
 from app.services.submission import Prepared, Upload, check_dataset, prepare, run_validation
@@ -97,12 +97,51 @@ def submit(c: Context, upload: Upload, user: dict) -> dict:
     """Validate and queue a new job owned by ``user``; invalid_* and nothing
     queued when the upload is wrong."""
     from app.services import waiting
+    _check_share(c, upload, user)
     ds = waiting.building(c, upload, user)
     if ds is not None:   # DIGITS: accepted, waits for its dataset
         _guard_containment(c)
         return waiting.hold(c, upload, user, ds)
     job_id, prepared, report = validate_new(c, upload, user)
     return queue_new(c, job_id, prepared, report, user)
+
+
+def _check_share(c: Context, upload: Upload, user: dict) -> None:
+    """Fair share at the door (issue 27): at most USER_MAX_QUEUED jobs of one
+    user queued or waiting (429 naming the limit), and priority ``high`` only
+    for admins to grant."""
+    prio = (upload.fields.get("priority") or "normal").strip().lower()
+    if prio not in fairshare.PRIORITIES:
+        raise invalid_field("priority", f"Priority '{prio[:20]}' is not one of low, normal, high.", "low, normal or high")
+    if prio == "high" and not user.get("admin"):
+        raise ServiceError("forbidden", "Only an administrator can give a job high priority.",
+                           [{"field": "priority", "message": "high is for admins to grant"}])
+    limit = int(c.cfg.get("USER_MAX_QUEUED") or 0)
+    if limit:
+        mine = sum(1 for status in (JobStatus.QUEUED.value, JobStatus.WAITING.value)
+                   for _ in c.store.list_jobs(owner=user["name"], status=status))
+        if mine >= limit:
+            raise ServiceError("too_many_requests", f"You already have {mine} jobs queued or waiting; the "
+                               f"limit per user is {limit} (LAYERBENCH_USER_MAX_QUEUED). Wait for some to "
+                               "start, or abort some.", [{"field": "priority", "message": "queue full"}])
+
+
+def queue_position(c: Context, job: dict) -> dict | None:
+    """Where a queued job stands: {"position": 1 for next, "ahead": N,
+    "waiting_for": why}; None unless it is queued (local queue order)."""
+    if job.get("status") != JobStatus.QUEUED.value:
+        return None
+    queued = c.store.list_jobs(status=JobStatus.QUEUED.value)
+    limit = int(c.cfg.get("USER_MAX_RUNNING") or 0)
+    state = c.store.share_state(j["owner"] for j in queued)
+    pos = fairshare.position(job, queued, state, limit)
+    if pos is None:
+        return None
+    running, _ = state.get(job["owner"], (0, ""))
+    why = (f"{job['owner']} already runs {running} job(s), the limit per user (LAYERBENCH_USER_MAX_RUNNING)"
+           if limit and running >= limit else
+           "a free device" if pos == 1 else f"{pos - 1} job(s) ahead of it (fair share between users)")
+    return {"position": pos, "ahead": pos - 1, "waiting_for": why}
 
 
 def validate_new(c: Context, upload: Upload, user: dict) -> tuple[str, Prepared, dict]:
@@ -145,6 +184,9 @@ def job_params(prepared: Prepared, report: dict) -> dict:
     params["network_filename"] = prepared.network.filename
     params["iters_per_epoch"] = prepared.iters_per_epoch
     params["validation_seconds"] = report.get("seconds")
+    prio = (prepared.params.get("priority") or "").strip().lower()
+    if prio in fairshare.PRIORITIES and prio != "normal":
+        params["priority"] = prio
     return params
 
 

@@ -27,19 +27,26 @@ live worker, or none in time, is the service's fault (503), never the
 user's.
 
 A message is data, not a command: a worker runs only the inference runners,
-only on a snapshot in that job's own output directory and only in a fresh
-scratch directory (``check_request``). The broker must still be private or
+only on a snapshot in that job's own output directory and only in the
+scratch directory the web staged for *this* request (``check_request``):
+before sending, the web records beside that directory, where no sandbox
+reaches, a digest of the request's token and job (``bind``), and removes it
+when the request ends. A message naming another scratch directory (another
+request's images, a validation's upload), another job, or a request that
+already ended is refused. The broker must still be private or
 password-protected (README "Several machines").
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import secrets
 from pathlib import Path
 
 from app.core.errors import ServiceError
-from app.core.workspace import SNAPSHOT_PREFIX
+from app.core.workspace import SNAPSHOT_PREFIX, Workspace
 from app.services import queue
 from app.services.context import Context
 
@@ -54,6 +61,39 @@ MAX_WALL_S = 3600          # the longest run a message may ask for
 GAVE_UP = "gave-up"
 _SCRATCH = re.compile(r"\.scratch/[A-Za-z0-9_]{1,64}")
 _MODEL = re.compile(rf"{SNAPSHOT_PREFIX}_iter_\d{{1,12}}\.caffemodel")
+# Beside the scratch directory (``.scratch/<name>.request``): the scratch
+# names allowed in a message (``_SCRATCH``) hold no dot, so a marker can
+# never be named as one, and only the scratch directory itself is ever
+# bound into a sandbox, never its parent.
+BOUND_SUFFIX = ".request"
+
+
+def _digest(token: str, job_id: str) -> bytes:
+    # Only a digest is kept on the shared disk: reading it gives no one the
+    # token (which names the request's reply list in Redis).
+    return hashlib.sha256(f"layerbench-infer\0{token}\0{job_id}".encode()).hexdigest().encode()
+
+
+def bind(ctx: Context, work: Path, token: str, job_id: str) -> Path:
+    """The web's side, before it sends the message: record that scratch
+    directory ``work`` belongs to request ``token`` for job ``job_id``. The
+    marker's path (the caller removes it when the request ends)."""
+    marker = Path(work).with_name(Path(work).name + BOUND_SUFFIX)
+    if marker.parent != (ctx.ws.root / ".scratch").resolve():
+        raise ValueError("not a scratch directory")
+    Workspace.write_atomic(marker, _digest(token, job_id))
+    return marker
+
+
+def is_bound(marker: Path, token: str, job_id: str) -> bool:
+    """The worker's side: whether ``marker`` (``bind``'s) records request
+    ``token`` for job ``job_id``. A missing marker, a link, anything but a
+    small regular file, or another request's digest: False."""
+    try:
+        recorded = Workspace.read_capped(marker, 256)   # no link followed, regular files only
+    except OSError:
+        return False
+    return hmac.compare_digest(recorded, _digest(token, job_id))
 
 
 def relative(ctx: Context, path: Path) -> str:
@@ -65,8 +105,10 @@ def check_request(ctx: Context, body: dict) -> tuple[dict, str, Path, Path, floa
     """A worker's check of a message before it runs anything: (job row,
     runner, model, scratch directory, wall seconds), or ValueError. The
     runner is an inference runner, the model a snapshot in the job's own
-    output directory, the scratch directory one of the web's fresh ones (not
-    the jobs directory, not another job's files), no link anywhere."""
+    output directory, the scratch directory the one the web bound to this
+    request's token and job (``bind``: not the jobs directory, not another
+    job's files, not another request's or a validation's scratch
+    directory), no link anywhere."""
     if not re.fullmatch(r"[0-9a-f]{32}", str(body.get("token"))):
         raise ValueError("bad reply token")
     runner = str(body.get("runner"))
@@ -82,6 +124,8 @@ def check_request(ctx: Context, body: dict) -> tuple[dict, str, Path, Path, floa
     work = root / work_rel
     if work.is_symlink() or not work.is_dir() or work.resolve() != work:
         raise ValueError("not a scratch directory")
+    if not is_bound(root / (work_rel + BOUND_SUFFIX), str(body["token"]), job["id"]):
+        raise ValueError("not the scratch directory of this request")
     out = ctx.ws.output_dir(job["id"])
     name = Path(model_rel).name
     model = out / name
@@ -111,8 +155,19 @@ def run_on_worker(ctx: Context, job_id: str, runner: str, model: Path, work: Pat
     take_within = float(ctx.cfg["INFER_QUEUE_SECONDS"])
     body = {"job": job_id, "runner": runner, "model": relative(ctx, model), "work": relative(ctx, work),
             "token": token, "wall_seconds": run_seconds}
+    marker = bind(ctx, work, token, job_id)
+    try:
+        return _send_and_wait(ctx, body, take_within, int(run_seconds + START_MARGIN_S), what)
+    finally:
+        # The request is over (answered or given up): from now on no
+        # message may name its scratch directory, a replay of its own included.
+        marker.unlink(missing_ok=True)
+
+
+def _send_and_wait(ctx: Context, body: dict, take_within: float, run_wait: int, what: str) -> dict:
+    """Send the message ``body`` and wait for its claim, then its outcome."""
+    token = body["token"]
     reply_key = REPLY_KEY.format(token=token)
-    run_wait = int(run_seconds + START_MARGIN_S)
     try:
         r = queue.redis_client(ctx.cfg, read_timeout=max(take_within, run_wait) + 10)
         queue.client(ctx.cfg).send_task(TASK_INFER, args=[body], queue=INFER_QUEUE, expires=take_within)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from app.core import untrusted
 from app.caffe import network
 from app.services import layer_env, layer_files, sandbox
 from app.caffe import solver
@@ -87,7 +88,7 @@ def parse_params(fields: dict[str, str]) -> dict:
             details.append({"field": name, "message": "must be greater than zero"})
         params[name] = value
     for name in ("solver_type", "lr_policy", "stepvalues", "stepvalues_percent", "name", "dataset",
-                 "previous_job", "pretrained_model", "group_name"):
+                 "previous_job", "pretrained_model", "group_name", "priority"):
         if (fields.get(name) or "").strip():
             params[name] = fields[name].strip()
     use_mean = (fields.get("use_mean") or "").strip().lower()
@@ -116,6 +117,37 @@ def parse_params(fields: dict[str, str]) -> dict:
     if details:
         raise ServiceError("invalid_request", "Some fields have invalid values.", details)
     return params
+
+
+def unknown_dataset(ds_id: str) -> ServiceError:
+    """The one answer for a ``dataset`` field naming nothing this user may
+    train on: unknown, malformed, another user's or not built yet all read
+    the same, so an id of someone else's dataset tells its sender nothing."""
+    return ServiceError("invalid_request", f"Dataset '{ds_id[:80]}' does not exist or is not ready.",
+                        [{"field": "dataset", "message": "unknown dataset"}])
+
+
+def check_dataset(c, user: dict, fields: dict[str, str]) -> dict | None:
+    """The dataset record the ``dataset`` field names, or None when the field
+    is empty; ``unknown_dataset`` unless it is a well-formed id of a dataset
+    ``user`` may see (app.services.access). ``c``: the services Context.
+    Called before any job record is stored: a record keeps its dataset id,
+    and later reads (downloads, clone, inference) build paths from it and
+    treat the dataset as the job owner's."""
+    from app.services.access import may_see
+    ds_id = (fields.get("dataset") or "").strip()
+    if not ds_id:
+        return None
+    try:
+        # The workspace's own id rule (no '/', no '..'): a record never
+        # names a path outside the datasets directory.
+        c.ws.dataset_dir(ds_id)
+    except ValueError:
+        raise unknown_dataset(ds_id) from None
+    ds = c.store.get_dataset(ds_id)
+    if not may_see(user, ds):
+        raise unknown_dataset(ds_id)
+    return ds
 
 
 def _text(raw: str | bytes | None, field_name: str, filename: str, limit: int) -> str:
@@ -148,7 +180,7 @@ def _save_layer(upload: Upload, input_dir: Path, limit: int) -> dict | None:
     except ValueError:
         raise ServiceError("payload_too_large", f"The Python layer file is larger than {limit // 1024} KiB.",
                        [{"field": "python_layer", "file": LAYER_FILE, "message": "too large"}]) from None
-    data = dest.read_bytes()
+    data = untrusted.read_all(dest, limit)
     detail = {"field": "python_layer", "file": LAYER_FILE, "layer": None, "stage": "upload"}
     if not data.strip():
         dest.unlink()
@@ -195,8 +227,7 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, n
     if ds_id:
         ds = datasets.get(ds_id)
         if ds is None:
-            raise ServiceError("invalid_request", f"Dataset '{ds_id[:80]}' does not exist or is not ready.",
-                           [{"field": "dataset", "message": "unknown dataset"}])
+            raise unknown_dataset(ds_id)
     if ds is not None and params.get("crop_size") and params["crop_size"] > min(ds.image_shape[1:]):
         raise ServiceError("invalid_request", f"crop_size {params['crop_size']} is larger than the dataset's "
                            f"images ({ds.image_shape[2]}x{ds.image_shape[1]}).",

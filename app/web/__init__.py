@@ -29,6 +29,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.config.update(cfg)
     app.config.update(config.flask_settings(cfg))
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    _private_dir(Path(app.instance_path))
     Path(cfg["JOBS_DIR"]).mkdir(parents=True, exist_ok=True)
     app.secret_key = cfg["SECRET_KEY"] or _instance_secret(Path(app.instance_path))
 
@@ -48,7 +49,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from app.caffe.proto import caffe_pb2
     caffe_pb2()
 
-    from app.web import api, auth, cli, digits, errors, pages, security
+    from app.web import api, auth, cli, digits, errors, jsonsafe, pages, security
+    jsonsafe.register(app)   # no NaN/Infinity in any JSON the app writes
     errors.register(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
@@ -73,6 +75,18 @@ def _ensure_sample_dataset(store, ws) -> None:
         return
     info = ensure_sample_digits(ws.dataset_dir(SAMPLE_ID).parent)
     store.upsert_dataset(SAMPLE_ID, name=info["name"], owner=None, status=DatasetStatus.DONE.value, info=info)
+
+
+def _private_dir(instance: Path) -> None:
+    # The instance dir holds the database, the secret key and the initial
+    # credentials: 0700, whatever the umask made it (or an older install
+    # left). Sandboxed runs never need it: bwrap binds the one folder they
+    # read (layer-env) as root and creates its parents 0755 inside.
+    try:
+        instance.chmod(0o700)
+    except PermissionError:
+        import logging
+        logging.getLogger(__name__).warning("cannot make %s private (0700): not its owner", instance)
 
 
 def _instance_secret(instance: Path) -> str:

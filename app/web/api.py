@@ -1,7 +1,6 @@
 """REST blueprint, /api/v1 (API.md). Thin: parse, call a service, return."""
 from __future__ import annotations
 
-import json
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file, stream_with_context
@@ -12,6 +11,7 @@ from app.services import datasets as dataset_service
 from app.services import job_files, job_listing, jobs, sweeps
 from app.services import layer_env, layer_files
 from app.services.submission import Upload
+from app.web import jsonsafe
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.errors import ApiError
@@ -123,6 +123,7 @@ def get_job(job_id: str):
     from app.services.diagnostics import job_error   # the error's excerpt and Python 2 hint
     body["error"] = job_error(ctx(), job)
     body["history"] = [{"at": e["at"], "status": e["status"], "message": e["message"]} for e in events]
+    body["queue"] = jobs.queue_position(ctx(), job)   # None unless queued
     return _no_store(jsonify(body))
 
 
@@ -149,7 +150,8 @@ def job_log(job_id: str):
 
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str):
-    """Server-Sent Events: status, metrics, log; ends when the job ends."""
+    """Server-Sent Events: status, metrics, log; ends when the job ends.
+    Strict JSON like every answer: a NaN or infinite metric is null."""
     _job(job_id)   # 404 unless visible to this user
     c = ctx()
     store, ws = c.store, c.ws
@@ -170,13 +172,13 @@ def job_events(job_id: str):
             key = (body["status"], body["iteration"], body["progress"])
             if key != last:
                 last = key
-                yield f"event: status\ndata: {json.dumps(body)}\n\n"
+                yield f"event: status\ndata: {jsonsafe.dumps(body)}\n\n"
             recs = tail.records()
             if recs:
-                yield f"event: metrics\ndata: {json.dumps(recs)}\n\n"
+                yield f"event: metrics\ndata: {jsonsafe.dumps(recs)}\n\n"
             chunk, log_offset, size = job_files.log(c, cur, log_offset, 64 * 1024)
             if chunk:
-                yield f"event: log\ndata: {json.dumps(chunk.decode('utf-8', 'replace'))}\n\n"
+                yield f"event: log\ndata: {jsonsafe.dumps(chunk.decode('utf-8', 'replace'))}\n\n"
             if JobStatus(cur["status"]).ended and not recs and log_offset >= size:
                 yield "event: end\ndata: {}\n\n"
                 return
@@ -226,8 +228,8 @@ def delete_job(job_id: str):
 def download_job(job_id: str):
     """application/gzip tarball of the job's model files."""
     job = _job(job_id)
-    path = job_files.download(ctx(), job)
-    return send_file(path, mimetype="application/gzip", as_attachment=True,
+    archive = job_files.download(ctx(), job)
+    return send_file(archive, mimetype="application/gzip", as_attachment=True,
                      download_name=f"{job['id']}.tar.gz", max_age=0)
 
 

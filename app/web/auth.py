@@ -1,73 +1,60 @@
-"""Who is asking: browser sessions (Flask-Login, CSRF via Flask-WTF) and API
-bearer tokens (stored as sha256). Every request but /healthz, /login and
-static files needs a user; another user's job answers 404."""
+"""Who is asking: browser sessions (Flask-Login), API bearer tokens and HTTP
+Basic. Every request but /healthz, /login and static files needs a user;
+another user's job answers 404. Credentials are judged by
+``app.services.users``; this module wires them into requests:
+
+* one CSRF rule for every blueprint: a state-changing request authenticated
+  by the session cookie needs the CSRF token (form field ``csrf_token`` or an
+  ``X-CSRFToken`` header); one authenticated by a bearer token or HTTP Basic
+  never uses the session and needs none (browsers attach neither on their
+  own: this app never sends a ``WWW-Authenticate`` challenge, so no browser
+  keeps Basic credentials for it);
+* failed sign-ins counted (``app.web.throttle``), 429 past the budget;
+* sessions carry the user's session generation (``User.get_id``): logout,
+  a password change or deactivation ends every session of that user;
+* ``safe_next``: where the login page may send the browser afterwards.
+"""
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
-import time
-from functools import lru_cache
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
-from flask import Flask, current_app, g, redirect, request, url_for
-from flask.cli import AppGroup
-from flask_login import LoginManager, UserMixin, current_user as login_user_proxy
-from werkzeug.security import check_password_hash, generate_password_hash
+from flask import Flask, Response, current_app, g, redirect, request, url_for
+from flask_login import LoginManager, UserMixin, current_user as login_user_proxy, user_logged_out
 
-from app.web.errors import ApiError, wants_json
+from app.services import users
+from app.web import throttle
+from app.web.context import ctx
+from app.web.errors import ApiError, respond, wants_json
+from app.web.security import csrf
 
 PUBLIC_ENDPOINTS = {"web.healthz", "web.login", "static"}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 class User(UserMixin):
     """A logged-in user (what Flask-Login keeps in the session)."""
 
-    def __init__(self, row: dict) -> None:
-        self.name, self.admin = row["name"], bool(row["admin"])
+    def __init__(self, record: dict) -> None:
+        self.name, self.admin = record["name"], bool(record["admin"])
+        self.generation = int(record["generation"])
 
     def get_id(self) -> str:
-        return self.name
+        # The session cookie stores this: the generation in it is checked on
+        # every request, so bumping it server-side ends the session.
+        return users.session_id(self.name, self.generation)
 
 
-def _store():
-    return current_app.extensions["store"]
+class TooManyFailures(ApiError):
+    """429: too many failed sign-ins from this address (for this name)."""
 
-
-def token_hash(token: str) -> str:
-    """The stored form of an API token."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token(name: str) -> str:
-    """Create, store and return a fresh API token for ``name``."""
-    token = "lb_" + secrets.token_urlsafe(32)
-    _store().add_token(name, token_hash(token))
-    return token
-
-
-def create_user(name: str, password: str | None, admin: bool) -> tuple[str, str] | None:
-    """Create a user; returns (password, token), or None if the name is taken."""
-    password = password or secrets.token_urlsafe(12)
-    if not _store().add_user(name, generate_password_hash(password), admin):
-        return None
-    return password, new_token(name)
-
-
-def check_login(name: str, password: str) -> User | None:
-    """The user if ``password`` is right."""
-    row = _store().get_user(name)
-    if row and check_password_hash(row["password_hash"], password):
-        return User(row)
-    # Same cost whether or not the user exists: no user enumeration by timing.
-    check_password_hash(_dummy_hash(), password)
-    return None
-
-
-@lru_cache(maxsize=1)
-def _dummy_hash() -> str:
-    return generate_password_hash("not-a-password")
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(429, "too_many_requests", "Too many failed sign-ins from this address; "
+                         f"try again in {retry_after} s.")
+        self.retry_after = retry_after
 
 
 def current_user() -> dict:
@@ -75,44 +62,72 @@ def current_user() -> dict:
     return g.user
 
 
-_TOKEN_CACHE: dict[str, tuple[float, dict]] = {}
-TOKEN_CACHE_SECONDS = 10.0
+def create_user(name: str, password: str | None, admin: bool) -> tuple[str, str] | None:
+    """Create a user; returns (password, token), or None if the name is taken."""
+    return users.create(ctx(), name, password, admin)
+
+
+def new_token(name: str) -> str:
+    """Create, store and return a fresh API token for ``name``."""
+    return users.new_token(ctx(), name)
 
 
 def user_for_token(token: str) -> dict | None:
-    """The user of an API token. Positive answers are cached for 10 s per
-    process (clients poll job JSON many times a second; the lookup was a
-    third of that route's time). Tokens cannot be revoked yet; whoever adds
-    revocation must clear this cache or accept the 10 s."""
-    key = token_hash(token)
-    now = time.monotonic()
-    hit = _TOKEN_CACHE.get(key)
-    if hit and hit[0] > now:
-        return hit[1]
-    row = _store().user_for_token(key)
-    if row is not None:
-        if len(_TOKEN_CACHE) > 4096:
-            _TOKEN_CACHE.clear()
-        _TOKEN_CACHE[key] = (now + TOKEN_CACHE_SECONDS, {"name": row["name"], "admin": bool(row["admin"])})
-        return _TOKEN_CACHE[key][1]
-    return None
+    """{"name", "admin"} of an API token's active user, or None (not counted
+    as a failed sign-in: for routes that only look, like /healthz)."""
+    return users.user_for_token(ctx(), token)
 
 
-def user_for_password(name: str, password: str) -> dict | None:
-    """The user of an HTTP Basic user:password. Positive answers are cached
-    like tokens' (a password hash costs tens of ms; scripts poll)."""
-    key = "basic:" + token_hash(f"{name}\0{password}")
-    now = time.monotonic()
-    hit = _TOKEN_CACHE.get(key)
-    if hit and hit[0] > now:
-        return hit[1]
-    user = check_login(name, password)
-    if user is None:
+def _refuse_if_throttled(name: str | None) -> None:
+    wait = throttle.current().wait_s(name, throttle.client_address())
+    if wait:
+        raise TooManyFailures(wait)
+
+
+def _failed(name: str | None) -> None:
+    throttle.current().failed(name, throttle.client_address())
+
+
+def check_login(name: str, password: str) -> User | None:
+    """The user if ``password`` is right (the login form); counts a failure
+    otherwise. Raises ``TooManyFailures`` past the failure budget."""
+    _refuse_if_throttled(name)
+    user = users.check_password(ctx(), name, password)
+    record = users.login_user_record(ctx(), name) if user is not None else None
+    if record is None:
+        _failed(name)
         return None
-    if len(_TOKEN_CACHE) > 4096:
-        _TOKEN_CACHE.clear()
-    _TOKEN_CACHE[key] = (now + TOKEN_CACHE_SECONDS, {"name": user.name, "admin": user.admin})
-    return _TOKEN_CACHE[key][1]
+    return User(record)
+
+
+# What a browser ignores or rewrites in a URL before resolving it (WHATWG URL
+# parser): leading/trailing C0 controls and spaces are stripped, tab and
+# newlines removed anywhere, and a backslash is a slash. ``next`` is judged
+# after the same, or "/\t/evil.example" would pass as a path and leave as //evil.example.
+_STRIPPED = "".join(chr(i) for i in range(0x21))
+_REMOVED = re.compile(r"[\t\n\r]")
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after login: ``target`` if it is a path on this site, as
+    the browser will read it; else the job list."""
+    fallback = url_for("web.index")
+    path = _REMOVED.sub("", (target or "").strip(_STRIPPED)).replace("\\", "/")
+    if not path.startswith("/") or path.startswith("//") or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+        return fallback
+    parts = urlsplit(path)
+    if parts.scheme or parts.netloc:
+        return fallback
+    return path
+
+
+def _as(user: dict, via_token: bool) -> None:
+    g.user = {"name": user["name"], "admin": bool(user["admin"])}
+    g.via_token = via_token
+    if via_token:
+        # Not cookie-authenticated: no CSRF exposure, so the pages' forms
+        # (Flask-WTF) skip their token check for this request too.
+        g.csrf_valid = True
 
 
 def _bearer() -> str | None:
@@ -122,46 +137,73 @@ def _bearer() -> str | None:
     return None
 
 
-def _authenticate() -> None:
+def _needs_csrf() -> bool:
+    return request.method not in SAFE_METHODS and current_app.config.get("WTF_CSRF_ENABLED", True)
+
+
+def _authenticate() -> Response | None:
     if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+        if request.endpoint is not None and _needs_csrf():
+            csrf.protect()   # the login form: its token lives in the session cookie too
         return None
     token = _bearer()
     if token is not None:
-        user = user_for_token(token)
+        user = users.user_for_token(ctx(), token)
         if user is None:
+            # A valid token is never throttled (256 random bits: guessing is
+            # hopeless); bad ones are counted per address.
+            _refuse_if_throttled(None)
+            _failed(None)
             raise ApiError(401, "unauthorized", "The API token is not valid.")
-        g.user = dict(user)
-        g.via_token = True
+        _as(user, via_token=True)
         return None
     auth = request.authorization
     if auth is not None and auth.type == "basic":
         # HTTP Basic (DIGITS scripts, curl -u): like a token, never a session.
-        user = user_for_password(auth.username or "", auth.password or "")
+        name = auth.username or ""
+        _refuse_if_throttled(name)
+        user = users.user_for_password(ctx(), name, auth.password or "")
         if user is None:
+            _failed(name)
             raise ApiError(401, "unauthorized", "Wrong user name or password.")
-        g.user = dict(user)
-        g.via_token = True
+        _as(user, via_token=True)
         return None
     if login_user_proxy.is_authenticated:
-        # Session cookies authenticate the pages and the API's reads (the job
-        # page polls them); API writes need a token, so no CSRF exposure.
-        if request.blueprint in ("api", "digits") and request.method not in ("GET", "HEAD", "OPTIONS"):
-            raise ApiError(401, "unauthorized", "API writes need an 'Authorization: Bearer <token>' header.")
-        g.user = {"name": login_user_proxy.name, "admin": login_user_proxy.admin}
-        g.via_token = False
+        if _needs_csrf():
+            csrf.protect()   # CSRFError -> 400 (app.web.security)
+        _as({"name": login_user_proxy.name, "admin": login_user_proxy.admin}, via_token=False)
         return None
     if wants_json():
         raise ApiError(401, "unauthorized", "Log in, or send 'Authorization: Bearer <token>'.")
     return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
 
 
+def _load_session_user(sid: str) -> User | None:
+    record = users.session_user(ctx(), sid)
+    return User(record) if record else None
+
+
+def _logged_out(_sender, user=None, **_extra) -> None:
+    # Logout ends every session of the user, not only this cookie (a copy
+    # taken earlier would otherwise stay valid: the cookies are stateless).
+    if isinstance(user, User):
+        users.end_sessions(ctx(), user.name)
+
+
+def _too_many(err: TooManyFailures) -> Response:
+    resp = respond(err)
+    resp.headers["Retry-After"] = str(err.retry_after)
+    return resp
+
+
 def ensure_initial_admin(app: Flask) -> None:
     """First start with an empty database: create `admin`, print its password
     and token once, and keep them in <instance>/initial-credentials.txt (0600)."""
     with app.app_context():
-        if _store().count_users():
+        c = ctx()
+        if c.store.count_users():
             return
-        created = create_user("admin", None, True)
+        created = users.create(c, "admin", None, True)
         if created is None:        # another worker process won the race
             return
         password, token = created
@@ -173,39 +215,17 @@ def ensure_initial_admin(app: Flask) -> None:
 
 
 def register(app: Flask) -> None:
-    """Install login management, the request guard and the `users` CLI."""
+    """Install login management, the request guard, the failure counter,
+    the admin pages and the `users` CLI."""
+    from app.web import admin
+    from app.web.users_cli import users_cli
     manager = LoginManager()
     manager.init_app(app)
     manager.login_view = "web.login"
-
-    @manager.user_loader
-    def _load(name: str):
-        row = app.extensions["store"].get_user(name)
-        return User(row) if row else None
-
+    manager.user_loader(_load_session_user)
+    user_logged_out.connect(_logged_out, app)
+    throttle.register(app)
+    app.register_error_handler(TooManyFailures, _too_many)
     app.before_request(_authenticate)
+    app.register_blueprint(admin.bp)
     app.cli.add_command(users_cli)
-
-
-users_cli = AppGroup("users", help="Manage users and API tokens.")
-
-
-@users_cli.command("create")
-@click.argument("name")
-@click.option("--admin", is_flag=True, help="may see and manage every job")
-@click.option("--password", default=None, help="generated when not given")
-def users_create(name: str, admin: bool, password: str | None) -> None:
-    """Create a user; prints its password and an API token."""
-    created = create_user(name, password, admin)
-    if created is None:
-        raise click.ClickException(f"user {name!r} already exists")
-    click.echo(f"password: {created[0]}\ntoken: {created[1]}")
-
-
-@users_cli.command("token")
-@click.argument("name")
-def users_token(name: str) -> None:
-    """Print a fresh API token for an existing user."""
-    if _store().get_user(name) is None:
-        raise click.ClickException(f"no user {name!r}")
-    click.echo(f"token: {new_token(name)}")

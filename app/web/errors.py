@@ -4,7 +4,7 @@ from __future__ import annotations
 import errno
 
 from flask import Flask, Response, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from app.core.errors import ServiceError
 
@@ -21,8 +21,8 @@ _CODES = {
 STATUS = {
     "invalid_request": 400, "invalid_network": 400, "invalid_python_layer": 400,
     "unauthorized": 401, "forbidden": 403, "not_found": 404, "conflict": 409,
-    "payload_too_large": 413, "unsupported_media_type": 415, "internal_error": 500,
-    "unavailable": 503, "validator_unavailable": 503, "insufficient_storage": 507,
+    "payload_too_large": 413, "unsupported_media_type": 415, "too_many_requests": 429,
+    "internal_error": 500, "unavailable": 503, "validator_unavailable": 503, "insufficient_storage": 507,
 }
 
 
@@ -73,6 +73,11 @@ def register(app: Flask) -> None:
     def _http_error(exc: HTTPException):
         status = exc.code or 500
         message = exc.description or exc.name
+        if status == 404 and (request.url_rule is None or message == NotFound.description):
+            # Werkzeug's sentence ("The requested URL was not found on the
+            # server...") names nothing: say what was not found.
+            message = "No such API route." if wants_json() and request.path.startswith("/api/") \
+                else "No such page."
         if status == 413:
             message = ("The upload is larger than this server accepts "
                        f"({app.config['MAX_CONTENT_LENGTH'] // (1024 * 1024)} MiB), "

@@ -35,29 +35,49 @@ def _disk_warning() -> dict:
 
 @bp.get("/healthz")
 def healthz():
-    """Liveness and what this install can do; no auth."""
-    from app.services.health import health
-    resp = jsonify(health(ctx(), current_app.instance_path))
+    """Liveness for anyone: {"status": "ok"} (or "unhealthy"). What this
+    install can do and how (containment, cgroups, disk, workers, GPUs) only
+    for an admin (session or token) or LAYERBENCH_MONITOR_TOKEN as a bearer
+    token: those details map the host for an attacker."""
+    from app.services.health import health, summary
+    report = health(ctx(), current_app.instance_path)
+    resp = jsonify(report if _sees_health_details() else summary(report))
     resp.headers["Cache-Control"] = "no-store"
     return resp
+
+
+def _sees_health_details() -> bool:
+    # /healthz is public (no login guard ran): a bearer token is judged here.
+    # A wrong one only gets the short answer, never a 401: a probe stays a
+    # probe. HTTP Basic is not taken: a public route must not become a way
+    # to guess passwords past the login's limits.
+    import hmac
+    from flask_login import current_user as session_user
+    from app.web.auth import user_for_token
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        token = header[7:].strip()
+        monitor = str(current_app.config.get("MONITOR_TOKEN") or "")
+        if monitor and hmac.compare_digest(token.encode(), monitor.encode()):
+            return True
+        user = user_for_token(token) if token else None
+        return bool(user and user.get("admin"))
+    return bool(session_user.is_authenticated and getattr(session_user, "admin", False))
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     """Session login for the pages."""
     from flask_login import login_user
-    from app.web.auth import check_login
+    from app.web.auth import check_login, safe_next
     form = LoginForm()
     failed = False
     if form.validate_on_submit():
         user = check_login(form.username.data, form.password.data)
         if user is not None:
             login_user(user)
-            target = request.args.get("next") or ""
-            # Only local paths: never an open redirect to another site.
-            if not target.startswith("/") or target.startswith("//"):
-                target = url_for("web.index")
-            return redirect(target, code=303)
+            # Only paths on this site, as the browser will read them: never an open redirect.
+            return redirect(safe_next(request.args.get("next")), code=303)
         failed = True
     return render_template("web/login.html", form=form, failed=failed), (401 if failed else 200)
 
@@ -165,9 +185,22 @@ def new_job():
                          [{"field": k, "message": "; ".join(v)} for k, v in form.errors.items()])
     status = 400 if error is not None else 200
     if request.headers.get("X-Requested-With") == "fetch":
-        # The page's script validates in place (keeping the chosen files).
+        # The page's script validates and creates in place (keeping the chosen files).
         return render_template("web/_report.html", report=report, error=error), status
-    return render_template("web/new_job.html", form=form, report=report, error=error), status
+    return render_template("web/new_job.html", form=form, report=report, error=error,
+                           choose_again=_chosen_files() if request.method == "POST" else []), status
+
+
+# The form's file fields, as the page names them.
+_FILE_FIELDS = (("network", "network file"), ("python_layer", "Python layer file"),
+                ("solver", "solver file"), ("weights", "weights file"))
+
+
+def _chosen_files() -> list[tuple[str, str, str]]:
+    """(field, its label, file name) of each file the posted form carried:
+    a page sent back after a full round trip has them unchosen again."""
+    return [(field, label, f.filename) for field, label in _FILE_FIELDS
+            for f in request.files.getlist(field) if f.filename]
 
 
 def _svg(net) -> Response:
@@ -212,7 +245,7 @@ def standard_network(name: str):
     """A standard network's text (the form's "customize" action)."""
     text = standard_network_text(name)
     if text is None:
-        abort(404)
+        raise ApiError(404, "not_found", "No such standard network.")
     return Response(text, mimetype="text/plain")
 
 
@@ -247,7 +280,13 @@ def job_page(job_id: str):
     except ServiceError as err:
         if err.code != "not_found":
             raise
-        return redirect(url_for("web.dataset_page", dataset_id=_dataset(job_id)["id"]), code=302)
+        try:
+            dataset = _dataset(job_id)
+        except ServiceError as not_dataset:
+            if not_dataset.code != "not_found":
+                raise
+            raise err from None   # neither: "No such job."
+        return redirect(url_for("web.dataset_page", dataset_id=dataset["id"]), code=302)
     infer_form = InferForm()
     infer_form.snapshot.choices = [SelectChoice(str(s["iteration"]), f"iteration {s['iteration']}")
                                    for s in reversed(job.get("snapshots") or [])]
@@ -255,7 +294,7 @@ def job_page(job_id: str):
     return render_template("web/job.html", job=job, data=jobs.to_json(job), events=jobs.events(ctx(), job),
                            job_error=job_error(ctx(), job),
                            report=job_files.validation_report(ctx(), job), action_form=ActionForm(), infer_form=infer_form,
-                           segmentation=_is_segmentation(job))
+                           segmentation=_is_segmentation(job), queue=jobs.queue_position(ctx(), job))
 
 
 @bp.post("/jobs/<job_id>/<action>")
@@ -280,7 +319,7 @@ def job_action(job_id: str, action: str):
         flash(f"Deleted job {job['name']}.")
         return redirect(url_for("web.index"), code=303)
     else:
-        abort(404)
+        raise ApiError(404, "not_found", "No such job action.")
     return redirect(url_for("web.job_page", job_id=job_id), code=303)
 
 
@@ -331,7 +370,7 @@ def dataset_file(dataset_id: str, name: str):
     """The dataset's preview images only (mean.png, samples/*.png)."""
     data = dataset_service.preview(ctx(), _dataset(dataset_id), name)
     if data is None:
-        abort(404)
+        raise ApiError(404, "not_found", "No such dataset preview image.")
     return Response(data, mimetype="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 

@@ -1,5 +1,7 @@
-"""Browser-facing protections: CSRF on every form, security headers,
-cookie flags. (Who may do what lives in auth.py.)"""
+"""Browser-facing protections: CSRF, security headers, cookie flags. (Who
+may do what lives in auth.py, which also applies the one CSRF rule: every
+state-changing request authenticated by the session cookie needs the token,
+on every blueprint; token and HTTP Basic requests need none.)"""
 from __future__ import annotations
 
 from flask import Flask, Request, Response
@@ -53,29 +55,30 @@ _HEADERS = (("Content-Security-Policy", CSP), ("X-Frame-Options", "DENY"),
 
 
 def register(app: Flask) -> None:
-    """CSRF for forms (the token-authenticated API is exempt: API writes need
-    a bearer token, which browsers never attach on their own), headers, cookies."""
+    """CSRF tokens (checked by auth's guard once it knows how a request
+    authenticated: no blueprint is exempt), headers, cookies."""
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=bool(app.config.get("SECURE_COOKIES")),
         REMEMBER_COOKIE_HTTPONLY=True, REMEMBER_COOKIE_SAMESITE="Lax",
         REMEMBER_COOKIE_SECURE=bool(app.config.get("SECURE_COOKIES")),
         WTF_CSRF_TIME_LIMIT=None,  # valid for the session: long validations and open tabs
+        # Flask-WTF's blanket before-request check runs before anyone knows
+        # whether the cookie or a token authenticated the request, so it
+        # could only be all-or-nothing per blueprint (the hole of issue 22,
+        # item 4): auth._authenticate calls csrf.protect() itself instead.
+        WTF_CSRF_CHECK_DEFAULT=False,
     )
     app.request_class = ClosingRequest
     app.session_interface = TokenAwareSessionInterface()
     csrf.init_app(app)
-    from app.web import api
-    from app.web import digits
-    from app.web import pretrained
-    csrf.exempt(api.bp)
-    csrf.exempt(pretrained.bp)
-    csrf.exempt(digits.bp)
 
     @app.errorhandler(CSRFError)
     def _csrf_error(err: CSRFError):
-        return respond(ApiError(400, "invalid_request", "The form's CSRF token is missing or invalid "
-                                f"({err.description}). Reload the page and try again."))
+        return respond(ApiError(400, "invalid_request", "The CSRF token is missing or invalid "
+                                f"({err.description}): a request signed in by the session cookie needs the "
+                                "page's csrf_token (form field or X-CSRFToken header). Reload the page and "
+                                "try again; API clients send 'Authorization: Bearer <token>' instead."))
 
     @app.after_request
     def _headers(resp: Response) -> Response:

@@ -17,6 +17,7 @@ setting comes from the same ``LAYERBENCH_*`` environment as the web
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import sys
 import threading
@@ -29,11 +30,12 @@ from app.core.workspace import Workspace
 from app.services import inference, offload, queue
 from app.services.context import Context
 from app.store import Store, now_iso
-from app.worker import side_nodes
+from app.worker import identity, side_nodes
 from app.worker.heartbeat import Heartbeat
 from app.worker.runner import run_job
 from app.worker.supervisor import Allocator
 
+log = logging.getLogger(__name__)
 CFG = config.load()
 app = Celery("layerbench", set_as_current=True)
 app.conf.update(queue.settings(CFG))
@@ -160,8 +162,9 @@ def offered_gpus(spec: str | None) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     """Start this host's worker (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m app.worker.celery_app")
-    p.add_argument("-n", "--name", default=CFG["WORKER_NAME"] or f"layerbench@{socket.gethostname()}",
-                   help="Celery node name, NAME@HOST (default $LAYERBENCH_WORKER_NAME or layerbench@<hostname>)")
+    p.add_argument("-n", "--name", default=CFG["WORKER_NAME"],
+                   help="Celery node name, NAME@HOST, unique in the cluster (default $LAYERBENCH_WORKER_NAME, "
+                        "else a fresh layerbench-<hex>@<hostname>; app.worker.identity)")
     p.add_argument("--gpus", default=CFG["WORKER_GPUS"], help="GPUs offered: 0,1 or none (default: all found)")
     p.add_argument("--loglevel", default="INFO")
     # A side node (app.worker.side_nodes) started by this host's worker.
@@ -177,12 +180,21 @@ def main(argv: list[str] | None = None) -> None:
                          "-Q", side_nodes.role_queue(args.role)[0], "-l", args.loglevel,
                          "--without-mingle", "--without-gossip"])
         return
+    try:
+        # Before anything else: a second worker under a live one's name must
+        # not even write its heartbeat row (it would hide the first's death).
+        name_lock = identity.claim(CFG, args.name)
+    except identity.NameTaken as exc:
+        logging.basicConfig()
+        log.error("not starting: %s", exc)
+        sys.exit(2)
+    args.name = name_lock.name
     gpus = offered_gpus(args.gpus)
     slots = len(gpus) or int(CFG["WORKER_CONCURRENCY"]) or 1
     ctx = context()
     STATE.update(node=args.name, alloc=Allocator(gpus, 0 if gpus else slots))
     host = args.name.partition("@")[2] or socket.gethostname()
-    beat = Heartbeat(ctx, args.name, host, gpus, slots, RUNNING)
+    beat = Heartbeat(ctx, args.name, host, gpus, slots, RUNNING, name_lock=name_lock)
     beat.beat()          # listed before it takes its first job
     beat.start()
     print(f"worker {args.name}: GPUs {gpus}, {slots} slot(s), queues {queues_for(gpus)}, "
@@ -205,6 +217,10 @@ def main(argv: list[str] | None = None) -> None:
             # again (its heartbeat stops: app.worker.heartbeat).
             side.wait(30.0 if side.role == "datasets" else float(CFG["VALIDATE_TIMEOUT"]) * 2 + 10)
         beat.join(10)
+        try:
+            name_lock.release()
+        except Exception as exc:    # the broker is away: the name frees itself after its TTL
+            log.warning("could not release worker name %s: %r", args.name, exc)
 
 
 if __name__ == "__main__":

@@ -181,9 +181,10 @@ class Heartbeat(threading.Thread):
     dead workers' jobs, and re-sending lost queue messages."""
 
     def __init__(self, ctx: Context, name: str, host: str, gpus: list[int], slots: int,
-                 running: set[str]) -> None:
+                 running: set[str], name_lock=None) -> None:
         super().__init__(name="layerbench-heartbeat", daemon=True)
         self.ctx, self.node, self.host, self.gpus, self.slots = ctx, name, host, gpus, slots
+        self.name_lock = name_lock      # app.worker.identity.NameLock: refreshed with every beat
         self.running = running          # job ids this worker runs now (the tasks keep it)
         self.stop = threading.Event()
         self.started_at = now_iso()
@@ -198,6 +199,8 @@ class Heartbeat(threading.Thread):
         every = float(self.ctx.cfg["HEARTBEAT_SECONDS"])
         last_dispatch = 0.0
         while not self.stop.is_set():
+            if self.name_lock is not None:
+                self.name_lock.refresh()   # never raises: a broker outage must not stop the beat below
             try:
                 self.beat()
                 hand_over_stale(self.ctx, float(self.ctx.cfg["HANDOVER_SECONDS"]))

@@ -28,6 +28,7 @@ from app.core.workspace import (
 from app.services import layer_env, sandbox
 from app.services.context import Context
 from app.store import now_iso
+from app.worker import quota
 from app.worker.outcome import classify
 
 MAX_METRICS_BYTES = 64 << 20
@@ -209,6 +210,7 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
     # from the training it watches (the queue itself is polled faster).
     poll = max(float(ctx.cfg["WORKER_POLL_SECONDS"]), WATCH_SECONDS)
     aborting = False
+    disk = quota.Watcher(out, int(ctx.cfg["JOB_DISK_MB"]))
     while True:
         done = proc.poll() is not None
         job = store.get_job(job_id)
@@ -231,6 +233,9 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
                 _signal(proc)
         if done:
             break
+        if disk.over():   # what user code writes is bounded too, not only the time it takes
+            sandbox.kill(proc)
+            return JobStatus.INTERRUPTED.value, disk.error()
         if time.monotonic() - t0 > limits.wall_seconds:
             sandbox.kill(proc)
             return JobStatus.ERROR.value, {"stage": "train", "message":
@@ -263,10 +268,7 @@ def _free_mb(path: Path) -> int | None:
 
 def _signal(proc: subprocess.Popen) -> None:
     import signal
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+    sandbox.signal_group(proc, signal.SIGTERM)
 
 
 def _result(out: Path) -> dict | None:

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+from app.services import fairshare
 from app.services.context import Context
 from app.worker.runner import recover, run_job
 from app.core.status import JobStatus
@@ -67,7 +68,7 @@ class Allocator:
 
 
 class LocalSupervisor:
-    """Runs queued jobs on this machine in submission order: one per GPU
+    """Runs queued jobs on this machine in fair-share order: one per GPU
     (when Caffe has CUDA), ``cpu_slots`` on the CPU; a job waiting for a
     busy device lets later jobs that can run go first."""
 
@@ -79,25 +80,38 @@ class LocalSupervisor:
         self.stopping = threading.Event()
 
     def tick(self) -> None:
-        """Start every queued job whose device is free, and the oldest queued
-        dataset build when none is running."""
+        """Start queued jobs while a device is free, in fair-share order
+        (app.services.fairshare), and the oldest queued dataset build when
+        none is running."""
         self._datasets()
         self.threads = {j: t for j, t in self.threads.items() if t.is_alive()}
-        for job in self.ctx.store.list_jobs(status=JobStatus.QUEUED.value)[::-1]:
-            if self.stopping.is_set():
-                return
-            if job["id"] in self.threads:
-                continue
-            if job["abort_requested"]:
-                self.ctx.store.update_job(job["id"], expect_status=[JobStatus.QUEUED.value],
-                                          status=JobStatus.ABORTED.value, finished_at=now_iso())
-                continue
-            slot = self.alloc.pick((job.get("params") or {}).get("device", "auto"))
-            if slot is None:
-                continue
-            t = threading.Thread(target=self._run, args=(job["id"], slot), daemon=True)
-            self.threads[job["id"]] = t
-            t.start()
+        queued = [j for j in self.ctx.store.list_jobs(status=JobStatus.QUEUED.value) if j["id"] not in self.threads]
+        for job in [j for j in queued if j["abort_requested"]]:
+            self.ctx.store.update_job(job["id"], expect_status=[JobStatus.QUEUED.value],
+                                      status=JobStatus.ABORTED.value, finished_at=now_iso())
+        queued = [j for j in queued if not j["abort_requested"]]
+        if not queued:
+            return
+        limit = int(self.ctx.cfg.get("USER_MAX_RUNNING") or 0)
+        state = self.ctx.store.share_state(j["owner"] for j in queued)
+        started = True
+        while started and queued and not self.stopping.is_set():
+            started = False
+            for job in fairshare.order(queued, state, limit):
+                running, _ = state[job["owner"]]
+                if limit and running >= limit:
+                    break        # only held jobs are left
+                slot = self.alloc.pick((job.get("params") or {}).get("device", "auto"))
+                if slot is None:
+                    continue     # its device is busy: a later job that can run goes first
+                t = threading.Thread(target=self._run, args=(job["id"], slot), daemon=True)
+                self.threads[job["id"]] = t
+                t.start()
+                queued.remove(job)
+                # Counted as running from now on, before its thread claims it.
+                state[job["owner"]] = (running + 1, "~" + now_iso())
+                started = True
+                break
 
     def _datasets(self) -> None:
         if self.dataset_thread is not None and self.dataset_thread.is_alive():

@@ -21,15 +21,30 @@
       plugins: { legend: { position: "bottom" } }
     }
   });
+  var flags = document.getElementById("compare-flags");
+  var C = window.LBCharts;
   function draw() {
-    var m = metric.value, ax = axis.value;
-    chart.data.datasets = data.jobs.map(function (j, i) {
+    var m = metric.value, ax = axis.value, notes = [];
+    var sets = [];
+    data.jobs.forEach(function (j, i) {
       var color = palette[i % palette.length];
+      // A non-finite value arrives as null (app/web/jsonsafe.py): a gap in
+      // this job's curve and a cross at its first one; the other jobs draw on.
       var pts = (j.series[m] || []).filter(function (p) { return p[ax] !== null && p[ax] !== undefined; })
-        .map(function (p) { return { x: p[ax], y: p.value }; });
-      return { label: j.name, data: pts, borderColor: color, backgroundColor: color, borderWidth: 1.5,
-               pointRadius: m.indexOf("val ") === 0 ? 2 : 0 };
+        .map(function (p) { return { x: p[ax], y: C.isFinitePoint(p.value) ? p.value : null, iteration: p.iteration }; });
+      sets.push({ label: j.name, data: pts, borderColor: color, backgroundColor: color, borderWidth: 1.5,
+                  pointRadius: m.indexOf("val ") === 0 ? 2 : 0 });
+      var bad = -1;
+      pts.some(function (p, k) { if (p.y === null) { bad = k; return true; } return false; });
+      if (bad >= 0) {
+        var before = pts.slice(0, bad).filter(function (p) { return p.y !== null; });
+        sets.push(C.markerDataset(j.name + ": NaN at iteration " + pts[bad].iteration, pts[bad].x,
+                                  before.length ? before[before.length - 1].y : 0));
+        notes.push("“" + m + "” of " + j.name + " became NaN or infinite at iteration " + pts[bad].iteration + ".");
+      }
     });
+    chart.data.datasets = sets;
+    if (flags) { flags.textContent = notes.join(" "); flags.hidden = !notes.length; }
     chart.options.scales.x.title.text = ax === "wall_seconds" ? "wall time (s)" : ax;
     chart.options.scales.y.title.text = m;
     chart.update("none");

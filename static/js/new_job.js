@@ -13,28 +13,63 @@
   });
 })();
 
-// "Validate" without leaving the page: the browser would forget the chosen
-// files on a full round trip, so post the form in the background and show
-// the report above it.
+// "Validate" and "Create job" without leaving the page: the browser would
+// forget the chosen files on a full round trip, so post the form in the
+// background. Validate shows the report above the form; Create goes to the
+// new job (or the sweep's jobs) and, when it is refused, shows why above the
+// form with every file still chosen.
 (function () {
   "use strict";
   var form = document.getElementById("job-form");
-  var btn = document.getElementById("validate");
   var area = document.getElementById("report-area");
-  if (!form || !btn || !area || !window.fetch || !window.FormData) return;
-  btn.addEventListener("click", function (ev) {
-    ev.preventDefault();
+  if (!form || !area || !window.fetch || !window.FormData) return;
+  var labels = { validate: ["Validate", "Validating…"], create: ["Create job", "Creating…"] };
+  var busy = false;
+  function send(btn, action) {
+    if (busy) return;
+    busy = true;
     var data = new FormData(form);
-    data.set("action", "validate");
+    data.set("action", action);
     btn.disabled = true;
-    btn.textContent = "Validating…";
+    btn.textContent = labels[action][1];
     // form.action is shadowed by the buttons named "action": read the attribute.
     fetch(form.getAttribute("action") || window.location.href, {
       method: "POST", body: data, headers: { "X-Requested-With": "fetch" }, credentials: "same-origin"
-    }).then(function (r) { return r.text(); }).then(function (html) {
+    }).then(function (r) {
+      // Created: the server redirected to the job's page (a sweep: its list).
+      if (action === "create" && r.ok && r.redirected) { window.location.assign(r.url); return null; }
+      if (!r.ok && r.status !== 400 && r.status !== 409) {
+        throw new Error("The server answered " + r.status + (r.statusText ? " " + r.statusText : "") +
+                        "; nothing was created. Your choices are still set: try again.");
+      }
+      return r.text();
+    }).then(function (html) {
+      if (html === null) return;
       area.innerHTML = html;
       area.scrollIntoView({ behavior: "smooth" });
-    }).finally(function () { btn.disabled = false; btn.textContent = "Validate"; });
+    }).catch(function (e) {
+      area.textContent = "";
+      var p = document.createElement("p");
+      p.className = "report bad";
+      p.id = "errors";
+      p.textContent = e.message || String(e);
+      area.appendChild(p);
+      area.scrollIntoView({ behavior: "smooth" });
+    }).finally(function () {
+      busy = false;
+      btn.disabled = false;
+      btn.textContent = labels[action][0];
+    });
+  }
+  Object.keys(labels).forEach(function (action) {
+    var btn = document.getElementById(action);
+    if (!btn) return;
+    btn.addEventListener("click", function (ev) {
+      // The browser's own checks (required, number ranges) first.
+      if (!form.reportValidity()) return;
+      ev.preventDefault();
+      send(btn, action);
+    });
   });
 })();
 

@@ -94,7 +94,12 @@ def find(record_id: str) -> tuple[str, dict]:
     except ServiceError as err:
         if err.code != "not_found":
             raise
-    return "dataset", dataset_service.get(ctx(), record_id, current_user())
+    try:
+        return "dataset", dataset_service.get(ctx(), record_id, current_user())
+    except ServiceError as err:
+        if err.code != "not_found":
+            raise
+        raise ServiceError("not_found", "No such job or dataset.") from None
 
 
 def arg(name: str, default: str | None = None) -> str | None:
