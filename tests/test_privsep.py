@@ -47,7 +47,7 @@ def _ask(path: str, body: dict, as_uid: int | None = None) -> dict:
             "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
             f"s.connect({path!r})\n"
             "r, w = os.pipe()\n"
-            f"socket.send_fds(s, [json.dumps({body!r}).encode()], [w, w])\n"
+            f"socket.send_fds(s, [json.dumps({body!r}).encode()], [r, w, w])\n"
             "print(s.recv(1 << 20).decode())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          user=as_uid, group=as_uid and pwd.getpwuid(as_uid).pw_gid)

@@ -20,7 +20,7 @@ gives the writable directories back to the service user before it reports
 the exit, so the service can publish, read and delete what the run left.
 
 Protocol: one JSON object per packet. Caller: {"op": "mode"} or
-{"op": "start", "spec": ..., "limits": ...} (+ 2 descriptors), then
+{"op": "start", "spec": ..., "limits": ...} (+ 3 descriptors: stdin, stdout, stderr), then
 {"op": "kill"} / {"op": "signal", "signal": N}. Launcher: {"mode": ...},
 {"pid": ..., "uid": ...} or {"error": ...}, then {"returncode": ...,
 "timed_out": ..., "oom_killed": ...}.
@@ -154,7 +154,7 @@ class Launcher:
                 _send(conn, {"error": f"uid {uid} may not start sandboxes"})
                 return
             try:
-                data, fds, _, _ = socket.recv_fds(conn, MAX_PACKET, 2)
+                data, fds, _, _ = socket.recv_fds(conn, MAX_PACKET, 3)
             except OSError:
                 return
             if not data:   # a connection that only checked we listen
@@ -163,7 +163,7 @@ class Launcher:
                 msg = json.loads(data)
                 if msg.get("op") == "mode":
                     _send(conn, {"mode": self.how})
-                elif msg.get("op") == "start" and len(fds) == 2:
+                elif msg.get("op") == "start" and len(fds) == 3:
                     self._run(conn, msg, fds)
                 else:
                     _send(conn, {"error": "unknown request"})
@@ -179,7 +179,7 @@ class Launcher:
     def _run(self, conn: socket.socket, msg: dict, fds: list[int]) -> None:
         spec, limits = check(msg, self.cfg)
         t0 = time.monotonic()
-        proc = sandbox.start(spec, self.how, limits, fds[0], fds[1])
+        proc = sandbox.start(spec, self.how, limits, stdout=fds[1], stderr=fds[2], stdin=fds[0])
         # Only the run holds the caller's descriptors now: a pipe's reader
         # sees its end when the run's last process exits.
         while fds:

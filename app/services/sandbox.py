@@ -309,9 +309,10 @@ def command(spec: Spec, how: str, limits: Limits, uid: int | None = None) -> lis
     return list(spec.argv)
 
 
-def start(spec: Spec, how: str, limits: Limits, stdout, stderr) -> subprocess.Popen:
+def start(spec: Spec, how: str, limits: Limits, stdout, stderr, stdin=subprocess.DEVNULL) -> subprocess.Popen:
     """Start ``spec`` contained; the caller waits with ``wait`` (or ``kill``),
-    which gives the run's uid back."""
+    which gives the run's uid back. ``stdin``: DEVNULL, or PIPE for a
+    process the host talks to (``proc.stdin``)."""
     remote = sandbox_remote.configured()
     if remote and how != "none":
         from dataclasses import asdict
@@ -319,7 +320,7 @@ def start(spec: Spec, how: str, limits: Limits, stdout, stderr) -> subprocess.Po
             "argv": list(spec.argv), "read_only": [str(p) for p in spec.read_only],
             "writable": [str(p) for p in spec.writable], "env": dict(spec.env),
             "cwd": str(spec.cwd) if spec.cwd else None, "devices": list(spec.devices)},
-            asdict(limits), stdout, stderr)
+            asdict(limits), stdout, stderr, stdin)
     held = lease() if how != "none" else None
     uid = held.uid if held else None
     # The run's own cgroup (pids + memory for all its processes together),
@@ -331,7 +332,7 @@ def start(spec: Spec, how: str, limits: Limits, stdout, stderr) -> subprocess.Po
         for p in spec.writable:
             prepare_writable(p, uid)
         env = None if how == "bwrap" else _env(spec)
-        proc = subprocess.Popen(command(spec, how, limits, uid), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(command(spec, how, limits, uid), stdin=stdin,
                                 stdout=stdout, stderr=stderr, env=env, cwd=spec.cwd,
                                 preexec_fn=_rlimits(limits, group if group and group.dirs else None),
                                 start_new_session=True)

@@ -34,6 +34,7 @@ class RemoteRun:
 
     def __init__(self, conn: socket.socket, pid: int, uid: int | None, stdout) -> None:
         self.conn, self.pid, self.sandbox_uid, self.stdout = conn, pid, uid, stdout
+        self.stdin = None
         self.returncode: int | None = None
         self.timed_out = self.oom = False
 
@@ -98,42 +99,45 @@ def remote_mode(path: str) -> str:
     return msg["mode"]
 
 
-def start(path: str, spec: dict, limits: dict, stdout, stderr) -> RemoteRun:
+def start(path: str, spec: dict, limits: dict, stdout, stderr, stdin=subprocess.DEVNULL) -> RemoteRun:
     """Ask the launcher at ``path`` to start ``spec`` (sandbox.Spec's fields,
     paths as strings) under ``limits`` (sandbox.Limits's); a RemoteRun, or
-    RuntimeError with the launcher's reason."""
-    keep, send = None, []
-    opened = []
-    for target in (stdout, stderr):
+    RuntimeError with the launcher's reason. ``stdin``/``stdout`` may be
+    PIPE (``run.stdin`` / ``run.stdout`` are then the host's ends)."""
+    ends: dict[str, object] = {}
+    send, opened = [], []
+    for name, target in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
         if target is subprocess.STDOUT:
-            send.append(send[0])
+            send.append(send[1])
         elif target is subprocess.PIPE:
             r, w = os.pipe()
-            keep = os.fdopen(r, "rb")
-            send.append(w)
-            opened.append(w)
+            mine, theirs = (w, r) if name == "stdin" else (r, w)
+            ends[name] = os.fdopen(mine, "wb" if name == "stdin" else "rb")
+            send.append(theirs)
+            opened.append(theirs)
         elif target is None or target is subprocess.DEVNULL:
-            fd = os.open(os.devnull, os.O_WRONLY)
+            fd = os.open(os.devnull, os.O_RDONLY if name == "stdin" else os.O_WRONLY)
             send.append(fd)
             opened.append(fd)
         else:
             send.append(target if isinstance(target, int) else target.fileno())
     conn = _connect(path)
     try:
-        body = {"op": "start", "limits": limits, "spec": spec}
-        socket.send_fds(conn, [json.dumps(body).encode()], send)
+        socket.send_fds(conn, [json.dumps({"op": "start", "limits": limits, "spec": spec}).encode()], send)
         msg = json.loads(conn.recv(MAX_PACKET) or b"{}")
     except BaseException:
         conn.close()
-        if keep is not None:
-            keep.close()
+        for end in ends.values():
+            end.close()
         raise
     finally:
         for fd in opened:
             os.close(fd)
     if "pid" not in msg:
         conn.close()
-        if keep is not None:
-            keep.close()
+        for end in ends.values():
+            end.close()
         raise RuntimeError(f"the sandbox launcher did not start the run: {msg.get('error', 'no answer')}")
-    return RemoteRun(conn, msg["pid"], msg.get("uid"), keep)
+    run = RemoteRun(conn, msg["pid"], msg.get("uid"), ends.get("stdout"))
+    run.stdin = ends.get("stdin")
+    return run
