@@ -44,6 +44,8 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("app/services/cgroups.py", "join", "open"): "cgroup.procs of the host's own cgroup tree",
     ("app/services/cgroups.py", "_v2", "controllers.read_text"): "the host's cgroup filesystem",
     ("app/services/cgroups.py", "oom_killed", "(d / name).read_text"): "the host's cgroup filesystem",
+    ("app/services/sandbox_remote.py", "start", "os.open"): "/dev/null for a run's unused stdio",
+    ("app/services/sandbox_remote.py", "start", "os.fdopen"): "the host's end of a pipe it just made",
     ("app/web/proxy.py", "prepare", "os.open"): "the server's own lock file in its runtime dir",
     ("app/web/auth.py", "ensure_initial_admin", "os.open"): "creates a 0600 file in the instance dir",
     ("app/web/auth.py", "ensure_initial_admin", "os.fdopen"): "the descriptor just created above",
