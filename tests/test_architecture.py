@@ -30,7 +30,7 @@ RULES = {
 }
 # Views: thin, through services only (the factory and the CLI wire the store up).
 VIEWS = ("app.web.pages", "app.web.api", "app.web.digits")
-RUNNERS = ("train", "validate", "infer", "build_dataset", "probe", "envprobe", "segment")
+RUNNERS = ("train", "validate", "infer", "infer_server", "build_dataset", "probe", "envprobe", "segment")
 
 
 def _modules() -> list[tuple[str, Path]]:

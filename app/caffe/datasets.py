@@ -68,25 +68,45 @@ def write_dataset(dest: Path, images: np.ndarray, labels: np.ndarray,
                   seed: int = 0, in_place: bool = False) -> dict:
     """Write a complete dataset directory and return its info: atomically
     (temp dir + rename), or straight into an existing ``dest`` (the sandboxed
-    builder, whose output its caller publishes)."""
+    builder, whose output its caller publishes). ``val_percent`` of every
+    class goes to the validation set."""
+    tr, va = stratified_split(labels, val_percent, seed)
+    return write_splits(dest, {"train": (images[tr], labels[tr]), "val": (images[va], labels[va])},
+                        class_names, name, in_place=in_place)
+
+
+def write_splits(dest: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str],
+                 name: str, in_place: bool = False) -> dict:
+    """``write_dataset`` with the splits given: "train" and "val" (DIGITS's
+    separate validation folder), and "test" when present (test_db, counted
+    but never trained on, as in DIGITS)."""
     tmp = dest if in_place else dest.with_name(dest.name + ".partial")
     if not in_place:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    tr, va = stratified_split(labels, val_percent, seed)
-    write_lmdb(tmp / "train_db", images[tr], labels[tr])
-    write_lmdb(tmp / "val_db", images[va], labels[va])
-    mean = write_mean(tmp / "mean.binaryproto", images[tr])
+    (x_tr, y_tr), (x_va, y_va) = splits["train"], splits["val"]
+    write_lmdb(tmp / "train_db", x_tr, y_tr)
+    write_lmdb(tmp / "val_db", x_va, y_va)
+    test = splits.get("test")
+    if test is not None:
+        write_lmdb(tmp / "test_db", *test)
+    mean = write_mean(tmp / "mean.binaryproto", x_tr)
     (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in class_names))
-    _previews(tmp, mean, images, labels, len(class_names))
+    every = [x for x, _ in splits.values() if len(x)]
+    _previews(tmp, mean, np.concatenate(every), np.concatenate([y for x, y in splits.values() if len(x)]),
+              len(class_names))
     info = {
         "name": name, "num_classes": len(class_names), "labels": class_names,
-        "train_count": int(len(tr)), "val_count": int(len(va)),
-        "image_shape": [int(s) for s in images.shape[1:]],
+        "train_count": int(len(y_tr)), "val_count": int(len(y_va)),
+        "image_shape": [int(s) for s in x_tr.shape[1:]],
         "backend": "LMDB",
-        "per_class": {c: {"train": int((labels[tr] == i).sum()), "val": int((labels[va] == i).sum())}
+        "per_class": {c: {"train": int((y_tr == i).sum()), "val": int((y_va == i).sum())}
                       for i, c in enumerate(class_names)},
     }
+    if test is not None:
+        info["test_count"] = int(len(test[1]))
+        for i, c in enumerate(class_names):
+            info["per_class"][c]["test"] = int((test[1] == i).sum())
     (tmp / DATASET_INFO_FILE).write_text(json.dumps(info, indent=1))
     if not in_place:
         shutil.rmtree(dest, ignore_errors=True)

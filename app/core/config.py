@@ -20,12 +20,15 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "QUEUE": ("local", str),                # local | celery (workers on any host: README "Several machines")
     "REDIS_URL": ("redis://127.0.0.1:6379/0", str),
     "BROKER_URL": (None, str),              # celery's broker; default REDIS_URL
-    "WORKER_NAME": (None, str),             # celery node name, default layerbench@<hostname>
+    "WORKER_NAME": (None, str),             # celery node name, default layerbench-<hex>@<hostname> (app.worker.identity)
     "WORKER_GPUS": (None, str),             # GPUs a celery worker offers: "0,1", "none"; default: all found
     "HEARTBEAT_SECONDS": (1.0, float),      # how often a celery worker writes its heartbeat
     "HANDOVER_SECONDS": (30.0, float),      # a running job whose heartbeat is older is handed over
     "INFER_QUEUE_SECONDS": (30.0, float),   # celery: how long an inference request may wait for a worker
     "INFER_CONCURRENCY": (2, int),          # celery: inference requests a worker host runs at once
+    "INFER_WARM": (4, int),                 # warm inference processes kept per host process (app.services.warm); 0: one per request
+    "INFER_IDLE_SECONDS": (300.0, float),   # a warm inference process idle this long is retired
+    "INFER_REQUEST_SECONDS": (0.0, float),  # wall clock of one warm inference request; 0: VALIDATE_TIMEOUT x 2
     "MAX_UPLOAD_MB": (64, int),
     "MAX_LAYER_FILE_KB": (512, int),
     "MAX_NETWORK_FILE_KB": (1024, int),
@@ -40,6 +43,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "DATASET_MAX_FILES": (200_000, int),     # entries in an uploaded archive
     "DATASET_MAX_MB": (4096, int),           # uncompressed bytes in an archive
     "DATASET_TIMEOUT": (3600, int),          # seconds to build one dataset
+    "DATA_ROOTS": (None, str),               # ":"-separated server folders datasets may be read from ({user}: per user); app.services.data_roots
     "WORKER_CONCURRENCY": (0, int),         # 0: one per GPU, else 1
     "WORKER_POLL_SECONDS": (0.2, float),
     "SECRET_KEY": (None, str),
@@ -47,6 +51,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "DISK_LOW_MB": (1024, int),              # warn on /healthz and pages below this free space
     "JOB_DISK_MB": (10240, int),             # what one job's output dir may take on disk (app.worker.quota)
     "MONITOR_TOKEN": (None, str),            # bearer token that sees /healthz's details (besides admins)
+    "METRICS_TOKEN": (None, str),            # bearer token for GET /metrics from off this host (app.web.metrics)
     # Failed sign-ins (login form, HTTP Basic, API tokens), app.web.throttle:
     # past LOGIN_FAILURES for one user name from one address, or
     # LOGIN_ADDRESS_FAILURES from one address for any names, within

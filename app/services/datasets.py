@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from app.core import untrusted
-from app.services import sandbox
+from app.services import data_roots, sandbox
 from app.caffe.images import RESIZE_MODES
 from app.services.access import may_see, only_visible
 from app.services.context import Context
@@ -23,7 +23,7 @@ from app.store import new_job_id, now_iso
 from app.core.workspace import DATASET_INFO_FILE, DATASET_PARAMS_FILE, PROGRESS_FILE, RESULT_FILE, Workspace
 
 # What a finished build may contain; anything else (a link, a stray file) is refused.
-PUBLISHED = ("train_db", "val_db", "labels.txt", "mean.binaryproto", "mean.png", "samples", DATASET_INFO_FILE)
+PUBLISHED = ("train_db", "val_db", "test_db", "labels.txt", "mean.binaryproto", "mean.png", "samples", DATASET_INFO_FILE)
 
 
 def parse_fields(fields: dict[str, str]) -> dict:
@@ -56,19 +56,29 @@ def parse_fields(fields: dict[str, str]) -> dict:
 
 
 def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owner: str) -> dict:
-    """Store the archive and queue the build; the dataset record."""
+    """Store the archive, or note the server folders (``folder``,
+    ``folder_val``, ``folder_test`` under the data roots), and queue the
+    build; the dataset record."""
     params = parse_fields(fields)
-    if archive is None:
-        raise ServiceError("invalid_request", "The archive (zip or tar.gz) is missing.",
+    folders = data_roots.dataset_folders(ctx, fields, owner)
+    if archive is None and not folders:
+        more = " or a server folder in 'folder'" if data_roots.configured(ctx.cfg) else ""
+        raise ServiceError("invalid_request", f"The archive (zip or tar.gz){more} is missing.",
                        [{"field": "archive", "message": "required"}])
+    if archive is not None and folders:
+        raise ServiceError("invalid_request", "Send either an archive or a server folder, not both.",
+                           [{"field": "folder", "message": "or archive"}])
     ds_id = new_job_id()
     upload = ctx.ws.dataset_dir(ds_id) / "upload"
     upload.mkdir(parents=True)
-    try:
-        Workspace.save_stream(upload / "archive", archive, int(ctx.cfg["MAX_UPLOAD_MB"]) << 20)
-    except ValueError:
-        ctx.ws.delete(ctx.ws.dataset_dir(ds_id))
-        raise ServiceError("payload_too_large", "The archive is too large.") from None
+    if folders:
+        params.update(folders=folders, roots=[str(r) for r in data_roots.roots_for(ctx.cfg, owner)])
+    else:
+        try:
+            Workspace.save_stream(upload / "archive", archive, int(ctx.cfg["MAX_UPLOAD_MB"]) << 20)
+        except ValueError:
+            ctx.ws.delete(ctx.ws.dataset_dir(ds_id))
+            raise ServiceError("payload_too_large", "The archive is too large.") from None
     params.update(max_files=int(ctx.cfg["DATASET_MAX_FILES"]), max_bytes=int(ctx.cfg["DATASET_MAX_MB"]) << 20)
     Workspace.write_json(upload / DATASET_PARAMS_FILE, params)
     ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status=DatasetStatus.QUEUED.value,
@@ -102,9 +112,14 @@ def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
     try:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
+        # A server folder's build sees its owner's data roots, read-only, as
+        # configured now (app.services.data_roots); an upload's sees none.
+        folders = ((info.get("params") or {}).get("folders")) or {}
+        roots = data_roots.roots_for(ctx.cfg, (ctx.store.get_dataset(ds_id) or {}).get("owner") or "") \
+            if folders else []
         spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset",
                              str(upload / "archive"), str(out), str(upload / DATASET_PARAMS_FILE)],
-                            read_only=[upload], writable=[out], cwd=out)
+                            read_only=[upload, *roots], writable=[out], cwd=out)
         limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
                                 address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
                                 memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import IO
 
 from app.core import tracebacks
-from app.services import layer_env, sandbox
+from app.services import layer_env, sandbox, warm_reply
 from app.services.context import Context
 from app.core.errors import ServiceError
 from app.core.workspace import RESULT_FILE, Workspace
@@ -39,17 +39,31 @@ def run_sandboxed(ctx: Context, job: dict, runner: str, model: Path, work: Path,
     ``work/<runner>.log``, within ``wall_seconds`` (default: ``run_limits``;
     a worker gets the web's, which is what the web waits for). Whether it
     ran out of time."""
-    ds = ctx.ws.dataset_dir(job["dataset"])
-    inp = ctx.ws.input_dir(job["id"])
-    spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", runner, str(inp), str(model), str(ds), str(work)],
-                        read_only=[inp, ctx.ws.output_dir(job["id"]), ds], writable=[work], cwd=work)
-    layer_env.mount(spec, ctx.cfg)   # administrator-added packages, read-only
+    spec = sandbox_spec(ctx, job, runner, model, work)
     with open(_log_path(runner, work), "wb") as log:
         limits = run_limits(ctx.cfg)
         if wall_seconds:
             limits.wall_seconds = float(wall_seconds)
         code = sandbox.run(spec, ctx.containment, limits, log, log)
     return bool(code.timed_out)
+
+
+def sandbox_spec(ctx: Context, job: dict, runner: str, model: Path, work: Path) -> sandbox.Spec:
+    """What an inference runner sees (cold or warm alike): the job's inputs,
+    outputs and dataset read-only, ``work`` writable, the administrator-added
+    packages mounted; its argv ``-m runner INPUT MODEL DATASET WORK``."""
+    ds = ctx.ws.dataset_dir(job["dataset"])
+    inp = ctx.ws.input_dir(job["id"])
+    spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", runner, str(inp), str(model), str(ds), str(work)],
+                        read_only=[inp, ctx.ws.output_dir(job["id"]), ds], writable=[work], cwd=work)
+    return layer_env.mount(spec, ctx.cfg)   # administrator-added packages, read-only
+
+
+def layer_error(result: dict) -> ServiceError:
+    """A runner's report that the job's code failed, as the upload's fault."""
+    return ServiceError("invalid_python_layer", f"Inference failed: {result.get('message')}",
+                        [{"field": "python_layer", "file": "digits_python_layers.py",
+                          "message": result.get("message"), "traceback": result.get("traceback")}])
 
 
 def run_limits(cfg) -> sandbox.Limits:
@@ -92,9 +106,7 @@ def run_contained(ctx: Context, job: dict, runner: str, model: Path, work: Path,
         raise ServiceError("internal_error", f"{what} stopped without a result"
                            + (" (time limit)." if timed_out else "."), [{"log_tail": tail}]) from None
     if not result.get("ok"):
-        raise ServiceError("invalid_python_layer", f"Inference failed: {result.get('message')}",
-                           [{"field": "python_layer", "file": "digits_python_layers.py",
-                             "message": result.get("message"), "traceback": result.get("traceback")}])
+        raise layer_error(result)
     return dict(result, worker=worker) if worker else result
 
 
@@ -112,6 +124,18 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
     if len(images) > MAX_IMAGES:
         raise ServiceError("payload_too_large", f"At most {MAX_IMAGES} images at once.")
     iteration, model = snapshot_model(ctx, job, iteration)
+    from app.services import warm
+    if warm.enabled(ctx.cfg):
+        out = _classify_warm(ctx, job, iteration, model, images, probabilities, visualize)
+    else:
+        out = _classify_cold(ctx, job, iteration, model, images, probabilities, visualize)
+    changed = layer_env.job_warnings(ctx.cfg, job)   # other packages than at validation
+    return dict(out, warnings=changed) if changed else out
+
+
+def _classify_cold(ctx: Context, job: dict, iteration: int, model: Path, images: list[tuple[IO[bytes], str]],
+                   probabilities: bool, visualize: bool) -> dict:
+    # One contained run for this request: the images staged as files.
     work = ctx.ws.scratch_dir()
     try:
         names = []
@@ -133,11 +157,41 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
             out["worker"] = result["worker"]      # the celery worker that ran it
         if visualize:
             out["visualizations"] = _visualizations(work)
-        changed = layer_env.job_warnings(ctx.cfg, job)   # other packages than at validation
-        return dict(out, warnings=changed) if changed else out
+        return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+
+def _classify_warm(ctx: Context, job: dict, iteration: int, model: Path, images: list[tuple[IO[bytes], str]],
+                   probabilities: bool, visualize: bool) -> dict:
+    # The job's warm process (app.services.warm): the images go as bytes
+    # over its pipe, nothing is staged on disk.
+    from app.services import warm
+    names, blobs = [], []
+    for k, (stream, filename) in enumerate(images):
+        data = _read_upload(stream)
+        if data is None:
+            raise ServiceError("payload_too_large", f"{filename[:80]} is larger than 20 MiB.")
+        names.append(Workspace.display_name(filename, f"image{k}"))
+        blobs.append(data)
+    header = {"images": names, "visualize": bool(visualize), "probabilities": bool(probabilities)}
+    predictions, visuals = warm.request(ctx, job, model, warm.key_for(ctx, job, iteration, model), header, blobs,
+                                        lambda reply, got: warm_reply.checked(reply, got, names, probabilities))
+    out = {"predictions": predictions, "snapshot": iteration}
+    if visualize:
+        out["visualizations"] = visuals
+    return out
+
+
+def _read_upload(stream: IO[bytes]) -> bytes | None:
+    """An uploaded image's bytes, or None when it is larger than MAX_IMAGE_BYTES."""
+    chunks, total = [], 0
+    while chunk := stream.read(1 << 20):
+        total += len(chunk)
+        if total > MAX_IMAGE_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _visualizations(work: Path) -> list[dict]:

@@ -14,7 +14,7 @@ from app.core import untrusted
 from app.core.errors import ServiceError, invalid_field
 from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, REPORT_FILE, VALIDATION_DIR, WEIGHTS_FILE, Workspace
-from app.services import fairshare, layer_env, layer_files, queue
+from app.services import fairshare, layer_env, layer_files, queue, warm
 from app.services.access import may_see, only_visible
 from app.services.context import Context
 from app.services.submission import Prepared, Upload, check_dataset, prepare, run_validation
@@ -267,6 +267,7 @@ def delete(c: Context, job: dict) -> None:
             time.sleep(0.1)
     c.store.delete_job(job["id"])
     c.ws.delete(c.ws.job_dir(job["id"]))
+    warm.retire_job(c, job["id"])   # after the row: no request can start a new one now
 
 
 def clone(c: Context, job: dict, user: dict, fields: dict[str, str]) -> dict:
@@ -318,6 +319,7 @@ def resume(c: Context, job: dict) -> dict:
         raise ServiceError("conflict", "This job has no complete snapshot to resume from.")
     c.store.update_job(job["id"], expect_status=[job["status"]], status=JobStatus.QUEUED.value,
                        abort_requested=False, resume_from=max(snaps), error=None, finished_at=None)
+    warm.retire_job(c, job["id"])   # its snapshots and layers serve the next life's requests afresh
     queue.enqueue_job(c, c.store.get_job(job["id"]))
     resumed = c.store.get_job(job["id"])
     changed = layer_env.job_warnings(c.cfg, resumed)   # other added packages than at validation

@@ -41,12 +41,13 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from app.services import sandbox
+from app.services import data_roots, sandbox
 from app.services.sandbox_remote import MAX_PACKET, send as _send
 
 log = logging.getLogger(__name__)
 
-RUNNERS = {"train", "validate", "infer", "segment", "build_dataset", "probe", "envprobe", "weights"}
+RUNNERS = {"train", "validate", "infer", "infer_server", "segment", "build_dataset", "probe", "envprobe",
+           "weights"}
 _DEVICE = re.compile(r"^/dev/nvidia(\d+|ctl|-uvm|-uvm-tools|-modeset)$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -69,6 +70,20 @@ def _inside(raw: object, roots: list[Path], what: str) -> Path:
     return path
 
 
+def _read_only(raw: object, roots: list[Path], cfg: dict) -> Path:
+    # Inside the jobs directory or the layer environment; or, read-only
+    # only, inside one of the administrator's data roots (app.services.data_roots:
+    # the web judged which user may name which; links are refused all the same).
+    try:
+        return _inside(raw, roots, "read-only path")
+    except Refused:
+        if isinstance(raw, str) and raw.startswith("/") and "\0" not in raw and \
+                os.path.realpath(raw) == os.path.normpath(raw) and ".." not in Path(raw).parts and \
+                data_roots.launcher_allows(cfg, Path(raw)):
+            return Path(raw)
+        raise
+
+
 def check(msg: dict, cfg: dict) -> tuple[sandbox.Spec, sandbox.Limits]:
     """The Spec and Limits of a start request, or ``Refused`` saying why."""
     raw, lim = msg.get("spec"), msg.get("limits")
@@ -86,7 +101,7 @@ def check(msg: dict, cfg: dict) -> tuple[sandbox.Spec, sandbox.Limits]:
         if a.startswith("/"):
             _inside(a, roots, "argument")
     spec = sandbox.Spec(argv=argv,
-                        read_only=[_inside(p, roots + [env_root], "read-only path") for p in raw.get("read_only", [])],
+                        read_only=[_read_only(p, roots + [env_root], cfg) for p in raw.get("read_only", [])],
                         writable=[_inside(p, roots, "writable path") for p in raw.get("writable", [])],
                         cwd=_inside(raw["cwd"], roots, "cwd") if raw.get("cwd") else None)
     for dev in raw.get("devices", []):

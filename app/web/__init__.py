@@ -60,6 +60,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     security.register(app)
     auth.register(app)
     cli.register(app)
+    from app.web import metrics
+    metrics.register(app)   # GET /metrics and request timing (issue 27)
     auth.ensure_initial_admin(app)
     return app
 

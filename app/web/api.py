@@ -289,9 +289,11 @@ def list_datasets():
 
 @bp.post("/datasets")
 def create_dataset():
-    """202: the archive is stored and the dataset is built in the background."""
-    if request.mimetype != "multipart/form-data":
-        raise ApiError(415, "unsupported_media_type", "Send multipart/form-data with an 'archive' file.")
+    """202: the archive is stored (or the server folder in ``folder``,
+    under the data roots, noted) and the dataset is built in the background."""
+    if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise ApiError(415, "unsupported_media_type", "Send multipart/form-data with an 'archive' file "
+                       "(or a form with 'folder', a server folder under the data roots).")
     archive = request.files.get("archive")
     ds = dataset_service.create(ctx(), archive.stream if archive and archive.filename is not None else None,
                                 dict(request.form.items()), current_user()["name"])

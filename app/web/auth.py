@@ -31,7 +31,9 @@ from app.web.context import ctx
 from app.web.errors import ApiError, respond, wants_json
 from app.web.security import csrf
 
-PUBLIC_ENDPOINTS = {"web.healthz", "web.login", "static"}
+# Not users' routes: /healthz and /metrics judge their own callers (details
+# for admins or a monitoring token; metrics from loopback or its token).
+PUBLIC_ENDPOINTS = {"web.healthz", "web.login", "static", "metrics.scrape"}
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 

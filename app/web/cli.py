@@ -27,6 +27,8 @@ def register(app: Flask) -> None:
     app.cli.add_command(db_upgrade)
     from app.web.layer_env_cli import layer_env_group
     app.cli.add_command(layer_env_group)
+    from app.web import backup_cli
+    backup_cli.register(app)      # backup, restore
 
 
 def _selftest() -> dict:

@@ -313,11 +313,20 @@ def spec() -> dict:
             "/api/v1/datasets": {
                 "get": _op("Datasets", {"200": _json({"type": "object", "properties": {
                     "datasets": {"type": "array", "items": _ref("Dataset")}}}, "Datasets")}),
-                "post": _op("Build a dataset from an image archive", {"202": _json(_ref("Dataset"), "Queued"), **errs},
+                "post": _op("Build a dataset from an image archive or a server folder",
+                            {"202": _json(_ref("Dataset"), "Queued"), **errs},
                             {"required": True, "content": {"multipart/form-data": {"schema": {
-                                "type": "object", "required": ["name", "archive", "image_width", "image_height"],
+                                "type": "object", "required": ["name", "image_width", "image_height"],
                                 "properties": {"name": {"type": "string"},
-                                               "archive": {"type": "string", "format": "binary"},
+                                               "archive": {"type": "string", "format": "binary",
+                                                           "description": "the images; or name a folder"},
+                                               "folder": {"type": "string", "description": "a server folder "
+                                                          "(one sub-folder per class) inside the data roots "
+                                                          "(LAYERBENCH_DATA_ROOTS), read in the sandbox"},
+                                               "folder_val": {"type": "string", "description": "a separate "
+                                                              "validation folder (same class names)"},
+                                               "folder_test": {"type": "string", "description": "a test folder "
+                                                               "(test_db: counted, never trained on)"},
                                                "image_width": {"type": "integer", "minimum": 1, "maximum": 1024},
                                                "image_height": {"type": "integer", "minimum": 1, "maximum": 1024},
                                                "channels": {"type": "integer", "enum": [1, 3]},

@@ -332,6 +332,7 @@ def new_dataset():
         f = form.archive.data
         fields = {k: str(form[k].data) for k in ("name", "image_width", "image_height", "channels",
                                                   "resize_mode", "val_percent", "type")}
+        fields["folder"] = (form.folder.data or "").strip()
         try:
             ds = dataset_service.create(ctx(), f.stream if f is not None and getattr(f, "filename", None)
                                         else None, fields, current_user()["name"])
@@ -340,7 +341,9 @@ def new_dataset():
             if not err.user_fault and err.code != "conflict":
                 raise
             error = as_api_error(err)
-    return render_template("web/new_dataset.html", form=form, error=error), (400 if error else 200)
+    from app.services import data_roots
+    roots = data_roots.roots_for(ctx().cfg, current_user()["name"]) if data_roots.configured(ctx().cfg) else []
+    return render_template("web/new_dataset.html", form=form, error=error, roots=roots), (400 if error else 200)
 
 
 def _dataset(dataset_id: str) -> dict:

@@ -1,10 +1,13 @@
-"""DIGITS's dataset routes: create from an uploaded archive (DIGITS's resize
-and split fields), JSON, status, abort, delete (403 while a model uses it)."""
+"""DIGITS's dataset routes: create from a server folder under the data roots
+or an uploaded archive (DIGITS's resize and split fields, separate
+validation / test folders), JSON, status, abort, delete (403 while a model
+uses it)."""
 from __future__ import annotations
 
 from flask import Response, jsonify, redirect, render_template, request
 
 from app.core.errors import ServiceError
+from app.services import data_roots
 from app.services import datasets as dataset_service
 from app.web.auth import current_user
 from app.web.context import ctx
@@ -20,15 +23,23 @@ STORAGE = {"backend": ("lmdb", ""), "encoding": ("png", "none", ""), "compressio
 
 
 def _archive():
-    # DIGITS named a server folder; here the folder comes as an uploaded
+    # DIGITS named a server folder; here that works under the administrator's
+    # data roots (below), and the folder may also come as an uploaded
     # archive, in the same field (or "archive").
     upload = request.files.get("folder_train") or request.files.get("archive")
     if upload is not None and upload.filename:
         return upload.stream
-    if request.form.get("folder_train") or request.form.get("method") == "textfile":
-        raise refuse("folder_train", "Server folders and text files of server paths are not read here: upload "
-                     "the folder itself (one sub-folder per class) as a zip or tar.gz in folder_train.")
+    if request.form.get("method") == "textfile":
+        raise refuse("method", "Text files of server paths (method=textfile) are not read here: name the folder "
+                     "in folder_train, or upload it (one sub-folder per class) as a zip or tar.gz.")
+    if request.form.get("folder_train") and not data_roots.configured(ctx().cfg):
+        raise refuse("folder_train", "Server folders are not read here (the administrator set no data roots): "
+                     "upload the folder itself (one sub-folder per class) as a zip or tar.gz in folder_train.")
     return None
+
+
+def _on(name: str) -> bool:
+    return (request.form.get(name) or "").strip().lower() in ("1", "true", "y", "yes", "on")
 
 
 def _fields() -> dict[str, str]:
@@ -42,11 +53,20 @@ def _fields() -> dict[str, str]:
         for limit in ("min", "max"):
             if (form.get(f"folder_{side}_{limit}_per_class") or "").strip() not in ("", "None"):
                 raise refuse(f"folder_{side}_{limit}_per_class", "Per-class image limits are not supported.")
-    for name in ("folder_pct_test", "has_val_folder", "has_test_folder"):
-        if (form.get(name) or "0").lower() not in ("0", "", "false", "n"):
-            raise refuse(name, f"{name}: separate validation/test folders and test splits are not supported; "
-                         "use folder_pct_val.")
-    return {ours: form[theirs] for theirs, ours in FIELDS.items() if form.get(theirs)}
+    if (form.get("folder_pct_test") or "0").strip().lower() not in ("0", "", "0.0"):
+        raise refuse("folder_pct_test", "folder_pct_test: a test split of the training folder is not supported; "
+                     "name a separate test folder (has_test_folder, folder_test).")
+    fields = {ours: form[theirs] for theirs, ours in FIELDS.items() if form.get(theirs)}
+    # DIGITS's server folders (app.services.data_roots): the separate
+    # validation and test folders count only when their checkbox is on, as in DIGITS.
+    if isinstance(form.get("folder_train"), str) and form.get("folder_train"):
+        fields["folder"] = form["folder_train"]
+    for side in ("val", "test"):
+        if _on(f"has_{side}_folder"):
+            if not (form.get(f"folder_{side}") or "").strip():
+                raise refuse(f"folder_{side}", f"has_{side}_folder is on: name the folder in folder_{side}.")
+            fields[f"folder_{side}"] = form[f"folder_{side}"]
+    return fields
 
 
 def _create() -> dict:
@@ -55,9 +75,9 @@ def _create() -> dict:
 
 @bp.post("/datasets/images/classification.json")
 def create_dataset_json():
-    """DIGITS: create an image classification dataset; {"id", "name", "status"}."""
-    ds = _create()
-    return jsonify({"id": ds["id"], "name": ds["name"], "status": dataset_json(ds)["status"]})
+    """DIGITS: create an image classification dataset; the dataset's JSON
+    (DIGITS answered its job's JSON: id, name, status and the rest)."""
+    return jsonify(dataset_json(_create()))
 
 
 @bp.post("/datasets/images/classification")

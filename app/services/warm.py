@@ -1,0 +1,339 @@
+"""Warm inference: after a model's first request its contained inference
+process (app.contained.infer_server) stays alive and answers the next ones.
+
+One process per (jobs dir, job, snapshot iteration and file, layer-environment
+fingerprint), in the very sandbox a cold run gets (app.services.inference
+``sandbox_spec``: the job's input, output and dataset read-only, its own
+scratch dir writable, a leased uid, its cgroup, no network). It only ever
+serves its own job: the job id is part of the key, and only that job's
+files are mounted. The host talks to it over stdin/stdout
+(app.core.infer_wire: images in as bytes, predictions out), one request at a
+time (a lock per process), each within ``INFER_REQUEST_SECONDS``.
+
+A process that dies, misses that deadline or answers anything the protocol
+does not allow is killed, and the request is retried once on a fresh one; a
+layer that raises ends its process too (its reply says why). Per host
+process (a gunicorn worker) at most ``INFER_WARM`` stay warm, least recently
+used evicted first, each retired after ``INFER_IDLE_SECONDS`` idle, after
+``LIFETIME_S`` in all, and when its job is deleted or resumed
+(``retire_job``, from app.services.jobs; other host processes notice within
+``SWEEP_S`` that the job row is gone or changed).
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from app.core import infer_wire
+from app.services import inference, layer_env, sandbox
+from app.services.context import Context
+
+log = logging.getLogger(__name__)
+
+RUNNER = "app.contained.infer_server"
+LIFETIME_S = 3600.0     # a process's sandbox wall clock (and CPU limit: it only ever idles or answers)
+SWEEP_S = 5.0           # how often idle, old and orphaned processes are looked for
+
+
+def enabled(cfg) -> bool:
+    """Whether classification uses warm processes here (the local queue,
+    ``INFER_WARM`` > 0); the celery queue runs inference on the workers."""
+    from app.services import queue
+    return int(cfg.get("INFER_WARM", 4) or 0) > 0 and not queue.celery_mode(cfg)
+
+
+def request_seconds(cfg) -> float:
+    """The wall clock of one request to a warm process."""
+    return float(cfg.get("INFER_REQUEST_SECONDS") or 0) or inference.run_limits(cfg).wall_seconds
+
+
+def _stamp(job: dict) -> tuple:
+    # What changes when a job is resumed (and ends again): a process started
+    # before belongs to another life of the job.
+    return job.get("status"), job.get("finished_at")
+
+
+class WarmProcess:
+    """One contained infer_server and the pipes to it. Use under ``lock``."""
+
+    def __init__(self, ctx: Context, job: dict, key: tuple) -> None:
+        self.ctx, self.key, self.job_id, self.stamp = ctx, key, job["id"], _stamp(job)
+        self.lock = threading.Lock()
+        self.proc = self.work = self.log = None
+        self.started = self.used = time.monotonic()
+        self.retired = self.killed = False
+        self.exit_code: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The host pid of the sandbox (bwrap, or the launcher's child)."""
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self, job: dict, model: Path) -> dict:
+        """Start the process and wait for its first frame: {"ready": True},
+        or the failure it reports (a layer that raised while the net loaded)."""
+        cfg = self.ctx.cfg
+        self.work = self.ctx.ws.scratch_dir()
+        spec = inference.sandbox_spec(self.ctx, job, RUNNER, model, self.work)
+        limits = inference.run_limits(cfg)
+        limits.wall_seconds, limits.cpu_seconds = LIFETIME_S, int(LIFETIME_S)
+        # stderr: an unnamed file beside the scratch dirs, which nothing in a
+        # sandbox can reach by name; read back by descriptor for errors.
+        self.log = tempfile.TemporaryFile(dir=self.work.parent)
+        self.proc = sandbox.start(spec, self.ctx.containment, limits, subprocess.PIPE, self.log,
+                                  stdin=subprocess.PIPE)
+        self.started = time.monotonic()
+        os.set_blocking(self.proc.stdin.fileno(), False)
+        deadline = self.started + inference.run_limits(cfg).wall_seconds
+        header, _ = infer_wire.read_frame(self.proc.stdout.fileno(), deadline, max_blobs=0)
+        if header.get("ready") is not True and header.get("ok") is not False:
+            raise infer_wire.Broken("garbage", "no ready frame")
+        return header
+
+    def ask(self, header: dict, blobs: list[bytes], seconds: float) -> tuple[dict, list[bytes]]:
+        """One request and its reply within ``seconds`` (``Broken`` otherwise)."""
+        self.used = deadline = time.monotonic()
+        deadline += seconds
+        infer_wire.write_all(self.proc.stdin.fileno(), infer_wire.encode(header, blobs), deadline)
+        reply = infer_wire.read_frame(self.proc.stdout.fileno(), deadline)
+        self.used = time.monotonic()
+        return reply
+
+    def log_tail(self, limit: int = 3000) -> str:
+        """The end of what the process wrote to stderr."""
+        if self.log is None:
+            return ""
+        try:
+            size = os.fstat(self.log.fileno()).st_size
+            data = os.pread(self.log.fileno(), limit, max(0, size - limit))
+        except OSError:
+            return ""
+        return data.decode("utf-8", "replace")
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel killed it for its memory limit."""
+        return self.proc is not None and sandbox.oom_killed(self.proc)
+
+    def kill(self, grace: float = 0.0) -> int | None:
+        """Kill the process (its uid and cgroup go back), given ``grace``
+        seconds to end by itself first; the exit status it ended with, None
+        if it was still running."""
+        self.retired = True
+        if self.proc is None or self.killed:
+            return self.exit_code
+        deadline = time.monotonic() + grace
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.killed, self.exit_code = True, self.proc.poll()
+        if self.exit_code is None:
+            log.info("retiring warm inference process %s of job %s", self.proc.pid, self.job_id)
+        sandbox.kill(self.proc)   # once only: a reaped pid may be another process's soon
+        return self.exit_code
+
+    def close(self) -> None:
+        """``kill``, then close the pipes and the log and remove its files."""
+        self.kill()
+        if self.proc is not None:
+            for end in (self.proc.stdin, self.proc.stdout):
+                try:
+                    if end is not None:
+                        end.close()
+                except OSError:
+                    pass
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _close_when_free(wp: WarmProcess) -> None:
+    # Now if nobody uses it, else as soon as its request is answered.
+    wp.retired = True
+    if wp.lock.acquire(blocking=False):
+        try:
+            wp.close()
+        finally:
+            wp.lock.release()
+        return
+
+    def later() -> None:
+        with wp.lock:
+            wp.close()
+    threading.Thread(target=later, name="warm-retire", daemon=True).start()
+
+
+class Pool:
+    """The warm processes of this host process, least recently used first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: OrderedDict[tuple, WarmProcess] = OrderedDict()
+        self._owner = os.getpid()
+        self._reaper: threading.Thread | None = None
+
+    def _mine(self) -> None:
+        # A forked child (a gunicorn worker) starts empty: the parent's pipes
+        # and processes are not its own.
+        if os.getpid() != self._owner:
+            self._lock, self._procs, self._owner, self._reaper = threading.Lock(), OrderedDict(), os.getpid(), None
+
+    def checkout(self, ctx: Context, job: dict, key: tuple) -> WarmProcess:
+        """The process for ``key`` (a new, not yet started one when there is
+        none), now the most recently used; beyond ``INFER_WARM`` the least
+        recently used are retired."""
+        self._mine()
+        cap = max(1, int(ctx.cfg.get("INFER_WARM", 4)))
+        gone = []
+        with self._lock:
+            wp = self._procs.get(key)
+            if wp is not None and (wp.retired or wp.stamp != _stamp(job)
+                                   or time.monotonic() - wp.started > LIFETIME_S - 2 * request_seconds(ctx.cfg)):
+                gone.append(self._procs.pop(key))
+                wp = None
+            if wp is None:
+                wp = self._procs[key] = WarmProcess(ctx, job, key)
+            self._procs.move_to_end(key)
+            while len(self._procs) > cap:
+                gone.append(self._procs.popitem(last=False)[1])
+            if self._reaper is None or not self._reaper.is_alive():
+                self._reaper = threading.Thread(target=self._reap, name="warm-reaper", daemon=True)
+                self._reaper.start()
+        for old in gone:
+            _close_when_free(old)
+        return wp
+
+    def forget(self, wp: WarmProcess) -> None:
+        """Take ``wp`` out of the pool (the caller closes it)."""
+        with self._lock:
+            if self._procs.get(wp.key) is wp:
+                del self._procs[wp.key]
+
+    def retire(self, match) -> int:
+        """Retire every process for which ``match(wp)`` holds; how many."""
+        self._mine()
+        with self._lock:
+            gone = [wp for wp in self._procs.values() if match(wp)]
+            for wp in gone:
+                del self._procs[wp.key]
+        for wp in gone:
+            _close_when_free(wp)
+        return len(gone)
+
+    def describe(self) -> list[dict]:
+        """The warm processes: {"job", "iteration", "pid", "idle_s", "age_s"}."""
+        now = time.monotonic()
+        with self._lock:
+            return [{"job": wp.job_id, "iteration": wp.key[2], "pid": wp.pid, "idle_s": round(now - wp.used, 3),
+                     "age_s": round(now - wp.started, 3)} for wp in self._procs.values()]
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(SWEEP_S)
+            with self._lock:
+                if not self._procs or os.getpid() != self._owner:
+                    self._reaper = None
+                    return
+                current = list(self._procs.values())
+            now = time.monotonic()
+            for wp in current:
+                idle = float(wp.ctx.cfg.get("INFER_IDLE_SECONDS", 300))
+                stale = (now - wp.used > idle and not wp.lock.locked()) or now - wp.started > LIFETIME_S - SWEEP_S
+                if not stale:
+                    try:
+                        row = wp.ctx.store.get_job(wp.job_id)
+                        stale = row is None or _stamp(row) != wp.stamp
+                    except Exception:     # its store is gone (a test's app): nothing may use it any more
+                        stale = True
+                if stale:
+                    self.retire(lambda other, wp=wp: other is wp)
+
+
+POOL = Pool()
+atexit.register(lambda: POOL.retire(lambda wp: True))
+
+
+def request(ctx: Context, job: dict, model: Path, key: tuple, header: dict, blobs: list[bytes],
+            check) -> object:
+    """Send one request to the warm process for ``key`` (started first when
+    there is none) and return ``check(reply, blobs)``, which raises
+    ``infer_wire.Broken`` for a reply it cannot take. A process that breaks
+    is killed and the request retried once on a fresh one; a reply or a
+    start that reports a layer's failure raises it as the cold path does."""
+    seconds = request_seconds(ctx.cfg)
+    failures: list[tuple[infer_wire.Broken, str, object, bool]] = []
+    for _ in range(4):      # two breakdowns at most; an eviction meanwhile is none
+        wp = POOL.checkout(ctx, job, key)
+        with wp.lock:
+            if wp.retired:
+                continue
+            if wp.proc is not None and wp.proc.poll() is not None:
+                POOL.forget(wp)      # ended while idle (its lifetime, a lost launcher): replace it
+                wp.close()
+                continue
+            try:
+                if wp.proc is None:
+                    first = wp.start(job, model)
+                    if first.get("ok") is False:
+                        raise inference.layer_error(first)
+                reply, got = wp.ask(header, blobs, seconds)
+                if reply.get("ok") is False:
+                    raise inference.layer_error(reply)
+                return check(reply, got)
+            except infer_wire.Broken as exc:
+                POOL.forget(wp)
+                code = wp.kill(grace=1.0 if exc.kind == "died" else 0.0)   # its own exit status, if it ends
+                failures.append((exc, wp.log_tail(), code, bool(getattr(wp.proc, "sandbox_oom", False))))
+                wp.close()
+                log.warning("warm inference process of job %s broke (%s: %s)", job["id"], exc.kind, exc)
+                if len(failures) == 2:
+                    break
+            except BaseException:
+                POOL.forget(wp)      # a layer's failure ends the process too: never reused
+                wp.close()
+                raise
+    raise _unanswered(ctx, job, failures, seconds)
+
+
+def _unanswered(ctx: Context, job: dict, failures: list, seconds: float):
+    from app.core import tracebacks
+    from app.core.errors import ServiceError
+    if not failures:
+        return ServiceError("unavailable", "Inference is busy with other models; try again shortly.")
+    exc, tail, code, oom = failures[-1]
+    what = {"timeout": f"did not answer within {seconds:.0f} s",
+            "garbage": "answered with something that is not a reply"}.get(
+        exc.kind, "stopped" + (" (memory limit)" if oom else f" (exit status {code})" if code is not None else ""))
+    message = f"Inference {what} on {len(failures)} fresh process{'es' if len(failures) > 1 else ''}."
+    tail = tracebacks.scrub(tail, ctx.ws.input_dir(job["id"]), {str(ctx.ws.root): "<jobs>"})
+    if job.get("python_layer"):    # its layers ran: the upload's doing
+        return ServiceError("invalid_python_layer", message, [
+            {"field": "python_layer", "file": "digits_python_layers.py", "message": message, "log_tail": tail}])
+    return ServiceError("internal_error", message, [{"log_tail": tail}])
+
+
+def retire_job(ctx: Context, job_id: str) -> int:
+    """Retire this host process's warm processes of a job (deleted or resumed)."""
+    root = ctx.ws.root
+    return POOL.retire(lambda wp: wp.job_id == job_id and wp.key[0] == str(root))
+
+
+def retire_all() -> int:
+    """Retire every warm process of this host process."""
+    return POOL.retire(lambda wp: True)
+
+
+def key_for(ctx: Context, job: dict, iteration: int, model: Path) -> tuple:
+    """The pool key of a request: the same job, snapshot (iteration and the
+    very file) and layer environment, or another process."""
+    st = os.stat(model, follow_symlinks=False)
+    return (str(ctx.ws.root), job["id"], iteration, layer_env.fingerprint(ctx.cfg),
+            (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
