@@ -217,7 +217,7 @@ def test_segmentation_walkthrough_dice_curve_masks_and_overlay_page(server, brow
     t_train = time.monotonic() - t1
     assert job["status"] == "done", job["error"]
     assert job["start_weights"]["kind"] == "upload", job["start_weights"]
-    events = [json.loads(line) for line in (tmp_path / "jobs" / job["id"] / "output" / "metrics.jsonl")
+    events = [json.loads(line) for line in (instance.parent / "jobs" / job["id"] / "output" / "metrics.jsonl")
               .read_text().splitlines()]
     loaded = next(e for e in events if e["type"] == "weights")
     assert loaded["copied"] == ["conv1", "conv2"] and "score" in loaded["fresh"], loaded
