@@ -135,15 +135,16 @@ def colour_imageset(per_class: int = 8, size: int = 10) -> dict[str, bytes]:
 
 
 @contextlib.contextmanager
-def serve(root: Path, sample_datasets: Path):
+def serve(root: Path, sample_datasets: Path, extra_env: dict[str, str] | None = None):
     """`flask --app wsgi serve` on a free port with its own data root under
-    ``root`` (conftest's ``server`` fixture, for a module-scoped one)."""
+    ``root`` (conftest's ``server`` fixture, for a module-scoped one);
+    ``extra_env``: more settings (e.g. LAYERBENCH_DATA_ROOTS)."""
     from helpers import ROOT, free_port
     shutil.copytree(sample_datasets, root / "jobs" / "datasets")
     port = free_port()
     env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(root / "instance"),
                LAYERBENCH_JOBS_DIR=str(root / "jobs"), LAYERBENCH_WORKER_POLL_SECONDS="0.1",
-               HOST="127.0.0.1", PORT=str(port))
+               HOST="127.0.0.1", PORT=str(port), **(extra_env or {}))
     with open(root / "server.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "serve"], cwd=ROOT, env=env,
                                 stdout=log, stderr=log)

@@ -139,7 +139,9 @@ def test_killed_worker_leaves_job_interrupted_not_running(app, client, worker):
     live[0].kill()   # returns once the worker is dead
     # Reading the job changes nothing: recovery is the next worker's.
     assert client.get(f"/api/v1/jobs/{job['id']}").get_json()["status"] == "running"
-    worker.start()   # a fresh worker recovers it
+    # A fresh worker recovers it; with LAYERBENCH_AUTO_RESUME=0 (the old
+    # behaviour, test_auto_resume.py covers the default) it waits for a person.
+    worker.start(LAYERBENCH_AUTO_RESUME="0")
     ended = wait_for(client, job["id"], {"interrupted"}, timeout=30)
     assert "worker" in ended["error"]["message"]
     with sqlite3.connect(db) as conn:

@@ -15,11 +15,20 @@ from helpers import initial_token
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, sample_datasets):
+def server(sample_datasets):
     """One live server (gunicorn, worker, nginx) for this module's tests:
-    starting one costs ~25 s on the test machine, more than the tests."""
-    with serve(tmp_path_factory.mktemp("digits"), sample_datasets) as served:
-        yield served
+    starting one costs ~25 s on the test machine, more than the tests. Its
+    base lives outside pytest's directory, whose mode a concurrent pytest
+    session resets (cutting the service user off: conftest's ``server``)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    base = Path(tempfile.mkdtemp(prefix="lb-digits-", dir="/tmp"))
+    try:
+        with serve(base, sample_datasets) as served:
+            yield served
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 # DIGITS's own test network (BaseViewsTest.CAFFE_NETWORK): no data layers, an
 # unsized InnerProduct; DIGITS fills both from the dataset.
@@ -115,6 +124,8 @@ def test_model_views_end_to_end(server):
     assert info["id"] == model_id and info["dataset_id"] == "sample-digits"
     assert info["snapshots"] == [1]                                                    # 1 epoch, interval 1
     assert {"creation time", "job id", "solver file", "train_val file", "deploy file", "directory"} <= set(info)
+    assert (info["snapshot file"], info["username"], info["image dimensions"]) == (   # docs/API.md's keys
+        "snapshot_iter_22.caffemodel", "admin", [28, 28, 1])
     solver = d.get(info["directory"] + "/" + info["solver file"])                      # a URL, not a host path
     assert solver.status == 200 and "max_iter" in solver.text and "/" + model_id not in info["directory"][:1]
     assert any(m["id"] == model_id for m in d.get("/index.json").json["models"])      # test_index_json
@@ -122,7 +133,8 @@ def test_model_views_end_to_end(server):
     for ext in ("tar", "zip", "tar.gz", "tar.bz2"):                                    # test_download
         r = d.get(f"/models/{model_id}/download.{ext}")
         assert r.status == 200, ext
-        assert {"deploy.prototxt", "solver.prototxt", "info.json"} <= set(members(r.body, ext)), ext
+        assert {"deploy.prototxt", "solver.prototxt", "info.json", "original.prototxt", "labels.txt",
+                "mean.binaryproto", "snapshot_iter_22.caffemodel"} <= set(members(r.body, ext)), ext   # DIGITS's names
     assert d.call("PUT", f"/jobs/{model_id}", {"job_name": "new name"}).status == 200   # test_edit_name
     assert d.call("PUT", f"/jobs/{model_id}", {"job_notes": "new notes"}).status == 200  # test_edit_notes
     assert d.get(f"/models/{model_id}.json").json["name"] == "new name"
@@ -257,11 +269,17 @@ def test_dataset_views_end_to_end(server):
     assert r.status == 400 and "upload the folder" in r.text                           # test_nonexistent_folder
     r = d.post("/datasets/images/classification.json", {"dataset_name": "x", "clone": "abc"})
     assert r.status == 400 and "clone" in r.text                      # DIGITS's dataset test_clone: refused
+    r = d.post("/datasets/images/classification.json", {"dataset_name": "x", "folder_train": ("a.zip", b"x"),
+                                                        "resize_width": 10, "resize_height": 10,
+                                                        "has_val_folder": "y", "folder_val": "/srv/val"})
+    assert r.status == 400 and "no data roots" in r.text              # no LAYERBENCH_DATA_ROOTS: no server paths
 
     ds_id = _create_dataset(d)                                                         # BaseViewsTestWithDataset
     assert d.wait("datasets", ds_id) == "Done"
     info = d.get(f"/datasets/{ds_id}.json").json
     assert info["id"] == ds_id and info["num_classes"] == 3 and info["image size"] == [3, 10, 10]
+    assert [t["entries"] for t in info["CreateDbTasks"]] == [18, 6]                 # docs/API.md's task lists
+    assert info["ParseFolderTasks"][0]["label_count"] == 3
     assert any(x["id"] == ds_id for x in d.get("/index.json").json["datasets"])          # test_index_json
     assert d.call("PUT", f"/jobs/{ds_id}", {"job_name": "new name", "job_notes": "dataset notes"}).status == 200
     assert d.get(f"/datasets/{ds_id}.json").json["name"] == "new name"

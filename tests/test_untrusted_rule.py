@@ -34,6 +34,8 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("app/services/classify_list.py", "_members", "zipfile.ZipFile"): "an uploaded archive in memory (BytesIO)",
     ("app/services/classify_list.py", "_members", "tarfile.open"): "an uploaded archive in memory (fileobj=BytesIO)",
     ("app/services/layer_files.py", "carry", "zipfile.ZipFile"): "writes a zip into a BytesIO",
+    ("app/services/data_roots.py", "fetch", "tarfile.open"):
+        "the gather runner's tar, parsed in memory (fileobj=BytesIO) after untrusted.read_all read it capped",
     ("app/services/sandbox.py", "__init__", "open"): "the uid lease file under /run (a root-only 0700 dir)",
     ("app/services/submission.py", "run_validation", "open"):
         "creates sandbox.log in a validation dir the host just made, before the sandbox starts",

@@ -2,10 +2,10 @@
 model's first request its contained process stays alive and answers the
 next ones. Real Caffe, the real sandbox and worker, no mocks: the warm
 process is reused per job and answers exactly as the cold path does, another
-job gets another process, delete and resume retire it, the LRU cap holds,
-and a hostile layer that hangs, crashes or raises in forward on a marked
-image fails that request clearly (400) while the next one gets a fresh
-process and succeeds."""
+job gets another process, delete, resume and idleness retire it, the LRU
+cap holds, and a hostile layer that hangs, crashes or raises in forward on a
+marked image (or writes garbage into the reply pipe) fails that request
+clearly (400) while the next one gets a fresh process and succeeds."""
 from __future__ import annotations
 
 import io
@@ -53,6 +53,10 @@ class Gate(caffe.Layer):
                 os._exit(3)
             if x.min() == x.max() == 64:       # all dark grey: raise
                 raise ValueError("a marked image")
+            if x.min() == x.max() == 32:       # all darker grey: garbage into the reply pipe
+                for fd in os.listdir("/proc/self/fd"):
+                    if int(fd) > 2 and os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:"):
+                        os.write(int(fd), (5).to_bytes(4, "big") + b"junk!")
 
     def backward(self, top, propagate_down, bottom):
         pass
@@ -187,8 +191,10 @@ def test_another_job_gets_another_process(lab):
 
 
 @pytest.mark.parametrize("marker,expected", [(255, f"did not answer within {REQUEST_SECONDS} s"),
-                                             (128, "stopped (exit status 3)")])
-def test_a_layer_that_hangs_or_crashes_fails_that_request_and_the_next_gets_a_fresh_process(lab, marker, expected):
+                                             (128, "stopped (exit status 3)"),
+                                             (32, "answered with something that is not a reply")])
+def test_a_layer_that_hangs_crashes_or_forges_fails_that_request_and_the_next_gets_a_fresh_process(
+        lab, marker, expected):
     app, client, _, hostile = lab
     assert _infer(client, hostile, png(seed=2)).status_code == 200
     before = _warm_pid(hostile)
@@ -232,6 +238,18 @@ def test_the_lru_cap_holds(lab):
         assert [p["job"] for p in warm.POOL.describe()] == [plain]
     finally:
         app.config["INFER_WARM"] = 4
+
+
+def test_an_idle_process_is_retired(lab):
+    app, client, plain, _ = lab
+    app.config["INFER_IDLE_SECONDS"] = 1
+    try:
+        assert _infer(client, plain, png(seed=7)).status_code == 200
+        pid = _warm_pid(plain)
+        assert _gone(pid, timeout=warm.SWEEP_S * 2 + 5) and _warm_pid(plain) is None
+        assert _no_runners(app, plain)
+    finally:
+        app.config["INFER_IDLE_SECONDS"] = 300
 
 
 def test_resume_and_delete_retire_the_jobs_processes(lab):

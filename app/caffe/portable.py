@@ -13,15 +13,23 @@ from google.protobuf import text_format
 from app.caffe import proto
 from app.caffe.network import _PATH_FIELDS
 
-README = """This archive holds a model trained by Layerbench.
+README = """This archive holds a model trained by Layerbench, laid out as DIGITS's
+(its examples/classification/use_archive.py reads it).
 
   train_val.prototxt   the train and val nets
-  deploy.prototxt      the deploy net (what inference loads)
+  deploy.prototxt      the deploy net (what inference loads), its input
+                       declared as DIGITS wrote it: input "data" + input_shape
   solver.prototxt      the solver; paths are relative to this directory
   *.caffemodel         the latest complete snapshot's weights
   digits_python_layers.py  the Python layers (put this directory on PYTHONPATH)
-  labels.txt, mean.binaryproto  the dataset's labels and mean, when it has them
-  info.json            the job as the service describes it
+  labels.txt, mean.binaryproto  the dataset's labels and mean image (num,
+                       channels, height, width, as DIGITS wrote it), when it has them
+  info.json            the job as the service describes it (with DIGITS's keys)
+
+Images are fed as the model was trained: resized as "image resize mode" in
+info.json says, channels in RGB order (DIGITS stored BGR: drop its
+example's channel swap for colour models), the mean subtracted as the job's
+use_mean setting says (train_val.prototxt's transform_param).
 
 Data sources in train_val.prototxt name the dataset's databases relative to
 this directory (e.g. train_db, val_db): to train again, put the dataset's
@@ -71,3 +79,49 @@ def relative_paths(text: str, name: str) -> str:
             if value:
                 setattr(part, field, _relative(value))
     return text_format.MessageToString(msg)
+
+
+def digits_deploy(text: str) -> str:
+    """A deploy net whose first layer is an Input layer with one top and one
+    shape, rewritten as DIGITS wrote deploy nets (digits/model/tasks/
+    caffe_train.py: ``input: "data"`` + ``input_shape { dim: ... }``), which
+    DIGITS's example.py reads; anything else unchanged."""
+    pb2 = proto.caffe_pb2()
+    try:
+        net = text_format.Parse(text, pb2.NetParameter())
+    except text_format.ParseError:
+        return text
+    first = net.layer[0] if net.layer else None
+    if first is None or first.type != "Input" or len(first.top) != 1 or len(first.input_param.shape) != 1 \
+            or net.input or net.input_shape or net.input_dim:
+        return text
+    net.input.append(first.top[0])
+    net.input_shape.add().CopyFrom(first.input_param.shape[0])
+    del net.layer[0]
+    return text_format.MessageToString(net)
+
+
+def digits_mean(data: bytes) -> bytes:
+    """A mean.binaryproto with DIGITS's legacy num/channels/height/width
+    (what DIGITS's example.py reads; ``shape`` is dropped); unchanged when it
+    does not parse or is not 3- or 4-dimensional."""
+    pb2 = proto.caffe_pb2()
+    blob = pb2.BlobProto()
+    try:
+        blob.ParseFromString(data)
+    except Exception:     # protobuf's DecodeError: not a blob, leave it as it is
+        return data
+    dims = list(blob.shape.dim)
+    if len(dims) not in (3, 4) or len(blob.data) != _product(dims):
+        return data
+    num, channels, height, width = ([1] + dims if len(dims) == 3 else dims)
+    blob.ClearField("shape")
+    blob.num, blob.channels, blob.height, blob.width = num, channels, height, width
+    return blob.SerializeToString()
+
+
+def _product(dims: list[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n

@@ -63,6 +63,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "TOKEN_DAYS": (0, int),                 # API tokens expire this many days after creation; 0: never
     "CAFFE_PYTHON": (None, str),            # interpreter with pycaffe
     "PRIVSEP": (True, bool),
+    "AUTO_RESUME": (True, bool),            # after a restart, running jobs go on from their newest snapshot
     "USER_MAX_RUNNING": (0, int),           # jobs of one user running at once (0: no limit); the rest wait
     "USER_MAX_QUEUED": (0, int),            # jobs of one user queued or waiting at once (0: no limit); 429 past it                # as root, `serve` runs web + worker as the `layerbench` user
 }

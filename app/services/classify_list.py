@@ -1,6 +1,7 @@
 """Classify a list of images (DIGITS's "classify many" and "top N"): the
 list names images as "path [label]" lines, the images come in an uploaded
-zip or tar archive (never a server folder). Runs through
+zip or tar archive, or are read from the server's data roots (in the
+sandbox: app.services.data_roots). Runs through
 ``inference.classify`` (contained, the job's own Python layers) in batches,
 and scores the ground truth where the lines give one: accuracy and a
 confusion matrix."""
@@ -9,10 +10,11 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
+from pathlib import Path
 from typing import IO
 
 from app.core.errors import ServiceError
-from app.services import inference
+from app.services import data_roots, inference
 from app.services.context import Context
 
 MAX_LINES = 1000
@@ -75,16 +77,46 @@ def _match(path: str, members: dict[str, bytes]) -> str | None:
     return None
 
 
+def _key(path: str) -> str:
+    # What _match tries first for a listed path.
+    return "/".join(p for p in path.replace("\\", "/").split("/") if p not in ("", "."))
+
+
+def _server_members(c: Context, lines: list[tuple[str, str | None]], folder: str | None,
+                    user: str) -> dict[str, bytes]:
+    """The listed images read from the server (app.services.data_roots):
+    absolute paths, or paths relative to ``folder``, inside ``user``'s data
+    roots (400 naming the roots otherwise), read in the sandbox; keyed as
+    ``_match`` looks them up. A file that cannot be read is left out."""
+    base = data_roots.resolve(c, folder, user, "image_folder") if folder else None
+    real: list[Path] = []
+    for path, _ in lines:
+        if not path.startswith("/") and base is None:
+            raise ServiceError("invalid_request", f"'{path[:200]}' is a relative path: name the folder it is in "
+                               "(image_folder), or upload the images in image_archive.",
+                               [{"field": "image_folder", "message": "required for relative paths"}])
+        full = path if path.startswith("/") else str(base / path)
+        real.append(data_roots.resolve(c, full, user, "image_list", kind="file", lenient=True))
+    read = data_roots.fetch(c, user, real, inference.MAX_IMAGE_BYTES, 256 << 20)
+    return {_key(path): read[i] for i, (path, _) in enumerate(lines) if i in read}
+
+
 def classify_list(c: Context, job: dict, image_list: bytes, archive: IO[bytes] | None,
-                  iteration: int | None) -> dict:
+                  iteration: int | None, folder: str | None = None, user: str | None = None) -> dict:
     """{"images": [{"path", "truth", "top": [...], "probabilities": [...]} or
     {"path", "error"}], "labels": [...], "snapshot": N, "accuracy": {"top1", "top5"}
-    or None, "confusion": [[...]] or None}."""
+    or None, "confusion": [[...]] or None}. The images come from ``archive``,
+    or, without one, from the server (``folder`` and the list's paths under
+    ``user``'s data roots) where the administrator set data roots."""
     lines = parse_list(image_list)
-    if archive is None:
+    if archive is None and not data_roots.configured(c.cfg):
         raise ServiceError("invalid_request", "Upload the images as a zip or tar archive in image_archive "
                            "(server folders are not read).", [{"field": "image_archive", "message": "required"}])
-    members = _members(archive)
+    if archive is not None:
+        members, missing = _members(archive), "not in the uploaded archive"
+    else:
+        members = _server_members(c, lines, folder, user or "")
+        missing = "cannot be read (missing, not a regular file, larger than 20 MiB, or not readable by the sandbox)"
     found = [(path, truth, _match(path, members)) for path, truth in lines]
     todo = [(path, name) for path, _, name in found if name is not None]
     results: dict[str, dict] = {}
@@ -103,7 +135,7 @@ def classify_list(c: Context, job: dict, image_list: bytes, archive: IO[bytes] |
         pred = results.get(path) if name else None
         row = {"path": path, "truth": int(truth) if truth is not None else None}
         if pred is None:
-            row["error"] = "not in the uploaded archive"
+            row["error"] = missing
         elif pred.get("error"):
             row["error"] = pred["error"]
         else:

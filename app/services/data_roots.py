@@ -185,23 +185,26 @@ def _sandbox_can_read(real: Path, root: Path, st: os.stat_result, want_dir: bool
 FOLDER_FIELDS = {"folder": "train", "folder_val": "val", "folder_test": "test"}
 
 
-def dataset_folders(ctx: Context, fields: dict[str, str], owner: str) -> dict[str, str]:
+def dataset_folders(ctx: Context, fields: dict[str, str], owner: str,
+                    names: dict[str, str] | None = None) -> dict[str, str]:
     """The server folders a request names ({"train", "val", "test"} -> real
-    path), each checked by data_roots.resolve (400 naming the roots); {}
-    when it names none. 400 when it names one and no data roots are set."""
+    path), each checked by ``resolve`` (400 naming the roots); {} when it
+    names none. 400 when it names one and no data roots are set.
+    ``names``: what the caller calls these fields, for its errors."""
     named = {k: (fields.get(k) or "").strip() for k in FOLDER_FIELDS if (fields.get(k) or "").strip()}
+    names = names or {}
     if not named:
         return {}
-    if not data_roots.configured(ctx.cfg):
-        field = next(iter(named))
+    if not configured(ctx.cfg):
+        field = names.get(next(iter(named)), next(iter(named)))
         raise ServiceError("invalid_request", f"{field}: this server reads no server folders (no data roots "
                            "are set): upload the folder itself as a zip or tar.gz archive.",
                            [{"field": field, "message": "no data roots"}])
     if "folder" not in named:
-        field = next(iter(named))
-        raise ServiceError("invalid_request", f"{field} needs the training folder (folder) too.",
-                           [{"field": "folder", "message": "required"}])
-    return {FOLDER_FIELDS[k]: str(data_roots.resolve(ctx, v, owner, k)) for k, v in named.items()}
+        field, train = names.get(next(iter(named)), next(iter(named))), names.get("folder", "folder")
+        raise ServiceError("invalid_request", f"{field} needs the training folder ({train}) too.",
+                           [{"field": train, "message": "required"}])
+    return {FOLDER_FIELDS[k]: str(resolve(ctx, v, owner, names.get(k, k))) for k, v in named.items()}
 
 
 def fetch(ctx: Context, user: str, paths: list[Path], max_each: int, max_total: int) -> dict[int, bytes]:

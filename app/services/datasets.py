@@ -55,12 +55,14 @@ def parse_fields(fields: dict[str, str]) -> dict:
     return out
 
 
-def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owner: str) -> dict:
+def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owner: str,
+           field_names: dict[str, str] | None = None) -> dict:
     """Store the archive, or note the server folders (``folder``,
     ``folder_val``, ``folder_test`` under the data roots), and queue the
-    build; the dataset record."""
+    build; the dataset record. ``field_names``: what the caller calls the
+    folder fields (DIGITS: folder_train), for its errors."""
     params = parse_fields(fields)
-    folders = data_roots.dataset_folders(ctx, fields, owner)
+    folders = data_roots.dataset_folders(ctx, fields, owner, field_names or {})
     if archive is None and not folders:
         more = " or a server folder in 'folder'" if data_roots.configured(ctx.cfg) else ""
         raise ServiceError("invalid_request", f"The archive (zip or tar.gz){more} is missing.",

@@ -15,6 +15,7 @@ from app.core.errors import ServiceError
 from app.core.workspace import (
     DEPLOY_FILE, LAYER_FILE, METRICS_FILE, NETWORK_FILE, REPORT_FILE, SOLVER_FILE,
     TRAIN_VAL_FILE, VALIDATION_DIR, Workspace)
+from app.services import digits_keys
 from app.services.context import Context
 from app.services.jobs import to_json
 
@@ -83,14 +84,18 @@ def log(c: Context, job: dict, offset: int, limit: int = 1 << 20) -> tuple[bytes
     return joblog.read(*c.ws.log_paths(job["id"]), offset, limit)
 
 
-def download(c: Context, job: dict, fmt: str = "tar.gz") -> IO[bytes]:
+def download(c: Context, job: dict, fmt: str = "tar.gz", digits_names: bool = False) -> IO[bytes]:
     """The job's model archive (API.md) in ``fmt`` (DOWNLOAD_FORMATS), as an
     open anonymous temporary file positioned at its start (the caller
     streams and closes it). Every member comes from a descriptor
     app.core.untrusted opened and checked, never from a path reopened: a
     link, FIFO or hard link planted by user code is left out, a snapshot
     whose size differs from its marker is not taken. Paths inside the
-    prototxts are rewritten relative to the archive (no server path leaks)."""
+    prototxts are rewritten relative to the archive (no server path leaks).
+    As DIGITS's tools read it: deploy.prototxt declares ``input`` +
+    ``input_shape``, mean.binaryproto has num/channels/height/width, and
+    info.json carries DIGITS's keys; ``digits_names`` (the DIGITS route):
+    the uploaded network is original.prototxt, as in DIGITS's archives."""
     if fmt not in DOWNLOAD_FORMATS:
         raise ServiceError("not_found", "Unknown download format; use " + ", ".join(DOWNLOAD_FORMATS) + ".")
     inp, out = c.ws.input_dir(job["id"]), c.ws.output_dir(job["id"])
@@ -101,16 +106,21 @@ def download(c: Context, job: dict, fmt: str = "tar.gz") -> IO[bytes]:
     try:
         with untrusted.Archive(tmp, fmt) as arc:
             orig = Path((job.get("params") or {}).get("network_filename") or NETWORK_FILE).name
-            arc.add_file(inp / NETWORK_FILE, orig if orig not in (TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE,
-                                                                   README_FILE) else f"original_{orig}",
-                         max_size=8 << 20)
+            if digits_names:
+                orig = digits_keys.ORIGINAL_FILE
+            orig = orig if orig not in (TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, README_FILE) else f"original_{orig}"
+            arc.add_file(inp / NETWORK_FILE, orig, max_size=8 << 20)
             for name in (TRAIN_VAL_FILE, SOLVER_FILE):
                 try:
                     text = untrusted.read_all(inp / name, 8 << 20).decode("utf-8", "replace")
                 except OSError:
                     continue
                 arc.add_bytes(portable.relative_paths(text, name).encode(), name)
-            arc.add_file(inp / DEPLOY_FILE, DEPLOY_FILE, max_size=8 << 20)
+            try:
+                deploy = untrusted.read_all(inp / DEPLOY_FILE, 8 << 20).decode("utf-8", "replace")
+                arc.add_bytes(portable.digits_deploy(deploy).encode(), DEPLOY_FILE)
+            except OSError:
+                pass
             arc.add_file(inp / LAYER_FILE, LAYER_FILE, max_size=8 << 20)
             for rel in layer_code.files(inp)[1:]:   # helper modules beside the layer file
                 arc.add_file(inp / rel, rel, max_size=8 << 20)
@@ -129,10 +139,17 @@ def download(c: Context, job: dict, fmt: str = "tar.gz") -> IO[bytes]:
                 break
             if job.get("dataset"):
                 ds = c.ws.dataset_dir(job["dataset"])
-                arc.add_file(ds / "labels.txt", "labels.txt", max_size=64 << 20)
-                arc.add_file(ds / "mean.binaryproto", "mean.binaryproto", max_size=256 << 20)
-            info = dict(to_json(job), framework="caffe",
+                arc.add_file(ds / "labels.txt", digits_keys.LABELS_FILE, max_size=64 << 20)
+                try:
+                    mean = untrusted.read_all(ds / "mean.binaryproto", 256 << 20)
+                    arc.add_bytes(portable.digits_mean(mean), digits_keys.MEAN_FILE)
+                except OSError:
+                    pass
+            info = dict(to_json(job), **digits_keys.model_keys(c, job), framework="caffe",
                         snapshot=latest.name if latest else None)
+            info["network file"] = orig
+            if latest is not None:
+                info["snapshot file"] = latest.name
             arc.add_bytes(json.dumps(info, indent=1).encode(), "info.json")
             arc.add_bytes(portable.README.encode(), README_FILE)
         tmp.seek(0)
@@ -146,11 +163,18 @@ INPUT_FILES = (NETWORK_FILE, TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, LAYER_FIL
 
 
 def input_file(c: Context, job: dict, name: str) -> bytes:
-    """One of the job's input files (INPUT_FILES) by name; not_found otherwise."""
-    if name not in INPUT_FILES:
+    """One of the job's input files (INPUT_FILES) by name, the network also
+    by DIGITS's name (original.prototxt), or its dataset's labels.txt (what
+    DIGITS's "labels file" names); not_found otherwise."""
+    name = NETWORK_FILE if name == digits_keys.ORIGINAL_FILE else name
+    if name == digits_keys.LABELS_FILE and job.get("dataset"):
+        path = c.ws.dataset_dir(job["dataset"]) / name
+    elif name in INPUT_FILES:
+        path = c.ws.input_dir(job["id"]) / name
+    else:
         raise ServiceError("not_found", "No such file.")
     try:
-        return Workspace.read_capped(c.ws.input_dir(job["id"]) / name, 8 << 20)
+        return Workspace.read_capped(path, 8 << 20)
     except OSError:
         raise ServiceError("not_found", "No such file.") from None
 

@@ -47,7 +47,7 @@ from app.services.sandbox_remote import MAX_PACKET, send as _send
 log = logging.getLogger(__name__)
 
 RUNNERS = {"train", "validate", "infer", "infer_server", "segment", "build_dataset", "probe", "envprobe",
-           "weights"}
+           "weights", "gather"}
 _DEVICE = re.compile(r"^/dev/nvidia(\d+|ctl|-uvm|-uvm-tools|-modeset)$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 

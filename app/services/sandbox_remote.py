@@ -37,6 +37,7 @@ class RemoteRun:
         self.stdin = None
         self.returncode: int | None = None
         self.timed_out = self.oom = False
+        self.lost = False   # the launcher went away: not the run's own doing
 
     def poll(self) -> int | None:
         """The exit status once the launcher reported it, else None."""
@@ -73,8 +74,8 @@ class RemoteRun:
             data = b""
         finally:
             self.conn.setblocking(True)
-        if not data:   # the launcher died: the run died with it
-            self.returncode = -signal.SIGKILL
+        if not data:   # the launcher died: the run died with it (the server's fault)
+            self.returncode, self.lost = -signal.SIGKILL, True
             return
         msg = json.loads(data)
         self.returncode = int(msg["returncode"])

@@ -14,7 +14,8 @@ A process that dies, misses that deadline or answers anything the protocol
 does not allow is killed, and the request is retried once on a fresh one; a
 layer that raises ends its process too (its reply says why). Per host
 process (a gunicorn worker) at most ``INFER_WARM`` stay warm, least recently
-used evicted first, each retired after ``INFER_IDLE_SECONDS`` idle, after
+used evicted first (never one a request holds: while all are busy there may
+be more, until they finish), each retired after ``INFER_IDLE_SECONDS`` idle, after
 ``LIFETIME_S`` in all, and when its job is deleted or resumed
 (``retire_job``, from app.services.jobs; other host processes notice within
 ``SWEEP_S`` that the job row is gone or changed).
@@ -24,22 +25,19 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from app.core import infer_wire
-from app.services import inference, layer_env, sandbox
+from app.services import inference, layer_env
 from app.services.context import Context
+from app.services.warm_process import LIFETIME_S, WarmProcess, close_when_free
 
 log = logging.getLogger(__name__)
 
-RUNNER = "app.contained.infer_server"
-LIFETIME_S = 3600.0     # a process's sandbox wall clock (and CPU limit: it only ever idles or answers)
 SWEEP_S = 5.0           # how often idle, old and orphaned processes are looked for
 
 
@@ -61,116 +59,6 @@ def _stamp(job: dict) -> tuple:
     return job.get("status"), job.get("finished_at")
 
 
-class WarmProcess:
-    """One contained infer_server and the pipes to it. Use under ``lock``."""
-
-    def __init__(self, ctx: Context, job: dict, key: tuple) -> None:
-        self.ctx, self.key, self.job_id, self.stamp = ctx, key, job["id"], _stamp(job)
-        self.lock = threading.Lock()
-        self.proc = self.work = self.log = None
-        self.started = self.used = time.monotonic()
-        self.retired = self.killed = False
-        self.exit_code: int | None = None
-
-    @property
-    def pid(self) -> int | None:
-        """The host pid of the sandbox (bwrap, or the launcher's child)."""
-        return self.proc.pid if self.proc is not None else None
-
-    def start(self, job: dict, model: Path) -> dict:
-        """Start the process and wait for its first frame: {"ready": True},
-        or the failure it reports (a layer that raised while the net loaded)."""
-        cfg = self.ctx.cfg
-        self.work = self.ctx.ws.scratch_dir()
-        spec = inference.sandbox_spec(self.ctx, job, RUNNER, model, self.work)
-        limits = inference.run_limits(cfg)
-        limits.wall_seconds, limits.cpu_seconds = LIFETIME_S, int(LIFETIME_S)
-        # stderr: an unnamed file beside the scratch dirs, which nothing in a
-        # sandbox can reach by name; read back by descriptor for errors.
-        self.log = tempfile.TemporaryFile(dir=self.work.parent)
-        self.proc = sandbox.start(spec, self.ctx.containment, limits, subprocess.PIPE, self.log,
-                                  stdin=subprocess.PIPE)
-        self.started = time.monotonic()
-        os.set_blocking(self.proc.stdin.fileno(), False)
-        deadline = self.started + inference.run_limits(cfg).wall_seconds
-        header, _ = infer_wire.read_frame(self.proc.stdout.fileno(), deadline, max_blobs=0)
-        if header.get("ready") is not True and header.get("ok") is not False:
-            raise infer_wire.Broken("garbage", "no ready frame")
-        return header
-
-    def ask(self, header: dict, blobs: list[bytes], seconds: float) -> tuple[dict, list[bytes]]:
-        """One request and its reply within ``seconds`` (``Broken`` otherwise)."""
-        self.used = deadline = time.monotonic()
-        deadline += seconds
-        infer_wire.write_all(self.proc.stdin.fileno(), infer_wire.encode(header, blobs), deadline)
-        reply = infer_wire.read_frame(self.proc.stdout.fileno(), deadline)
-        self.used = time.monotonic()
-        return reply
-
-    def log_tail(self, limit: int = 3000) -> str:
-        """The end of what the process wrote to stderr."""
-        if self.log is None:
-            return ""
-        try:
-            size = os.fstat(self.log.fileno()).st_size
-            data = os.pread(self.log.fileno(), limit, max(0, size - limit))
-        except OSError:
-            return ""
-        return data.decode("utf-8", "replace")
-
-    def oom_killed(self) -> bool:
-        """Whether the kernel killed it for its memory limit."""
-        return self.proc is not None and sandbox.oom_killed(self.proc)
-
-    def kill(self, grace: float = 0.0) -> int | None:
-        """Kill the process (its uid and cgroup go back), given ``grace``
-        seconds to end by itself first; the exit status it ended with, None
-        if it was still running."""
-        self.retired = True
-        if self.proc is None or self.killed:
-            return self.exit_code
-        deadline = time.monotonic() + grace
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self.killed, self.exit_code = True, self.proc.poll()
-        if self.exit_code is None:
-            log.info("retiring warm inference process %s of job %s", self.proc.pid, self.job_id)
-        sandbox.kill(self.proc)   # once only: a reaped pid may be another process's soon
-        return self.exit_code
-
-    def close(self) -> None:
-        """``kill``, then close the pipes and the log and remove its files."""
-        self.kill()
-        if self.proc is not None:
-            for end in (self.proc.stdin, self.proc.stdout):
-                try:
-                    if end is not None:
-                        end.close()
-                except OSError:
-                    pass
-        if self.log is not None:
-            self.log.close()
-            self.log = None
-        if self.work is not None:
-            shutil.rmtree(self.work, ignore_errors=True)
-
-
-def _close_when_free(wp: WarmProcess) -> None:
-    # Now if nobody uses it, else as soon as its request is answered.
-    wp.retired = True
-    if wp.lock.acquire(blocking=False):
-        try:
-            wp.close()
-        finally:
-            wp.lock.release()
-        return
-
-    def later() -> None:
-        with wp.lock:
-            wp.close()
-    threading.Thread(target=later, name="warm-retire", daemon=True).start()
-
-
 class Pool:
     """The warm processes of this host process, least recently used first."""
 
@@ -179,19 +67,29 @@ class Pool:
         self._procs: OrderedDict[tuple, WarmProcess] = OrderedDict()
         self._owner = os.getpid()
         self._reaper: threading.Thread | None = None
+        self._spawner: ThreadPoolExecutor | None = None
 
     def _mine(self) -> None:
-        # A forked child (a gunicorn worker) starts empty: the parent's pipes
-        # and processes are not its own.
+        # A forked child (a gunicorn worker) starts empty: the parent's pipes,
+        # processes and threads are not its own.
         if os.getpid() != self._owner:
-            self._lock, self._procs, self._owner, self._reaper = threading.Lock(), OrderedDict(), os.getpid(), None
+            self._lock, self._procs, self._owner = threading.Lock(), OrderedDict(), os.getpid()
+            self._reaper = self._spawner = None
+
+    def spawner(self) -> ThreadPoolExecutor:
+        """The one thread of this process that starts warm processes."""
+        self._mine()
+        with self._lock:
+            if self._spawner is None:
+                self._spawner = ThreadPoolExecutor(1, thread_name_prefix="warm-spawn")
+            return self._spawner
 
     def checkout(self, ctx: Context, job: dict, key: tuple) -> WarmProcess:
         """The process for ``key`` (a new, not yet started one when there is
-        none), now the most recently used; beyond ``INFER_WARM`` the least
-        recently used are retired."""
+        none), now the most recently used and reserved for the caller until
+        ``release``; beyond ``INFER_WARM`` the least recently used that no
+        request holds are retired."""
         self._mine()
-        cap = max(1, int(ctx.cfg.get("INFER_WARM", 4)))
         gone = []
         with self._lock:
             wp = self._procs.get(key)
@@ -200,16 +98,36 @@ class Pool:
                 gone.append(self._procs.pop(key))
                 wp = None
             if wp is None:
-                wp = self._procs[key] = WarmProcess(ctx, job, key)
+                wp = self._procs[key] = WarmProcess(ctx, job, key, _stamp(job))
             self._procs.move_to_end(key)
-            while len(self._procs) > cap:
-                gone.append(self._procs.popitem(last=False)[1])
+            wp.users += 1
+            gone += self._over_cap(ctx.cfg)
             if self._reaper is None or not self._reaper.is_alive():
                 self._reaper = threading.Thread(target=self._reap, name="warm-reaper", daemon=True)
                 self._reaper.start()
         for old in gone:
-            _close_when_free(old)
+            close_when_free(old)
         return wp
+
+    def release(self, ctx: Context, wp: WarmProcess) -> None:
+        """The caller of ``checkout`` is done with ``wp``."""
+        with self._lock:
+            wp.users -= 1
+            gone = self._over_cap(ctx.cfg)
+        for old in gone:
+            close_when_free(old)
+
+    def _over_cap(self, cfg) -> list[WarmProcess]:
+        # Under the pool lock. A process a request holds or waits for is
+        # never evicted (that would only make the request start another):
+        # while every one is busy the pool may hold more, until they finish.
+        cap, out = max(1, int(cfg.get("INFER_WARM", 4))), []
+        for key, wp in list(self._procs.items()):
+            if len(self._procs) <= cap:
+                break
+            if wp.users == 0:
+                out.append(self._procs.pop(key))
+        return out
 
     def forget(self, wp: WarmProcess) -> None:
         """Take ``wp`` out of the pool (the caller closes it)."""
@@ -225,7 +143,7 @@ class Pool:
             for wp in gone:
                 del self._procs[wp.key]
         for wp in gone:
-            _close_when_free(wp)
+            close_when_free(wp)
         return len(gone)
 
     def describe(self) -> list[dict]:
@@ -270,37 +188,53 @@ def request(ctx: Context, job: dict, model: Path, key: tuple, header: dict, blob
     start that reports a layer's failure raises it as the cold path does."""
     seconds = request_seconds(ctx.cfg)
     failures: list[tuple[infer_wire.Broken, str, object, bool]] = []
-    for _ in range(4):      # two breakdowns at most; an eviction meanwhile is none
+    for _ in range(4):      # two breakdowns at most; a retirement meanwhile is none
         wp = POOL.checkout(ctx, job, key)
-        with wp.lock:
-            if wp.retired:
-                continue
-            if wp.proc is not None and wp.proc.poll() is not None:
-                POOL.forget(wp)      # ended while idle (its lifetime, a lost launcher): replace it
-                wp.close()
-                continue
-            try:
-                if wp.proc is None:
-                    first = wp.start(job, model)
-                    if first.get("ok") is False:
-                        raise inference.layer_error(first)
-                reply, got = wp.ask(header, blobs, seconds)
-                if reply.get("ok") is False:
-                    raise inference.layer_error(reply)
-                return check(reply, got)
-            except infer_wire.Broken as exc:
-                POOL.forget(wp)
-                code = wp.kill(grace=1.0 if exc.kind == "died" else 0.0)   # its own exit status, if it ends
-                failures.append((exc, wp.log_tail(), code, bool(getattr(wp.proc, "sandbox_oom", False))))
-                wp.close()
-                log.warning("warm inference process of job %s broke (%s: %s)", job["id"], exc.kind, exc)
-                if len(failures) == 2:
-                    break
-            except BaseException:
-                POOL.forget(wp)      # a layer's failure ends the process too: never reused
-                wp.close()
-                raise
+        try:
+            with wp.lock:
+                result = _attempt(job, model, wp, header, blobs, check, seconds, failures)
+        finally:
+            POOL.release(ctx, wp)
+        if result is not _AGAIN:
+            return result
+        if len(failures) == 2:
+            break
     raise _unanswered(ctx, job, failures, seconds)
+
+
+_AGAIN = object()
+
+
+def _attempt(job: dict, model: Path, wp: WarmProcess, header: dict, blobs: list[bytes], check,
+             seconds: float, failures: list) -> object:
+    # Under wp.lock: the checked reply, or _AGAIN (a process that broke is
+    # recorded in ``failures``, killed and out of the pool).
+    if wp.retired:
+        return _AGAIN
+    if wp.proc is not None and wp.proc.poll() is not None:
+        POOL.forget(wp)      # ended while idle (its lifetime, a lost launcher): replace it
+        wp.close()
+        return _AGAIN
+    try:
+        if wp.proc is None:
+            first = wp.start(job, model, POOL.spawner())
+            if first.get("ok") is False:
+                raise inference.layer_error(first)
+        reply, got = wp.ask(header, blobs, seconds)
+        if reply.get("ok") is False:
+            raise inference.layer_error(reply)
+        return check(reply, got)
+    except infer_wire.Broken as exc:
+        POOL.forget(wp)
+        code = wp.kill(grace=1.0 if exc.kind == "died" else 0.0)   # its own exit status, if it ends
+        failures.append((exc, wp.log_tail(), code, bool(getattr(wp.proc, "sandbox_oom", False))))
+        wp.close()
+        log.warning("warm inference process of job %s broke (%s: %s)", job["id"], exc.kind, exc)
+        return _AGAIN
+    except BaseException:
+        POOL.forget(wp)      # a layer's failure ends the process too: never reused
+        wp.close()
+        raise
 
 
 def _unanswered(ctx: Context, job: dict, failures: list, seconds: float):

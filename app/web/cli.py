@@ -201,7 +201,9 @@ def _drop_privileges(front: Front | None) -> Dropped | None:
     from app.web import privsep
     if not privsep.wanted(current_app.config):
         if os.geteuid() == 0:
-            click.echo("WARNING: LAYERBENCH_PRIVSEP=0: the web and the worker run as root", err=True)
+            why = ("LAYERBENCH_PRIVSEP=0" if not current_app.config.get("PRIVSEP", True)
+                   else "celery queue: the jobs directory is shared with workers that run as root")
+            click.echo(f"WARNING: {why}: the web runs as root", err=True)
         return None
     drop = privsep.prepare(current_app.config)
     if front is not None and front.private is not None:

@@ -1,8 +1,8 @@
 """Pages blueprint: HTML views and the health check. Thin: parse, call, render."""
 from __future__ import annotations
 
-from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template,
-                   request, url_for)
+from flask import (Blueprint, Response, abort, current_app, flash, g, jsonify, redirect, render_template,
+                   request, session, url_for)
 
 from wtforms import SelectChoice
 
@@ -72,10 +72,18 @@ def login():
     from app.web.auth import check_login, safe_next
     form = LoginForm()
     failed = False
+    if request.method == "POST" and (request.form.get("username") or "").strip() and not request.form.get("password"):
+        # DIGITS signed in by user name alone; here every user has a password.
+        raise ApiError(401, "unauthorized", "A user name alone does not sign in here: add the password "
+                       "(-F password=...), or send 'Authorization: Bearer <token>' (a token from "
+                       "'flask --app wsgi users token NAME') instead of a session cookie.")
     if form.validate_on_submit():
         user = check_login(form.username.data, form.password.data)
         if user is not None:
             login_user(user)
+            if g.get("script_login"):
+                from app.web.auth import SCRIPT_SESSION
+                session[SCRIPT_SESSION] = True   # its writes are judged by Origin/Referer (auth.py)
             # Only paths on this site, as the browser will read them: never an open redirect.
             return redirect(safe_next(request.args.get("next")), code=303)
         failed = True

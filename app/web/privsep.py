@@ -61,8 +61,14 @@ class Dropped:
 
 
 def wanted(cfg: dict) -> bool:
-    """Whether `serve` separates privileges: as root, unless turned off."""
-    return os.geteuid() == 0 and bool(cfg.get("PRIVSEP", True))
+    """Whether `serve` separates privileges: as root, in the local queue,
+    unless turned off. In celery mode the jobs directory is shared with
+    workers on other hosts that run sandboxes as root themselves: handing it
+    to this host's service user would take a live run's output from under
+    it, and the web could not remove what root workers wrote. There `serve`
+    keeps one identity (README, "Several machines") until workers separate
+    too."""
+    return os.geteuid() == 0 and bool(cfg.get("PRIVSEP", True)) and cfg.get("QUEUE", "local") == "local"
 
 
 def ensure_user() -> tuple[int, int]:
@@ -76,46 +82,50 @@ def ensure_user() -> tuple[int, int]:
     return pw.pw_uid, pw.pw_gid
 
 
-def own(path: Path, uid: int, gid: int) -> None:
+def own(path: Path, uid: int, gid: int, depth: int = 3) -> None:
     """Give ``path`` and everything under it to the service user (no link
-    followed): the web and worker create, move and delete there."""
+    followed): the web and worker create, move and delete there.
+
+    Cheap on every start: only subtrees whose top is not the service
+    user's are walked, looking ``depth`` levels down (jobs/<id>/output,
+    jobs/datasets/<id>/build): what root wrote before privilege separation
+    existed, and a run's output left behind when the whole service died
+    (no launcher lived to hand it back; in the local queue no run outlives
+    serve, so nothing there is live)."""
     path.mkdir(parents=True, exist_ok=True)
     st = os.lstat(path)
-    os.chown(path, uid, gid, follow_symlinks=False)
-    if st.st_uid == uid and not _any_foreign(path, uid):
+    if st.st_uid != uid or st.st_gid != gid:
+        _chown_tree(path, uid, gid)
         return
-    for dirpath, dirnames, filenames in os.walk(path):
+    if depth <= 0:
+        return
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return
+    for e in entries:
+        try:
+            est = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(est.st_mode):
+            own(Path(e.path), uid, gid, depth - 1)
+        elif est.st_uid != uid and est.st_nlink == 1:
+            os.chown(e.path, uid, gid, follow_symlinks=False)
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(top):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
             try:
-                if os.lstat(p).st_nlink == 1 or stat.S_ISDIR(os.lstat(p).st_mode):
+                st = os.lstat(p)
+                # A file with several links may be someone else's too.
+                if st.st_nlink == 1 or stat.S_ISDIR(st.st_mode):
                     os.chown(p, uid, gid, follow_symlinks=False)
             except OSError:
                 pass
-
-
-def _any_foreign(path: Path, uid: int, sample: int = 200) -> bool:
-    # A quick look at the top levels: jobs written as root before privilege
-    # separation existed are handed over once (a full walk of 20,000 jobs on
-    # every start would cost seconds).
-    seen = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            try:
-                if os.lstat(os.path.join(dirpath, name)).st_uid not in (uid,) and \
-                        not _sandbox_uid(os.lstat(os.path.join(dirpath, name)).st_uid):
-                    return True
-            except OSError:
-                pass
-            seen += 1
-            if seen > sample:
-                return False
-    return False
-
-
-def _sandbox_uid(uid: int) -> bool:
-    from app.services.sandbox import uid_range
-    return uid in uid_range()
 
 
 def _can_traverse(st: os.stat_result, uid: int, gid: int) -> bool:

@@ -56,9 +56,12 @@ def restarts(events: list[dict]) -> int:
                if e.get("status") == JobStatus.QUEUED.value and RESTART_NOTE in (e.get("message") or ""))
 
 
-def hand_over_stale(ctx: Context, stale_after: float) -> list[str]:
+def hand_over_stale(ctx: Context, stale_after: float, restarted: bool = False) -> list[str]:
     """Hand over every running job whose heartbeat is older than
-    ``stale_after`` seconds (see the module docstring); their ids."""
+    ``stale_after`` seconds (see the module docstring); their ids.
+    ``restarted``: the whole service died and started again (the local
+    queue's worker recovering at start): every running job is lost, and the
+    history says the service restarted rather than naming a worker."""
     now = time.time()
     cutoff = now - stale_after
     moved = []
@@ -67,24 +70,25 @@ def hand_over_stale(ctx: Context, stale_after: float) -> list[str]:
         if beat >= cutoff:
             continue
         who = job.get("worker") or "unknown"
+        lost = ("the service restarted while it ran" if restarted else
+                f"handed over: worker {who} stopped heart-beating {now - beat:.0f} s ago")
         snaps = Workspace.complete_snapshots(ctx.ws.output_dir(job["id"]))
         if snaps:
             point = max(snaps)
             ok = ctx.store.hand_over_job(
                 job["id"], int(job["run"]), cutoff,
-                f"handed over: worker {who} stopped heart-beating {now - beat:.0f} s ago; "
-                f"resuming from snapshot {point} on another worker",
+                f"{lost}; resuming from snapshot {point}" + ("" if restarted else " on another worker"),
                 status=JobStatus.QUEUED.value, resume_from=point, error=None, finished_at=None)
             if ok:
                 queue.enqueue_job(ctx, ctx.store.get_job(job["id"]) or job)
         else:
-            ok = _restart_or_interrupt(ctx, job, who, now - beat, cutoff)
+            ok = _restart_or_interrupt(ctx, job, lost, cutoff, "" if restarted else " on another worker")
         if ok:
             moved.append(job["id"])
     return moved
 
 
-def _restart_or_interrupt(ctx: Context, job: dict, who: str, age: float, cutoff: float) -> bool:
+def _restart_or_interrupt(ctx: Context, job: dict, lost: str, cutoff: float, where: str) -> bool:
     """A lost job without a complete snapshot: queued to start from the
     beginning (auto_retry on, under the cap), else interrupted with the
     reason; whether this worker's compare-and-set won."""
@@ -98,8 +102,8 @@ def _restart_or_interrupt(ctx: Context, job: dict, who: str, age: float, cutoff:
         # keeps the lost run's lines as history (resumes append there too).
         ok = ctx.store.hand_over_job(
             job["id"], int(job["run"]), cutoff,
-            f"handed over: worker {who} stopped heart-beating {age:.0f} s ago before the first snapshot; "
-            f"{RESTART_NOTE} on another worker (automatic retry {done + 1} of {MAX_AUTO_RETRIES})",
+            f"{lost} before the first snapshot; "
+            f"{RESTART_NOTE}{where} (automatic retry {done + 1} of {MAX_AUTO_RETRIES})",
             status=JobStatus.QUEUED.value, resume_from=None, error=None, finished_at=None,
             iteration=0, progress=0.0, epoch=0.0, eta_seconds=None, metrics={}, snapshots=[])
         if ok:
@@ -108,7 +112,7 @@ def _restart_or_interrupt(ctx: Context, job: dict, who: str, age: float, cutoff:
         return ok
     why = "automatic retry is off" if not auto_retry(job) else \
         f"it was already restarted {done} times (automatic retries stop there)"
-    reason = (f"The worker running this job ({who}) stopped heart-beating before the first snapshot, "
+    reason = (f"The job was lost before the first snapshot ({lost.removeprefix('handed over: ')}), "
               f"and {why}; submit it again (or clone it) to start over.")
     return ctx.store.hand_over_job(
         job["id"], int(job["run"]), cutoff, reason, status=JobStatus.INTERRUPTED.value,

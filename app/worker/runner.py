@@ -243,6 +243,10 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
         time.sleep(poll)
     # Everything the process printed is in the log once the pipe has closed.
     pump.join(PUMP_DRAIN_SECONDS)
+    if getattr(proc, "lost", False):
+        # The root launcher died under the run: the server's fault, never the job's.
+        return JobStatus.INTERRUPTED.value, {"stage": "worker", "message": "The sandbox launcher stopped while "
+                                             "the job trained; resume it to continue from its last snapshot."}
     status, error = classify(_result(out), proc.returncode, aborting,
                              log.tail(CONTEXT_BYTES).decode("utf-8", "replace"),
                              int(ctx.cfg["MEMORY_LIMIT_MB"]), _free_mb(out), sandbox.oom_killed(proc))
@@ -281,9 +285,22 @@ def _result(out: Path) -> dict | None:
 
 
 def recover(ctx: Context, stale_after: float | None = None) -> list[str]:
-    """Mark running jobs whose worker is gone as interrupted. With
-    ``stale_after`` None, every running job (a fresh local supervisor owns all)."""
+    """Running jobs whose worker is gone. With ``stale_after`` None, every
+    running job (a fresh local supervisor owns all: the service restarted).
+    There, with AUTO_RESUME on (the default), each is queued again from its
+    newest complete snapshot, as a handed-over job is in celery mode (no
+    snapshot: from the beginning, under auto_retry's cap), and a job its
+    owner had asked to stop ends aborted; otherwise (or with a stale_after)
+    they are marked interrupted."""
     changed = []
+    if stale_after is None and ctx.cfg.get("AUTO_RESUME", True):
+        from app.worker import heartbeat
+        for job in ctx.store.list_jobs(status=JobStatus.RUNNING.value):
+            if job["abort_requested"] and ctx.store.update_job(
+                    job["id"], expect_status=[JobStatus.RUNNING.value], status=JobStatus.ABORTED.value,
+                    finished_at=now_iso()):
+                changed.append(job["id"])
+        changed += heartbeat.hand_over_stale(ctx, -1e12, restarted=True)
     for job in ctx.store.list_jobs(status=JobStatus.RUNNING.value):
         beat = job.get("heartbeat_at") or 0
         if stale_after is None or time.time() - beat > stale_after:

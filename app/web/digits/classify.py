@@ -1,11 +1,12 @@
 """DIGITS's inference routes on a model: classify_one, classify_many, top_n
-(HTML laid out as DIGITS did, and .json). Images are uploaded: image URLs are
-not fetched and server paths not read."""
+(HTML laid out as DIGITS did, and .json). Images are uploaded, or, for the
+lists, read from the server's data roots in the sandbox
+(app.services.data_roots); image URLs are not fetched."""
 from __future__ import annotations
 
 from flask import jsonify, render_template, request
 
-from app.services import classify_list, inference, jobs
+from app.services import classify_list, data_roots, inference, jobs
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.digits import bp
@@ -69,16 +70,20 @@ def classify_one():
 
 
 def _classify_list(job: dict) -> dict:
-    if arg("image_folder"):
-        raise refuse("image_folder", "Server folders are not read: upload the images as a zip or tar archive "
-                     "in image_archive (the list's paths are matched against it).")
+    # The list's images: an uploaded archive, or DIGITS's server paths
+    # (image_folder + relative lines, or absolute lines) under the data roots.
+    if arg("image_folder") and not data_roots.configured(ctx().cfg):
+        raise refuse("image_folder", "Server folders are not read here (the administrator set no data roots): "
+                     "upload the images as a zip or tar archive in image_archive (the list's paths are matched "
+                     "against it).")
     listing = request.files.get("image_list")
     if listing is None or not listing.filename:
         raise refuse("image_list", "Upload the list of images ('path [label]' lines) as image_list.")
     archive = request.files.get("image_archive")
     return classify_list.classify_list(ctx(), job, listing.stream.read(1 << 20),
                                        archive.stream if archive is not None and archive.filename else None,
-                                       _iteration(job))
+                                       _iteration(job), folder=arg("image_folder") or None,
+                                       user=current_user()["name"])
 
 
 @bp.post("/models/images/classification/classify_many")

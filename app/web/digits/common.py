@@ -6,9 +6,9 @@ from flask import Response, jsonify, render_template, request
 
 from app.core.errors import ServiceError
 from app.core.status import DatasetStatus, JobStatus
-from app.core.workspace import DEPLOY_FILE, NETWORK_FILE, SOLVER_FILE, TRAIN_VAL_FILE
+from app.core.workspace import DEPLOY_FILE, SOLVER_FILE, TRAIN_VAL_FILE
 from app.services import datasets as dataset_service
-from app.services import jobs
+from app.services import digits_keys, jobs
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.errors import ApiError
@@ -48,13 +48,14 @@ def epochs(job: dict) -> list:
 
 
 def model_json(job: dict) -> dict:
-    """A model as DIGITS's /models/<id>.json answers it. Keys that held server
-    paths in DIGITS carry URLs (``directory``) or file names."""
+    """A model as DIGITS's /models/<id>.json answers it (docs/API.md's keys,
+    app.services.digits_keys). Keys that held server paths in DIGITS carry
+    URLs (``directory``) or file names."""
     params = job.get("params") or {}
     out = {"id": job["id"], "name": job["name"], "status": job_word(job), "type": "Image Classification Model",
            "framework": "caffe", "caffe flavor": "BVLC", "job id": job["id"],
            "creation time": job.get("created_at"), "dataset_id": job.get("dataset"),
-           "directory": f"/models/{job['id']}/files", "network file": NETWORK_FILE,
+           "directory": f"/models/{job['id']}/files", **digits_keys.model_keys(ctx(), job),
            "train_val file": TRAIN_VAL_FILE, "deploy file": DEPLOY_FILE,
            "solver file": SOLVER_FILE, "snapshots": epochs(job), "python_layer": job.get("python_layer"),
            "max_iter": job.get("max_iter"), "progress": job.get("progress"), "error": job.get("error"),
@@ -73,7 +74,8 @@ def dataset_json(ds: dict) -> dict:
     out = dataset_service.to_json(ds)
     out.update({"status": dataset_word(ds), "job id": ds["id"], "creation time": ds.get("created_at"),
                 "type": "Image Classification Dataset", "directory": f"/datasets/{ds['id']}",
-                "image size": info.get("image_shape"), "notes": info.get("notes")})
+                "image size": info.get("image_shape"), "notes": info.get("notes"),
+                "username": ds.get("owner"), **digits_keys.dataset_tasks(ds)})
     return out
 
 

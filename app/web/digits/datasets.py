@@ -70,7 +70,8 @@ def _fields() -> dict[str, str]:
 
 
 def _create() -> dict:
-    return dataset_service.create(ctx(), _archive(), _fields(), current_user()["name"])
+    return dataset_service.create(ctx(), _archive(), _fields(), current_user()["name"],
+                                  field_names={"folder": "folder_train"})
 
 
 @bp.post("/datasets/images/classification.json")

@@ -2,8 +2,9 @@
 notes), delete, the listings (/index.json, /completed_jobs.json)."""
 from __future__ import annotations
 
-from flask import Response, current_app, jsonify, redirect, request
+from flask import Response, jsonify, redirect, request
 
+from app import __version__
 from app.services import datasets as dataset_service
 from app.services import job_listing, jobs
 from app.web.auth import current_user
@@ -57,7 +58,7 @@ def index_json():
                          cursor=request.args.get("cursor") or None)
     return jsonify({"models": [model_json(j) for j in page.jobs],
                     "datasets": [dataset_json(d) for d in dataset_service.list_for(ctx(), user)],
-                    "version": current_app.name, "next_cursor": page.next_cursor})
+                    "version": __version__, "next_cursor": page.next_cursor})
 
 
 @bp.get("/completed_jobs.json")

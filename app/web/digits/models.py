@@ -3,13 +3,14 @@ abort, delete, downloads, the new-model page, visualize-network, customize."""
 from __future__ import annotations
 
 import base64
+import io
 
 from flask import Response, jsonify, redirect, render_template, request, send_file
 
 from app.caffe.network import standard_network_text, standard_networks
 from app.core.errors import ServiceError
 from app.core.workspace import LAYER_FILE, NETWORK_FILE
-from app.services import job_files, jobs
+from app.services import data_roots, job_files, jobs
 from app.services.submission import Upload
 from app.web.auth import current_user
 from app.web.context import ctx
@@ -59,9 +60,10 @@ def digits_upload(form, files) -> Upload:
     """DIGITS's create fields as the service's Upload (400 for what is refused)."""
     if (form.get("framework") or "caffe").lower() != "caffe":
         raise refuse("framework", "Only Caffe networks are trained here (framework=caffe).")
-    if form.get("python_layer_server_file"):
-        raise refuse("python_layer_server_file", "python_layer_server_file (a path on the server) is not "
-                     "supported: upload the file itself as python_layer_client_file.")
+    if form.get("python_layer_server_file") and not data_roots.configured(ctx().cfg):
+        raise refuse("python_layer_server_file", "python_layer_server_file (a path on the server) is not read "
+                     "here (the administrator set no data roots): upload the file itself as "
+                     "python_layer_client_file.")
     if not (form.get("model_name") or "").strip():
         raise refuse("model_name", "model_name is required.")
     for name, neutral in AUGMENT.items():
@@ -84,6 +86,8 @@ def digits_upload(form, files) -> Upload:
     layer = files.get("python_layer_client_file")
     if layer is not None and layer.filename:
         upload.layer_stream, upload.layer_filename = layer.stream, layer.filename
+    elif (form.get("python_layer_server_file") or "").strip():
+        upload.layer_stream, upload.layer_filename = _server_layer(form["python_layer_server_file"].strip())
     # DIGITS's "pretrained model" path of a custom network: here the
     # .caffemodel itself, uploaded in the same field.
     weights = files.get("custom_network_snapshot")
@@ -93,6 +97,19 @@ def digits_upload(form, files) -> Upload:
         raise refuse("custom_network_snapshot", "custom_network_snapshot names a file on the server: upload the "
                      ".caffemodel itself in custom_network_snapshot instead.")
     return upload
+
+
+def _server_layer(raw: str) -> tuple[io.BytesIO, str]:
+    # DIGITS's python_layer_server_file: a file under the data roots, read
+    # in the sandbox (app.services.data_roots), then handled as an upload.
+    field, cap = "python_layer_server_file", int(ctx().cfg["MAX_LAYER_FILE_KB"]) << 10
+    user = current_user()["name"]
+    real = data_roots.resolve(ctx(), raw, user, field, kind="file")
+    got = data_roots.fetch(ctx(), user, [real], cap, cap)
+    if 0 not in got:
+        raise refuse(field, f"{field} '{raw[:300]}' could not be read in the sandbox, or is larger than "
+                     f"{cap >> 10} KiB.")
+    return io.BytesIO(got[0]), real.name
 
 
 def _create() -> list[dict]:
@@ -108,13 +125,10 @@ def _create() -> list[dict]:
     return jobs.submit_keeping_failures(ctx(), digits_upload(request.form, request.files), current_user())
 
 
-def _brief(job: dict) -> dict:
-    return {"id": job["id"], "name": job["name"], "status": model_json(job)["status"]}
-
-
 @bp.post("/models/images/classification.json")
 def create_model_json():
-    """DIGITS: create an image classification model; {"jobs": [...]} for a sweep."""
+    """DIGITS: create an image classification model; its model JSON, as
+    DIGITS answered (``{"jobs": [...]}`` of them for a sweep)."""
     try:
         made = _create()
     except ServiceError as err:
@@ -124,7 +138,7 @@ def create_model_json():
                         "message": err.message})
         resp.status_code = 400
         return resp
-    return jsonify(_brief(made[0]) if len(made) == 1 else {"jobs": [_brief(j) for j in made]})
+    return jsonify(model_json(made[0]) if len(made) == 1 else {"jobs": [model_json(j) for j in made]})
 
 
 @bp.post("/models/images/classification")
@@ -199,7 +213,7 @@ def download_model(job_id: str, fmt: str = "tar.gz"):
     job = jobs.get(ctx(), job_id, current_user())
     if fmt not in job_files.DOWNLOAD_FORMATS:
         raise refuse("extension", "Use download.tar, .zip, .tar.gz or .tar.bz2.", 404)
-    return send_file(job_files.download(ctx(), job, fmt), mimetype=job_files.DOWNLOAD_FORMATS[fmt], as_attachment=True,
+    return send_file(job_files.download(ctx(), job, fmt, digits_names=True), mimetype=job_files.DOWNLOAD_FORMATS[fmt], as_attachment=True,
                      download_name=f"{job['id']}.{fmt}", max_age=0)
 
 
