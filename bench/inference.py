@@ -7,7 +7,9 @@ seed's layer trained on sample-digits, then
 * classify-one-image latency after it (p50 / p95 over ``n`` sequential
   requests on one keep-alive connection; every request after the first is
   counted, a second gunicorn worker's own first request included),
-* 100 images per call: images/s over ``calls`` sequential calls.
+* 100 images per call: images/s over ``calls`` sequential calls,
+* for comparison, the cold path (``LAYERBENCH_INFER_WARM=0``: a contained
+  process per request, as before) on the same data root, served again.
 
 Targets (issue 24): p50 <= 15 ms, p95 <= 30 ms, >= 2,000 images/s.
 """
@@ -84,21 +86,36 @@ def _pct(xs: list[float], p: float) -> float:
     return round(xs[min(len(xs) - 1, int(p * len(xs)))] * 1000, 2)
 
 
-def run(n: int = 300, calls: int = 20) -> dict:
-    """Cold first request, warm latency percentiles and 100-image throughput."""
+def _serve(root, port: int, **env_extra: str) -> subprocess.Popen:
+    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(root / "instance"), LAYERBENCH_JOBS_DIR=str(root / "jobs"),
+               HOST="127.0.0.1", PORT=str(port), **env_extra)
+    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "serve"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not _accepting(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError("serve did not come up")
+        time.sleep(0.1)
+    return proc
+
+
+def _timed(api: _Api, path: str, body: bytes, ctype: str) -> float:
+    t = time.perf_counter()
+    api.call("POST", path, body, ctype)
+    return time.perf_counter() - t
+
+
+def run(n: int = 300, calls: int = 20, cold_n: int = 9) -> dict:
+    """Cold first request, warm latency percentiles and 100-image throughput;
+    then, served again with LAYERBENCH_INFER_WARM=0, one-image requests on
+    the cold path (a contained process per request, as before warm
+    inference) for comparison on the same machine and load."""
     root = temp_root()
     port = free_port()
     make_app(root)   # sample-digits and the admin, before serve starts
-    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(root / "instance"), LAYERBENCH_JOBS_DIR=str(root / "jobs"),
-               HOST="127.0.0.1", PORT=str(port))
-    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "serve"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _serve(root, port)
     try:
-        deadline = time.monotonic() + 180
-        while not _accepting(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("serve did not come up")
-            time.sleep(0.1)
         token = next(line.split()[-1] for line in (root / "instance" / "initial-credentials.txt")
                      .read_text().splitlines() if line.startswith("token:"))
         api = _Api(port, token)
@@ -106,25 +123,28 @@ def run(n: int = 300, calls: int = 20) -> dict:
         path = f"/api/v1/jobs/{job}/infer"
         images = _pngs(100)
         one, one_type = _multipart([("image", "digit.png", images[0])])
-        t = time.perf_counter()
-        api.call("POST", path, one, one_type)
-        cold = time.perf_counter() - t
-        lat = []
-        for _ in range(n):
-            t = time.perf_counter()
-            api.call("POST", path, one, one_type)
-            lat.append(time.perf_counter() - t)
+        cold = _timed(api, path, one, one_type)
+        lat = [_timed(api, path, one, one_type) for _ in range(n)]
         many, many_type = _multipart([("image", f"d{k}.png", b) for k, b in enumerate(images)])
-        api.call("POST", path, many, many_type)     # each gunicorn worker's first 100 were warmed above
+        api.call("POST", path, many, many_type)
         t = time.perf_counter()
         for _ in range(calls):
             got = api.call("POST", path, many, many_type)
             assert len(got["predictions"]) == 100
         per_s = 100 * calls / (time.perf_counter() - t)
+        stop(proc)
+        proc = _serve(root, port, LAYERBENCH_INFER_WARM="0")
+        api = _Api(port, token)
+        for _ in range(5):     # the web side as warm as before the first request above (training polls)
+            api.call("GET", f"/api/v1/jobs/{job}")
+        cold_path_first = _timed(api, path, one, one_type)
+        cold_path = [_timed(api, path, one, one_type) for _ in range(cold_n)]
         return {"cold_first_ms": round(cold * 1000, 1), "one_image_p50_ms": _pct(lat, 0.5),
                 "one_image_p95_ms": _pct(lat, 0.95), "one_image_p99_ms": _pct(lat, 0.99),
                 "one_image_max_ms": _pct(lat, 1.0), "requests": n,
                 "images_per_s_100_per_call": round(per_s, 1), "calls": calls,
+                "cold_path_first_ms": round(cold_path_first * 1000, 1),
+                "cold_path_one_image_p50_ms": _pct(cold_path, 0.5), "cold_path_requests": cold_n,
                 "targets": {"p50_ms": 15, "p95_ms": 30, "images_per_s": 2000}}
     finally:
         stop(proc)

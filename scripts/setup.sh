@@ -26,6 +26,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# 1b. As root: the unprivileged account `serve` runs the web and the worker as
+#     (privilege separation, README). `serve` also creates it if missing.
+if [ "$(id -u)" = 0 ] && ! getent passwd layerbench >/dev/null; then
+  log "creating the system user layerbench"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --user-group layerbench \
+    || getent passwd layerbench >/dev/null
+fi
+
 # 2. Virtualenv on Debian's Python 3.11 (the one Debian's boost_python311 is
 #    built for), with the pinned requirements.
 if [ ! -x "$VENV/bin/python" ]; then

@@ -137,17 +137,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def no_live_sandbox_processes(timeout: float = 10.0) -> bool:
-    """No live process of any sandbox uid is left (zombies, state Z, are
-    exited processes waiting for PID 1 to reap them: they cannot run)."""
+def no_live_sandbox_processes(within: Path, timeout: float = 10.0) -> bool:
+    """No live process of any sandbox uid is left whose working directory
+    lies under ``within`` (the test's own tmp_path: tests of other pytest
+    workers run their own sandboxes meanwhile). Zombies, state Z, are exited
+    processes waiting for PID 1 to reap them: they cannot run."""
     from app.services import sandbox
-    uids = sandbox.uid_range()
+    uids = set(sandbox.uid_range()) | {sandbox.NOBODY}
+    root = str(Path(within).resolve())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = subprocess.run(["ps", "-e", "-o", "uid=,stat="], capture_output=True, text=True).stdout
-        states = [stat for uid, stat in (r.split() for r in rows.splitlines() if r.strip())
-                  if int(uid) in uids or int(uid) == sandbox.NOBODY]
-        if all(s.startswith("Z") for s in states):
+        alive = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                uid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+                state = next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except (OSError, StopIteration, ValueError):
+                continue   # gone meanwhile
+            if uid in uids and state != "Z" and (cwd == root or cwd.startswith(root + "/")):
+                alive.append(pid)
+        if not alive:
             return True
         time.sleep(0.1)
     return False

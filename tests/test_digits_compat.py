@@ -23,8 +23,6 @@ from digits_http import Digits, Reply, colour_imageset, png, serve
 from helpers import LENET_SEED, SEED_LAYER, initial_token
 from test_digits_views import CAFFE_NETWORK
 
-pytestmark = pytest.mark.slow
-
 
 @dataclass
 class Served:
@@ -110,6 +108,7 @@ def model(served):
     return created, d.get(f"/models/{created['id']}.json").json
 
 
+@pytest.mark.slow
 def test_datasets_from_server_folders(served):
     d = served.digits()
     base = {"dataset_name": "folders", "method": "folder", "resize_channels": 3, "resize_width": 10,
@@ -164,6 +163,7 @@ def test_datasets_from_server_folders(served):
     assert r.status == 400 and r.json["details"][0]["field"] == "folder_val"
 
 
+@pytest.mark.slow
 def test_classify_lists_and_layer_file_from_server(served, model):
     d = served.digits()
     job_id = model[0]["id"]
@@ -203,6 +203,7 @@ def test_classify_lists_and_layer_file_from_server(served, model):
     assert r.status == 400 and str(served.data) in r.json["message"]
 
 
+@pytest.mark.slow
 def test_model_json_has_digits_keys(served, model):
     import caffe
 
@@ -223,6 +224,7 @@ def test_model_json_has_digits_keys(served, model):
     assert d.get("/index.json").json["version"] == __version__
 
 
+@pytest.mark.slow
 def test_archive_runs_with_digits_example(served, model, tmp_path):
     from google.protobuf import text_format
 
@@ -282,6 +284,7 @@ class _CookieClient:
             return Reply(err.code, err.headers, err.read())
 
 
+@pytest.mark.slow
 def test_script_login_as_digits_scripts_do(served):
     password = served.password()
     net = {"custom_network": CAFFE_NETWORK}
@@ -310,3 +313,34 @@ def test_script_login_as_digits_scripts_do(served):
     r = _CookieClient(served.url).post("/login", {"username": "admin"})
     assert r.status == 401 and "password" in r.text and "token" in r.text.lower()
     assert _CookieClient(served.url).post("/login", {"username": "admin", "password": "wrong"}).status == 401
+
+
+def test_launcher_binds_data_roots_read_only_and_nothing_else(tmp_path):
+    """app.services.launcher.check: a read-only bind inside a configured data
+    root (a {user} component matching one name) is accepted; a writable one,
+    one through a link, one outside, or a root over the jobs dir is not."""
+    from app.services import data_roots
+    from app.services.launcher import Refused, check
+    jobs, data, home = tmp_path / "jobs", tmp_path / "data", tmp_path / "home"
+    for d in (jobs / "x", data / "set", home / "ann" / "ds", home / "ann" / "other"):
+        d.mkdir(parents=True)
+    (data / "link").symlink_to(data / "set")
+    cfg = {"JOBS_DIR": str(jobs), "INSTANCE_DIR": str(tmp_path / "inst"), "CAFFE_PYTHON": "/py",
+           "DATA_ROOTS": f"{data}:{home}/{{user}}/ds:{tmp_path}"}     # the last holds the jobs dir: ignored
+    assert data_roots.patterns(cfg) == [str(data), f"{home}/{{user}}/ds"]
+
+    def start(**spec) -> dict:
+        return {"spec": {"argv": ["/py", "-m", "app.contained.gather", str(jobs / "x" / "p.json")],
+                         "writable": [str(jobs / "x")], **spec}, "limits": {}}
+
+    for ok in (data, data / "set", home / "ann" / "ds"):
+        assert check(start(read_only=[str(ok)]), cfg)[0].read_only == [ok]
+    for bad in (data / "link", home / "ann" / "other", home / "ann", tmp_path, data / ".." / "data" / "set"):
+        with pytest.raises(Refused):
+            check(start(read_only=[str(bad)]), cfg)
+    with pytest.raises(Refused):
+        check(start(writable=[str(data / "set")]), cfg)      # never writable
+    with pytest.raises(Refused):
+        check({"spec": {"argv": ["/py", "-m", "app.contained.gather", str(data / "set")]}, "limits": {}}, cfg)
+    assert data_roots.roots_for(cfg, "ann") == [data, home / "ann" / "ds"]
+    assert data_roots.roots_for(cfg, "../etc") == [data]           # no per-user root for an unsafe name

@@ -47,7 +47,7 @@ def guard(app, client, tmp_path):
            if not p.name.startswith("layerbench.sqlite3") and p.name != "worker.log"}
     assert new == set(), f"written outside the job directories: {new}"
     assert not list(Path("/tmp").glob(f"{MARK}*")), "a marker reached the host's /tmp"
-    assert no_live_sandbox_processes(), "a sandboxed process outlived its run"
+    assert no_live_sandbox_processes(tmp_path), "a sandboxed process outlived its run"
 
 
 def _valid(client, layer: str, **kw) -> dict:
@@ -224,7 +224,7 @@ def test_daemon_outliving_its_parent(client, guard, tmp_path):
              "        os._exit(0)\n    os._exit(0)\n" + SEED_LAYER)
     _valid(client, layer)
     # The positive signal: no sandboxed process is left alive to write later.
-    assert no_live_sandbox_processes()
+    assert no_live_sandbox_processes(tmp_path)
     assert not (tmp_path / f"{MARK}-daemon").exists()
 
 

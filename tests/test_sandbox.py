@@ -86,7 +86,7 @@ def test_wall_clock_kills_everything_including_daemons(box, tmp_path):
     t0 = time.monotonic()
     result, log = run(code, wall=2)
     assert result.timed_out and time.monotonic() - t0 < 10
-    assert no_live_sandbox_processes()
+    assert no_live_sandbox_processes(tmp_path)
 
 
 def test_daemon_dies_when_the_main_process_exits(box):
@@ -101,12 +101,12 @@ def test_daemon_dies_when_the_main_process_exits(box):
     assert not (out / "late.txt").exists()
 
 
-def test_fork_bomb_is_bounded(box):
+def test_fork_bomb_is_bounded(box, tmp_path):
     run, inp, out = box
     result, log = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
                       wall=3, processes=64)
     assert result.timed_out
-    assert no_live_sandbox_processes()
+    assert no_live_sandbox_processes(tmp_path)
 
 
 def test_memory_limit(box):
@@ -223,7 +223,7 @@ def test_a_fork_bomb_does_not_starve_another_run(box, tmp_path):
     finally:
         sandbox.kill(proc)
         log.close()
-    assert no_live_sandbox_processes()
+    assert no_live_sandbox_processes(tmp_path)
 
 
 def _count_processes(uid: int) -> int:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -80,9 +78,7 @@ def lab(tmp_path_factory):
     from app.caffe.datasets import ensure_sample_digits
     samples = tmp_path_factory.mktemp("warm-sample") / "datasets"
     ensure_sample_digits(samples)
-    root = Path(tempfile.mkdtemp(prefix="lb-warm-", dir="/tmp"))
-    root.chmod(0o755)
-    app = make_app(root, samples, INFER_REQUEST_SECONDS=REQUEST_SECONDS)
+    app = make_app(tmp_path_factory.mktemp("warm"), samples, INFER_REQUEST_SECONDS=REQUEST_SECONDS)
     client = client_for(app, "admin")
     workers = Workers(app)
     workers.start()
@@ -98,7 +94,6 @@ def lab(tmp_path_factory):
     yield app, client, plain["id"], hostile["id"]
     warm.retire_all()
     app.extensions["store"].engine.dispose()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def _infer(client, job_id: str, *images: bytes):

@@ -297,6 +297,9 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: d
         _locate(err, prepared.network)
     from app.services.gradients import apply_policy   # the gradient check: warnings, or errors
     apply_policy(report, prepared.params.get("gradient_check", "warn"))
+    unused = unused_layer_warning(prepared)
+    if unused is not None:
+        report.setdefault("warnings", []).insert(0, unused)
     from app.services.diagnostics import annotate_report   # excerpts, Python 2 hints
     annotate_report(report, input_dir, prepared.network.filename)
     # No host path in what the user sees (a Caffe abort's log tail names files).
@@ -305,6 +308,23 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: d
     report["seconds"] = seconds
     report["containment"] = how
     return report
+
+
+def unused_layer_warning(prepared: Prepared) -> dict | None:
+    """A warning when a layer file came with a network none of whose train,
+    val or deploy nets has a Python layer: the file was imported by the
+    validator but none of its classes was built or run, so "valid" says
+    nothing about it."""
+    if prepared.python_layer is None:
+        return None
+    if any(network.layer_stages(layer) for layer in network.python_layers(prepared.network.net)):
+        return None
+    name = prepared.python_layer.get("original_filename") or LAYER_FILE
+    stored = "" if name == LAYER_FILE else f" (stored as {LAYER_FILE})"
+    return {"field": "python_layer", "file": LAYER_FILE, "line": None, "layer": None, "stage": "unused",
+            "message": f"No layer of this network uses {name}{stored}; it was not run. A layer uses it "
+                       f"with type: \"Python\" and python_param {{ module: \"{network.LAYER_MODULE}\" "
+                       f"layer: \"<its class>\" }}."}
 
 
 def _server_fault(result: sandbox.Result, out_dir: Path, log_path: Path) -> ServiceError:

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import replace
 
 from app.core.errors import ServiceError
-from app.services import jobs
+from app.services import admission, intake, waiting
 from app.services.context import Context
 from app.services.submission import Upload
 from app.store import new_job_id
@@ -54,7 +54,8 @@ def submit_all(c: Context, upload: Upload, user: dict) -> list[dict]:
     """Validate and queue one job per combination; the jobs, in order."""
     combos = combinations(upload.fields)
     if combos == [{}]:
-        return [jobs.submit(c, upload, user)]
+        return [admission.submit(c, upload, user)]
+    building = waiting.building(c, upload, user)
     # The uploaded files are streams: read once, handed to every job.
     limit = (int(c.cfg["MAX_LAYER_FILE_KB"]) << 10) + 1
     layer = upload.layer_stream.read(limit) if upload.layer_stream is not None else None
@@ -64,7 +65,7 @@ def submit_all(c: Context, upload: Upload, user: dict) -> list[dict]:
     if upload.weights_stream is not None:
         spool = tempfile.TemporaryFile()
         shutil.copyfileobj(upload.weights_stream, spool)
-    validated = []
+    validated, held = [], []
     try:
         for combo in combos:
             if spool is not None:
@@ -73,7 +74,13 @@ def submit_all(c: Context, upload: Upload, user: dict) -> list[dict]:
                           layer_stream=io.BytesIO(layer) if layer is not None else None,
                           layer_files=[(io.BytesIO(d), n) for d, n in parts],
                           weights_stream=spool)
-            validated.append((combo, *jobs.validate_new(c, one, user)))
+            if building is not None:
+                # As a single job does, each combination waits for the
+                # dataset being built (validated once it is done).
+                name = (upload.fields.get("name") or "job") + _label(combo)
+                held.append(waiting.hold(c, replace(one, fields={**one.fields, "name": name}), user, building))
+                continue
+            validated.append((combo, *intake.validate_new(c, one, user)))
     except BaseException:
         for _, job_id, _, _ in validated:
             c.ws.delete(c.ws.job_dir(job_id))
@@ -81,9 +88,11 @@ def submit_all(c: Context, upload: Upload, user: dict) -> list[dict]:
     finally:
         if spool is not None:
             spool.close()
+    if held:
+        return held
     ids = [job_id for _, job_id, _, _ in validated]
     group = {"id": new_job_id(), "name": (upload.fields.get("group_name") or upload.fields.get("name")
                                           or validated[0][2].network.net.name or "sweep").strip()[:200],
              "jobs": ids}
-    return [jobs.queue_new(c, job_id, prepared, report, user, group=group, name_suffix=_label(combo))
+    return [intake.queue_new(c, job_id, prepared, report, user, group=group, name_suffix=_label(combo))
             for combo, job_id, prepared, report in validated]

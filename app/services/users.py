@@ -185,6 +185,8 @@ def new_token(c: Context, name: str) -> str:
     """Create, store and return a fresh API token for an existing user."""
     _existing(c, name)
     token = TOKEN_START + secrets.token_urlsafe(32)
+    while token[len(TOKEN_START)] == "-":   # a prefix that starts with '-' reads as an option on a command line
+        token = TOKEN_START + secrets.token_urlsafe(32)
     c.store.add_token(name, token_hash(token), token[len(TOKEN_START):len(TOKEN_START) + PREFIX_CHARS])
     return token
 
@@ -226,6 +228,7 @@ def revoke_token(c: Context, name: str, prefix: str | None) -> int:
     if prefix is None:
         gone = c.store.delete_tokens(name)
     else:
+        prefix = prefix.removeprefix(TOKEN_START)   # the token's start as shown, or as pasted
         match = [t["token_hash"] for t in c.store.list_tokens(name) if _token_name(t) == prefix]
         if not match:
             raise ServiceError("not_found", f"User {name!r} has no token {prefix!r}.")

@@ -19,6 +19,7 @@ from app.core import untrusted
 from app.core.errors import ServiceError
 from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import REPORT_FILE, VALIDATION_DIR, Workspace
+from app.services import intake
 from app.services.access import may_see
 from app.services.context import Context
 from app.services.submission import Upload, parse_params
@@ -110,7 +111,6 @@ def _upload(pending: Path) -> Upload:
 def release(c: Context, ds_id: str) -> int:
     """Move every job waiting on ``ds_id`` on, now that its build ended:
     validated and queued, or ended in error with the reason. How many moved."""
-    from app.services import jobs
     ds = c.store.get_dataset(ds_id)
     if ds is not None and ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING):
         return 0
@@ -124,17 +124,17 @@ def release(c: Context, ds_id: str) -> int:
                                             "stage": "dataset", "message": f"The dataset '{ds_id}' this job "
                                             f"waited for failed to build: {reason}"})
             continue
-        moved += _validate_and_queue(c, jobs, job)
+        moved += _validate_and_queue(c, job)
     return moved
 
 
-def _validate_and_queue(c: Context, jobs, job: dict) -> bool:
+def _validate_and_queue(c: Context, job: dict) -> bool:
     job_dir, user = c.ws.job_dir(job["id"]), c.store.get_user(job["owner"]) or {"name": job["owner"]}
     pending = job_dir / PENDING
     (job_dir / VALIDATION_DIR).mkdir(exist_ok=True)
     upload = _upload(pending)
     try:
-        prepared, report = jobs.validate_inputs(c, upload, user, c.ws.input_dir(job["id"]),
+        prepared, report = intake.validate_inputs(c, upload, user, c.ws.input_dir(job["id"]),
                                                 job_dir / VALIDATION_DIR)
     except ServiceError as err:
         report = {"ok": False, "errors": err.details or [{"message": err.message}], "warnings": []}
@@ -150,7 +150,7 @@ def _validate_and_queue(c: Context, jobs, job: dict) -> bool:
         return c.store.update_job(job["id"], expect_status=[JobStatus.WAITING.value], status=JobStatus.ERROR.value,
                                   error={**first, "stage": "validation",
                                          "message": first.get("message") or "The network did not validate."})
-    params = jobs.job_params(prepared, report)
+    params = intake.job_params(prepared, report)
     shutil.rmtree(pending, ignore_errors=True)
     queued = c.store.update_job(job["id"], expect_status=[JobStatus.WAITING.value], status=JobStatus.QUEUED.value,
                                 params=params, python_layer=prepared.python_layer, max_iter=prepared.max_iter,

@@ -57,6 +57,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from app.web import pretrained
     app.register_blueprint(pretrained.bp)
     app.register_blueprint(digits.bp)
+    from app.web import admin
+    from app.web.users_cli import users_cli
+    app.register_blueprint(admin.bp)     # user and token administration
+    app.cli.add_command(users_cli)
     security.register(app)
     auth.register(app)
     cli.register(app)

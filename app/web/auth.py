@@ -267,10 +267,8 @@ def ensure_initial_admin(app: Flask) -> None:
 
 
 def register(app: Flask) -> None:
-    """Install login management, the request guard, the failure counter,
-    the admin pages and the `users` CLI."""
-    from app.web import admin
-    from app.web.users_cli import users_cli
+    """Install login management, the request guard and the failure counter
+    (the admin pages and the `users` CLI are registered by the factory)."""
     manager = LoginManager()
     manager.init_app(app)
     manager.login_view = "web.login"
@@ -279,5 +277,3 @@ def register(app: Flask) -> None:
     throttle.register(app)
     app.register_error_handler(TooManyFailures, _too_many)
     app.before_request(_authenticate)
-    app.register_blueprint(admin.bp)
-    app.cli.add_command(users_cli)

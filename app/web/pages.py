@@ -1,6 +1,8 @@
 """Pages blueprint: HTML views and the health check. Thin: parse, call, render."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from flask import (Blueprint, Response, abort, current_app, flash, g, jsonify, redirect, render_template,
                    request, session, url_for)
 
@@ -65,6 +67,16 @@ def _sees_health_details() -> bool:
     return bool(session_user.is_authenticated and getattr(session_user, "admin", False))
 
 
+@bp.get("/health")
+def health_page():
+    """/healthz for people: the status, and for an admin the facts behind it
+    (self-test, Caffe, containment, disk, store, queue and workers, GPUs)."""
+    from app.services.health import health, summary
+    report = health(ctx(), current_app.instance_path)
+    details = bool(current_user().get("admin"))
+    return render_template("web/health.html", report=report if details else summary(report), details=details)
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     """Session login for the pages."""
@@ -116,8 +128,11 @@ def index():
                            datasets=dataset_service.list_for(ctx(), user), metric=metric, metric_names=metric_names)
 
 
-def _job_form() -> JobForm:
-    form = JobForm()
+def _job_form(prefill: dict[str, str] | None = None) -> JobForm:
+    # prefill: the fields of a job being cloned, taken as if they were posted
+    # (each shown exactly as the job had it).
+    from werkzeug.datastructures import MultiDict
+    form = JobForm(formdata=MultiDict(prefill)) if prefill is not None else JobForm()
     # data-kind: what the form's job type switch (new_job.js) shows for each type.
     form.standard_network.choices = [SelectChoice("", "— custom —")] + [
         SelectChoice(k, v, render_kw={"data-kind": "segmentation" if k == "fcn" else "classification"})
@@ -134,8 +149,13 @@ def _job_form() -> JobForm:
     if request.method == "GET":
         # "Use as starting point" on a job page: its id (and last snapshot).
         form.previous_job.data = form.previous_job.data or request.args.get("previous_job", "")[:80]
-    if request.method == "GET" and not form.dataset.data and len(form.dataset.choices) > 1:
-        form.dataset.data = form.dataset.choices[1].value
+    if request.method == "GET" and prefill is None:
+        # "Train on this dataset" on a dataset page: ?dataset=<id>.
+        wanted = request.args.get("dataset")
+        if wanted and any(ch.value == wanted for ch in form.dataset.choices):
+            form.dataset.data = wanted
+        elif not form.dataset.data and len(form.dataset.choices) > 1:
+            form.dataset.data = form.dataset.choices[1].value
     return form
 
 
@@ -171,19 +191,28 @@ def _upload_from_form(form: JobForm) -> Upload:
 
 @bp.route("/jobs/new", methods=["GET", "POST"])
 def new_job():
-    """Upload form: Validate shows the report; Create validates and queues."""
-    form = _job_form()
+    """Upload form: Validate shows the report; Create validates and queues.
+    ?clone=<job id> opens it filled in from that job (the job page's Clone),
+    its layer files and uploaded weights named by the form's clone_from and
+    kept on the server; ?dataset=<id> opens it on that dataset."""
+    from app.services import clone_form
+    clone_id = (request.args.get("clone") if request.method == "GET" else request.form.get(clone_form.FIELD)) or ""
+    prefill, source = (clone_form.prefill(ctx(), clone_id[:80], current_user()) if clone_id else (None, None))
+    form = _job_form(prefill if request.method == "GET" else None)
     report, error = None, None
     if form.validate_on_submit():
-        upload = _upload_from_form(form)
         try:
-            if request.form.get("action") == "validate":
-                report = jobs.validate_only(ctx(), upload, current_user())
-            else:
-                created = sweeps.submit_all(ctx(), upload, current_user())
-                if len(created) > 1:   # a sweep: its jobs side by side
-                    return redirect(url_for("web.index", ids=",".join(j["id"] for j in created)), code=303)
-                return redirect(url_for("web.job_page", job_id=created[0]["id"]), code=303)
+            upload = _upload_from_form(form)
+            # A clone's layer files and weights, where the form chose none of its own.
+            carry = clone_form.carried(ctx(), upload, source["id"], current_user()) if source else nullcontext(upload)
+            with carry as upload:
+                if request.form.get("action") == "validate":
+                    report = jobs.validate_only(ctx(), upload, current_user())
+                else:
+                    created = sweeps.submit_all(ctx(), upload, current_user())
+                    if len(created) > 1:   # a sweep: its jobs side by side
+                        return redirect(url_for("web.index", ids=",".join(j["id"] for j in created)), code=303)
+                    return redirect(url_for("web.job_page", job_id=created[0]["id"]), code=303)
         except ServiceError as err:
             if not err.user_fault and err.code != "conflict":
                 raise
@@ -195,7 +224,7 @@ def new_job():
     if request.headers.get("X-Requested-With") == "fetch":
         # The page's script validates and creates in place (keeping the chosen files).
         return render_template("web/_report.html", report=report, error=error), status
-    return render_template("web/new_job.html", form=form, report=report, error=error,
+    return render_template("web/new_job.html", form=form, report=report, error=error, clone=source,
                            choose_again=_chosen_files() if request.method == "POST" else []), status
 
 
@@ -211,10 +240,13 @@ def _chosen_files() -> list[tuple[str, str, str]]:
             for f in request.files.getlist(field) if f.filename]
 
 
-def _svg(net) -> Response:
-    from app.caffe.netdraw import render_svg
+def _svg(net, stage: str | None) -> Response:
+    from app.caffe.netdraw import STAGES, render_svg
+    if stage and stage not in STAGES:
+        raise ApiError(400, "invalid_request", "stage is one of train, val, deploy (or empty: all stages).",
+                       [{"field": "stage", "message": "use train, val or deploy"}])
     try:
-        svg = render_svg(net)
+        svg = render_svg(net, stage=stage or None)
     except RuntimeError as exc:
         raise ApiError(500, "internal_error", str(exc)) from None
     # An SVG may carry scripts: served with its own strict CSP, shown via <img>.
@@ -225,7 +257,8 @@ def _svg(net) -> Response:
 
 @bp.post("/networks/visualize")
 def visualize():
-    """The network in the form (file or text) as an SVG graph."""
+    """The network in the form (file or text) as an SVG graph: one stage's
+    net (``stage`` train, val or deploy) or all of them."""
     from app.caffe import network
     f = request.files.get("network")
     text = f.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024) if f and f.filename else \
@@ -237,15 +270,16 @@ def visualize():
     except (UnicodeDecodeError, network.NetworkError) as exc:
         details = getattr(exc, "details", [{"field": "network", "message": "not UTF-8 text"}])
         raise ApiError(400, "invalid_network", "The network cannot be drawn: it does not parse.", details) from None
-    return _svg(net.net)
+    return _svg(net.net, request.form.get("stage"))
 
 
 @bp.get("/jobs/<job_id>/network.svg")
 def job_network_svg(job_id: str):
-    """The job's network (as uploaded, all stages) as an SVG graph."""
+    """The job's network (as uploaded) as an SVG graph: ?stage=train, val
+    or deploy for that stage's net, all stages without."""
     from app.caffe import network
     job = jobs.get(ctx(), job_id, current_user())
-    return _svg(network.parse(job_files.network_text(ctx(), job)).net)
+    return _svg(network.parse(job_files.network_text(ctx(), job)).net, request.args.get("stage"))
 
 
 @bp.get("/networks/<name>.prototxt")
@@ -352,6 +386,12 @@ def new_dataset():
     from app.services import data_roots
     roots = data_roots.roots_for(ctx().cfg, current_user()["name"]) if data_roots.configured(ctx().cfg) else []
     return render_template("web/new_dataset.html", form=form, error=error, roots=roots), (400 if error else 200)
+
+
+@bp.get("/datasets")
+def datasets_page():
+    """The datasets this user may see (the top menu's Datasets)."""
+    return render_template("web/datasets.html", datasets=dataset_service.list_for(ctx(), current_user()))
 
 
 def _dataset(dataset_id: str) -> dict:

@@ -76,9 +76,13 @@ def ensure_user() -> tuple[int, int]:
     try:
         pw = pwd.getpwnam(SERVICE_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", "--user-group", SERVICE_USER], check=True)
-        pw = pwd.getpwnam(SERVICE_USER)
+        made = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                               "--shell", "/usr/sbin/nologin", "--user-group", SERVICE_USER],
+                              capture_output=True, text=True)
+        try:   # (two instances starting at once: the other one made it)
+            pw = pwd.getpwnam(SERVICE_USER)
+        except KeyError:
+            raise RuntimeError(f"could not create the service user {SERVICE_USER}: {made.stderr.strip()}") from None
     return pw.pw_uid, pw.pw_gid
 
 

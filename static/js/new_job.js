@@ -47,6 +47,8 @@
       if (html === null) return;
       area.innerHTML = html;
       area.scrollIntoView({ behavior: "smooth" });
+      // The network picture follows what was validated (the Visualize script listens).
+      if (action === "validate") form.dispatchEvent(new CustomEvent("validated"));
     }).catch(function (e) {
       area.textContent = "";
       var p = document.createElement("p");
@@ -74,29 +76,28 @@
 })();
 
 // "Visualize": draw the network (file, pasted text or standard network) as a
-// graph before submitting; the SVG is shown through an <img> (no scripts).
+// graph before submitting, one picture per stage (static/js/netgraph.js); the
+// SVGs are shown through <img> (no scripts). Validate draws it again too, and
+// a change to the network marks the picture shown as out of date.
 (function () {
   "use strict";
   var btn = document.getElementById("visualize");
   var form = document.getElementById("job-form");
   var area = document.getElementById("netgraph-area");
-  var img = document.getElementById("netgraph");
-  if (!btn || !form || !area || !img) return;
+  if (!btn || !form || !area || !window.Netgraph) return;
   btn.addEventListener("click", function () {
-    var data = new FormData(form);
-    fetch("/networks/visualize", { method: "POST", body: data, credentials: "same-origin",
-                                   headers: { "Accept": "application/json, image/svg+xml" } })
-      .then(function (r) {
-        if (!r.ok) return r.json().then(function (e) { throw new Error(e.message); });
-        return r.text();
-      })
-      .then(function (svg) {
-        img.src = "data:image/svg+xml;base64," + btoa(unescape(encodeURIComponent(svg)));
-        img.alt = "network graph";
-        area.hidden = false;
-        area.scrollIntoView({ behavior: "smooth" });
-      })
-      .catch(function (e) { area.hidden = false; img.removeAttribute("src"); img.alt = "Cannot draw: " + e.message; });
+    area.hidden = false;
+    window.Netgraph.draw(form).then(function () { area.scrollIntoView({ behavior: "smooth" }); });
+  });
+  form.addEventListener("validated", function () {
+    area.hidden = false;
+    window.Netgraph.draw(form);
+  });
+  ["network", "network_text", "standard_network"].forEach(function (id) {
+    var el = document.getElementById(id);
+    if (!el) return;
+    el.addEventListener("change", window.Netgraph.markStale);
+    el.addEventListener("input", window.Netgraph.markStale);
   });
 })();
 

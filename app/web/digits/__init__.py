@@ -8,11 +8,8 @@ One module per part: ``models`` (create, model JSON and pages, downloads),
 """
 from __future__ import annotations
 
-from flask import Blueprint
-
-bp = Blueprint("digits", __name__)
-
-# The route modules register themselves on bp.
-from app.web.digits import classify, datasets, jobs, models  # noqa: E402,F401
+# The route modules register themselves on bp (app.web.digits.blueprint).
+from app.web.digits import classify, datasets, jobs, models  # noqa: F401
+from app.web.digits.blueprint import bp
 
 __all__ = ["bp", "classify", "datasets", "jobs", "models"]

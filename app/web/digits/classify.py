@@ -9,7 +9,7 @@ from flask import jsonify, render_template, request
 from app.services import classify_list, data_roots, inference, jobs
 from app.web.auth import current_user
 from app.web.context import ctx
-from app.web.digits import bp
+from app.web.digits.blueprint import bp
 from app.web.digits.common import arg, refuse
 
 

@@ -11,7 +11,7 @@ from app.services import data_roots
 from app.services import datasets as dataset_service
 from app.web.auth import current_user
 from app.web.context import ctx
-from app.web.digits import bp
+from app.web.digits.blueprint import bp
 from app.web.digits.common import alert_page, dataset_json, refuse, status_json
 
 # DIGITS field -> /api/v1 dataset field.

@@ -9,7 +9,7 @@ from app.services import datasets as dataset_service
 from app.services import job_listing, jobs
 from app.web.auth import current_user
 from app.web.context import ctx
-from app.web.digits import bp
+from app.web.digits.blueprint import bp
 from app.web.digits.common import ENDED_WORDS, dataset_json, find, model_json, refuse, status_json
 
 

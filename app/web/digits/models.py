@@ -14,7 +14,7 @@ from app.services import data_roots, job_files, jobs
 from app.services.submission import Upload
 from app.web.auth import current_user
 from app.web.context import ctx
-from app.web.digits import bp
+from app.web.digits.blueprint import bp
 from app.web.digits.common import arg, model_json, refuse, status_json
 
 # DIGITS field -> /api/v1 field (learning-rate policy parameters included).
