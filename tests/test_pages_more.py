@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 import threading
 import urllib.parse
 from types import SimpleNamespace
@@ -153,6 +154,8 @@ def site(tmp_path_factory, sample_datasets):
         "random_seed": (None, b"5"), "batch_size": (None, b"16"), "momentum": (None, b"0.8"),
         "shuffle": (None, b"true"), "name": (None, b"to be cloned")})
     store = app.extensions["store"]
+    ws = app.extensions["ctx"].ws
+    shutil.copytree(ws.dataset_dir("sample-digits"), ws.dataset_dir("viewer-digits"))
     info = dict(store.get_dataset("sample-digits")["info"], name="viewer digits")
     store.upsert_dataset("viewer-digits", name="viewer digits", owner="viewer", status="done", info=info)
     yield SimpleNamespace(app=app, url=url, client=client, admin=admin, store=store, source_job=source["id"])

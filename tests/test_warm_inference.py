@@ -19,7 +19,7 @@ from PIL import Image
 
 from helpers import LENET_SEED, SEED_LAYER, Workers, client_for, make_app, post, wait_for
 
-from app.services import inference, warm
+from app.services import classification, warm
 
 REQUEST_SECONDS = 5
 # In the deploy net too (no stage rule): passes the raw image through and
@@ -160,7 +160,7 @@ def test_the_second_request_reuses_the_process_and_answers_as_the_cold_path(lab)
     ctx, job = app.extensions["ctx"], app.extensions["store"].get_job(plain)
 
     def service():
-        return inference.classify(ctx, job, [(io.BytesIO(b), f"img{k}.png") for k, b in enumerate(images)], None,
+        return classification.classify(ctx, job, [(io.BytesIO(b), f"img{k}.png") for k, b in enumerate(images)], None,
                                   probabilities=True, visualize=True)
     warm_out = service()
     app.config["INFER_WARM"] = 0
@@ -265,3 +265,18 @@ def test_resume_and_delete_retire_the_jobs_processes(lab):
     assert client.delete(f"/api/v1/jobs/{plain}").status_code == 204
     assert _gone(pid) and _warm_pid(plain) is None and _no_runners(app, plain)
     assert _warm_pid(hostile) == keep
+
+
+def test_another_caller_never_shares_the_owners_process(lab):
+    """A warm process keeps state between requests: the images of someone
+    else allowed to use the job (an admin) go to a process of their own, so
+    the owner's layer code can never hand them back to the owner later."""
+    app, client, plain, _ = lab
+    other = client_for(app, "auditor", admin=True)
+    assert _infer(client, plain, png(seed=1)).status_code == 200
+    assert _infer(other, plain, png(seed=2)).status_code == 200
+    pids = {p["pid"] for p in warm.POOL.describe() if p["job"] == plain}
+    assert len(pids) == 2, warm.POOL.describe()
+    assert _infer(client, plain, png(seed=3)).status_code == 200
+    assert {p["pid"] for p in warm.POOL.describe() if p["job"] == plain} == pids   # each reused, none shared
+    warm.retire_job(app.extensions["ctx"], plain)

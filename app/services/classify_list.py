@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from app.core.errors import ServiceError
-from app.services import data_roots, inference
+from app.services import classification, data_roots, inference
 from app.services.context import Context
 
 MAX_LINES = 1000
@@ -123,7 +123,7 @@ def classify_list(c: Context, job: dict, image_list: bytes, archive: IO[bytes] |
     snapshot = None
     for start in range(0, len(todo), inference.MAX_IMAGES):
         batch = todo[start:start + inference.MAX_IMAGES]
-        out = inference.classify(c, job, [(io.BytesIO(members[name]), f"img{start + k}.png")
+        out = classification.classify(c, job, [(io.BytesIO(members[name]), f"img{start + k}.png")
                                           for k, (_, name) in enumerate(batch)], iteration, probabilities=True)
         snapshot = out["snapshot"]
         iteration = snapshot   # one snapshot for every batch

@@ -236,7 +236,7 @@ def download_job(job_id: str):
 @bp.post("/jobs/<job_id>/infer")
 def infer(job_id: str):
     """Classify uploaded images with the job's latest (or ?snapshot=) model."""
-    from app.services import inference
+    from app.services import classification
     job = _job(job_id)
     raw = request.form.get("snapshot") or request.args.get("snapshot")
     try:
@@ -247,7 +247,7 @@ def infer(job_id: str):
     from app.services import segmentation
     if segmentation.dataset_type(ctx(), job) == "segmentation":
         raise ApiError(409, "conflict", f"A segmentation job: use POST /api/v1/jobs/{job['id']}/segment.")
-    return _no_store(jsonify(inference.classify(ctx(), job, files, snapshot)))
+    return _no_store(jsonify(classification.classify(ctx(), job, files, snapshot, caller=current_user())))
 
 
 @bp.post("/jobs/<job_id>/segment")

@@ -439,7 +439,7 @@ def dataset_delete(dataset_id: str):
 @bp.post("/jobs/<job_id>/infer")
 def job_infer(job_id: str):
     """Classify images from the job page."""
-    from app.services import inference
+    from app.services import classification
     job = jobs.get(ctx(), job_id, current_user())
     form = InferForm()
     form.snapshot.choices = [SelectChoice(str(s["iteration"])) for s in job.get("snapshots") or []]
@@ -452,7 +452,7 @@ def job_infer(job_id: str):
         # Masks as colour overlays on the images, with per-class pixel shares.
         result = segmentation.segment(ctx(), job, files, snap)
         return render_template("web/segment.html", job=job, result=result, b64=_b64, swatch=_swatch)
-    result = inference.classify(ctx(), job, files, snap)
+    result = classification.classify(ctx(), job, files, snap, caller=current_user())
     return render_template("web/infer.html", job=job, result=result)
 
 

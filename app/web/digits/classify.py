@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flask import jsonify, render_template, request
 
-from app.services import classify_list, data_roots, inference, jobs
+from app.services import classification, classify_list, data_roots, jobs
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.digits.blueprint import bp
@@ -56,7 +56,8 @@ def classify_one():
     f = request.files.get("image_file")
     if f is None or not f.filename:
         raise refuse("image_file", "Upload the image as image_file.")
-    out = inference.classify(ctx(), job, [(f.stream, f.filename)], _iteration(job), visualize=show)
+    out = classification.classify(ctx(), job, [(f.stream, f.filename)], _iteration(job), visualize=show,
+                                  caller=current_user())
     pred = out["predictions"][0]
     if pred.get("error"):
         raise refuse("image_file", pred["error"])
