@@ -18,12 +18,16 @@ run: setup
 worker: setup
 	exec $(VENV)/bin/python -m app.worker.celery_app
 
+# Two pytest workers, one test module each at a time (module fixtures, such
+# as a trained model shared by a module's tests, are built once).
+XDIST ?= -n 2 --dist loadfile
+
 test: setup
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The inner loop: everything but the slow end-to-end tests (marked `slow`).
 test-fast: setup
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # The CUDA build of Caffe in its own venv, then the whole suite with it: on a
 # machine without a GPU everything must still pass in CPU mode.

@@ -230,7 +230,7 @@ def _infer(client, job_id: str, image: Path):
                        content_type="multipart/form-data")
 
 
-README = ROOT / "README.md"
+README = ROOT / "docs" / "SCALE_OUT.md"   # the operator manual of several machines
 
 
 def readme_blocks(tmp_path, pg_url: str, broker_url: str, port: int) -> list[str]:

@@ -104,6 +104,10 @@ def test_unused_layer_file_is_a_warning_in_the_api(site):
     assert len(unused) == 1 and unused[0]["field"] == "python_layer"
     assert unused[0]["message"].startswith("No layer of this network uses my_layers.py "
                                            "(stored as digits_python_layers.py); it was not run.")
+    # A job made so: its page says the same under Validation.
+    job = post(site.client, "/api/v1/jobs", network=LENET, layer_name="my_layers.py", max_iter=1).get_json()
+    page = site.client.get(f"/jobs/{job['id']}").get_data(as_text=True)
+    assert 'data-stage="unused"' in page and "No layer of this network uses my_layers.py" in page
     # The seed network's Python layer uses its file: no such warning on its job's page.
     page = site.client.get(f"/jobs/{site.source_job}").get_data(as_text=True)
     assert "<h2>Validation</h2>" in page and 'data-stage="unused"' not in page
@@ -203,6 +207,16 @@ def _no_script_errors(driver) -> None:
     assert errors == [], errors
 
 
+def _shot(driver, name: str) -> None:
+    """A screenshot into $LAYERBENCH_SCREENSHOTS when set (the README's pictures)."""
+    import os
+    from pathlib import Path
+    if os.environ.get("LAYERBENCH_SCREENSHOTS"):
+        folder = Path(os.environ["LAYERBENCH_SCREENSHOTS"])
+        folder.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(folder / f"{name}.png"))
+
+
 def _picture(driver, img_id: str) -> str:
     """The SVG an <img> of the form shows (its data: URL decoded), or ""."""
     src = driver.find_element("id", img_id).get_attribute("src") or ""
@@ -249,6 +263,8 @@ def test_validate_redraws_the_picture_and_says_the_layer_file_is_unused(site, dr
     assert "features1" in val and ">conv1<" not in val
     assert "features1" in _picture(driver, "netgraph") and "features1" in _picture(driver, "netgraph-all")
     assert not driver.find_element(By.ID, "netgraph-stale").is_displayed()
+    driver.execute_script("document.getElementById('netgraph-area').scrollIntoView()")
+    _shot(driver, "new-job-validated-1280")
     _no_script_errors(driver)
 
 
@@ -275,6 +291,7 @@ def test_clone_opens_the_filled_in_form_and_carries_the_files(site, driver):
     assert "my_layers.py" in carried.text and "to be cloned" in carried.text
     assert carried.find_element(By.NAME, "clone_from").is_selected()
     assert "to be cloned" in driver.find_element(By.ID, "clone-note").text
+    _shot(driver, "clone-form-1280")
 
     # Change a field, keep the carried layer file, Create.
     driver.find_element(By.ID, "name").clear()
@@ -330,4 +347,64 @@ def test_train_on_this_dataset_and_the_menu(site, driver):
     _wait(lambda: driver.current_url.endswith("/health"))
     assert driver.find_element(By.ID, "health-status").text == "ok"
     assert driver.find_element(By.TAG_NAME, "h1").text == "Health"
+    _shot(driver, "health-viewer-1280")
+    _no_script_errors(driver)
+
+
+# ---- smaller (item 11): the layer environment's split and search; classify shows the image --------------
+
+
+def test_layer_environment_lists_what_layers_need_first_with_a_search(site, driver):
+    from selenium.webdriver.common.by import By
+    _open(driver, site.url + "/layer-env")
+
+    def row(table: str, name: str):
+        found = driver.find_elements(By.CSS_SELECTOR, f'#{table} tr[data-name="{name}"]')
+        return found[0] if found else None
+    assert row("packages-for-layers", "numpy") and row("packages-for-layers", "scipy")
+    assert row("packages-other", "gunicorn") and row("packages-other", "pytest") and row("packages-other", "selenium")
+    assert not row("packages-for-layers", "pytest") and not row("packages-other", "numpy")
+    assert not row("packages-other", "gunicorn").is_displayed()          # the rest folded away
+    search = driver.find_element(By.ID, "package-search")
+    search.send_keys("selen")
+    _wait(lambda: row("packages-other", "selenium").is_displayed())     # opened: the match is there
+    _shot(driver, "layer-env-search-1280")
+    assert not row("packages-for-layers", "numpy").is_displayed() and not row("packages-other", "pytest").is_displayed()
+    search.clear()
+    search.send_keys("no-such-package")
+    _wait(lambda: driver.find_element(By.ID, "package-search-none").is_displayed())
+    search.send_keys("\b" * 40)
+    _wait(lambda: row("packages-for-layers", "numpy").is_displayed())
+    _no_script_errors(driver)
+
+
+@pytest.fixture(scope="module")
+def trained(site) -> str:
+    """A job of viewer's trained for 2 iterations (the module's other jobs
+    aborted first: nothing else needs to train); its id."""
+    from helpers import WorkerProcess, wait_for
+    for j in site.client.get("/api/v1/jobs").get_json()["jobs"]:
+        if j["status"] == "queued":
+            site.client.post(f"/api/v1/jobs/{j['id']}/abort")
+    job = post(site.client, "/api/v1/jobs", max_iter=2, snapshot_interval=1, name="to classify with").get_json()
+    worker = WorkerProcess(site.app)
+    try:
+        assert wait_for(site.client, job["id"], {"done", "error"}, timeout=180)["status"] == "done"
+    finally:
+        worker.stop()
+    return job["id"]
+
+
+def test_classify_result_shows_each_image(site, driver, trained):
+    from selenium.webdriver.common.by import By
+    sample = sorted((site.app.extensions["ctx"].ws.dataset_dir("sample-digits") / "samples").glob("*.png"))[0]
+    _open(driver, f"{site.url}/jobs/{trained}")
+    driver.find_element(By.ID, "image").send_keys(str(sample))
+    driver.find_element(By.ID, "btn-infer").click()
+    img = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#predictions img.classified"), timeout=120)[0]
+    assert img.get_attribute("alt") == sample.name
+    assert img.get_attribute("src").startswith("data:image/png;base64,")
+    assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
+    assert driver.find_elements(By.CSS_SELECTOR, "#predictions ol.top li strong")   # and its predictions
+    _shot(driver, "classified-1280")
     _no_script_errors(driver)

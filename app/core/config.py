@@ -17,7 +17,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "JOBS_DIR": (str(ROOT / "jobs"), str),
     "INSTANCE_DIR": (str(ROOT / "instance"), str),
     "DATABASE_URL": (None, str),
-    "QUEUE": ("local", str),                # local | celery (workers on any host: README "Several machines")
+    "QUEUE": ("local", str),                # local | celery (workers on any host: docs/SCALE_OUT.md)
     "REDIS_URL": ("redis://127.0.0.1:6379/0", str),
     "BROKER_URL": (None, str),              # celery's broker; default REDIS_URL
     "WORKER_NAME": (None, str),             # celery node name, default layerbench-<hex>@<hostname> (app.worker.identity)

@@ -174,6 +174,30 @@ def describe(c: Context) -> dict:
     return report
 
 
+# What layer code usually imports (numerics, images, data files, graphs):
+# the layer environment page lists these first, the service's own packages
+# (web server, database, queue, tests) after them. Normalised names.
+USUAL_FOR_LAYERS = frozenset({
+    "numpy", "scipy", "scikit-image", "scikit-learn", "pillow", "imageio", "tifffile", "opencv-python",
+    "opencv-python-headless", "h5py", "lmdb", "leveldb", "protobuf", "networkx", "pandas", "matplotlib",
+    "pywavelets", "sympy", "numba", "joblib", "threadpoolctl", "six", "python-dateutil", "pyyaml", "pydot",
+    "lazy-loader"})
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def describe_grouped(c: Context) -> dict:
+    """``describe`` with the packages in two lists: "for_layers" (what
+    layer code usually imports, and every package an administrator added)
+    and "other" (the rest: what the service itself runs on)."""
+    report = describe(c)
+    packages = report.get("packages") or []
+    usual = [p for p in packages if p.get("origin") == "admin" or _normal(p.get("name") or "") in USUAL_FOR_LAYERS]
+    return dict(report, for_layers=usual, other=[p for p in packages if p not in usual])
+
+
 def _probe(c: Context, fp: str) -> dict:
     work = c.ws.scratch_dir()
     try:

@@ -34,7 +34,7 @@ reaches, a digest of the request's token and job (``bind``), and removes it
 when the request ends. A message naming another scratch directory (another
 request's images, a validation's upload), another job, or a request that
 already ended is refused. The broker must still be private or
-password-protected (README "Several machines").
+password-protected (docs/SCALE_OUT.md).
 """
 from __future__ import annotations
 

@@ -189,7 +189,7 @@ def spec() -> dict:
                     "image_shape", "error", "type", "palette", "class_share")}},
             }},
         "security": [{"bearer": []}],
-        # DIGITS 6's routes (README "Coming from DIGITS"): listed, not described
+        # DIGITS 6's routes (docs/DIGITS.md): listed, not described
         # as operations; their contract is DIGITS's own API and view tests.
         "x-digits-routes": _digits_routes(),
         "paths": {

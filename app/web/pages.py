@@ -452,8 +452,32 @@ def job_infer(job_id: str):
         # Masks as colour overlays on the images, with per-class pixel shares.
         result = segmentation.segment(ctx(), job, files, snap)
         return render_template("web/segment.html", job=job, result=result, b64=_b64, swatch=_swatch)
+    previews = _previews([stream for stream, _name in files])
     result = classification.classify(ctx(), job, files, snap, caller=current_user())
-    return render_template("web/infer.html", job=job, result=result)
+    return render_template("web/infer.html", job=job, result=result, previews=previews)
+
+
+# Uploaded images the result page shows as they came: formats every browser
+# draws, up to PREVIEW_BYTES each (larger ones, or TIFF, PGM..., get none).
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
+                (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
+PREVIEW_BYTES = 2 << 20
+
+
+def _previews(streams: list) -> list[str | None]:
+    """A data: URL per uploaded image (None where none is shown); each
+    stream is left at its start for the classification to read."""
+    out = []
+    for stream in streams:
+        try:
+            data = stream.read(PREVIEW_BYTES + 1)
+            stream.seek(0)
+        except (OSError, ValueError):
+            out.append(None)
+            continue
+        kind = next((mime for magic, mime in _IMAGE_MAGIC if data.startswith(magic)), None)
+        out.append(f"data:{kind};base64,{_b64(data)}" if kind and len(data) <= PREVIEW_BYTES else None)
+    return out
 
 
 def _is_segmentation(job: dict) -> bool:
@@ -485,4 +509,4 @@ def workers_page():
 @bp.get("/layer-env")
 def layer_environment():
     """What layer code can import: Python, packages and versions, Caffe's build."""
-    return render_template("web/layer_env.html", env=layer_env.describe(ctx()))
+    return render_template("web/layer_env.html", env=layer_env.describe_grouped(ctx()))

@@ -66,7 +66,7 @@ def wanted(cfg: dict) -> bool:
     workers on other hosts that run sandboxes as root themselves: handing it
     to this host's service user would take a live run's output from under
     it, and the web could not remove what root workers wrote. There `serve`
-    keeps one identity (README, "Several machines") until workers separate
+    keeps one identity (docs/SCALE_OUT.md) until workers separate
     too."""
     return os.geteuid() == 0 and bool(cfg.get("PRIVSEP", True)) and cfg.get("QUEUE", "local") == "local"
 
