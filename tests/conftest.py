@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers import DATA, ROOT, Workers, client_for, free_port, make_app
+from helpers import DATA, Workers, client_for, make_app, serve
 
 
 # Caffe logs every layer it builds; keep test output readable. Must be set
@@ -71,7 +68,7 @@ def worker(app):
 
 
 @pytest.fixture
-def server(tmp_path, sample_datasets):
+def server(sample_datasets):
     """`flask --app wsgi serve` on a free port with its own data root.
 
     As root, serve runs the web and worker as the `layerbench` user and
@@ -80,34 +77,10 @@ def server(tmp_path, sample_datasets):
     session resets (which would cut a running server off)."""
     import tempfile
     base = Path(tempfile.mkdtemp(prefix="lb-server-", dir="/tmp"))
-    shutil.copytree(sample_datasets, base / "jobs" / "datasets")
-    port = free_port()
-    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(base / "instance"),
-               LAYERBENCH_JOBS_DIR=str(base / "jobs"), LAYERBENCH_WORKER_POLL_SECONDS="0.1",
-               HOST="127.0.0.1", PORT=str(port))
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "serve"], cwd=ROOT, env=env,
-                            stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
-                time.sleep(0.2)
-        yield url, base / "instance"
+        with serve(base, sample_datasets) as running:
+            yield running
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         shutil.rmtree(base, ignore_errors=True)
 
 

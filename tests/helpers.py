@@ -2,6 +2,7 @@
 fixtures live in conftest.py, which pytest loads by itself."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -207,3 +208,39 @@ def api(url: str, token: str, method: str, path: str, fields: dict | None = None
     req = urllib.request.Request(url + path, data=body, headers=headers, method=method)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read() or b"null")
+
+
+@contextlib.contextmanager
+def serve(root: Path, sample_datasets: Path, extra_env: dict[str, str] | None = None):
+    """`flask --app wsgi serve` on a free port with its own data root under
+    ``root`` (conftest's ``server`` fixture, for a module-scoped one);
+    ``extra_env``: more settings (e.g. LAYERBENCH_DATA_ROOTS)."""
+    import shutil
+    import urllib.request
+    shutil.copytree(sample_datasets, root / "jobs" / "datasets")
+    port = free_port()
+    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(root / "instance"),
+               LAYERBENCH_JOBS_DIR=str(root / "jobs"), LAYERBENCH_WORKER_POLL_SECONDS="0.1",
+               HOST="127.0.0.1", PORT=str(port), **(extra_env or {}))
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "serve"], cwd=ROOT, env=env,
+                                stdout=log, stderr=log)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        try:
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/healthz", timeout=2).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise AssertionError((root / "server.log").read_text()[-3000:])
+                    time.sleep(0.2)
+            yield url, root / "instance"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -31,23 +31,27 @@ VISUAL_BUDGET = 32 << 20           # bytes of all pictures of one request
 Source = Union[Path, IO[bytes]]    # an image file, or its bytes in a BytesIO
 
 
-def _transform(input_dir: Path, caffe_pb2, text_format):
+def data_transform(input_dir: Path, caffe_pb2, text_format):
+    """The transform_param of the job's Data layer that reads the images (the
+    first whose top is not ``label``: a segmentation net has one for each)."""
     net = caffe_pb2.NetParameter()
     text_format.Parse((input_dir / TRAIN_VAL_FILE).read_text(), net)
     for layer in net.layer:
-        if layer.type == "Data":
+        if layer.type == "Data" and list(layer.top[:1]) != ["label"]:
             return layer.transform_param
     return caffe_pb2.TransformationParameter()
 
 
-def _mean(tp, caffe_pb2, shape):
+def mean_array(tp, caffe_pb2, shape) -> np.ndarray:
+    """What the net subtracts from an image of ``shape`` (c, h, w): the mean
+    file, per-channel mean values, or zeros."""
     if tp.mean_file:
         blob = caffe_pb2.BlobProto()
         blob.ParseFromString(Path(tp.mean_file).read_bytes())
         return np.array(blob.data, dtype=np.float32).reshape(shape)
     if tp.mean_value:
         return np.array(tp.mean_value, dtype=np.float32).reshape(-1, 1, 1)
-    return np.float32(0)
+    return np.zeros(shape, dtype=np.float32)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -71,8 +75,8 @@ class Classifier:
         self.info = json.loads((dataset / DATASET_INFO_FILE).read_text())
         self.labels = (dataset / "labels.txt").read_text().splitlines()
         self.c, self.h, self.w = self.info["image_shape"]
-        self.tp = _transform(input_dir, caffe_pb2, text_format)
-        self.mean = _mean(self.tp, caffe_pb2, (self.c, self.h, self.w))
+        self.tp = data_transform(input_dir, caffe_pb2, text_format)
+        self.mean = mean_array(self.tp, caffe_pb2, (self.c, self.h, self.w))
         self.net = caffe.Net(str(input_dir / DEPLOY_FILE), str(model), caffe.TEST)
         self.data_name, self.out_name = self.net.inputs[0], self.net.outputs[-1]
 

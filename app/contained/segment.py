@@ -21,28 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from app.contained.classifier import data_transform, mean_array
 from app.core import layer_code, tracebacks
-from app.core.workspace import DATASET_INFO_FILE, DEPLOY_FILE, RESULT_FILE, TRAIN_VAL_FILE
-
-
-def _features_transform(input_dir: Path, caffe_pb2, text_format):
-    # The Data layer that reads the features (top other than `label`).
-    net = caffe_pb2.NetParameter()
-    text_format.Parse((input_dir / TRAIN_VAL_FILE).read_text(), net)
-    for layer in net.layer:
-        if layer.type == "Data" and list(layer.top[:1]) != ["label"]:
-            return layer.transform_param
-    return caffe_pb2.TransformationParameter()
-
-
-def _mean(tp, caffe_pb2, shape) -> np.ndarray:
-    if tp.mean_file:
-        blob = caffe_pb2.BlobProto()
-        blob.ParseFromString(Path(tp.mean_file).read_bytes())
-        return np.array(blob.data, dtype=np.float32).reshape(shape)
-    if tp.mean_value:
-        return np.array(tp.mean_value, dtype=np.float32).reshape(-1, 1, 1)
-    return np.zeros(shape, dtype=np.float32)
+from app.core.workspace import DATASET_INFO_FILE, DEPLOY_FILE, RESULT_FILE
 
 
 def segment(input_dir: Path, model: Path, dataset: Path, work: Path) -> list[dict]:
@@ -60,8 +41,8 @@ def segment(input_dir: Path, model: Path, dataset: Path, work: Path) -> list[dic
     names = info.get("labels") or []
     palette = info.get("palette") or segmentation.default_palette(max(2, len(names)))
     c, h, w = info["image_shape"]
-    tp = _features_transform(input_dir, caffe_pb2, text_format)
-    mean = _mean(tp, caffe_pb2, (c, h, w))
+    tp = data_transform(input_dir, caffe_pb2, text_format)
+    mean = mean_array(tp, caffe_pb2, (c, h, w))
     net = caffe.Net(str(input_dir / DEPLOY_FILE), str(model), caffe.TEST)
     data_name, out_name = net.inputs[0], net.outputs[-1]
     results = []

@@ -9,10 +9,11 @@ never trusted, at most what is left of the cap is read).
 """
 from __future__ import annotations
 
+import os
 import tarfile
 import zipfile
 from pathlib import PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class ArchiveError(Exception):
@@ -42,7 +43,7 @@ def members(path: str, max_files: int, max_bytes: int, zip_only: bool = False
         if count > max_files:
             raise ArchiveError(f"the archive has more than {max_files} files")
         if total > max_bytes:
-            raise ArchiveError(f"the archive unpacks to more than {_size(max_bytes)} (zip bomb?)")
+            raise too_big(max_bytes)
 
     if zipfile.is_zipfile(path):
         try:
@@ -78,6 +79,59 @@ def members(path: str, max_files: int, max_bytes: int, zip_only: bool = False
                 raise ArchiveError(f"refused entry '{info.name[:200]}': not a regular file")
             account(info.size)
             yield p, tf.extractfile(info).read()
+
+
+def too_big(max_bytes: int) -> ArchiveError:
+    """The error for an archive past its uncompressed-bytes cap."""
+    return ArchiveError(f"the archive unpacks to more than {_size(max_bytes)} (zip bomb?)")
+
+
+Reader = Callable[[int], bytes]     # read(limit): a member's bytes, at most ``limit`` of them
+
+
+def indexed(path: str, max_files: int, max_bytes: int) -> list[tuple[PurePosixPath, Reader]]:
+    """(path, read) of the archive's regular files, checked as ``members``
+    checks them, for readers that may run in processes forked after this
+    call (the dataset builder's decoding pool): a zip's names, links and
+    file count are checked here from its index and nothing is read yet;
+    ``read(limit)`` reads at most ``limit`` bytes from the zip opened once
+    per process, and the caller caps the total (``too_big``). A tar has no
+    index to seek in: it is read here, capped, as ``members`` reads it."""
+    if not zipfile.is_zipfile(path):
+        return [(p, lambda limit, d=data: d[:limit]) for p, data in members(path, max_files, max_bytes)]
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+        raise ArchiveError(f"the zip archive cannot be read ({exc})") from None
+    out = []
+    for info in infos:
+        p = check_name(info.filename)
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise ArchiveError(f"refused entry '{info.filename[:200]}': symbolic link")
+        if info.is_dir():
+            continue
+        if len(out) >= max_files:
+            raise ArchiveError(f"the archive has more than {max_files} files")
+        out.append((p, lambda limit, name=info.filename: _read_zip(path, name, limit)))
+    return out
+
+
+_open_zips: dict[tuple[int, str], zipfile.ZipFile] = {}
+
+
+def _read_zip(path: str, name: str, limit: int) -> bytes:
+    # One ZipFile per process: a forked worker must not share its parent's
+    # file offset, so it opens the archive again on its first read.
+    key = (os.getpid(), path)
+    try:
+        zf = _open_zips.get(key)
+        if zf is None:
+            zf = _open_zips[key] = zipfile.ZipFile(path)
+        with zf.open(name) as fh:
+            return fh.read(limit)      # never trust the header's size
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, KeyError) as exc:
+        raise ArchiveError(f"the zip archive cannot be read ({exc})") from None
 
 
 def _size(n: int) -> str:
