@@ -88,7 +88,7 @@ def _newcomer_trains_the_seed_job(home: Path, uid: int | None, env: dict[str, st
             assert time.monotonic() < deadline, job
             time.sleep(0.5)
             job = api(url, token, "GET", f"/api/v1/jobs/{job['id']}")
-        assert job["status"] == "done", job
+        assert job["status"] == "done", (job["error"], job.get("history"), (home / "serve.log").read_text()[-3000:])
         assert job["iteration"] == 30 and "accuracy" in json.dumps(job["metrics"])
         if uid is not None:   # everything the service wrote belongs to the user
             owners = {p.stat().st_uid for p in (clone / "jobs").rglob("*")}

@@ -176,6 +176,21 @@ def test_the_second_request_reuses_the_process_and_answers_as_the_cold_path(lab)
     assert _warm_pid(plain) == pid
 
 
+def test_another_caller_never_shares_the_owners_process(lab):
+    """A warm process keeps state between requests: the images of someone
+    else allowed to use the job (an admin) go to a process of their own, so
+    the owner's layer code can never hand them back to the owner later."""
+    app, client, plain, _ = lab
+    other = client_for(app, "auditor", admin=True)
+    assert _infer(client, plain, png(seed=1)).status_code == 200
+    assert _infer(other, plain, png(seed=2)).status_code == 200
+    pids = {p["pid"] for p in warm.POOL.describe() if p["job"] == plain}
+    assert len(pids) == 2, warm.POOL.describe()
+    assert _infer(client, plain, png(seed=3)).status_code == 200
+    assert {p["pid"] for p in warm.POOL.describe() if p["job"] == plain} == pids   # each reused, none shared
+    warm.retire_job(app.extensions["ctx"], plain)
+
+
 def test_another_job_gets_another_process(lab):
     app, client, plain, hostile = lab
     assert _infer(client, plain, png(seed=1)).status_code == 200
@@ -266,17 +281,3 @@ def test_resume_and_delete_retire_the_jobs_processes(lab):
     assert _gone(pid) and _warm_pid(plain) is None and _no_runners(app, plain)
     assert _warm_pid(hostile) == keep
 
-
-def test_another_caller_never_shares_the_owners_process(lab):
-    """A warm process keeps state between requests: the images of someone
-    else allowed to use the job (an admin) go to a process of their own, so
-    the owner's layer code can never hand them back to the owner later."""
-    app, client, plain, _ = lab
-    other = client_for(app, "auditor", admin=True)
-    assert _infer(client, plain, png(seed=1)).status_code == 200
-    assert _infer(other, plain, png(seed=2)).status_code == 200
-    pids = {p["pid"] for p in warm.POOL.describe() if p["job"] == plain}
-    assert len(pids) == 2, warm.POOL.describe()
-    assert _infer(client, plain, png(seed=3)).status_code == 200
-    assert {p["pid"] for p in warm.POOL.describe() if p["job"] == plain} == pids   # each reused, none shared
-    warm.retire_job(app.extensions["ctx"], plain)

@@ -17,6 +17,8 @@ def resize(img, width: int, height: int, mode: str, rng):
     """DIGITS's four resize modes."""
     from PIL import Image
     w, h = img.size
+    if (w, h) == (width, height):
+        return img      # every mode leaves it as it is (and Pillow would copy it)
     if mode == "squash":
         return img.resize((width, height), Image.BILINEAR)
     fit, cover = min(width / w, height / h), max(width / w, height / h)

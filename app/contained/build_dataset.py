@@ -8,23 +8,28 @@ never extracted: entries with absolute paths, `..` or links are refused, and
 the entry count and total uncompressed bytes are capped while reading (zip
 bombs). With ``folders`` in the parameters (DIGITS's folder_train /
 folder_val / folder_test under the server's data roots) the folders are
-read instead, with the data roots bound read-only into this sandbox. Files that are not images are skipped and counted. Writes the
-dataset (see datasets.py) into OUT_DIR, `progress.json` while working and
-`result.json` at the end.
+read instead, with the data roots bound read-only into this sandbox. Files
+that are not images are skipped and counted. The images are read, decoded
+and resized by a pool of processes forked from this one, one per core
+(app.contained.dataset_pool; ``LAYERBENCH_DATASET_WORKERS=1``: serially,
+with the same result); this process alone writes the dataset (see
+datasets.py) into OUT_DIR, `progress.json` while working (entries done of
+all) and `result.json` at the end.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from app.core.archives import ArchiveError, members   # shared with the Python layer upload
+from app.contained import dataset_pool
+from app.core.archives import ArchiveError, indexed, members   # shared with the Python layer upload
 from app.core.workspace import PROGRESS_FILE, RESULT_FILE
 from app.core.status import RunOutcome
 
@@ -35,16 +40,18 @@ def build(archive: str, out: str, params: dict) -> dict:
     """Decode, resize and split the archive's (or server folder's) images;
     write the dataset. With DIGITS's separate validation / test folders
     (``folders``: "val", "test"), those are the splits, their class folders
-    named as in the train folder."""
+    named as in the train folder. The images are decoded on every core
+    (app.contained.dataset_pool); this process alone writes the dataset."""
     from app.caffe.datasets import stratified_split, write_dataset, write_splits
     folders = params.get("folders") or {}
-    if folders:
-        entries = folder_entries(folders["train"], params)
+    if folders:     # every folder listed first: the progress counts all their files
+        sides = {s: folder_entries(folders[s], params) for s in ("train", "val", "test") if s in folders}
+        max_bytes = None
     else:
-        entries = [(p, lambda d=data: d) for p, data in members(archive, int(params["max_files"]),
-                                                                 int(params["max_bytes"]))]
-    share = 0.9 / max(1, len(folders))     # of the progress bar, per folder
-    names, images, labels, skipped = _decode(entries, params, out, 0.0, share)
+        sides = {"train": indexed(archive, int(params["max_files"]), int(params["max_bytes"]))}
+        max_bytes = int(params["max_bytes"])
+    progress = Progress(out, sum(len(e) for e in sides.values()))
+    names, images, labels, skipped = _decode(sides["train"], params, progress, 0, max_bytes)
     if not set(folders) - {"train"}:
         info = write_dataset(Path(out), images, labels, names, float(params["val_percent"]), params["name"],
                              in_place=True)
@@ -54,8 +61,7 @@ def build(archive: str, out: str, params: dict) -> dict:
             tr, va = stratified_split(labels, float(params["val_percent"]))
             splits = {"train": (images[tr], labels[tr]), "val": (images[va], labels[va])}
         for k, side in enumerate(s for s in ("val", "test") if s in folders):
-            _, x, y, more = _decode(folder_entries(folders[side], params), params, out,
-                                    share * (k + 1), share, classes=names)
+            _, x, y, more = _decode(sides[side], params, progress, k + 1, None, classes=names)
             splits[side] = (x, y)
             for why, n in more.items():
                 skipped[why] = skipped.get(why, 0) + n
@@ -65,68 +71,76 @@ def build(archive: str, out: str, params: dict) -> dict:
     return info
 
 
-def _decode(entries: list, params: dict, out: str, start: float, share: float,
+class Progress:
+    """``progress.json``: the entries done of all to decode, and the share of
+    the whole build (decoding is 90% of it); written at most every 0.1 s."""
+
+    def __init__(self, out: str, total: int) -> None:
+        self.out, self.total, self.base, self.last = out, total, 0, 0.0
+
+    def done(self, n: int, final: bool = False) -> None:
+        """The current side's first ``n`` entries are done (``final``: the side is)."""
+        now = time.monotonic()
+        if final or now - self.last >= 0.1:
+            self.last = now
+            done = self.base + n
+            _progress(self.out, 0.9 * done / max(1, self.total), done, self.total)
+        if final:
+            self.base += n
+
+
+def _decode(entries: list, params: dict, progress: Progress, side: int, max_bytes: int | None,
             classes: list[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
     """(class names, images (N, C, H, W) uint8, labels, skipped counts) of
-    ``entries`` ((path, read) pairs, one folder per class). ``classes``: the
-    train folder's names, which a validation or test folder must use."""
+    ``entries`` ((path, read) pairs, one folder per class), grouped by class
+    in the entries' order. ``classes``: the train folder's names, which a
+    validation or test folder must use. ``side``: 0 train, 1 and 2 the
+    others (seeds the fill modes' noise)."""
     from PIL import Image
 
-    from app.caffe.images import resize
     Image.MAX_IMAGE_PIXELS = int(params.get("max_pixels", 40_000_000))  # decompression bombs
     width, height, channels = int(params["image_width"]), int(params["image_height"]), int(params["channels"])
-    mode = "L" if channels == 1 else "RGB"
-    rng = np.random.default_rng(0)
     roots = {e[0].parts[0] for e in entries if len(e[0].parts) > 1}
     # One wrapping folder ("mydata/cat/1.png") is common: look inside it,
     # whatever loose files sit beside the class folders ("mydata/README.txt"
     # is skipped, not taken for a class).
     strip = 1 if len(roots) == 1 and any(len(e[0].parts) > 2 for e in entries) else 0
-    by_class: dict[str, list] = defaultdict(list)
     skipped: dict[str, int] = defaultdict(int)
-    folders = set()
-    for i, (path, read) in enumerate(entries):
+    reads, folder_of = [], []
+    for path, read in entries:
         parts = path.parts[strip:]
         if len(parts) < 2 or parts[-1].startswith("."):
             skipped["not in a class folder"] += 1
             continue
-        folders.add(parts[0])
-        try:
-            data = read()
-        except OSError:
-            skipped["not readable"] += 1
-            continue
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                arr = np.asarray(resize(im.convert(mode), width, height, params["resize_mode"], rng))
-        except Image.DecompressionBombError:
-            skipped["too many pixels"] += 1
-            continue
-        except Exception:       # anything Pillow cannot decode is "not an image"
-            skipped["not an image"] += 1
-            continue
-        by_class[parts[0]].append(arr.reshape(height, width, -1).transpose(2, 0, 1))
-        if i % 50 == 0:
-            _progress(out, start + share * (i + 1) / len(entries))
+        reads.append(read)
+        folder_of.append(parts[0])
+    outside = len(entries) - len(reads)     # done before any decoding
+    images, codes = dataset_pool.decode(reads, (channels, height, width), params["resize_mode"], side,
+                                        lambda n: progress.done(outside + n), max_bytes)
+    progress.done(len(entries), final=True)
+    decoded = [f for f, code in zip(folder_of, codes) if code == dataset_pool.OK]
+    for code in codes:
+        if code != dataset_pool.OK:
+            skipped[dataset_pool.SKIPPED[code]] += 1
+    found = set(decoded)
     if classes is not None:
-        unknown = sorted(set(by_class) - set(classes))
+        unknown = sorted(found - set(classes))
         if unknown:
             raise ArchiveError(f"class folder(s) not in the train folder: {', '.join(unknown[:10])}")
-        if not by_class:
+        if not found:
             raise ArchiveError("a validation or test folder without any image")
         names = classes
     else:
-        empty = sorted(folders - set(by_class))
+        empty = sorted(set(folder_of) - found)
         if empty:
             raise ArchiveError(f"class folder(s) without any image: {', '.join(empty[:10])}")
-        if len(by_class) < 2:
-            raise ArchiveError(f"a dataset needs at least two class folders with images (found {len(by_class)})")
-        names = sorted(by_class)
-    present = [n for n in names if by_class.get(n)]
-    images = np.concatenate([np.stack(by_class[n]) for n in present]).astype(np.uint8)
-    labels = np.concatenate([np.full(len(by_class[n]), names.index(n)) for n in present])
-    return names, images, labels, skipped
+        if len(found) < 2:
+            raise ArchiveError(f"a dataset needs at least two class folders with images (found {len(found)})")
+        names = sorted(found)
+    index = {n: i for i, n in enumerate(names)}
+    labels = np.array([index[f] for f in decoded], dtype=np.int64)
+    order = np.argsort(labels, kind="stable")   # by class, each in the entries' order
+    return names, images[order], labels[order], skipped
 
 
 MAX_FILE_BYTES = 256 << 20   # one file of a server folder (a larger one is skipped as unreadable)
@@ -159,7 +173,7 @@ def folder_entries(folder: str, params: dict) -> list:
             path = os.path.join(top, name)
             if not inside(path):
                 continue
-            out.append((PurePosixPath(os.path.relpath(path, folder)), lambda p=path: _read(p)))
+            out.append((PurePosixPath(os.path.relpath(path, folder)), lambda limit=None, p=path: _read(p)))
             if len(out) > limit:
                 raise ArchiveError(f"the folder has more than {limit} files")
     return out
@@ -197,10 +211,11 @@ def build_segmentation(archive: str, out: str, params: dict) -> dict:
     return segmentation.write_segmentation(Path(out), decoded, float(params["val_percent"]), params["name"])
 
 
-def _progress(out: str, value: float) -> None:
+def _progress(out: str, value: float, done: int | None = None, total: int | None = None) -> None:
     tmp = os.path.join(out, ".progress.tmp")
     with open(tmp, "w") as fh:
-        json.dump({"progress": round(value, 3)}, fh)
+        json.dump({"progress": round(value, 3), **({"done": done, "total": total} if total is not None else {})},
+                  fh)
     os.replace(tmp, os.path.join(out, PROGRESS_FILE))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tarfile
 import zipfile
+import zlib
 from pathlib import PurePosixPath
 from typing import Callable, Iterator
 
@@ -87,6 +88,7 @@ def too_big(max_bytes: int) -> ArchiveError:
 
 
 Reader = Callable[[int], bytes]     # read(limit): a member's bytes, at most ``limit`` of them
+_open_zips: dict[tuple[int, str], zipfile.ZipFile] = {}    # (pid, path): see _read_zip
 
 
 def indexed(path: str, max_files: int, max_bytes: int) -> list[tuple[PurePosixPath, Reader]]:
@@ -98,14 +100,15 @@ def indexed(path: str, max_files: int, max_bytes: int) -> list[tuple[PurePosixPa
     per process, and the caller caps the total (``too_big``). A tar has no
     index to seek in: it is read here, capped, as ``members`` reads it."""
     if not zipfile.is_zipfile(path):
-        return [(p, lambda limit, d=data: d[:limit]) for p, data in members(path, max_files, max_bytes)]
+        return [(p, lambda limit, d=data: d) for p, data in members(path, max_files, max_bytes)]
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
+        # Kept open for this process's own reads (a short-lived builder's).
+        zf = _open_zips[(os.getpid(), path)] = zipfile.ZipFile(path)
+        infos = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
         raise ArchiveError(f"the zip archive cannot be read ({exc})") from None
     out = []
-    for info in infos:
+    for index, info in enumerate(infos):
         p = check_name(info.filename)
         if (info.external_attr >> 16) & 0o170000 == 0o120000:
             raise ArchiveError(f"refused entry '{info.filename[:200]}': symbolic link")
@@ -113,24 +116,23 @@ def indexed(path: str, max_files: int, max_bytes: int) -> list[tuple[PurePosixPa
             continue
         if len(out) >= max_files:
             raise ArchiveError(f"the archive has more than {max_files} files")
-        out.append((p, lambda limit, name=info.filename: _read_zip(path, name, limit)))
+        out.append((p, lambda limit, i=index: _read_zip(path, i, limit)))
     return out
 
 
-_open_zips: dict[tuple[int, str], zipfile.ZipFile] = {}
-
-
-def _read_zip(path: str, name: str, limit: int) -> bytes:
+def _read_zip(path: str, index: int, limit: int) -> bytes:
     # One ZipFile per process: a forked worker must not share its parent's
-    # file offset, so it opens the archive again on its first read.
+    # file offset, so it opens the archive again on its first read. By
+    # index, not name: a zip may hold one name twice.
     key = (os.getpid(), path)
     try:
         zf = _open_zips.get(key)
         if zf is None:
             zf = _open_zips[key] = zipfile.ZipFile(path)
-        with zf.open(name) as fh:
+        with zf.open(zf.infolist()[index]) as fh:
             return fh.read(limit)      # never trust the header's size
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, KeyError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, IndexError, zlib.error,
+            RuntimeError) as exc:      # RuntimeError: an encrypted member
         raise ArchiveError(f"the zip archive cannot be read ({exc})") from None
 
 

@@ -43,6 +43,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "DATASET_MAX_FILES": (200_000, int),     # entries in an uploaded archive
     "DATASET_MAX_MB": (4096, int),           # uncompressed bytes in an archive
     "DATASET_TIMEOUT": (3600, int),          # seconds to build one dataset
+    "DATASET_WORKERS": (0, int),             # processes decoding one build's images; 0: one per core, 1: serial
     "DATA_ROOTS": (None, str),               # ":"-separated server folders datasets may be read from ({user}: per user); app.services.data_roots
     "WORKER_CONCURRENCY": (0, int),         # 0: one per GPU, else 1
     "WORKER_POLL_SECONDS": (0.2, float),

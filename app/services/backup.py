@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from app.core import untrusted
-from app.core.errors import ServiceError
+from app.core.errors import Conflict, NotFound, ServiceError
 from app.core.workspace import Workspace
 from app.services.context import Context
 from app.store import now_iso
@@ -59,7 +59,7 @@ def pg_dump_command(url: str, dest: Path) -> str:
 
 def _empty_or_new(path: Path, what: str) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ServiceError("conflict", f"{what} {path} is not empty: refusing to overwrite it; "
+        raise Conflict(f"{what} {path} is not empty: refusing to overwrite it; "
                            "give a new or empty directory.")
 
 
@@ -85,7 +85,7 @@ def _backup(c: Context, dest: Path, database: Path | None, secret: Path | None) 
     dest = Path(dest).resolve()     # untrusted walks from / and follows no link on the way
     root = Path(c.ws.root).resolve()
     if dest == root or root in dest.parents:
-        raise ServiceError("conflict", f"the backup directory {dest} lies inside the jobs directory {root}: "
+        raise Conflict(f"the backup directory {dest} lies inside the jobs directory {root}: "
                            "it would copy itself")
     _empty_or_new(dest, "backup directory")
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ def read_manifest(src: Path) -> dict:
     try:
         manifest = json.loads(untrusted.read_all(Path(src) / MANIFEST, 1 << 30))
     except FileNotFoundError:
-        raise ServiceError("not_found", f"{src} holds no {MANIFEST}: not a backup, or an incomplete one") from None
+        raise NotFound(f"{src} holds no {MANIFEST}: not a backup, or an incomplete one") from None
     if manifest.get("format") != FORMAT:
         raise ServiceError("unsupported", f"backup format {manifest.get('format')!r} is not {FORMAT}")
     return manifest

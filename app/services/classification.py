@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import IO
 
-from app.core.errors import ServiceError
+from app.core.errors import Conflict, InvalidRequest, PayloadTooLarge
 from app.core.workspace import Workspace
 from app.services import inference, layer_env, warm, warm_reply
 from app.services.context import Context
@@ -20,12 +20,12 @@ def classify(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], itera
     ``visualize``, "visualizations" holds, for the first image, per layer its activations and
     weights: {"name", "type", "shape", "mean", "stddev", "histogram", "png" (bytes)}."""
     if not job.get("dataset"):
-        raise ServiceError("conflict", "This job has no dataset, so its images and labels are unknown.")
+        raise Conflict("This job has no dataset, so its images and labels are unknown.")
     if not images:
-        raise ServiceError("invalid_request", "Upload one or more images as 'image'.",
+        raise InvalidRequest("Upload one or more images as 'image'.",
                        [{"field": "image", "message": "required"}])
     if len(images) > inference.MAX_IMAGES:
-        raise ServiceError("payload_too_large", f"At most {inference.MAX_IMAGES} images at once.")
+        raise PayloadTooLarge(f"At most {inference.MAX_IMAGES} images at once.")
     iteration, model = inference.snapshot_model(ctx, job, iteration)
     if warm.enabled(ctx.cfg):
         # A warm process keeps state between requests: one that served
@@ -49,7 +49,7 @@ def _classify_cold(ctx: Context, job: dict, iteration: int, model: Path, images:
             try:
                 Workspace.save_stream(work / f"img_{k}", stream, inference.MAX_IMAGE_BYTES)
             except ValueError:
-                raise ServiceError("payload_too_large", f"{filename[:80]} is larger than 20 MiB.") from None
+                raise PayloadTooLarge(f"{filename[:80]} is larger than 20 MiB.") from None
             names.append([f"img_{k}", Workspace.display_name(filename, f"image{k}")])
         Workspace.write_json(work / "files.json", names)
         if visualize:
@@ -76,7 +76,7 @@ def _classify_warm(ctx: Context, job: dict, iteration: int, model: Path, images:
     for k, (stream, filename) in enumerate(images):
         data = _read_upload(stream)
         if data is None:
-            raise ServiceError("payload_too_large", f"{filename[:80]} is larger than 20 MiB.")
+            raise PayloadTooLarge(f"{filename[:80]} is larger than 20 MiB.")
         names.append(Workspace.display_name(filename, f"image{k}"))
         blobs.append(data)
     header = {"images": names, "visualize": bool(visualize), "probabilities": bool(probabilities)}

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import IO
 
-from app.core.errors import ServiceError
+from app.core.errors import InvalidRequest, PayloadTooLarge
 from app.services import classification, data_roots, inference
 from app.services.context import Context
 
@@ -32,10 +32,10 @@ def parse_list(text: bytes) -> list[tuple[str, str | None]]:
             path, label = line, ""      # a path with spaces and no label
         out.append((path.strip(), label or None))
     if not out:
-        raise ServiceError("invalid_request", "The image list is empty.",
+        raise InvalidRequest("The image list is empty.",
                            [{"field": "image_list", "message": "one 'path [label]' per line"}])
     if len(out) > MAX_LINES:
-        raise ServiceError("payload_too_large", f"At most {MAX_LINES} images at once.")
+        raise PayloadTooLarge(f"At most {MAX_LINES} images at once.")
     return out
 
 
@@ -61,7 +61,7 @@ def _members(archive: IO[bytes]) -> dict[str, bytes]:
                             break
                         files[m.name] = tf.extractfile(m).read()
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError):
-        raise ServiceError("invalid_request", "The image archive is not a readable zip or tar file.",
+        raise InvalidRequest("The image archive is not a readable zip or tar file.",
                            [{"field": "image_archive", "message": "zip, tar, tar.gz"}]) from None
     return {name.lstrip("./").lstrip("/"): blob for name, blob in files.items()}
 
@@ -92,7 +92,7 @@ def _server_members(c: Context, lines: list[tuple[str, str | None]], folder: str
     real: list[Path] = []
     for path, _ in lines:
         if not path.startswith("/") and base is None:
-            raise ServiceError("invalid_request", f"'{path[:200]}' is a relative path: name the folder it is in "
+            raise InvalidRequest(f"'{path[:200]}' is a relative path: name the folder it is in "
                                "(image_folder), or upload the images in image_archive.",
                                [{"field": "image_folder", "message": "required for relative paths"}])
         full = path if path.startswith("/") else str(base / path)
@@ -110,7 +110,7 @@ def classify_list(c: Context, job: dict, image_list: bytes, archive: IO[bytes] |
     ``user``'s data roots) where the administrator set data roots."""
     lines = parse_list(image_list)
     if archive is None and not data_roots.configured(c.cfg):
-        raise ServiceError("invalid_request", "Upload the images as a zip or tar archive in image_archive "
+        raise InvalidRequest("Upload the images as a zip or tar archive in image_archive "
                            "(server folders are not read).", [{"field": "image_archive", "message": "required"}])
     if archive is not None:
         members, missing = _members(archive), "not in the uploaded archive"

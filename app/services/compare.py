@@ -11,7 +11,7 @@ import bisect
 import difflib
 import re
 
-from app.core.errors import ServiceError
+from app.core.errors import InvalidRequest
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, SOLVER_FILE, Workspace
 from app.services import job_files, jobs
 from app.services.context import Context
@@ -34,7 +34,7 @@ def parse_ids(raw: str | list[str] | None) -> list[str]:
     parts = raw if isinstance(raw, list) else [raw or ""]
     ids = list(dict.fromkeys(i for p in parts for i in (x.strip() for x in str(p).split(",")) if i))
     if not ids or len(ids) > MAX_JOBS or any(len(i) > 40 for i in ids):
-        raise ServiceError("invalid_request", f"Name 1 to {MAX_JOBS} jobs to compare.",
+        raise InvalidRequest(f"Name 1 to {MAX_JOBS} jobs to compare.",
                            [{"field": "ids", "message": f"comma-separated job ids, at most {MAX_JOBS}"}])
     return ids
 

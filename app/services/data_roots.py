@@ -28,7 +28,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 from app.core import untrusted
-from app.core.errors import ServiceError
+from app.core.errors import InvalidRequest, ServerFault, ServiceError
 from app.core.workspace import RESULT_FILE, Workspace
 from app.services import sandbox
 from app.services.context import Context
@@ -110,7 +110,7 @@ def where(cfg: dict, user: str) -> str:
 
 
 def _bad(field: str, message: str) -> ServiceError:
-    return ServiceError("invalid_request", message, [{"field": field, "message": message}])
+    return InvalidRequest(message, [{"field": field, "message": message}])
 
 
 def _service_user() -> str:
@@ -197,12 +197,12 @@ def dataset_folders(ctx: Context, fields: dict[str, str], owner: str,
         return {}
     if not configured(ctx.cfg):
         field = names.get(next(iter(named)), next(iter(named)))
-        raise ServiceError("invalid_request", f"{field}: this server reads no server folders (no data roots "
+        raise InvalidRequest(f"{field}: this server reads no server folders (no data roots "
                            "are set): upload the folder itself as a zip or tar.gz archive.",
                            [{"field": field, "message": "no data roots"}])
     if "folder" not in named:
         field, train = names.get(next(iter(named)), next(iter(named))), names.get("folder", "folder")
-        raise ServiceError("invalid_request", f"{field} needs the training folder ({train}) too.",
+        raise InvalidRequest(f"{field} needs the training folder ({train}) too.",
                            [{"field": train, "message": "required"}])
     return {FOLDER_FIELDS[k]: str(resolve(ctx, v, owner, names.get(k, k))) for k, v in named.items()}
 
@@ -230,7 +230,7 @@ def fetch(ctx: Context, user: str, paths: list[Path], max_each: int, max_total: 
             json.loads(Workspace.read_capped(work / RESULT_FILE, 1 << 20))
             data = untrusted.read_all(work / GATHER_TAR, max_total + (len(paths) + 2) * 1024)
         except (OSError, ValueError):
-            raise ServiceError("internal_error", "Reading the server files failed (the reader left no result).") \
+            raise ServerFault("Reading the server files failed (the reader left no result).") \
                 from None
         out: dict[int, bytes] = {}
         try:
@@ -239,7 +239,7 @@ def fetch(ctx: Context, user: str, paths: list[Path], max_each: int, max_total: 
                     if m.isfile() and m.name.isdigit() and int(m.name) < len(paths) and m.size <= max_each:
                         out[int(m.name)] = tf.extractfile(m).read()
         except tarfile.TarError:
-            raise ServiceError("internal_error", "Reading the server files failed (unreadable result).") from None
+            raise ServerFault("Reading the server files failed (unreadable result).") from None
         return out
     finally:
         ctx.ws.delete(work)

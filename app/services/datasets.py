@@ -17,7 +17,7 @@ from app.services import data_roots, sandbox
 from app.caffe.images import RESIZE_MODES
 from app.services.access import may_see, only_visible
 from app.services.context import Context
-from app.core.errors import ServiceError
+from app.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, ServiceError
 from app.core.status import DatasetStatus, RunOutcome
 from app.store import new_job_id, now_iso
 from app.core.workspace import DATASET_INFO_FILE, DATASET_PARAMS_FILE, PROGRESS_FILE, RESULT_FILE, Workspace
@@ -51,7 +51,7 @@ def parse_fields(fields: dict[str, str]) -> dict:
     if out["type"] not in ("classification", "segmentation"):
         details.append({"field": "type", "message": "use classification or segmentation"})
     if details:
-        raise ServiceError("invalid_request", "Some dataset fields are invalid.", details)
+        raise InvalidRequest("Some dataset fields are invalid.", details)
     return out
 
 
@@ -65,10 +65,10 @@ def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owne
     folders = data_roots.dataset_folders(ctx, fields, owner, field_names or {})
     if archive is None and not folders:
         more = " or a server folder in 'folder'" if data_roots.configured(ctx.cfg) else ""
-        raise ServiceError("invalid_request", f"The archive (zip or tar.gz){more} is missing.",
+        raise InvalidRequest(f"The archive (zip or tar.gz){more} is missing.",
                        [{"field": "archive", "message": "required"}])
     if archive is not None and folders:
-        raise ServiceError("invalid_request", "Send either an archive or a server folder, not both.",
+        raise InvalidRequest("Send either an archive or a server folder, not both.",
                            [{"field": "folder", "message": "or archive"}])
     ds_id = new_job_id()
     upload = ctx.ws.dataset_dir(ds_id) / "upload"
@@ -80,7 +80,7 @@ def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owne
             Workspace.save_stream(upload / "archive", archive, int(ctx.cfg["MAX_UPLOAD_MB"]) << 20)
         except ValueError:
             ctx.ws.delete(ctx.ws.dataset_dir(ds_id))
-            raise ServiceError("payload_too_large", "The archive is too large.") from None
+            raise PayloadTooLarge("The archive is too large.") from None
     params.update(max_files=int(ctx.cfg["DATASET_MAX_FILES"]), max_bytes=int(ctx.cfg["DATASET_MAX_MB"]) << 20)
     Workspace.write_json(upload / DATASET_PARAMS_FILE, params)
     ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status=DatasetStatus.QUEUED.value,
@@ -110,6 +110,7 @@ def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
     upload, out = root / "upload", root / "build"
     info = (ctx.store.get_dataset(ds_id) or {}).get("info") or {}
     info.pop("builder", None)     # where builds kept their token before build_token
+    info.pop("progress_images", None)   # an earlier run's (handed over): this one counts anew
     proc = None
     try:
         shutil.rmtree(out, ignore_errors=True)
@@ -121,7 +122,9 @@ def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
             if folders else []
         spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset",
                              str(upload / "archive"), str(out), str(upload / DATASET_PARAMS_FILE)],
-                            read_only=[upload, *roots], writable=[out], cwd=out)
+                            read_only=[upload, *roots], writable=[out], cwd=out,
+                            # decoding processes (app.contained.dataset_pool); 0: one per core
+                            env={"LAYERBENCH_DATASET_WORKERS": str(int(ctx.cfg["DATASET_WORKERS"]))})
         limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
                                 address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
                                 memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
@@ -133,6 +136,7 @@ def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
             # Ended (or killed): give its uid and cgroup back now, not
             # whenever the Popen is collected.
             sandbox.wait(proc, limits, t0)
+        _read_progress(out, info)     # its last word: a quick build ends between two looks
         status, error, built = _outcome(out, timed_out=time.monotonic() - t0 > limits.wall_seconds)
         now = _owner(ctx, ds_id, token)
         if now == "superseded":
@@ -167,21 +171,39 @@ def _watch(ctx: Context, ds_id: str, token: str, info: dict, proc, limits: sandb
         if time.monotonic() - t0 > limits.wall_seconds:
             sandbox.kill(proc)
             break
-        try:
-            p = json.loads(Workspace.read_capped(out / PROGRESS_FILE, 4096))
-            progress = float(p.get("progress", 0))
-        except (OSError, ValueError, TypeError, AttributeError):
-            progress = info.get("progress")
-        if progress != info.get("progress") or time.monotonic() - last_beat >= BEAT_EVERY_S:
-            info["progress"], last_beat = progress, time.monotonic()
+        if _read_progress(out, info) or time.monotonic() - last_beat >= BEAT_EVERY_S:
+            last_beat = time.monotonic()
             mine = ctx.store.beat_dataset_build(ds_id, token, time.time(), info)
         else:
             mine = _owner(ctx, ds_id, token) == "mine"   # an abort is noticed within a poll
         if not mine:
             sandbox.kill(proc)      # aborted, or handed over: stop building
             return _owner(ctx, ds_id, token)
-        time.sleep(0.2)
+        # The store every 0.2 s, the process more often: a build's end is
+        # seen (and published) within 20 ms, not up to a whole poll later.
+        until = time.monotonic() + 0.2
+        while proc.poll() is None and time.monotonic() < until:
+            time.sleep(0.02)
     return "mine"
+
+
+def _read_progress(out: Path, info: dict) -> bool:
+    """Copy the builder's progress file (written by user-reachable code:
+    read capped, checked) into ``info``: ``progress`` (0..1) and
+    ``progress_images`` ({done, total} entries); whether it changed."""
+    try:
+        p = json.loads(Workspace.read_capped(out / PROGRESS_FILE, 4096))
+        progress = min(1.0, max(0.0, float(p.get("progress", 0))))
+        done, total = p.get("done"), p.get("total")
+        images = {"done": done, "total": total} if type(done) is int and type(total) is int \
+            and 0 <= done <= total else info.get("progress_images")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+    changed = (progress, images) != (info.get("progress"), info.get("progress_images"))
+    info["progress"] = progress
+    if images is not None:
+        info["progress_images"] = images
+    return changed
 
 
 def _owner(ctx: Context, ds_id: str, token: str) -> str:
@@ -202,7 +224,8 @@ def _end(ctx: Context, ds_id: str, token: str, root: Path, status: str, error: s
     """Write the run's end (fenced by its token), then remove what is left
     of the build and move the jobs waiting on it on; the final status, or
     "superseded" when it was handed over meanwhile (nothing is touched)."""
-    final = dict(built, progress=1.0, params=info.get("params")) if status == DatasetStatus.DONE else info
+    final = dict(built, progress=1.0, params=info.get("params"), progress_images=info.get("progress_images")) \
+        if status == DatasetStatus.DONE else info
     written = ctx.store.end_dataset_build(ds_id, token, status=status, error=error, info=final)
     if not written and status == DatasetStatus.DONE and _owner(ctx, ds_id, token) == "ended":
         # Its owner aborted it after the last look: the abort wins.
@@ -253,13 +276,13 @@ def delete(ctx: Context, ds: dict) -> None:
     being built, and while any job uses it: finished jobs need its labels and
     mean for inference, and their pages link to it."""
     if ds["owner"] is None:
-        raise ServiceError("conflict", f"'{ds['name']}' is built in and cannot be deleted.")
+        raise Conflict(f"'{ds['name']}' is built in and cannot be deleted.")
     using = ctx.store.jobs_using(ds["id"], active_only=False)
     if using:
-        raise ServiceError("conflict", f"Dataset is used by {len(using)} job(s); delete those jobs first.",
+        raise Conflict(f"Dataset is used by {len(using)} job(s); delete those jobs first.",
                            [{"field": "dataset", "message": f"job {j}"} for j in using[:10]])
     if ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING):
-        raise ServiceError("conflict", "The dataset is still being built.")
+        raise Conflict("The dataset is still being built.")
     ctx.store.delete_dataset(ds["id"])
     ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]))
 
@@ -268,7 +291,7 @@ def get(ctx: Context, dataset_id: str, user: dict) -> dict:
     """The dataset if ``user`` may see it (app.services.access), else not_found."""
     ds = ctx.store.get_dataset(dataset_id) if isinstance(dataset_id, str) else None
     if not may_see(user, ds):
-        raise ServiceError("not_found", "No such dataset.")
+        raise NotFound("No such dataset.")
     return ds
 
 
@@ -280,7 +303,7 @@ def list_for(ctx: Context, user: dict, status: str | None = None) -> list[dict]:
 def delete_as(ctx: Context, ds: dict, user: dict) -> None:
     """Delete ``ds`` for ``user`` (who must be able to see it)."""
     if not may_see(user, ds):
-        raise ServiceError("not_found", "No such dataset.")
+        raise NotFound("No such dataset.")
     delete(ctx, ds)
 
 
@@ -311,6 +334,8 @@ def to_json(ds: dict) -> dict:
             "train_count": info.get("train_count"), "val_count": info.get("val_count"),
             "image_shape": info.get("image_shape"), "error": ds.get("error"),
             "progress": info.get("progress", 1.0 if ds["status"] == DatasetStatus.DONE else 0.0),
+            # entries (image files) decoded of all: {done, total}; null until the builder has counted them
+            "progress_images": info.get("progress_images"),
             "per_class": info.get("per_class"), "skipped": info.get("skipped"),
             "created_at": ds.get("created_at"),
             "type": info.get("type") or (info.get("params") or {}).get("type") or "classification",
@@ -330,7 +355,7 @@ def abort(ctx: Context, ds: dict) -> None:
                 from app.services import waiting
                 waiting.release(ctx, ds["id"])   # no build will end to release them
             return
-    raise ServiceError("conflict", f"The dataset's build already ended ({ds['status']}).")
+    raise Conflict(f"The dataset's build already ended ({ds['status']}).")
 
 
 def wait_built(ctx: Context, ds_id: str, timeout: float = 30.0) -> dict | None:
@@ -349,13 +374,13 @@ def delete_aborting(ctx: Context, ds: dict, user: dict) -> None:
     """Delete as DIGITS does: refused (conflict) while any job uses it and
     for a built-in one, as ``delete``; a build under way is aborted first."""
     if not may_see(user, ds):
-        raise ServiceError("not_found", "No such dataset.")
+        raise NotFound("No such dataset.")
     if ds["owner"] is not None and ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING) \
             and not ctx.store.jobs_using(ds["id"], active_only=False):
         try:
             abort(ctx, ds)
         except ServiceError as err:
-            if err.code != "conflict":    # it ended meanwhile: delete it as it is
+            if not isinstance(err, Conflict):    # it ended meanwhile: delete it as it is
                 raise
         ds = wait_built(ctx, ds["id"]) or ds
     delete(ctx, ds)
@@ -364,11 +389,11 @@ def delete_aborting(ctx: Context, ds: dict, user: dict) -> None:
 def edit(ctx: Context, ds: dict, name: str | None = None, notes: str | None = None) -> dict:
     """Rename a dataset and/or set its notes (kept in its info); the dataset."""
     if ds["owner"] is None:
-        raise ServiceError("forbidden", f"'{ds['name']}' is built in and cannot be edited.")
+        raise Forbidden(f"'{ds['name']}' is built in and cannot be edited.")
     fields: dict = {}
     if name is not None:
         if not name.strip():
-            raise ServiceError("invalid_request", "The name must not be empty.",
+            raise InvalidRequest("The name must not be empty.",
                                [{"field": "name", "message": "required"}])
         fields["name"] = name.strip()[:200]
     if notes is not None:

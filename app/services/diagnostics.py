@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app.core.errors import InvalidRequest, PayloadTooLarge
 from app.caffe import excerpts, py2hints
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, Workspace
 
@@ -98,20 +99,20 @@ def job_error(c, job: dict) -> dict | None:
 def convert_layer(data: bytes, limit: int) -> str:
     """The mechanically converted Python 3 text of an uploaded Python 2
     layer file (never stored, never run); ServiceError when it is not text."""
-    from app.core.errors import ServiceError
+
     detail = {"field": "python_layer", "file": LAYER_FILE}
     if not data.strip():
-        raise ServiceError("invalid_request", "The Python layer file is missing.",
+        raise InvalidRequest("The Python layer file is missing.",
                            [{**detail, "message": "required"}])
     if len(data) > limit:
-        raise ServiceError("payload_too_large", f"The Python layer file is larger than {limit // 1024} KiB.",
+        raise PayloadTooLarge(f"The Python layer file is larger than {limit // 1024} KiB.",
                            [{**detail, "message": "too large"}])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ServiceError("invalid_request", "The Python layer file is not UTF-8 text.",
+        raise InvalidRequest("The Python layer file is not UTF-8 text.",
                            [{**detail, "message": "not UTF-8"}]) from None
     if "\x00" in text:
-        raise ServiceError("invalid_request", "The Python layer file contains NUL bytes.",
+        raise InvalidRequest("The Python layer file contains NUL bytes.",
                            [{**detail, "message": "NUL byte"}])
     return py2hints.convert(text)

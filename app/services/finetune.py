@@ -15,7 +15,7 @@ from pathlib import Path
 
 from app.caffe.solver import snapshot_epoch
 from app.core import untrusted
-from app.core.errors import ServiceError
+from app.core.errors import InvalidRequest, ServiceError
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, WEIGHTS_FILE, Snapshot, Workspace
 from app.services import layer_files, pretrained
 from app.services.access import may_see
@@ -26,7 +26,7 @@ SOURCES = ("previous_job", "pretrained_model", "weights")
 
 
 def _bad(field: str, message: str, hint: str) -> ServiceError:
-    return ServiceError("invalid_request", message, [{"field": field, "message": hint}])
+    return InvalidRequest(message, [{"field": field, "message": hint}])
 
 
 def snapshot_epochs(c: Context, job: dict) -> dict[int, float | None]:

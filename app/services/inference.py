@@ -8,7 +8,7 @@ from pathlib import Path
 from app.core import tracebacks
 from app.services import layer_env, sandbox
 from app.services.context import Context
-from app.core.errors import ServiceError
+from app.core.errors import Conflict, InvalidPythonLayer, InvalidRequest, NotFound, ServerFault, ServiceError
 from app.core.workspace import RESULT_FILE, Workspace
 
 MAX_IMAGES = 100
@@ -19,11 +19,11 @@ def snapshot_model(ctx: Context, job: dict, iteration: int | None) -> tuple[int,
     models = {it: snap.caffemodel for it, snap in
               Workspace.complete_snapshots(ctx.ws.output_dir(job["id"])).items()}
     if not models:
-        raise ServiceError("conflict", "This job has no snapshot yet to classify with.")
+        raise Conflict("This job has no snapshot yet to classify with.")
     if iteration is None:
         iteration = max(models)
     if iteration not in models:
-        raise ServiceError("invalid_request", f"No snapshot at iteration {iteration}.",
+        raise InvalidRequest(f"No snapshot at iteration {iteration}.",
                        [{"field": "snapshot", "message": "available: " + ", ".join(map(str, sorted(models)))}])
     return iteration, models[iteration]
 
@@ -56,7 +56,7 @@ def sandbox_spec(ctx: Context, job: dict, runner: str, model: Path, work: Path) 
 
 def layer_error(result: dict) -> ServiceError:
     """A runner's report that the job's code failed, as the upload's fault."""
-    return ServiceError("invalid_python_layer", f"Inference failed: {result.get('message')}",
+    return InvalidPythonLayer(f"Inference failed: {result.get('message')}",
                         [{"field": "python_layer", "file": "digits_python_layers.py",
                           "message": result.get("message"), "traceback": result.get("traceback")}])
 
@@ -82,9 +82,9 @@ def run_contained(ctx: Context, job: dict, runner: str, model: Path, work: Path,
                                        run_limits(ctx.cfg).wall_seconds, what)
         timed_out, worker = bool(record.get("timed_out")), record.get("worker")
         if record.get("gone"):
-            raise ServiceError("not_found", "The job was deleted meanwhile.")
+            raise NotFound("The job was deleted meanwhile.")
         if record.get("error"):     # its details are in that worker's log, not for the client
-            raise ServiceError("internal_error", f"{what} could not run on worker {worker} "
+            raise ServerFault(f"{what} could not run on worker {worker} "
                                f"({str(record['error'])[:80]}); see that worker's log.")
     else:
         timed_out = run_sandboxed(ctx, job, runner, model, work)
@@ -95,7 +95,7 @@ def run_contained(ctx: Context, job: dict, runner: str, model: Path, work: Path,
     except (OSError, ValueError):
         tail = Workspace.read_capped(log_path, 1 << 20).decode("utf-8", "replace")[-3000:]
         tail = tracebacks.scrub(tail, inp, {str(ctx.ws.root): "<jobs>"})   # no host paths
-        raise ServiceError("internal_error", f"{what} stopped without a result"
+        raise ServerFault(f"{what} stopped without a result"
                            + (" (time limit)." if timed_out else "."), [{"log_tail": tail}]) from None
     if not result.get("ok"):
         raise layer_error(result)

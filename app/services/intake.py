@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from app.caffe import network
-from app.core.errors import ServiceError, invalid_field
+from app.core.errors import Forbidden, InvalidNetwork, InvalidPythonLayer, InvalidRequest, ServiceError, TooManyRequests, Unavailable, invalid_field
 from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import REPORT_FILE, VALIDATION_DIR, Workspace
 from app.services import fairshare, layer_env, queue
@@ -49,7 +49,7 @@ def validate_inputs(c: Context, upload: Upload, user: dict, input_dir: Path, out
     gpu_build = bool(caffe_info(c.cfg["CAFFE_PYTHON"]).get("gpu_build"))
     problem = gpus.parse_device(prepared.params["device"], len(found), gpu_build)
     if problem:
-        raise ServiceError("invalid_request", problem, [{"field": "device", "message": problem}])
+        raise InvalidRequest(problem, [{"field": "device", "message": problem}])
     ds_dir = c.ws.dataset_dir(prepared.dataset) if prepared.dataset else None
     report = run_validation(input_dir, out_dir, prepared, cfg=c.cfg, how=c.containment, dataset_dir=ds_dir)
     if found and gpu_build and prepared.params["device"] != "cpu" and prepared.python_layer:
@@ -61,7 +61,7 @@ def validate_inputs(c: Context, upload: Upload, user: dict, input_dir: Path, out
 
 def guard_containment(c: Context) -> None:
     if c.containment == "none" and not c.cfg["ALLOW_UNCONTAINED"]:
-        raise ServiceError("unavailable", "No containment is available for uploaded code on this "
+        raise Unavailable("No containment is available for uploaded code on this "
                        "server; set LAYERBENCH_ALLOW_UNCONTAINED=1 to run it anyway.")
 
 
@@ -74,7 +74,7 @@ def validate_only(c: Context, upload: Upload, user: dict) -> dict:
         try:
             _, report = validate_inputs(c, upload, user, scratch / "input", scratch / VALIDATION_DIR)
         except ServiceError as err:
-            if err.code not in ("invalid_request", "invalid_network", "invalid_python_layer"):
+            if not isinstance(err, (InvalidRequest, InvalidNetwork, InvalidPythonLayer)):
                 raise
             return {"ok": False, "errors": err.details or [{"message": err.message}],
                     "warnings": [], "layers": [], "timing": [], "error": err.code}
@@ -85,8 +85,8 @@ def validate_only(c: Context, upload: Upload, user: dict) -> dict:
 
 def _invalid(report: dict) -> ServiceError:
     first = report["errors"][0] if report["errors"] else {}
-    code = "invalid_python_layer" if first.get("field") == "python_layer" else "invalid_network"
-    return ServiceError(code, first.get("message") or "The network did not validate.", report["errors"])
+    kind = InvalidPythonLayer if first.get("field") == "python_layer" else InvalidNetwork
+    return kind(first.get("message") or "The network did not validate.", report["errors"])
 
 
 def check_share(c: Context, upload: Upload, user: dict) -> None:
@@ -97,14 +97,14 @@ def check_share(c: Context, upload: Upload, user: dict) -> None:
     if prio not in fairshare.PRIORITIES:
         raise invalid_field("priority", f"Priority '{prio[:20]}' is not one of low, normal, high.", "low, normal or high")
     if prio == "high" and not user.get("admin"):
-        raise ServiceError("forbidden", "Only an administrator can give a job high priority.",
+        raise Forbidden("Only an administrator can give a job high priority.",
                            [{"field": "priority", "message": "high is for admins to grant"}])
     limit = int(c.cfg.get("USER_MAX_QUEUED") or 0)
     if limit:
         mine = sum(1 for status in (JobStatus.QUEUED.value, JobStatus.WAITING.value)
                    for _ in c.store.list_jobs(owner=user["name"], status=status))
         if mine >= limit:
-            raise ServiceError("too_many_requests", f"You already have {mine} jobs queued or waiting; the "
+            raise TooManyRequests(f"You already have {mine} jobs queued or waiting; the "
                                f"limit per user is {limit} (LAYERBENCH_USER_MAX_QUEUED). Wait for some to "
                                "start, or abort some.", [{"field": "priority", "message": "queue full"}])
 

@@ -11,7 +11,7 @@ from typing import IO
 
 from app.caffe import portable
 from app.core import joblog, layer_code, untrusted
-from app.core.errors import ServiceError
+from app.core.errors import NotFound
 from app.core.workspace import (
     DEPLOY_FILE, LAYER_FILE, METRICS_FILE, NETWORK_FILE, REPORT_FILE, SOLVER_FILE,
     TRAIN_VAL_FILE, VALIDATION_DIR, Workspace)
@@ -97,7 +97,7 @@ def download(c: Context, job: dict, fmt: str = "tar.gz", digits_names: bool = Fa
     info.json carries DIGITS's keys; ``digits_names`` (the DIGITS route):
     the uploaded network is original.prototxt, as in DIGITS's archives."""
     if fmt not in DOWNLOAD_FORMATS:
-        raise ServiceError("not_found", "Unknown download format; use " + ", ".join(DOWNLOAD_FORMATS) + ".")
+        raise NotFound("Unknown download format; use " + ", ".join(DOWNLOAD_FORMATS) + ".")
     inp, out = c.ws.input_dir(job["id"]), c.ws.output_dir(job["id"])
     cap = int(c.cfg.get("MAX_DOWNLOAD_FILE_MB") or 4096) << 20
     # Built on disk beside the job (never a model in memory), unlinked at
@@ -172,11 +172,11 @@ def input_file(c: Context, job: dict, name: str) -> bytes:
     elif name in INPUT_FILES:
         path = c.ws.input_dir(job["id"]) / name
     else:
-        raise ServiceError("not_found", "No such file.")
+        raise NotFound("No such file.")
     try:
         return Workspace.read_capped(path, 8 << 20)
     except OSError:
-        raise ServiceError("not_found", "No such file.") from None
+        raise NotFound("No such file.") from None
 
 
 DOWNLOAD_FORMATS = {"tar.gz": "application/gzip", "tar": "application/x-tar", "tar.bz2": "application/x-bzip2",

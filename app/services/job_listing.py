@@ -7,7 +7,7 @@ import base64
 import json
 from dataclasses import dataclass
 
-from app.core.errors import ServiceError, invalid_field
+from app.core.errors import InvalidRequest, invalid_field
 from app.core.status import JobStatus
 from app.services.access import only_visible, owner_filter
 from app.services.context import Context
@@ -75,7 +75,7 @@ def list_for(c: Context, user: dict, status: str | None = None, *, limit: int = 
     what is app.services.access: a user asking for another owner's jobs gets
     an empty page unless that rule lets them see that owner's work."""
     if status is not None and status not in {s.value for s in JobStatus}:
-        raise ServiceError("invalid_request", f"Unknown status '{status[:20]}'.",
+        raise InvalidRequest(f"Unknown status '{status[:20]}'.",
                            [{"field": "status", "message": "use " + "|".join(s.value for s in JobStatus)}])
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
         raise invalid_field("limit", f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}.", f"1..{MAX_PAGE_SIZE}")

@@ -8,7 +8,7 @@ import io
 import time
 
 from app.core import untrusted
-from app.core.errors import ServiceError, invalid_field
+from app.core.errors import Conflict, InvalidNetwork, InvalidPythonLayer, NotFound, ServiceError, invalid_field
 from app.core.status import JobStatus
 from app.core.workspace import LAYER_FILE, NETWORK_FILE, REPORT_FILE, VALIDATION_DIR, WEIGHTS_FILE, Workspace
 from app.services import fairshare, layer_env, layer_files, queue, warm
@@ -44,7 +44,7 @@ def get_with_history(c: Context, job_id: str, user: dict) -> tuple[dict, list[di
     """``get`` and the job's status history, read together (the job JSON)."""
     job, events = c.store.get_job_with_events(job_id) if isinstance(job_id, str) else (None, [])
     if not may_see(user, job):
-        raise ServiceError("not_found", "No such job.")
+        raise NotFound("No such job.")
     return job, events
 
 
@@ -53,7 +53,7 @@ def get(c: Context, job_id: str, user: dict) -> dict:
     never changes a job: recovering dead runs is the worker side's job.)"""
     job = c.store.get_job(job_id) if isinstance(job_id, str) else None
     if not may_see(user, job):
-        raise ServiceError("not_found", "No such job.")
+        raise NotFound("No such job.")
     return job
 
 
@@ -96,7 +96,7 @@ def abort(c: Context, job: dict) -> None:
     """Ask a queued or running job to stop; conflict when it already ended."""
     store = c.store
     if JobStatus(job["status"]).ended:
-        raise ServiceError("conflict", f"The job already ended ({job['status']}).")
+        raise Conflict(f"The job already ended ({job['status']}).")
     store.update_job(job["id"], abort_requested=True)
     # A queued or waiting job never started: end it now.
     store.update_job(job["id"], expect_status=[JobStatus.QUEUED.value, JobStatus.WAITING.value],
@@ -161,12 +161,12 @@ def _open_or_none(path):
 def resume(c: Context, job: dict) -> dict:
     """Requeue an interrupted/aborted job from its last solverstate."""
     if job["status"] not in (JobStatus.INTERRUPTED.value, JobStatus.ABORTED.value):
-        raise ServiceError("conflict", f"Only interrupted or aborted jobs can be resumed (this one is "
+        raise Conflict(f"Only interrupted or aborted jobs can be resumed (this one is "
                        f"{job['status']}).")
     # Only whole pairs: one torn by a kill or a full disk is never resumed from.
     snaps = Workspace.complete_snapshots(c.ws.output_dir(job["id"]))
     if not snaps:
-        raise ServiceError("conflict", "This job has no complete snapshot to resume from.")
+        raise Conflict("This job has no complete snapshot to resume from.")
     c.store.update_job(job["id"], expect_status=[job["status"]], status=JobStatus.QUEUED.value,
                        abort_requested=False, resume_from=max(snaps), error=None, finished_at=None)
     warm.retire_job(c, job["id"])   # its snapshots and layers serve the next life's requests afresh
@@ -193,7 +193,7 @@ def submit_keeping_failures(c: Context, upload: Upload, user: dict) -> list[dict
     try:
         return list(sweeps.submit_all(c, upload, user))
     except ServiceError as err:
-        if err.code not in ("invalid_network", "invalid_python_layer"):
+        if not isinstance(err, (InvalidNetwork, InvalidPythonLayer)):
             raise
         failure = err
     params = parse_params(upload.fields)

@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 
 from app.core import untrusted
-from app.core.errors import ServiceError
+from app.core.errors import ServerFault
 from app.core.tracebacks import LAYER_ENV_VAR, scrub
 from app.core.workspace import Workspace
 from app.services import sandbox
@@ -124,7 +124,7 @@ def sync(cfg: dict, pip_args: list[str] | None = None) -> dict:
                 "-r", str(req_file)]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         if out.returncode != 0:
-            raise ServiceError("internal_error", "pip could not install the layer packages: "
+            raise ServerFault("pip could not install the layer packages: "
                                + (out.stderr.strip() or out.stdout.strip())[-2000:])
         packages = _installed(tmp)
         fp = "sha256:" + hashlib.sha256("\n".join(packages).encode()).hexdigest()[:16]

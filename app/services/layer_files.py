@@ -20,7 +20,7 @@ from typing import IO
 
 from app.caffe import network
 from app.core import archives
-from app.core.errors import ServiceError
+from app.core.errors import InvalidPythonLayer, InvalidRequest, PayloadTooLarge, ServiceError
 from app.core.layer_code import MANIFEST
 from app.core.workspace import LAYER_FILE, Workspace
 
@@ -34,7 +34,7 @@ _SKIP_DIRS = {"__MACOSX", "__pycache__"}
 def _bad(message: str, file: str | None = None, **extra) -> ServiceError:
     detail = {"field": "python_layer", "file": file, "layer": None, "stage": "upload", "message": message}
     detail.update(extra)
-    return ServiceError("invalid_python_layer", message, [detail])
+    return InvalidPythonLayer(message, [detail])
 
 
 def _identifier(name: str) -> str:
@@ -57,7 +57,7 @@ def _is_zip(name: str, head: bytes) -> bool:
 def _read(stream: IO[bytes], name: str, limit: int) -> bytes:
     data = stream.read(limit + 1)
     if len(data) > limit:
-        raise ServiceError("payload_too_large", f"The Python layer file '{name}' is larger than "
+        raise PayloadTooLarge(f"The Python layer file '{name}' is larger than "
                            f"{limit // 1024} KiB.", [{"field": "python_layer", "file": name, "message": "too large"}])
     return data
 
@@ -82,7 +82,7 @@ def collect(parts: list[tuple[IO[bytes], str | None]], work: Path, limit: int, z
             try:
                 Workspace.save_stream(tmp, rest, zip_limit)
             except ValueError:
-                raise ServiceError("payload_too_large", f"The zip '{name}' is larger than "
+                raise PayloadTooLarge(f"The zip '{name}' is larger than "
                                    f"{zip_limit >> 20} MiB.") from None
             try:
                 for path, data in archives.members(str(tmp), MAX_FILES, MAX_TOTAL_BYTES, zip_only=True):
@@ -147,7 +147,7 @@ def choose_main(files: dict[str, bytes], originals: dict[str, str], wanted: str 
         for rel in names:
             if w in (rel, originals[rel], PurePosixPath(rel).name, PurePosixPath(originals[rel]).name):
                 return rel
-        raise ServiceError("invalid_request", f"'{w[:200]}' ({MAIN_FIELD}) is not one of the uploaded files.",
+        raise InvalidRequest(f"'{w[:200]}' ({MAIN_FIELD}) is not one of the uploaded files.",
                            [{"field": MAIN_FIELD, "message": "one of: " + ", ".join(originals[n] for n in names)[:1000]}])
     if len(names) == 1:
         return names[0]
@@ -160,7 +160,7 @@ def choose_main(files: dict[str, bytes], originals: dict[str, str], wanted: str 
         return LAYER_FILE
     why = (f"several files define the network's layer classes ({', '.join(classes)})" if best
            else f"no file defines the network's layer classes ({', '.join(classes) or 'none named'})")
-    raise ServiceError("invalid_request", f"Which file holds the Python layers? {why}; name it in {MAIN_FIELD}.",
+    raise InvalidRequest(f"Which file holds the Python layers? {why}; name it in {MAIN_FIELD}.",
                        [{"field": MAIN_FIELD, "message": "one of: " + ", ".join(originals[n] for n in names)[:1000]}])
 
 

@@ -45,7 +45,7 @@ import re
 import secrets
 from pathlib import Path
 
-from app.core.errors import ServiceError
+from app.core.errors import ServiceError, Unavailable
 from app.core.workspace import SNAPSHOT_PREFIX, Workspace
 from app.services import queue
 from app.services.context import Context
@@ -149,7 +149,7 @@ def run_on_worker(ctx: Context, job_id: str, runner: str, model: Path, work: Pat
     if runner not in RUNNERS:
         raise ValueError(runner)
     if not workers.live(ctx):
-        raise ServiceError("unavailable", f"{what} runs on a worker, and no worker is running; "
+        raise Unavailable(f"{what} runs on a worker, and no worker is running; "
                            "start one (make worker) and try again.")
     token = secrets.token_hex(16)
     take_within = float(ctx.cfg["INFER_QUEUE_SECONDS"])
@@ -176,7 +176,7 @@ def _send_and_wait(ctx: Context, body: dict, take_within: float, run_wait: int, 
             # Nobody claimed it in time: give it up, unless a worker claims
             # it this very moment (then its claim won, and it runs).
             if r.set(TAKEN_KEY.format(token=token), GAVE_UP, nx=True, ex=KEY_TTL_S):
-                raise ServiceError("unavailable", f"No worker took the {what.lower()} request within "
+                raise Unavailable(f"No worker took the {what.lower()} request within "
                                    f"{take_within:.0f} s (all busy or stopped); try again shortly.")
             got = r.blpop([reply_key], timeout=5)
         record = json.loads(got[1]) if got else {}
@@ -186,10 +186,10 @@ def _send_and_wait(ctx: Context, body: dict, take_within: float, run_wait: int, 
     except ServiceError:
         raise
     except Exception as exc:     # the broker is down: not the user's doing
-        raise ServiceError("unavailable", f"{what} could not reach the queue ({type(exc).__name__}); "
+        raise Unavailable(f"{what} could not reach the queue ({type(exc).__name__}); "
                            "try again shortly.") from None
     if not record or "claimed" in record:
-        raise ServiceError("unavailable", f"The worker running the {what.lower()} request did not answer "
+        raise Unavailable(f"The worker running the {what.lower()} request did not answer "
                            f"within {run_wait} s; try again shortly.")
     return record
 

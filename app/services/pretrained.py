@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from app.core import untrusted
-from app.core.errors import ServiceError
+from app.core.errors import InvalidRequest, NotFound, PayloadTooLarge
 from app.core.workspace import PRETRAINED_DIR, WEIGHTS_FILE, Workspace
 from app.services import sandbox
 from app.services.access import may_see, only_visible
@@ -37,12 +37,12 @@ def save_upload(c: Context, stream: IO[bytes], dest: Path) -> tuple[int, str]:
     try:
         size = Workspace.save_stream(dest, stream, limit)
     except ValueError:
-        raise ServiceError("payload_too_large", f"The weights file is larger than {limit >> 20} MiB "
+        raise PayloadTooLarge(f"The weights file is larger than {limit >> 20} MiB "
                            "(LAYERBENCH_MAX_WEIGHTS_MB).",
                            [{"field": "weights", "message": "too large"}]) from None
     if size == 0:
         dest.unlink()
-        raise ServiceError("invalid_request", "The weights file is empty.",
+        raise InvalidRequest("The weights file is empty.",
                            [{"field": "weights", "message": "empty"}])
     with untrusted.open_file(dest, max_size=limit) as fh:
         return size, untrusted.sha256_of(fh)
@@ -68,11 +68,11 @@ def _inspect(c: Context, path: Path, work: Path) -> dict:
     try:
         out = json.loads(Workspace.read_capped(report, 8 << 20))
     except (OSError, ValueError):
-        raise ServiceError("invalid_request", "The weights file could not be read as a Caffe model "
+        raise InvalidRequest("The weights file could not be read as a Caffe model "
                            f"(the parser stopped with exit status {result.returncode}).",
                            [{"field": "weights", "message": "not a .caffemodel"}]) from None
     if not out.get("ok"):
-        raise ServiceError("invalid_request", f"The weights file is {out.get('message')}.",
+        raise InvalidRequest(f"The weights file is {out.get('message')}.",
                            [{"field": "weights", "message": str(out.get("message"))[:300]}])
     return out
 
@@ -81,10 +81,10 @@ def create(c: Context, user: dict, name: str, stream: IO[bytes] | None) -> dict:
     """Keep an uploaded .caffemodel as a named pretrained model of ``user``."""
     name = (name or "").strip()[:200]
     if not name:
-        raise ServiceError("invalid_request", "Give the pretrained model a name.",
+        raise InvalidRequest("Give the pretrained model a name.",
                            [{"field": "name", "message": "required"}])
     if stream is None:
-        raise ServiceError("invalid_request", "The weights file (.caffemodel) is missing.",
+        raise InvalidRequest("The weights file (.caffemodel) is missing.",
                            [{"field": "weights", "message": "required"}])
     model_id = new_job_id()
     root = c.ws.pretrained_dir(model_id)
@@ -114,7 +114,7 @@ def get(c: Context, model_id: str, user: dict) -> dict:
     """A pretrained model ``user`` may see, else not_found."""
     meta = _read(c, model_id) if isinstance(model_id, str) else None
     if not may_see(user, meta):
-        raise ServiceError("not_found", "No such pretrained model.")
+        raise NotFound("No such pretrained model.")
     return meta
 
 

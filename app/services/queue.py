@@ -12,10 +12,13 @@ no-op (the local supervisor polls the store).
 """
 from __future__ import annotations
 
+import logging
 import threading
 
 from app.core.status import DatasetStatus, JobStatus
 from app.services.context import Context
+
+log = logging.getLogger(__name__)
 
 TASK_JOB = "layerbench.run_job"
 TASK_DATASET = "layerbench.build_dataset"
@@ -121,8 +124,8 @@ def enqueue_job(c: Context, job: dict) -> None:
     device = str((job.get("params") or {}).get("device") or "auto")
     try:
         _send(c.cfg, "job", job["id"], int(job.get("run") or 0), TASK_JOB, job_queue(device))
-    except Exception:
-        pass
+    except Exception as exc:   # the store has it queued: redispatch sends it once the broker is back
+        log.warning("could not send job %s to the broker (%r); it will be sent again", job["id"], exc)
 
 
 def build_generation(ds: dict | None) -> int:
@@ -139,8 +142,8 @@ def enqueue_dataset(c: Context, ds_id: str) -> None:
         return
     try:
         _send(c.cfg, "dataset", ds_id, build_generation(c.store.get_dataset(ds_id)), TASK_DATASET, DATASET_QUEUE)
-    except Exception:
-        pass
+    except Exception as exc:   # queued in the store: redispatch sends it once the broker is back
+        log.warning("could not send dataset build %s to the broker (%r); it will be sent again", ds_id, exc)
 
 
 def redispatch(c: Context) -> list[str]:

@@ -16,6 +16,7 @@ namespaces), said loudly.
 """
 from __future__ import annotations
 
+import logging
 import fcntl
 import itertools
 import os
@@ -32,6 +33,8 @@ from pathlib import Path
 
 from app.core import config
 from app.services import cgroups, sandbox_remote
+
+log = logging.getLogger(__name__)
 
 NOBODY = 65534
 # Leases of sandbox uids are flocks on files here (root only: as an ordinary
@@ -108,10 +111,10 @@ def mode(requested: str = "auto") -> str:
         raise RuntimeError(f"LAYERBENCH_SANDBOX=bwrap but bubblewrap cannot run here: {why}")
     DEGRADED["bwrap"] = why
     if shutil.which("unshare") and not _probe(command(Spec(["true"]), "unshare", Limits())):
-        print(f"WARNING: bubblewrap unavailable ({why}); user code runs with rlimits + unshare "
-              "only (no filesystem isolation)", file=sys.stderr)
+        log.warning("bubblewrap unavailable (%s); user code runs with rlimits + unshare "
+                    "only (no filesystem isolation)", why)
         return "unshare"
-    print(f"WARNING: no containment available for user code ({why})", file=sys.stderr)
+    log.warning("no containment available for user code (%s)", why)
     return "none"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from app.core.archives import ArchiveError, members
-from app.core.errors import ServiceError
+from app.core.errors import Conflict, InvalidRequest, PayloadTooLarge
 from app.core.workspace import Workspace
 from app.services import inference
 from app.services.context import Context
@@ -31,7 +31,7 @@ def _stage(work: Path, images: list[tuple[IO[bytes], str]], archive: IO[bytes] |
         try:
             Workspace.save_stream(work / f"img_{k}", stream, inference.MAX_IMAGE_BYTES)
         except ValueError:
-            raise ServiceError("payload_too_large", f"{filename[:80]} is larger than 20 MiB.") from None
+            raise PayloadTooLarge(f"{filename[:80]} is larger than 20 MiB.") from None
         names.append([f"img_{k}", Workspace.display_name(filename, f"image{k}")])
     if archive is not None:
         try:
@@ -45,9 +45,9 @@ def _stage(work: Path, images: list[tuple[IO[bytes], str]], archive: IO[bytes] |
                 (work / f"img_{k}").write_bytes(data)
                 names.append([f"img_{k}", Workspace.display_name(str(path), f"image{k}")])
         except ValueError:
-            raise ServiceError("payload_too_large", "The archive is larger than 100 MiB.") from None
+            raise PayloadTooLarge("The archive is larger than 100 MiB.") from None
         except ArchiveError as exc:
-            raise ServiceError("invalid_request", f"The archive cannot be used: {exc}",
+            raise InvalidRequest(f"The archive cannot be used: {exc}",
                                [{"field": "archive", "message": str(exc)}]) from None
     return names
 
@@ -59,18 +59,18 @@ def segment(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iterat
     mask per image (a palette PNG of class indices) and the image with the
     mask tinted over it in the dataset's class colours."""
     if dataset_type(ctx, job) != "segmentation":
-        raise ServiceError("conflict", "This job was not trained on a segmentation dataset.")
+        raise Conflict("This job was not trained on a segmentation dataset.")
     if not images and archive is None:
-        raise ServiceError("invalid_request", "Upload one or more images as 'image' or an 'archive' of them.",
+        raise InvalidRequest("Upload one or more images as 'image' or an 'archive' of them.",
                            [{"field": "image", "message": "required"}])
     if len(images) > inference.MAX_IMAGES:
-        raise ServiceError("payload_too_large", f"At most {inference.MAX_IMAGES} images at once.")
+        raise PayloadTooLarge(f"At most {inference.MAX_IMAGES} images at once.")
     iteration, model = inference.snapshot_model(ctx, job, iteration)
     work = ctx.ws.scratch_dir()
     try:
         names = _stage(work, images, archive)
         if not names:
-            raise ServiceError("invalid_request", "The archive holds no images.",
+            raise InvalidRequest("The archive holds no images.",
                                [{"field": "archive", "message": "no image files"}])
         (work / "archive").unlink(missing_ok=True)
         Workspace.write_json(work / "files.json", names)

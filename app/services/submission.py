@@ -21,7 +21,7 @@ from app.services import layer_env, layer_files, sandbox
 from app.caffe import solver
 from app.caffe.digits_net import MEAN_CHOICES
 from app.core import tracebacks
-from app.core.errors import ServiceError
+from app.core.errors import InvalidNetwork, InvalidPythonLayer, InvalidRequest, PayloadTooLarge, ServiceError
 from app.core.workspace import (
     DEPLOY_FILE, JOB_META_FILE, LAYER_FILE, NETWORK_FILE, REPORT_FILE, SANDBOX_LOG, SOLVER_FILE,
     TRAIN_VAL_FILE, VALIDATE_LOG, VALIDATION_STARTED, WEIGHTS_FILE, Workspace)
@@ -115,7 +115,7 @@ def parse_params(fields: dict[str, str]) -> dict:
         details.append({"field": "device", "message": "use auto, cpu, gpu or gpu:N"})
     params["device"] = device
     if details:
-        raise ServiceError("invalid_request", "Some fields have invalid values.", details)
+        raise InvalidRequest("Some fields have invalid values.", details)
     return params
 
 
@@ -123,7 +123,7 @@ def unknown_dataset(ds_id: str) -> ServiceError:
     """The one answer for a ``dataset`` field naming nothing this user may
     train on: unknown, malformed, another user's or not built yet all read
     the same, so an id of someone else's dataset tells its sender nothing."""
-    return ServiceError("invalid_request", f"Dataset '{ds_id[:80]}' does not exist or is not ready.",
+    return InvalidRequest(f"Dataset '{ds_id[:80]}' does not exist or is not ready.",
                         [{"field": "dataset", "message": "unknown dataset"}])
 
 
@@ -152,20 +152,20 @@ def check_dataset(c, user: dict, fields: dict[str, str]) -> dict | None:
 
 def _text(raw: str | bytes | None, field_name: str, filename: str, limit: int) -> str:
     if raw is None or (isinstance(raw, (str, bytes)) and not raw.strip()):
-        raise ServiceError("invalid_request", f"The {field_name} is missing.",
+        raise InvalidRequest(f"The {field_name} is missing.",
                        [{"field": field_name, "file": filename, "message": "required"}])
     data = raw.encode() if isinstance(raw, str) else raw
     if len(data) > limit:
-        raise ServiceError("payload_too_large", f"The {field_name} is larger than {limit // 1024} KiB.",
+        raise PayloadTooLarge(f"The {field_name} is larger than {limit // 1024} KiB.",
                        [{"field": field_name, "file": filename, "message": "too large"}])
     if b"\x00" in data:
-        raise ServiceError("invalid_network" if field_name == "network" else "invalid_request",
+        raise (InvalidNetwork if field_name == "network" else InvalidRequest)(
                        f"The {field_name} contains NUL bytes; it must be text.",
                        [{"field": field_name, "file": filename, "message": "NUL byte"}])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ServiceError("invalid_network" if field_name == "network" else "invalid_request",
+        raise (InvalidNetwork if field_name == "network" else InvalidRequest)(
                        f"The {field_name} is not UTF-8 text.",
                        [{"field": field_name, "file": filename, "line": data[:exc.start].count(b"\n") + 1,
                          "message": str(exc)}]) from None
@@ -178,7 +178,7 @@ def _save_layer(upload: Upload, input_dir: Path, limit: int) -> dict | None:
     try:
         Workspace.save_stream(dest, upload.layer_stream, limit)
     except ValueError:
-        raise ServiceError("payload_too_large", f"The Python layer file is larger than {limit // 1024} KiB.",
+        raise PayloadTooLarge(f"The Python layer file is larger than {limit // 1024} KiB.",
                        [{"field": "python_layer", "file": LAYER_FILE, "message": "too large"}]) from None
     data = untrusted.read_all(dest, limit)
     detail = {"field": "python_layer", "file": LAYER_FILE, "layer": None, "stage": "upload"}
@@ -186,12 +186,12 @@ def _save_layer(upload: Upload, input_dir: Path, limit: int) -> dict | None:
         dest.unlink()
         return None
     if b"\x00" in data:
-        raise ServiceError("invalid_python_layer", "The Python layer file contains NUL bytes.",
+        raise InvalidPythonLayer("The Python layer file contains NUL bytes.",
                        [{**detail, "line": data[:data.index(b"\x00")].count(b"\n") + 1, "message": "NUL byte"}])
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ServiceError("invalid_python_layer", "The Python layer file is not UTF-8 text.",
+        raise InvalidPythonLayer("The Python layer file is not UTF-8 text.",
                        [{**detail, "line": data[:exc.start].count(b"\n") + 1, "message": str(exc)}]) from None
     return {"module": network.LAYER_MODULE,
             "original_filename": Workspace.display_name(upload.layer_filename, LAYER_FILE),
@@ -211,13 +211,13 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, n
         network.check_sizes(net)
     except network.NetworkError as exc:
         _excerpts(exc.details, net_name, text)
-        raise ServiceError("invalid_network", exc.message, exc.details) from None
+        raise InvalidNetwork(exc.message, exc.details) from None
     if upload.layer_files:   # several files or a zip: the main one is chosen by the net's classes
         python_layer = layer_files.save(upload.layer_files, upload.fields.get(layer_files.MAIN_FIELD),
                                         input_dir, net, cfg)
     if network.python_layers(net.net) and python_layer is None:
         layer = network.python_layers(net.net)[0].name
-        raise ServiceError("invalid_python_layer", "The network has Python layers but no Python layer file "
+        raise InvalidPythonLayer("The network has Python layers but no Python layer file "
                        "was uploaded.", [net.detail("upload digits_python_layers.py", layer, field_name="python_layer")])
     if python_layer is not None:
         python_layer["classes"] = list(dict.fromkeys(lay.python_param.layer for lay in network.python_layers(net.net)))
@@ -229,7 +229,7 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, n
         if ds is None:
             raise unknown_dataset(ds_id)
     if ds is not None and params.get("crop_size") and params["crop_size"] > min(ds.image_shape[1:]):
-        raise ServiceError("invalid_request", f"crop_size {params['crop_size']} is larger than the dataset's "
+        raise InvalidRequest(f"crop_size {params['crop_size']} is larger than the dataset's "
                            f"images ({ds.image_shape[2]}x{ds.image_shape[1]}).",
                            [{"field": "crop_size", "message": f"at most {min(ds.image_shape[1:])}"}])
     try:
@@ -238,7 +238,7 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, n
         network.check_paths(net, [input_dir] + ([ds.path] if ds else []))
     except network.NetworkError as exc:
         _excerpts(exc.details, net_name, text)
-        raise ServiceError("invalid_network", exc.message, exc.details) from None
+        raise InvalidNetwork(exc.message, exc.details) from None
     base = solver.parse_solver(_text(upload.solver_text, "solver", "solver.prototxt", 256 * 1024)) \
         if upload.solver_text else None
     out_dir = input_dir.parent / "output"
@@ -248,7 +248,7 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, n
                             train_count=ds.train_count if ds else None, val_count=ds.val_count if ds else None,
                             train_batch=filled["train_batch"], val_batch=filled["val_batch"], base=base)
     except solver.SolverError as exc:
-        raise ServiceError("invalid_request", exc.message, [{"field": exc.field, "message": exc.message}]) from None
+        raise InvalidRequest(exc.message, [{"field": exc.field, "message": exc.message}]) from None
     deploy = network.deploy_net(net, ds, filled["data_top"])
     Workspace.write_atomic(input_dir / NETWORK_FILE, text)
     Workspace.write_atomic(input_dir / TRAIN_VAL_FILE, network.to_text(net.net))

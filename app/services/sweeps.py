@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import replace
 
-from app.core.errors import ServiceError
+from app.core.errors import InvalidRequest
 from app.services import admission, intake, waiting
 from app.services.context import Context
 from app.services.submission import Upload
@@ -40,7 +40,7 @@ def combinations(fields: dict[str, str]) -> list[dict[str, str]]:
         return [{}]
     combos = [dict(zip(swept, vals)) for vals in itertools.product(*(lists[n] for n in swept))]
     if len(combos) > MAX_JOBS:
-        raise ServiceError("invalid_request", f"A sweep makes at most {MAX_JOBS} jobs (this one: {len(combos)}).",
+        raise InvalidRequest(f"A sweep makes at most {MAX_JOBS} jobs (this one: {len(combos)}).",
                            [{"field": swept[0], "message": f"at most {MAX_JOBS} combinations"}])
     return combos
 

@@ -23,7 +23,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
-from app.core.errors import ServiceError
+from app.core.errors import Conflict, NotFound
 from app.services.context import Context
 from app.store import now_iso
 
@@ -93,7 +93,7 @@ def create(c: Context, name: str, password: str | None, admin: bool) -> tuple[st
 def _existing(c: Context, name: str) -> dict:
     row = c.store.get_user(name)
     if row is None:
-        raise ServiceError("not_found", f"No user {name!r}.")
+        raise NotFound(f"No user {name!r}.")
     return row
 
 
@@ -108,7 +108,7 @@ def check_password(c: Context, name: str, password: str) -> dict | None:
 def set_password(c: Context, name: str, password: str) -> None:
     """Change a user's password; ends all their sessions (API tokens stay)."""
     if not c.store.set_password(name, hash_password(password)):
-        raise ServiceError("not_found", f"No user {name!r}.")
+        raise NotFound(f"No user {name!r}.")
     forget_cached()
 
 
@@ -117,7 +117,7 @@ def set_active(c: Context, name: str, active: bool) -> None:
     every route (tokens, HTTP Basic, sessions, which end); their jobs,
     datasets and tokens are kept for a later activation."""
     if not c.store.set_user_active(name, active):
-        raise ServiceError("not_found", f"No user {name!r}.")
+        raise NotFound(f"No user {name!r}.")
     forget_cached()
 
 
@@ -129,7 +129,7 @@ def delete(c: Context, name: str) -> None:
     _existing(c, name)
     owns_models = any(m.get("owner") == name for m in pretrained.list_for(c, {"name": name, "admin": False}))
     if owns_models or not c.store.delete_user_without_records(name):
-        raise ServiceError("conflict", f"User {name!r} owns jobs, datasets or pretrained models: "
+        raise Conflict(f"User {name!r} owns jobs, datasets or pretrained models: "
                                        "deactivate them instead (their work is kept).")
     forget_cached()
 
@@ -138,7 +138,7 @@ def end_sessions(c: Context, name: str) -> None:
     """End every browser session of ``name`` (logout does this: one logout
     ends the sessions on all devices, and a copied cookie dies with them)."""
     if not c.store.bump_session_generation(name):
-        raise ServiceError("not_found", f"No user {name!r}.")
+        raise NotFound(f"No user {name!r}.")
 
 
 def session_id(name: str, generation: int) -> str:
@@ -231,7 +231,7 @@ def revoke_token(c: Context, name: str, prefix: str | None) -> int:
         prefix = prefix.removeprefix(TOKEN_START)   # the token's start as shown, or as pasted
         match = [t["token_hash"] for t in c.store.list_tokens(name) if _token_name(t) == prefix]
         if not match:
-            raise ServiceError("not_found", f"User {name!r} has no token {prefix!r}.")
+            raise NotFound(f"User {name!r} has no token {prefix!r}.")
         gone = c.store.delete_tokens(name, match)
     forget_cached()
     return gone

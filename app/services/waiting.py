@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from app.core import untrusted
-from app.core.errors import ServiceError
+from app.core.errors import PayloadTooLarge, ServiceError
 from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import REPORT_FILE, VALIDATION_DIR, Workspace
 from app.services import intake
@@ -44,7 +44,7 @@ def _save(stream, dest: Path, limit: int, what: str) -> None:
     try:
         Workspace.save_stream(dest, stream, limit)
     except ValueError:
-        raise ServiceError("payload_too_large", f"The {what} is larger than {limit >> 10} KiB.") from None
+        raise PayloadTooLarge(f"The {what} is larger than {limit >> 10} KiB.") from None
 
 
 def hold(c: Context, upload: Upload, user: dict, ds: dict) -> dict:

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from app.core.errors import InvalidPythonLayer, ServerFault, Unavailable
 from app.core import infer_wire
 from app.services import inference, layer_env
 from app.services.context import Context
@@ -239,9 +240,9 @@ def _attempt(job: dict, model: Path, wp: WarmProcess, header: dict, blobs: list[
 
 def _unanswered(ctx: Context, job: dict, failures: list, seconds: float):
     from app.core import tracebacks
-    from app.core.errors import ServiceError
+
     if not failures:
-        return ServiceError("unavailable", "Inference is busy with other models; try again shortly.")
+        return Unavailable("Inference is busy with other models; try again shortly.")
     exc, tail, code, oom = failures[-1]
     what = {"timeout": f"did not answer within {seconds:.0f} s",
             "garbage": "answered with something that is not a reply"}.get(
@@ -249,9 +250,9 @@ def _unanswered(ctx: Context, job: dict, failures: list, seconds: float):
     message = f"Inference {what} on {len(failures)} fresh process{'es' if len(failures) > 1 else ''}."
     tail = tracebacks.scrub(tail, ctx.ws.input_dir(job["id"]), {str(ctx.ws.root): "<jobs>"})
     if job.get("python_layer"):    # its layers ran: the upload's doing
-        return ServiceError("invalid_python_layer", message, [
+        return InvalidPythonLayer(message, [
             {"field": "python_layer", "file": "digits_python_layers.py", "message": message, "log_tail": tail}])
-    return ServiceError("internal_error", message, [{"log_tail": tail}])
+    return ServerFault(message, [{"log_tail": tail}])
 
 
 def retire_job(ctx: Context, job_id: str) -> int:

@@ -186,7 +186,7 @@ def spec() -> dict:
                                  "added": {"type": "array", "items": {"type": "string"}}}},
                 "Dataset": {"type": "object", "properties": {k: {} for k in (
                     "id", "name", "status", "num_classes", "labels", "train_count", "val_count",
-                    "image_shape", "error", "type", "palette", "class_share")}},
+                    "image_shape", "error", "type", "palette", "class_share", "progress", "progress_images")}},
             }},
         "security": [{"bearer": []}],
         # DIGITS 6's routes (docs/DIGITS.md): listed, not described

@@ -9,7 +9,7 @@ from flask import (Blueprint, Response, abort, current_app, flash, g, jsonify, r
 from wtforms import SelectChoice
 
 from app.caffe.network import standard_network_text, standard_networks
-from app.core.errors import ServiceError
+from app.core.errors import Conflict, NotFound, ServiceError
 from app.core.status import DatasetStatus
 from app.services import datasets as dataset_service
 from app.services import job_files, job_listing, jobs, sweeps
@@ -214,7 +214,7 @@ def new_job():
                         return redirect(url_for("web.index", ids=",".join(j["id"] for j in created)), code=303)
                     return redirect(url_for("web.job_page", job_id=created[0]["id"]), code=303)
         except ServiceError as err:
-            if not err.user_fault and err.code != "conflict":
+            if not err.user_fault and not isinstance(err, Conflict):
                 raise
             error = as_api_error(err)
     elif request.method == "POST":
@@ -320,12 +320,12 @@ def job_page(job_id: str):
     try:
         job = jobs.get(ctx(), job_id, current_user())
     except ServiceError as err:
-        if err.code != "not_found":
+        if not isinstance(err, NotFound):
             raise
         try:
             dataset = _dataset(job_id)
         except ServiceError as not_dataset:
-            if not_dataset.code != "not_found":
+            if not isinstance(not_dataset, NotFound):
                 raise
             raise err from None   # neither: "No such job."
         return redirect(url_for("web.dataset_page", dataset_id=dataset["id"]), code=302)
@@ -380,7 +380,7 @@ def new_dataset():
                                         else None, fields, current_user()["name"])
             return redirect(url_for("web.dataset_page", dataset_id=ds["id"]), code=303)
         except ServiceError as err:
-            if not err.user_fault and err.code != "conflict":
+            if not err.user_fault and not isinstance(err, Conflict):
                 raise
             error = as_api_error(err)
     from app.services import data_roots

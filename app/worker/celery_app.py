@@ -132,7 +132,7 @@ def infer_task(body: dict) -> str:
     except LookupError:
         record.update(error="the job was deleted", gone=True)
     except Exception as exc:     # the service's fault; the details stay in this node's log
-        print(f"inference request {token}: {exc!r}", file=sys.stderr, flush=True)
+        log.error("inference request %s: %r", token, exc)
         record["error"] = type(exc).__name__
     finally:
         offload.reply(ctx, token, record)

@@ -22,6 +22,7 @@ that was only slow is fenced (runner: "superseded") rather than duplicated.
 """
 from __future__ import annotations
 
+import logging
 import json
 import os
 import threading
@@ -34,6 +35,8 @@ from app.core.workspace import METRICS_FILE, Workspace
 from app.services import queue
 from app.services.context import Context
 from app.store import now_iso
+
+log = logging.getLogger(__name__)
 
 REDISPATCH_EVERY_S = 2.0   # how often lost queue messages are looked for
 # Automatic restarts from the beginning of a job lost before its first
@@ -213,9 +216,9 @@ class Heartbeat(threading.Thread):
                     last_dispatch = time.monotonic()
                     queue.redispatch(self.ctx)
             except Exception as exc:   # a store or broker outage: beat again next time
-                print(f"heartbeat: {exc!r}", flush=True)
+                log.warning("heartbeat failed (%r); beating again in %s s", exc, every)
             self.stop.wait(every)
         try:
             self.ctx.store.delete_worker(self.node)
-        except Exception:
-            pass
+        except Exception as exc:   # its row goes stale and is shown as lost
+            log.warning("could not remove worker %s from the store: %r", self.node, exc)

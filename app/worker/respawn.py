@@ -7,11 +7,13 @@ why (``supervisor.recover_dead_worker``) and starts a new one.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
-import sys
 import time
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 # Restart delays: doubling from FIRST to MAX while the worker keeps dying
 # young, so a worker that cannot start (a broken database, say) is retried
@@ -61,7 +63,7 @@ class Respawner:
             self.proc = subprocess.Popen(self.argv, **self.popen_args)
         except OSError as exc:
             # Not starting is one more death: retried with the same backoff.
-            print(f"could not start {self.argv[:4]}: {exc}", file=sys.stderr, flush=True)
+            log.error("could not start %s: %s", self.argv[:4], exc)
             self.proc = None
             self._schedule(lived=0.0)
 

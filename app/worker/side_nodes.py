@@ -14,6 +14,7 @@ it, even when it is SIGKILLed (no orphans).
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ROLES = ("infer", "datasets")
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,8 +83,7 @@ class SideNode(threading.Thread):
     def run(self) -> None:
         while not self.stopping.wait(0.5):
             if self.proc.poll() is not None and time.monotonic() - self.started >= self.RESTART_EVERY_S:
-                print(f"{self.role} node of {self.worker} exited ({self.proc.returncode}); starting it again",
-                      file=sys.stderr, flush=True)
+                log.warning("%s node of %s exited (%s); starting it again", self.role, self.worker, self.proc.returncode)
                 self.proc = spawn(self.worker, self.role, self.loglevel)
                 self.started = time.monotonic()
 

@@ -10,6 +10,10 @@
       if (d.status === "done" || d.status === "error") { window.location.reload(); return; }
       document.getElementById("progress").value = d.progress;
       document.getElementById("progress-text").textContent = Math.round(d.progress * 100) + "%";
+      if (d.progress_images) {
+        document.getElementById("progress-images").textContent =
+          d.progress_images.done + " / " + d.progress_images.total + " images";
+      }
       document.getElementById("status").textContent = d.status;
       setTimeout(poll, 1000);
     });

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, jsonify, render_template, request
 
-from app.core.errors import ServiceError
+from app.core.errors import NotFound, ServiceError
 from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import DEPLOY_FILE, SOLVER_FILE, TRAIN_VAL_FILE
 from app.services import datasets as dataset_service
@@ -94,14 +94,14 @@ def find(record_id: str) -> tuple[str, dict]:
     try:
         return "model", jobs.get(ctx(), record_id, current_user())
     except ServiceError as err:
-        if err.code != "not_found":
+        if not isinstance(err, NotFound):
             raise
     try:
         return "dataset", dataset_service.get(ctx(), record_id, current_user())
     except ServiceError as err:
-        if err.code != "not_found":
+        if not isinstance(err, NotFound):
             raise
-        raise ServiceError("not_found", "No such job or dataset.") from None
+        raise NotFound("No such job or dataset.") from None
 
 
 def arg(name: str, default: str | None = None) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flask import Response, jsonify, redirect, render_template, request
 
-from app.core.errors import ServiceError
+from app.core.errors import Conflict, InvalidRequest, PayloadTooLarge, ServiceError
 from app.services import data_roots
 from app.services import datasets as dataset_service
 from app.web.auth import current_user
@@ -87,7 +87,7 @@ def create_dataset_form():
     try:
         ds = _create()
     except ServiceError as err:
-        if err.code not in ("invalid_request", "payload_too_large"):
+        if not isinstance(err, (InvalidRequest, PayloadTooLarge)):
             raise
         return alert_page(err, 400)
     return redirect(f"/datasets/{ds['id']}", code=302)
@@ -118,7 +118,7 @@ def abort_dataset(dataset_id: str):
     try:
         dataset_service.abort(ctx(), ds)
     except ServiceError as err:
-        if err.code != "conflict":
+        if not isinstance(err, Conflict):
             raise
         raise refuse("job_id", err.message, 403) from None
     return jsonify(dataset_json(dataset_service.get(ctx(), dataset_id, current_user())))
@@ -136,7 +136,7 @@ def delete_record(ds: dict) -> Response:
     try:
         dataset_service.delete_aborting(ctx(), ds, current_user())
     except ServiceError as err:
-        if err.code != "conflict":
+        if not isinstance(err, Conflict):
             raise
         raise refuse("dataset", err.message, 403) from None
     return Response("Job deleted.", mimetype="text/plain")

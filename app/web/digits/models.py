@@ -8,7 +8,7 @@ import io
 from flask import Response, jsonify, redirect, render_template, request, send_file
 
 from app.caffe.network import standard_network_text, standard_networks
-from app.core.errors import ServiceError
+from app.core.errors import Conflict, InvalidNetwork, InvalidPythonLayer, InvalidRequest, NotFound, ServiceError
 from app.core.workspace import LAYER_FILE, NETWORK_FILE
 from app.services import data_roots, job_files, jobs
 from app.services.submission import Upload
@@ -132,7 +132,7 @@ def create_model_json():
     try:
         made = _create()
     except ServiceError as err:
-        if err.code not in ("invalid_request", "invalid_network", "invalid_python_layer"):
+        if not isinstance(err, (InvalidRequest, InvalidNetwork, InvalidPythonLayer)):
             raise
         resp = jsonify({"errors": err.details or [{"message": err.message}], "error": err.code,
                         "message": err.message})
@@ -148,9 +148,9 @@ def create_model_form():
     try:
         made = _create()
     except ServiceError as err:
-        if err.code not in ("invalid_request", "invalid_network", "invalid_python_layer", "not_found"):
+        if not isinstance(err, (InvalidRequest, InvalidNetwork, InvalidPythonLayer, NotFound)):
             raise
-        return alert_page(err, 404 if err.code == "not_found" else 400)
+        return alert_page(err, 404 if isinstance(err, NotFound) else 400)
     return redirect(f"/models/{made[0]['id']}" if len(made) == 1 else "/", code=302)
 
 
@@ -193,7 +193,7 @@ def abort_model(job_id: str):
     try:
         jobs.abort(ctx(), job)
     except ServiceError as err:
-        if err.code != "conflict":
+        if not isinstance(err, Conflict):
             raise
         raise refuse("job_id", err.message, 403) from None
     return jsonify(model_json(jobs.get(ctx(), job_id, current_user())))
