@@ -34,7 +34,8 @@ def _mixed_zip(per_class: int = PER_CLASS, classes: int = 3) -> tuple[bytes, int
             for k in range(per_class):
                 w, h = (int(v) for v in rng.integers(8, 40, 2))
                 # blocks, not noise: the zip stays under the 500 KB werkzeug.test spools to a file
-                im = Image.fromarray(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8), "RGB").resize((w, h), Image.NEAREST)
+                block = rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)
+                im = Image.fromarray(block, "RGB").resize((w, h), Image.NEAREST)
                 im = [im, im.convert("L"), im.convert("P"), im][k % 4]
                 out = io.BytesIO()
                 im.save(out, "JPEG" if k % 16 == 3 else "PNG")

@@ -39,6 +39,7 @@ SKIPPED = {NOT_READABLE: "not readable", NOT_AN_IMAGE: "not an image", TOO_MANY_
 WORKERS_VAR = "LAYERBENCH_DATASET_WORKERS"    # 1: serial; unset or 0: one per core
 MIN_PER_WORKER = 200    # automatic count: a smaller share gains less than a fork costs
 MAX_WORKERS = 64
+CHUNK_BYTES = 16 << 20  # decoded pixels per chunk, at most (large images: fewer per chunk)
 UNCAPPED = 1 << 62      # read limit of a server folder's files (capped per file by their reader)
 DIED = ("a process decoding the images died (out of memory, or an image that crashes the decoder); "
         "the dataset was not built")
@@ -79,19 +80,19 @@ def decode(reads: list[Callable[[int], bytes]], shape: tuple[int, int, int], res
     Image.preinit()     # the usual formats' plugins, loaded before the fork, not once per worker
     n, (c, h, w) = len(reads), shape
     workers = worker_count(n) if workers is None else workers
-    size = max(16, min(512, -(-n // (workers * 8)))) if n else 1
+    # Some 8 chunks per worker (one slowed by a large image is caught up
+    # by the others), each at most CHUNK_BYTES of pixels on their way back.
+    size = max(1, min(max(16, min(512, -(-n // (workers * 8)))), CHUNK_BYTES // (c * h * w)))
     bounds = [(lo, min(n, lo + size)) for lo in range(0, n, size)]
-    _job.update(pil=(Image, resize), reads=reads, shape=shape, mode="L" if c == 1 else "RGB", resize_mode=resize_mode, seed=seed,
-                max_bytes=max_bytes)
-    out = np.empty((n, c, h, w), np.uint8)
+    _job.update(pil=(Image, resize), reads=reads, shape=shape, mode="L" if c == 1 else "RGB",
+                resize_mode=resize_mode, seed=seed, max_bytes=max_bytes)
+    # Chunk by chunk, not one array for every entry: most of an upload may
+    # be files that are no images.
+    parts: list[np.ndarray] = [np.empty((0, c, h, w), np.uint8)]
     codes = bytearray()
-    filled = 0
 
     def take(k: int, got: bytes, pixels: bytes) -> None:
-        nonlocal filled
-        m = got.count(OK)
-        out[filled:filled + m] = np.frombuffer(pixels, np.uint8).reshape(m, c, h, w)
-        filled += m
+        parts.append(np.frombuffer(pixels, np.uint8).reshape(got.count(OK), c, h, w))
         codes.extend(got)
         progress(bounds[k][1])
 
@@ -99,7 +100,7 @@ def decode(reads: list[Callable[[int], bytes]], shape: tuple[int, int, int], res
         _run(bounds, workers, take, max_bytes)
     finally:
         _job.clear()
-    return out[:filled], bytes(codes)
+    return np.concatenate(parts), bytes(codes)
 
 
 def _run(bounds: list[tuple[int, int]], workers: int, take: Callable, max_bytes: int | None) -> None:
@@ -119,7 +120,8 @@ def _run(bounds: list[tuple[int, int]], workers: int, take: Callable, max_bytes:
     procs = _start(workers) if workers > 1 and len(bounds) > 1 else []
     # build.log: how it ran (a fork the limits refused shows here)
     print(f"decoding {bounds[-1][1] if bounds else 0} files "
-          + (f"in {len(procs)} worker processes" if procs else "in one process"), file=sys.stderr, flush=True)
+          + (f"in {len(procs)} worker process{'es' if len(procs) > 1 else ''}" if procs else "in one process"),
+          file=sys.stderr, flush=True)
     if not procs:
         for k, (lo, hi) in enumerate(bounds):
             got, pixels, read = _chunk(lo, hi, left())

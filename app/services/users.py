@@ -285,3 +285,8 @@ def forget_cached() -> None:
     """Drop this process's cached token and password answers (after any revocation)."""
     with _cache_lock:
         _cache.clear()
+
+
+def any_users(c: Context) -> bool:
+    """Whether any account exists yet (the first start creates `admin`)."""
+    return c.store.count_users() > 0

@@ -1,12 +1,8 @@
 """REST blueprint, /api/v1 (API.md). Thin: parse, call a service, return."""
 from __future__ import annotations
 
-import time
-
 from flask import Blueprint, Response, current_app, jsonify, request, send_file, stream_with_context
 
-from app.core.workspace import METRICS_FILE
-from app.core.status import JobStatus
 from app.services import datasets as dataset_service
 from app.services import job_files, job_listing, jobs, sweeps
 from app.services import layer_env, layer_files
@@ -153,36 +149,12 @@ def job_events(job_id: str):
     """Server-Sent Events: status, metrics, log; ends when the job ends.
     Strict JSON like every answer: a NaN or infinite metric is null."""
     _job(job_id)   # 404 unless visible to this user
+    from app.services.live_events import follow
     c = ctx()
-    store, ws = c.store, c.ws
 
     def stream():
-        # Run-fenced, and restarted/resumed records kept in order: the page
-        # applies them as job_files.metrics does (app.services.live_metrics).
-        from app.services.live_metrics import MetricsFeed
-        tail = MetricsFeed(ws.output_dir(job_id) / METRICS_FILE)
-        log_offset, last = 0, None
-        deadline = time.monotonic() + 6 * 3600
-        while time.monotonic() < deadline:
-            cur = store.get_job(job_id)
-            if cur is None:
-                yield "event: status\ndata: {\"status\": \"deleted\"}\n\n"
-                return
-            body = jobs.to_json(cur)
-            key = (body["status"], body["iteration"], body["progress"])
-            if key != last:
-                last = key
-                yield f"event: status\ndata: {jsonsafe.dumps(body)}\n\n"
-            recs = tail.records()
-            if recs:
-                yield f"event: metrics\ndata: {jsonsafe.dumps(recs)}\n\n"
-            chunk, log_offset, size = job_files.log(c, cur, log_offset, 64 * 1024)
-            if chunk:
-                yield f"event: log\ndata: {jsonsafe.dumps(chunk.decode('utf-8', 'replace'))}\n\n"
-            if JobStatus(cur["status"]).ended and not recs and log_offset >= size:
-                yield "event: end\ndata: {}\n\n"
-                return
-            time.sleep(0.5)
+        for event, data in follow(c, job_id):
+            yield f"event: {event}\ndata: {jsonsafe.dumps(data)}\n\n"
 
     resp = Response(stream_with_context(stream()), mimetype="text/event-stream")
     resp.headers["X-Accel-Buffering"] = "no"

@@ -253,7 +253,7 @@ def ensure_initial_admin(app: Flask) -> None:
     and token once, and keep them in <instance>/initial-credentials.txt (0600)."""
     with app.app_context():
         c = ctx()
-        if c.store.count_users():
+        if users.any_users(c):
             return
         created = users.create(c, "admin", None, True)
         if created is None:        # another worker process won the race

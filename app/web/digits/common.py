@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, jsonify, render_template, request
 
-from app.core.errors import NotFound, ServiceError
+from app.core.errors import InvalidRequest, NotFound, ServiceError
 from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import DEPLOY_FILE, SOLVER_FILE, TRAIN_VAL_FILE
 from app.services import datasets as dataset_service
@@ -114,7 +114,9 @@ def arg(name: str, default: str | None = None) -> str | None:
 
 def refuse(field: str, message: str, status: int = 400) -> ApiError:
     """The error for a DIGITS field this server does not take."""
-    return ApiError(status, "invalid_request", message, [{"field": field, "message": message}])
+    details = [{"field": field, "message": message}]
+    # A plain refusal is the typed InvalidRequest every caller tests for.
+    return InvalidRequest(message, details) if status == 400 else ApiError(status, "invalid_request", message, details)
 
 
 def alert_page(err: ServiceError, status: int) -> tuple[str, int]:
