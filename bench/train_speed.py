@@ -34,17 +34,67 @@ print(json.dumps({"iterations": sp.max_iter - 1, "seconds": time.perf_counter() 
 """
 
 
-def run(rounds: int = 3, iters: int = 300) -> dict:
-    """Return iterations/second of job and baseline, and their ratio."""
+class _OldTail:
+    """The near-copy of app.core.jsonl the runner kept until this bench
+    compared the two (issue 24): the same reading, its own code. Swapped in
+    for alternate rounds; the runner itself keeps only RunTail."""
+
+    def __init__(self, path: Path, run: int | None = None) -> None:
+        self.path, self.offset, self.buf, self.run = path, 0, b"", run
+
+    def records(self) -> list[dict]:
+        from app.core.workspace import Workspace
+        if self.offset >= 64 << 20:
+            return []
+        try:
+            chunk = Workspace.read_capped(self.path, 1 << 20, self.offset)
+        except OSError:
+            return []
+        self.offset += len(chunk)
+        self.buf += chunk
+        *complete, self.buf = self.buf.split(b"\n")
+        out = []
+        for raw in complete:
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                run = rec.pop("run", None)
+                if self.run is None or run is None or run == self.run:
+                    out.append(rec)
+        return out
+
+
+def _spread(values: list[float]) -> dict:
+    """Median and interquartile range."""
+    v = sorted(values)
+    q = lambda f: v[min(len(v) - 1, max(0, round(f * (len(v) - 1))))]  # noqa: E731
+    return {"median": round(median(v), 4), "q1": round(q(0.25), 4), "q3": round(q(0.75), 4),
+            "iqr": round(q(0.75) - q(0.25), 4)}
+
+
+def run(rounds: int = 40, iters: int = 300, compare_readers: bool = True) -> dict:
+    """Iterations/second of the job and of bare pycaffe, alternated round by
+    round (40 rounds: 20 per reader), and the per-round ratio's median and spread. With
+    ``compare_readers`` every other round's job uses the old metrics reader
+    (_OldTail) instead of the runner's RunTail: both ratios are reported."""
+    import os
+    from app.worker import runner
     from app.worker.supervisor import LocalSupervisor
+    rounds = int(os.environ.get("BENCH_ROUNDS", rounds))
     root = temp_root()
+    current = runner.RunTail
     try:
         app = make_app(root)
         client = common_client(app)
         sup = LocalSupervisor(app.extensions["ctx"], 1)
         threading.Thread(target=sup.serve_forever, daemon=True).start()
+        ratios: dict[str, list[float]] = {"RunTail": [], "_OldTail": []}
         job_ips, base_ips = [], []
-        for _ in range(rounds):
+        for i in range(rounds):
+            reader = _OldTail if compare_readers and i % 2 else current
+            runner.RunTail = reader
             job = client.post("/api/v1/jobs", data=upload(max_iter=iters, val_interval=1000,
                                                           snapshot_interval=1000),
                               content_type="multipart/form-data").get_json()
@@ -57,10 +107,14 @@ def run(rounds: int = 3, iters: int = 300) -> dict:
                                  capture_output=True, text=True, cwd=ROOT, check=True)
             b = json.loads(out.stdout.strip().splitlines()[-1])
             base_ips.append(b["iterations"] / b["seconds"])
+            ratios[reader.__name__ if reader is _OldTail else "RunTail"].append(job_ips[-1] / base_ips[-1])
         sup.stopping.set()
+        mine = ratios["RunTail"]
         return {"job_ips": round(median(job_ips), 2), "bare_pycaffe_ips": round(median(base_ips), 2),
-                "ratio": round(median(job_ips) / median(base_ips), 4),
+                "ratio": round(median(mine), 4), "ratio_spread": _spread(mine),
+                "old_reader_ratio_spread": _spread(ratios["_OldTail"]) if ratios["_OldTail"] else None,
                 "rounds": rounds, "iterations": iters,
-                "all_job_ips": [round(x, 2) for x in job_ips], "all_bare_ips": [round(x, 2) for x in base_ips]}
+                "all_ratios": {k: [round(x, 3) for x in v] for k, v in ratios.items()}}
     finally:
+        runner.RunTail = current
         cleanup(root)

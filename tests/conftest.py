@@ -118,3 +118,18 @@ def rgb_dataset(app):
     info = write_dataset(dest, images, labels, ["a", "b", "c"], 25, "rgb 256")
     app.extensions["store"].upsert_dataset("rgb256", name="rgb 256", owner=None, status="done", info=info)
     return "rgb256"
+
+
+# The longest modules first (measured: `--durations` of a whole run). Pytest
+# workers take whole modules (make test: --dist loadfile); a long one started
+# last would leave one worker running alone at the end.
+SLOW_FIRST = ("test_celery", "test_newcomer", "test_newcomer_user", "test_isolation", "test_auto_resume",
+              "test_fencing", "test_worker_supervision", "test_fuzz_api", "test_warm_inference", "test_hostile",
+              "test_finetune", "test_identity", "test_hostile_files", "test_browser", "test_digits_networks",
+              "test_digits_compat", "test_digits_views", "test_datasets", "test_api", "test_recovery")
+
+
+def pytest_collection_modifyitems(items):
+    """Order the collected tests longest module first (stable within a module)."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))

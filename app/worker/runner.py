@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from app.core.jsonl import JsonlTail
 from app.core import tracebacks
 from app.core.joblog import CappedLog
 from app.core.status import JobStatus
@@ -31,7 +32,6 @@ from app.store import now_iso
 from app.worker import quota
 from app.worker.outcome import classify
 
-MAX_METRICS_BYTES = 64 << 20
 SUPERSEDED = "superseded"   # run_job's answer when another run took the job over
 HEARTBEAT_STALE_SECONDS = 30.0
 WATCH_SECONDS = 0.5
@@ -52,38 +52,20 @@ def _claim(ctx: Context, job_id: str, worker: str | None = None) -> int | None:
                                error=None, heartbeat_at=time.time())
 
 
-class _Tail:
-    """Incremental reader of the runner's metrics.jsonl (no links, capped);
-    with ``run``, records another run generation wrote are skipped."""
-    # Not app.core.jsonl.JsonlTail, though it reads the same way: with that
-    # shared reader in this loop, `python -m bench train_speed` measured
-    # 0.90-1.02 of bare pycaffe in six runs against 1.06-1.23 in five with
-    # this one, alternated on the same machine; the cause is not found yet.
+class RunTail(JsonlTail):
+    """The runner's metrics.jsonl followed incrementally (app.core.jsonl);
+    with ``run``, records another run generation wrote are skipped. (A
+    near-copy of JsonlTail lived here on 5 noisy benchmark runs; 20
+    interleaved rounds of `python -m bench train_speed` settled it: see the
+    bench's reader comparison.)"""
 
     def __init__(self, path: Path, run: int | None = None) -> None:
-        self.path, self.offset, self.buf, self.run = path, 0, b"", run
+        super().__init__(path)
+        self.run = run
 
-    def lines(self) -> list[dict]:
-        if self.offset >= MAX_METRICS_BYTES:
-            return []
-        try:
-            chunk = Workspace.read_capped(self.path, 1 << 20, self.offset)
-        except OSError:
-            return []
-        self.offset += len(chunk)
-        self.buf += chunk
-        *complete, self.buf = self.buf.split(b"\n")
-        out = []
-        for raw in complete:
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                run = rec.pop("run", None)
-                if self.run is None or run is None or run == self.run:
-                    out.append(rec)
-        return out
+    def keep(self, run: int | None) -> bool:
+        """Records of this run generation (and untagged ones)."""
+        return self.run is None or run is None or run == self.run
 
 
 def _fold(job: dict, records: list[dict]) -> dict:
@@ -204,7 +186,7 @@ def _spec(ctx: Context, job: dict, device: str, gpu_index: int | None, inp: Path
 def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: sandbox.Limits,
            t0: float, out: Path, control: Path, shutdown: threading.Event | None,
            log: CappedLog, pump: threading.Thread) -> tuple[str, dict | None]:
-    store, tail = ctx.store, _Tail(out / METRICS_FILE, run)
+    store, tail = ctx.store, RunTail(out / METRICS_FILE, run)
     tail.offset = Workspace.file_size(out / METRICS_FILE)  # resume: skip old records
     # The runner writes progress every 0.5 s: watching faster only takes CPU
     # from the training it watches (the queue itself is polled faster).
@@ -217,7 +199,7 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
         if job is None:          # deleted while running: stop it, record nothing
             sandbox.kill(proc)
             return JobStatus.ABORTED.value, None
-        fields = _fold(job, tail.lines())
+        fields = _fold(job, tail.records())
         fields.update(_progress(out / PROGRESS_FILE))
         if not store.update_job(job_id, expect_run=run, heartbeat_at=time.time(), **fields):
             # Another run owns the job now (this worker was presumed dead):
