@@ -84,6 +84,15 @@ def server(sample_datasets):
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian Chromium driven by the system chromedriver."""
+    from helpers import chrome
+    driver = chrome(tmp_path / "chrome")
+    yield driver
+    driver.quit()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server for the session (tests/cluster.py)."""

@@ -324,3 +324,210 @@ def newcomer_trains_the_seed_job(home: Path, uid: int | None, env: dict[str, str
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+# ---- Chromium (the browser tests) ---------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def chrome(user_data_dir: Path, size: str = "1280,1600"):
+    """Headless Debian Chromium driven by the system chromedriver (quit it)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--window-size={size}", f"--user-data-dir={user_data_dir}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    return driver
+
+
+def wait_in_browser(fn, timeout=90.0, every=0.2):
+    """Poll ``fn`` until truthy; a page still navigating counts as "not yet"."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = fn()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting in the browser")
+        time.sleep(every)
+
+
+def sign_in(driver, base_url: str, name: str, password: str) -> None:
+    """Sign ``driver`` in through the login form."""
+    from selenium.webdriver.common.by import By
+    driver.get(base_url + "/login")
+    driver.find_element(By.ID, "username").send_keys(name)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "login").click()
+    wait_in_browser(lambda: "/login" not in driver.current_url, timeout=20, every=0.1)
+
+
+def browser_login(browser, server, instance: Path) -> None:
+    """Sign the initial admin of a served ``instance`` in, from a page that asks for it."""
+    from selenium.webdriver.common.by import By
+    creds = dict(line.split(": ", 1) for line in (instance / "initial-credentials.txt").read_text().splitlines())
+    assert (instance / "initial-credentials.txt").stat().st_mode & 0o777 == 0o600
+    browser.get(server + "/jobs/new")
+    assert "/login" in browser.current_url          # pages need a login
+    browser.find_element(By.ID, "username").send_keys(creds["user"])
+    browser.find_element(By.ID, "password").send_keys(creds["password"])
+    browser.find_element(By.ID, "login").click()
+    # The redirected page itself, not just its URL: a get() issued while it
+    # still loads would race it.
+    wait_in_browser(lambda: browser.current_url.endswith("/jobs/new") and browser.find_elements(By.ID, "job-form")
+          and browser.execute_script("return document.readyState") == "complete")
+
+
+# ---- shared test data: networks, layers, datasets, forms -------------------------
+
+# An in-place Python layer on the train net's input: it sees every training
+# iteration (one forward each) and leaves the data alone.
+PROBE = """layer {
+  name: "probe"
+  type: "Python"
+  bottom: "scaled"
+  top: "scaled"
+  python_param { module: "digits_python_layers" layer: "Probe" }
+  include { stage: "train" }
+}
+"""
+NETWORK = LENET_SEED.replace('layer {\n  name: "conv1"', PROBE + 'layer {\n  name: "conv1"', 1)
+# Training runs get LAYERBENCH_DEVICE, validation does not: the probe acts in
+# training only. `self.n` is the training iteration this process is on.
+PROBE_BASE = """
+import os as _os
+
+
+class Probe(caffe.Layer):
+    TRAINING = "LAYERBENCH_DEVICE" in _os.environ
+
+    def setup(self, bottom, top):
+        self.n = 0
+
+    def reshape(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+    def forward(self, bottom, top):
+        self.n += 1
+        if self.TRAINING:
+            self.act(bottom)
+"""
+# Holds training at iteration HOLD until a file "release" appears beside the
+# layer file (the job's input directory, which the test can write to).
+GATE = SEED_LAYER + PROBE_BASE + """
+    def act(self, bottom):
+        import time
+        release = _os.path.join(_os.path.dirname(__file__), "release")
+        while self.n >= HOLD and not _os.path.exists(release):
+            time.sleep(0.02)
+"""
+
+
+def metric_records(out: Path, kind: str) -> list[dict]:
+    """The records of ``kind`` a run wrote to its metrics.jsonl."""
+    import json
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("type") == kind]
+
+
+def digit_pngs(classes=(0, 1, 2), per_class=60, size=8):
+    """PNGs of scikit-learn's digits, one folder per class: {path: bytes}."""
+    import io
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    out = {}
+    for c in classes:
+        idx = np.flatnonzero(d.target == c)[:per_class]
+        for k, i in enumerate(idx):
+            buf = io.BytesIO()
+            img = Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).resize((size * 3, size * 3))
+            img.save(buf, format="PNG")
+            out[f"digit_{c}/{k:03d}.png"] = buf.getvalue()
+    return out
+
+
+def zip_of(files: dict[str, bytes], wrap: str = "") -> bytes:
+    """A zip of ``files`` (names under ``wrap``)."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(wrap + name, data)
+    return buf.getvalue()
+
+
+def csrf_token_of(client, url: str) -> str:
+    """The CSRF token of the form on page ``url``."""
+    import re
+    html = client.get(url).get_data(as_text=True)
+    return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
+
+
+def new_job_form(token: str, action: str, **extra) -> dict:
+    """The new-job form's fields for the seed job, plus ``extra``."""
+    import io
+    data = {"csrf_token": token, "action": action, "dataset": "sample-digits", "train_epochs": "1",
+            "solver_type": "SGD", "lr_policy": "fixed", "learning_rate": "0.01", "device": "cpu",
+            "network": (io.BytesIO(LENET_SEED.encode()), "lenet.prototxt"),
+            "python_layer": (io.BytesIO(SEED_LAYER.encode()), "accuracy_layer.py")}
+    data.update(extra)
+    return data
+
+
+CAFFE_NETWORK = """
+layer {
+    name: "hidden"
+    type: 'InnerProduct'
+    bottom: "data"
+    top: "output"
+}
+layer {
+    name: "loss"
+    type: "SoftmaxWithLoss"
+    bottom: "output"
+    bottom: "label"
+    top: "loss"
+    exclude { stage: "deploy" }
+}
+layer {
+    name: "accuracy"
+    type: "Accuracy"
+    bottom: "output"
+    bottom: "label"
+    top: "accuracy"
+    include { stage: "val" }
+}
+layer {
+    name: "softmax"
+    type: "Softmax"
+    bottom: "output"
+    top: "softmax"
+    include { stage: "deploy" }
+}
+"""
+
+
+def upload_dataset(client, archive: bytes, filename="digits.zip", **fields):
+    """POST an image archive to /api/v1/datasets (28x28 grey, 25 % val)."""
+    import io
+    data = {"name": "three digits", "image_width": "28", "image_height": "28", "channels": "1",
+            "resize_mode": "squash", "val_percent": "25", **{k: str(v) for k, v in fields.items()}}
+    data["archive"] = (io.BytesIO(archive), filename)
+    return client.post("/api/v1/datasets", data=data, content_type="multipart/form-data")

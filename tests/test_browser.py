@@ -8,60 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from helpers import DATA
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-@pytest.fixture
-def browser(tmp_path):
-    """Headless Debian Chromium driven by the system chromedriver."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1600", f"--user-data-dir={tmp_path / 'chrome'}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-
-
-def _wait(fn, timeout=90.0, every=0.2):
-    """Poll ``fn`` until truthy; a page still navigating counts as "not yet"."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = fn()
-        except (NoSuchElementException, StaleElementReferenceException):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting in the browser")
-        time.sleep(every)
-
-
-def _login(browser, server, instance: Path) -> None:
-    from selenium.webdriver.common.by import By
-    creds = dict(line.split(": ", 1) for line in (instance / "initial-credentials.txt").read_text().splitlines())
-    assert (instance / "initial-credentials.txt").stat().st_mode & 0o777 == 0o600
-    browser.get(server + "/jobs/new")
-    assert "/login" in browser.current_url          # pages need a login
-    browser.find_element(By.ID, "username").send_keys(creds["user"])
-    browser.find_element(By.ID, "password").send_keys(creds["password"])
-    browser.find_element(By.ID, "login").click()
-    # The redirected page itself, not just its URL: a get() issued while it
-    # still loads would race it.
-    _wait(lambda: browser.current_url.endswith("/jobs/new") and browser.find_elements(By.ID, "job-form")
-          and browser.execute_script("return document.readyState") == "complete")
+from helpers import DATA, browser_login as _login, wait_in_browser as _wait
 
 
 def test_new_user_trains_seed_lenet_in_the_browser(server, browser, tmp_path):
@@ -126,7 +73,7 @@ def test_whole_digits_round_in_the_browser(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from test_datasets import _pngs, _zip
+    from helpers import digit_pngs as _pngs, zip_of as _zip
     server, instance = server
     archive = tmp_path / "three_digits.zip"
     archive.write_bytes(_zip(_pngs(per_class=60), wrap="three_digits/"))

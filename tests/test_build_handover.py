@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-from test_datasets import _pngs, _zip
+from helpers import digit_pngs as _pngs, zip_of as _zip
 
 from helpers import post
 from app.core.workspace import RESULT_FILE

@@ -22,7 +22,7 @@ import pytest
 
 from cluster import CeleryWorker, Redis
 from helpers import LENET_SEED, ROOT, SEED_LAYER, api, client_for, free_port, initial_token, make_app, post, wait_for
-from test_recovery import GATE, NETWORK
+from helpers import GATE, NETWORK
 
 from app.core.workspace import Workspace
 from app.services.context import Context
@@ -130,7 +130,7 @@ def test_two_workers_share_eight_jobs_then_a_sigkilled_workers_job_resumes_on_th
     assert len(resp.get_json()["predictions"][0]["top"]) >= 1
     # A side node SIGKILLed mid-build: the build is handed over and done by
     # a side node (the other host's, or this host's, started again).
-    from test_datasets import _pngs, _zip
+    from helpers import digit_pngs as _pngs, zip_of as _zip
     from io import BytesIO
     resp = client.post("/api/v1/datasets", content_type="multipart/form-data", data={
         "name": "killed mid-build", "image_width": "28", "image_height": "28", "channels": "1",
@@ -177,13 +177,13 @@ def test_two_workers_share_eight_jobs_then_a_sigkilled_workers_job_resumes_on_th
     assert f"worker {first} stopped heart-beating" in history[2]["message"]
     assert "resuming from snapshot 4" in history[2]["message"]
     assert _runs(client, job["id"]) == [first, other.name]
-    from test_recovery import _records
+    from helpers import metric_records as _records
     assert _records(inp.parent / "output", "resumed") == [{"type": "resumed", "iteration": 4, "run": 2}]
     assert app.extensions["store"].list_jobs(status="running") == []
     # A Python layer that fails at inference on the worker (the gated net's
     # Probe, put into its deploy net) is still the upload's fault: 400, with
     # the error from the worker's run.
-    from test_recovery import PROBE
+    from helpers import PROBE
     deploy = inp / "deploy.prototxt"
     probe = PROBE.replace('  include { stage: "train" }\n', "")
     deploy.write_text(deploy.read_text().replace('layer {\n  name: "conv1"', probe + 'layer {\n  name: "conv1"', 1))
@@ -367,7 +367,7 @@ def test_readme_hosts_survive_redis_and_web_restarts_and_abort_crosses_hosts(tmp
         assert all(_job(web, token, j["id"])["status"] == "queued" for j in queued)
         # A dataset uploaded now builds at once on a host's side node, though
         # every training slot is taken (it would wait for one otherwise).
-        from test_datasets import _pngs, _zip
+        from helpers import digit_pngs as _pngs, zip_of as _zip
         fields = {k: (None, v.encode()) for k, v in {"name": "busy", "image_width": "28", "image_height": "28",
                                                      "channels": "1", "val_percent": "25"}.items()}
         ds = api(web.url, token, "POST", "/api/v1/datasets",

@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 
 from helpers import LENET_SEED, SEED_LAYER, api, client_for, post
-from test_browser import _login, _wait
-from test_browser import browser as browser_fixture
+from helpers import browser_login as _login, wait_in_browser as _wait
 
-browser = browser_fixture    # the Chromium fixture of test_browser.py, reused here
 
 CHANGED_LAYER = SEED_LAYER.replace("        # Renaming for clarity\n", "        # Renamed for the comparison\n")
 

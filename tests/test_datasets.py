@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-import zipfile
 
 
 import numpy as np
@@ -16,26 +15,7 @@ from app.caffe.network import STANDARD_DIR
 from helpers import client_for, post, wait_for
 
 
-def _pngs(classes=(0, 1, 2), per_class=60, size=8):
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    out = {}
-    for c in classes:
-        idx = np.flatnonzero(d.target == c)[:per_class]
-        for k, i in enumerate(idx):
-            buf = io.BytesIO()
-            img = Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).resize((size * 3, size * 3))
-            img.save(buf, format="PNG")
-            out[f"digit_{c}/{k:03d}.png"] = buf.getvalue()
-    return out
-
-
-def _zip(files: dict[str, bytes], wrap: str = "") -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(wrap + name, data)
-    return buf.getvalue()
+from helpers import digit_pngs as _pngs, zip_of as _zip  # noqa: E402
 
 
 def _tgz(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
@@ -52,11 +32,7 @@ def _tgz(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _upload(client, archive: bytes, filename="digits.zip", **fields):
-    data = {"name": "three digits", "image_width": "28", "image_height": "28", "channels": "1",
-            "resize_mode": "squash", "val_percent": "25", **{k: str(v) for k, v in fields.items()}}
-    data["archive"] = (io.BytesIO(archive), filename)
-    return client.post("/api/v1/datasets", data=data, content_type="multipart/form-data")
+from helpers import upload_dataset as _upload  # noqa: E402
 
 
 def _built(client, ds_id: str, timeout=60) -> dict:

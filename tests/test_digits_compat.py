@@ -21,7 +21,7 @@ import pytest
 
 from digits_http import Digits, Reply, colour_imageset, png, serve
 from helpers import LENET_SEED, SEED_LAYER, initial_token
-from test_digits_views import CAFFE_NETWORK
+from helpers import CAFFE_NETWORK
 
 
 @dataclass

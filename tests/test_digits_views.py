@@ -32,37 +32,7 @@ def server(sample_datasets):
 
 # DIGITS's own test network (BaseViewsTest.CAFFE_NETWORK): no data layers, an
 # unsized InnerProduct; DIGITS fills both from the dataset.
-CAFFE_NETWORK = """
-layer {
-    name: "hidden"
-    type: 'InnerProduct'
-    bottom: "data"
-    top: "output"
-}
-layer {
-    name: "loss"
-    type: "SoftmaxWithLoss"
-    bottom: "output"
-    bottom: "label"
-    top: "loss"
-    exclude { stage: "deploy" }
-}
-layer {
-    name: "accuracy"
-    type: "Accuracy"
-    bottom: "output"
-    bottom: "label"
-    top: "accuracy"
-    include { stage: "val" }
-}
-layer {
-    name: "softmax"
-    type: "Softmax"
-    bottom: "output"
-    top: "softmax"
-    include { stage: "deploy" }
-}
-"""
+from helpers import CAFFE_NETWORK  # noqa: E402  (shared with test_digits_compat)
 BOGUS_NETWORK = CAFFE_NETWORK.replace("type: 'InnerProduct'", "type: 'BogusCode'")
 
 

@@ -13,14 +13,13 @@ import time
 
 import pytest
 
-import test_browser
+from helpers import wait_in_browser
 from app.core.workspace import METRICS_FILE
 from app.services import job_files
 from app.worker.heartbeat import _mark_restart
 from helpers import client_for
 
 # Reuse the browser tests' headless Chromium.
-browser = test_browser.browser
 PASSWORD = "pw-for-live-charts"
 
 
@@ -166,9 +165,9 @@ def test_open_job_page_drops_the_lost_runs_points_on_restart(app, live, browser)
     browser.find_element(By.ID, "username").send_keys("viewer")
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "login").click()
-    test_browser._wait(lambda: "/login" not in browser.current_url)
+    wait_in_browser(lambda: "/login" not in browser.current_url)
     browser.get(url + f"/jobs/{job_id}")
-    test_browser._wait(lambda: len(_chart(browser, "chart-outputs").get("train loss", [])) == 3, timeout=10)
+    wait_in_browser(lambda: len(_chart(browser, "chart-outputs").get("train loss", [])) == 3, timeout=10)
 
     _mark_restart(path.parent, 2)
     _emit(path, "train", 1, iteration=4, epoch=0.4, loss=99.0)    # the lost run, superseded
@@ -182,4 +181,4 @@ def test_open_job_page_drops_the_lost_runs_points_on_restart(app, live, browser)
         return (out.get("train loss") == [[p["epoch"], p["loss"]] for p in want["train"]]
                 and not out.get("val loss") and not out.get("val accuracy")
                 and rates.get("learning rate") == [[p["epoch"], p["lr"]] for p in want["lr"]])
-    test_browser._wait(charted, timeout=5)
+    wait_in_browser(charted, timeout=5)

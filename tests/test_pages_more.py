@@ -18,9 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import test_browser
 from app.caffe import netdraw, network
-from helpers import LENET_SEED, SEED_LAYER, api, client_for, make_app, post
+from helpers import LENET_SEED, SEED_LAYER, api, chrome, client_for, make_app, post, sign_in, wait_in_browser
 
 PASSWORD = "pw-for-pages-more"
 LENET = network.standard_network_text("lenet")   # the standard LeNet: no Python layer
@@ -171,30 +170,14 @@ def site(tmp_path_factory, sample_datasets):
 @pytest.fixture(scope="module")
 def driver(site, tmp_path_factory):
     """One headless Chromium for the module, signed in as viewer."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = test_browser.CHROMIUM
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chrome')}"):
-        opts.add_argument(flag)
-    drv = webdriver.Chrome(service=Service(executable_path=test_browser.CHROMEDRIVER), options=opts)
-    drv.set_page_load_timeout(30)
-    drv.get(site.url + "/login")
-    drv.find_element(By.ID, "username").send_keys("viewer")
-    drv.find_element(By.ID, "password").send_keys(PASSWORD)
-    drv.find_element(By.ID, "login").click()
-    _wait(lambda: "/login" not in drv.current_url)
+    drv = chrome(tmp_path_factory.mktemp("chrome"), size="1280,1000")
+    sign_in(drv, site.url, "viewer", PASSWORD)
     yield drv
     drv.quit()
 
 
 def _wait(fn, timeout: float = 20.0):
-    return test_browser._wait(fn, timeout=timeout, every=0.1)
+    return wait_in_browser(fn, timeout=timeout, every=0.1)
 
 
 def _open(driver, url: str) -> None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from helpers import SEED_LAYER, Workers, post, training_pid, wait_for
-from test_recovery import NETWORK, PROBE_BASE
+from helpers import NETWORK, PROBE_BASE
 
 from app.core import untrusted
 from app.worker import quota

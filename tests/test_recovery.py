@@ -3,7 +3,6 @@ signals): torn snapshots are never restored, a training process killed from
 outside leaves the job resumable, the user's own failures end it in error."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -11,52 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LENET_SEED, SEED_LAYER, line_of, post, training_pid, wait_for
+from helpers import SEED_LAYER, line_of, post, training_pid, wait_for
 
-# An in-place Python layer on the train net's input: it sees every training
-# iteration (one forward each) and leaves the data alone.
-PROBE = """layer {
-  name: "probe"
-  type: "Python"
-  bottom: "scaled"
-  top: "scaled"
-  python_param { module: "digits_python_layers" layer: "Probe" }
-  include { stage: "train" }
-}
-"""
-NETWORK = LENET_SEED.replace('layer {\n  name: "conv1"', PROBE + 'layer {\n  name: "conv1"', 1)
-# Training runs get LAYERBENCH_DEVICE, validation does not: the probe acts in
-# training only. `self.n` is the training iteration this process is on.
-PROBE_BASE = """
-import os as _os
-
-
-class Probe(caffe.Layer):
-    TRAINING = "LAYERBENCH_DEVICE" in _os.environ
-
-    def setup(self, bottom, top):
-        self.n = 0
-
-    def reshape(self, bottom, top):
-        pass
-
-    def backward(self, top, propagate_down, bottom):
-        pass
-
-    def forward(self, bottom, top):
-        self.n += 1
-        if self.TRAINING:
-            self.act(bottom)
-"""
-# Holds training at iteration HOLD until a file "release" appears beside the
-# layer file (the job's input directory, which the test can write to).
-GATE = SEED_LAYER + PROBE_BASE + """
-    def act(self, bottom):
-        import time
-        release = _os.path.join(_os.path.dirname(__file__), "release")
-        while self.n >= HOLD and not _os.path.exists(release):
-            time.sleep(0.02)
-"""
+from helpers import GATE, NETWORK, PROBE_BASE  # noqa: F401  (shared with other modules)
 
 
 def _create(client, **fields) -> dict:
@@ -83,9 +39,7 @@ def _wait_file(path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def _records(out: Path, kind: str) -> list[dict]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("type") == kind]
+from helpers import metric_records as _records  # noqa: E402
 
 
 def test_torn_newest_snapshot_resumes_from_previous_complete_pair(app, client, worker):

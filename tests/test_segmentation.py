@@ -20,10 +20,8 @@ import pytest
 from app.caffe import segmentation
 from app.core.archives import ArchiveError
 from helpers import DATA, ROOT
-import test_browser
-from test_browser import _login, _wait
+from helpers import browser_login as _login, wait_in_browser as _wait
 
-browser = test_browser.browser      # the Chromium fixture, shared
 
 SIZE = 32
 FCN = (ROOT / "app" / "caffe" / "standard_networks" / "fcn.prototxt").read_text()

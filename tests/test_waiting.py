@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import SEED_LAYER, Workers, post, wait_for
-from test_datasets import _pngs, _upload, _zip
+from helpers import digit_pngs as _pngs, upload_dataset as _upload, zip_of as _zip
 
 pytestmark = pytest.mark.slow
 

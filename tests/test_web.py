@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import re
 
-from helpers import LENET_SEED, SEED_LAYER, wait_for
+from helpers import SEED_LAYER, wait_for
 
 
 def test_healthz_reports_caffe_containment_and_store(client):
@@ -60,18 +60,7 @@ def test_unknown_api_route_gets_error_shape(client):
     assert resp.get_json()["error"] == "not_found"
 
 
-def _csrf(client, url: str) -> str:
-    html = client.get(url).get_data(as_text=True)
-    return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
-
-
-def _form(token: str, action: str, **extra) -> dict:
-    data = {"csrf_token": token, "action": action, "dataset": "sample-digits", "train_epochs": "1",
-            "solver_type": "SGD", "lr_policy": "fixed", "learning_rate": "0.01", "device": "cpu",
-            "network": (io.BytesIO(LENET_SEED.encode()), "lenet.prototxt"),
-            "python_layer": (io.BytesIO(SEED_LAYER.encode()), "accuracy_layer.py")}
-    data.update(extra)
-    return data
+from helpers import csrf_token_of as _csrf, new_job_form as _form  # noqa: E402
 
 
 def test_form_lists_standard_networks_and_sample_dataset(client):
