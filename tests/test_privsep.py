@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,29 @@ def test_the_sandbox_starts_nothing_as_the_service_user_directly(server):
     caps = next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:"))
     assert int(caps, 16) == 0, status
     assert not [p for p in ROOT.rglob("*") if p.is_file() and p.stat().st_mode & 0o4000]
+
+
+def test_the_service_user_gets_through_a_0700_home_and_nothing_more(tmp_path):
+    """A checkout under /root (0700): one traverse-only ACL entry per closed
+    ancestor lets `layerbench` reach the path, never list what is beside it."""
+    import tempfile
+    from app.web import privsep
+    uid, gid = privsep.ensure_user()
+    home = Path(tempfile.mkdtemp(prefix="lb-home-", dir="/tmp"))     # 0700, like /root
+    try:
+        (home / "checkout").mkdir()
+        (home / "secret").write_text("s")
+        probe = [sys.executable, "-c", f"import os; os.stat({str(home / 'checkout')!r}); "
+                 f"print(sorted(os.listdir({str(home)!r})))"]
+        before = subprocess.run(probe, user=uid, group=gid, capture_output=True, text=True)
+        assert before.returncode != 0 and "Permission denied" in before.stderr
+        assert str(home) in privsep.grant_traverse(home / "checkout", uid, gid)[-1]
+        after = subprocess.run(probe[:2] + [f"import os; os.stat({str(home / 'checkout')!r})"],
+                               user=uid, group=gid, capture_output=True, text=True)
+        assert after.returncode == 0, after.stderr
+        listing = subprocess.run(probe[:2] + [f"import os; os.listdir({str(home)!r})"],
+                                 user=uid, group=gid, capture_output=True, text=True)
+        assert listing.returncode != 0, "traverse only: the home directory must not be listable"
+        assert privsep.grant_traverse(home / "checkout", uid, gid) == []    # once is enough
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

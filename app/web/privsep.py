@@ -153,8 +153,15 @@ def grant_traverse(path: Path, uid: int, gid: int) -> list[str]:
             continue
         if not stat.S_ISDIR(st.st_mode) or _can_traverse(st, uid, gid) or _acl_allows(d, uid):
             continue
-        _add_acl_user_x(d, st, uid)
-        granted.append(str(d))
+        try:
+            _add_acl_user_x(d, st, uid)
+            granted.append(str(d))
+        except OSError as exc:
+            # A filesystem without POSIX ACLs: traverse for everyone instead
+            # (o+x lets one pass to a known name, never list or read).
+            log.warning("no ACLs on %s (%s): adding o+x so %s can pass", d, exc, SERVICE_USER)
+            os.chmod(d, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+            granted.append(f"{d} (o+x)")
     return granted
 
 
