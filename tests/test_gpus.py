@@ -1,18 +1,31 @@
-"""GPU detection and allocation. This machine (and CI) has no GPU: detection
-must say so, `auto` must train on the CPU and `gpu` must be refused."""
+"""GPU detection and allocation. Without a GPU (this machine, CI) detection
+must say so, `auto` must train on the CPU and `gpu` must be refused; on a GPU
+host (`make test-gpu-build` runs this suite there) detection must name each
+GPU, and tests_gpu/ proves the training."""
 from __future__ import annotations
+
+import pytest
 
 from app.services import gpus
 from app.worker.supervisor import Allocator
 from helpers import post, wait_for
 
-
-def test_no_gpu_here_is_detected_and_reported(client):
-    assert gpus.detect() == ()
-    assert gpus.device_nodes(0) == []
-    assert client.get("/healthz").get_json()["gpus"] == []
+FOUND = gpus.detect()
+no_gpu_only = pytest.mark.skipif(bool(FOUND), reason="this host has a GPU: tests_gpu/ covers training on it")
 
 
+def test_detection_matches_the_host_and_is_reported(client):
+    reported = client.get("/healthz").get_json()["gpus"]
+    if not FOUND:
+        assert FOUND == () and gpus.device_nodes(0) == [] and reported == []
+        return
+    assert [g["index"] for g in FOUND] == list(range(len(FOUND)))
+    assert all(g["name"] and g["memory_mb"] > 0 for g in FOUND)
+    assert "/dev/nvidia0" in gpus.device_nodes(0)
+    assert [g["index"] for g in reported] == [g["index"] for g in FOUND]
+
+
+@no_gpu_only
 def test_gpu_requests_are_400_without_a_gpu(client):
     for device in ("gpu", "gpu:0", "gpu:3"):
         resp = post(client, "/api/v1/jobs", max_iter=3, device=device)
@@ -24,6 +37,7 @@ def test_gpu_requests_are_400_without_a_gpu(client):
     assert client.get("/api/v1/jobs").get_json()["jobs"] == []
 
 
+@no_gpu_only
 def test_auto_trains_on_the_cpu(client, worker):
     job = post(client, "/api/v1/jobs", max_iter=5, device="auto").get_json()
     assert job["device"] == "auto"
