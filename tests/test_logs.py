@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from helpers import LENET_SEED, SEED_LAYER, post, wait_for
+from helpers import NETWORK, PROBE_BASE, SEED_LAYER, post, wait_for
 
 MARKER = re.compile(rb"\n\.\.\. (\d+) bytes dropped \(log capped at \d+ MiB\) \.\.\.\n")
 
@@ -80,41 +80,14 @@ def test_errors_are_read_from_the_end_of_the_log():
 
 # ---- the real worker ------------------------------------------------------------
 
-PROBE = """layer {
-  name: "probe"
-  type: "Python"
-  bottom: "scaled"
-  top: "scaled"
-  python_param { module: "digits_python_layers" layer: "Chatty" }
-  include { stage: "train" }
-}
-"""
-NETWORK = LENET_SEED.replace('layer {\n  name: "conv1"', PROBE + 'layer {\n  name: "conv1"', 1)
 # Prints SIZE bytes every training iteration (validation runs it too, quietly:
 # only training runs get LAYERBENCH_DEVICE); at iteration CRASH, if any, makes
 # Caffe fail a CHECK (a negative dimension).
-CHATTY = SEED_LAYER + """
-import os as _os
-
-
-class Chatty(caffe.Layer):
-    TRAINING = "LAYERBENCH_DEVICE" in _os.environ
-
-    def setup(self, bottom, top):
-        self.n = 0
-
-    def reshape(self, bottom, top):
-        pass
-
-    def backward(self, top, propagate_down, bottom):
-        pass
-
-    def forward(self, bottom, top):
-        self.n += 1
-        if self.TRAINING:
-            print(f"forward {self.n} " + "." * SIZE)
-            if self.n == CRASH:
-                top[0].reshape(-1)
+CHATTY = SEED_LAYER + PROBE_BASE + """
+    def act(self, bottom):
+        print(f"forward {self.n} " + "." * SIZE)
+        if self.n == CRASH:
+            bottom[0].reshape(-1)
 """
 
 
