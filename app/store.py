@@ -84,7 +84,7 @@ datasets = sa.Table(
     sa.Column("build_worker", sa.String(200)),
     sa.Column("build_heartbeat_at", sa.Float),
     # JSON list, one entry per hand-over of a build whose worker died (its
-    # length is the queuing generation: app.services.queue.build_generation).
+    # length is the queuing generation: app.services.runtime.broker.build_generation).
     sa.Column("handovers", sa.Text),
 )
 
@@ -528,7 +528,7 @@ class Store(UserStore, DatasetStore):
 
     def share_state(self, owners: Iterable[str]) -> dict[str, tuple[int, str]]:
         """owner -> (running jobs, when their newest job started; "" never) for
-        fair share (app.services.fairshare): one grouped query."""
+        fair share (app.services.jobs.fairshare): one grouped query."""
         owners = list(set(owners))
         if not owners:
             return {}

@@ -93,7 +93,7 @@ def _celery_worker(app, broker: str, name: str, log: Path) -> subprocess.Popen:
 
 
 def _wait_workers(app, n: int) -> None:
-    from app.services import workers
+    from app.services.runtime import workers
     deadline = time.monotonic() + 120
     while len(workers.live(app.extensions["ctx"])) < n:
         if time.monotonic() > deadline:
@@ -113,7 +113,7 @@ def _stop(procs) -> None:
 
 def _copies(app, job_id: str, n: int) -> list[str]:
     """``n`` queued copies of a validated job, rung on the queue at once."""
-    from app.services import queue
+    from app.services.runtime import broker as queue
     from app.store import new_job_id
     ctx, store = app.extensions["ctx"], app.extensions["store"]
     src = store.get_job(job_id)

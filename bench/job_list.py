@@ -116,7 +116,7 @@ def run(rounds: int = 8, per_round: int = 50) -> dict:
         body = admin.get(url).get_json()
         assert len(body["jobs"]) == PAGE and body["next_cursor"]
         # A cursor 19,000 jobs down (the position of the 19,000th newest job).
-        from app.services.job_listing import encode_cursor
+        from app.services.jobs.listing import encode_cursor
         deep_row = _rows(1, LARGE - 19_000)[0]
         deep = _time(admin, f"{url}&cursor={encode_cursor((deep_row['created_at'], deep_row['id']))}")
         mine = _time(_user_client(apps[1], "bench-user"), url)

@@ -210,7 +210,7 @@ def main() -> None:
         result["nvml_seen"] = bool(samples)
         if args.device.startswith("gpu"):
             sys.path.insert(0, str(bundle / "src"))
-            from app.services.gpus import device_nodes   # the bundle's own app
+            from app.services.runtime.gpus import device_nodes   # the bundle's own app
             result["device_nodes_bound"] = device_nodes(0)
         log_path = jobs_dir / final["id"] / "output" / "train.log"
         if log_path.is_file():

@@ -30,7 +30,7 @@ def app(tmp_path, sample_datasets):
     """A fresh app with its own database and jobs directory."""
     application = make_app(tmp_path, sample_datasets)
     yield application
-    from app.services import warm
+    from app.services.inference import warm_pool as warm
     warm.retire_all()   # warm inference processes live in this process: none outlives its test
     application.extensions["store"].engine.dispose()
 

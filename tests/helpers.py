@@ -144,7 +144,7 @@ def no_live_sandbox_processes(within: Path, timeout: float = 10.0) -> bool:
     lies under ``within`` (the test's own tmp_path: tests of other pytest
     workers run their own sandboxes meanwhile). Zombies, state Z, are exited
     processes waiting for PID 1 to reap them: they cannot run."""
-    from app.services import sandbox
+    from app.services.runtime import sandbox
     uids = set(sandbox.uid_range()) | {sandbox.NOBODY}
     root = str(Path(within).resolve())
     deadline = time.monotonic() + timeout

@@ -310,9 +310,9 @@ def test_admin_page_lists_users_and_revokes(app):
 
 
 def test_password_hashes_match_werkzeugs_both_ways():
-    # Users created before app.services.users hashed with werkzeug.
+    # Users created before app.services.accounts.users hashed with werkzeug.
     from werkzeug.security import check_password_hash, generate_password_hash
-    from app.services.users import hash_password, password_matches
+    from app.services.accounts.users import hash_password, password_matches
     assert password_matches(generate_password_hash("s3cret"), "s3cret")
     assert not password_matches(generate_password_hash("s3cret"), "s3cret ")
     assert password_matches(generate_password_hash("s3cret", method="pbkdf2:sha256:1000"), "s3cret")

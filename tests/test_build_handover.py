@@ -20,7 +20,8 @@ from helpers import digit_pngs as _pngs, zip_of as _zip
 
 from helpers import post
 from app.core.workspace import RESULT_FILE
-from app.services import datasets, queue
+from app.services.datasets import lifecycle as datasets
+from app.services.runtime import broker as queue
 from app.worker.heartbeat import MAX_AUTO_RETRIES, hand_over_stale_builds
 
 EVERY = -5.0   # a stale_after that finds every running build stale: "its worker died now"

@@ -77,7 +77,7 @@ def _copies(ctx, job: dict, n: int, released: bool = False) -> list[str]:
     """``n`` more queued jobs like ``job`` (its validated inputs copied), each
     rung on the queue by the function submit uses. Validating each again
     would only add seconds: validation is not what these tests are about."""
-    from app.services import queue
+    from app.services.runtime import broker as queue
     from app.store import new_job_id
     store = ctx.store
     src = store.get_job(job["id"])

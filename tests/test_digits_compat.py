@@ -316,11 +316,11 @@ def test_script_login_as_digits_scripts_do(served):
 
 
 def test_launcher_binds_data_roots_read_only_and_nothing_else(tmp_path):
-    """app.services.launcher.check: a read-only bind inside a configured data
+    """app.services.runtime.launcher.check: a read-only bind inside a configured data
     root (a {user} component matching one name) is accepted; a writable one,
     one through a link, one outside, or a root over the jobs dir is not."""
-    from app.services import data_roots
-    from app.services.launcher import Refused, check
+    from app.services.runtime import data_roots
+    from app.services.runtime.launcher import Refused, check
     jobs, data, home = tmp_path / "jobs", tmp_path / "data", tmp_path / "home"
     for d in (jobs / "x", data / "set", home / "ann" / "ds", home / "ann" / "other"):
         d.mkdir(parents=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from app.services import fairshare
+from app.services.jobs import fairshare
 from helpers import Workers, client_for, make_app, post, wait_for
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.services import gpus
+from app.services.runtime import gpus
 from app.worker.supervisor import Allocator
 from helpers import post, wait_for
 

@@ -14,7 +14,7 @@ import time
 from helpers import LENET_SEED, SEED_LAYER, post
 
 from app.core.workspace import METRICS_FILE, snapshot_name
-from app.services import job_files
+from app.services.jobs import files as job_files
 from app.worker.heartbeat import MAX_AUTO_RETRIES, hand_over_stale
 
 

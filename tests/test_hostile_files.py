@@ -295,8 +295,8 @@ def _swap(canary, size):
 
 @pytest.mark.slow
 def test_fine_tuning_races_a_swapping_layer_and_never_stages_the_canary(app, client, worker, canary):
-    from app.services import finetune
-    from app.services.submission import Upload
+    from app.services.jobs import finetune
+    from app.services.jobs.submission import Upload
     layer = SWAPPER + SEED_LAYER.replace("        num_correct = 0.0\n", f"""        num_correct = 0.0
         if os.path.basename(os.getcwd()) == 'output' and not _started[0]:   # training only
             _started[0] = True

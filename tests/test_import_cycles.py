@@ -81,3 +81,53 @@ def test_the_rule_finds_a_planted_circle():
     sources["app.services.planted_a"] = "def f():\n    from app.services import planted_b\n"
     sources["app.services.planted_b"] = "from app.services.planted_a import f\n"
     assert ["app.services.planted_a", "app.services.planted_b"] in cycles(module_graph(sources))
+
+
+# app/services by subject (issue 26): each package may import only the
+# packages before it here (and the two shared modules, context and access),
+# so no package circle can form either. The order is the design: where user
+# code runs, then layer files, inference, jobs, datasets (a finished build
+# releases the jobs waiting on it), accounts (deleting a user checks what
+# they own), operations (health, metrics, backups look at everything).
+SERVICE_ORDER = ["runtime", "layers", "inference", "jobs", "datasets", "accounts", "operations"]
+SERVICE_SHARED = {"app.services", "app.services.context", "app.services.access"}
+
+
+def service_layer_violations(sources: dict[str, str]) -> list[str]:
+    """"a -> b" for each services module of package a importing package b
+    where b does not come before a in SERVICE_ORDER (or is not a package)."""
+    bad = []
+    for name, deps in module_graph(sources).items():
+        if not name.startswith("app.services."):
+            continue
+        parts = name.split(".")
+        if name in SERVICE_SHARED:
+            src = None
+        elif parts[2] not in SERVICE_ORDER:
+            bad.append(f"{name}: a services module outside the subject packages {SERVICE_ORDER}")
+            continue
+        else:
+            src = parts[2]
+        for dep in sorted(deps):
+            if not dep.startswith("app.services.") or dep in SERVICE_SHARED:
+                continue
+            pkg = dep.split(".")[2]
+            if src is None:
+                bad.append(f"{name} -> {dep}: the shared modules import no package")
+            elif pkg != src and (pkg not in SERVICE_ORDER or SERVICE_ORDER.index(pkg) > SERVICE_ORDER.index(src)):
+                bad.append(f"{name} -> {dep}: {src} may import only {SERVICE_ORDER[:SERVICE_ORDER.index(src)]}")
+    return bad
+
+
+def test_services_packages_import_only_the_ones_below():
+    bad = service_layer_violations(app_sources())
+    assert not bad, "\n".join(bad)
+
+
+def test_the_package_rule_finds_a_planted_upward_import():
+    sources = dict(app_sources())
+    sources["app.services.runtime.planted"] = "def f():\n    from app.services.jobs import lifecycle\n"
+    sources["app.services.planted_flat"] = "x = 1\n"
+    bad = service_layer_violations(sources)
+    assert any(b.startswith("app.services.runtime.planted -> app.services.jobs.lifecycle") for b in bad), bad
+    assert any(b.startswith("app.services.planted_flat:") for b in bad), bad

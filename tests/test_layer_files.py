@@ -206,7 +206,8 @@ def test_admin_added_package_and_the_visible_environment(app, client):
     _no_checkout_path(before, env, job, page)
 
     # The list emptied: the job's environment is gone, and it says so.
-    from app.services import jobs as job_service, layer_env
+    from app.services.jobs import lifecycle as job_service
+    from app.services.layers import environments as layer_env
     layer_env.requirements_path(app.extensions["ctx"].cfg).write_text("")
     assert runner.invoke(args=["layer-env", "sync"]).exit_code == 0
     record = job_service.get(app.extensions["ctx"], job["id"], {"name": "admin", "admin": True})

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import wait_in_browser
 from app.core.workspace import METRICS_FILE
-from app.services import job_files
+from app.services.jobs import files as job_files
 from app.worker.heartbeat import _mark_restart
 from helpers import client_for
 

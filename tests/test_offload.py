@@ -1,4 +1,4 @@
-"""Inference requests through the celery queue (app.services.offload), on a
+"""Inference requests through the celery queue (app.services.inference.celery_offload), on a
 real store, workspace and Redis: what a worker accepts from a message (a
 message is data: only an inference runner, only that job's own snapshot,
 only a fresh scratch directory), and the claim that lets a request given up
@@ -16,7 +16,7 @@ from helpers import client_for, make_app
 
 from app.core.errors import ServiceError
 from app.core.workspace import snapshot_name
-from app.services import offload
+from app.services.inference import celery_offload as offload
 
 
 @pytest.fixture

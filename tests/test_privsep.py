@@ -37,8 +37,8 @@ def _processes_of(instance: Path) -> dict[int, tuple[int, str]]:
 
 
 def _launcher_socket(procs: dict[int, tuple[int, str]]) -> str:
-    cmd = next(c for _, c in procs.values() if "app.services.launcher" in c)
-    return cmd.split("app.services.launcher ")[1].split()[0]
+    cmd = next(c for _, c in procs.values() if "app.services.runtime.launcher" in c)
+    return cmd.split("app.services.runtime.launcher ")[1].split()[0]
 
 
 def _ask(path: str, body: dict, as_uid: int | None = None) -> dict:
@@ -62,7 +62,7 @@ def test_web_and_worker_are_not_root_and_the_launcher_checks_every_spec(server):
     service = pwd.getpwnam("layerbench").pw_uid
     web = [uid for uid, cmd in procs.values() if "gunicorn" in cmd]
     worker = [uid for uid, cmd in procs.values() if "wsgi worker" in cmd]
-    launcher = [uid for uid, cmd in procs.values() if "app.services.launcher" in cmd]
+    launcher = [uid for uid, cmd in procs.values() if "app.services.runtime.launcher" in cmd]
     assert web and set(web) == {service}, procs
     assert worker and set(worker) == {service}, procs
     assert launcher == [0]
@@ -81,7 +81,7 @@ def test_web_and_worker_are_not_root_and_the_launcher_checks_every_spec(server):
 
     sock = _launcher_socket(procs)
     jobs = str(instance.parent / "jobs")
-    python = next(c for _, c in procs.values() if "app.services.launcher" in c).split()[0]
+    python = next(c for _, c in procs.values() if "app.services.runtime.launcher" in c).split()[0]
     good = {"argv": [python, "-m", "app.contained.probe", jobs + "/x"], "read_only": [], "writable": [jobs],
             "env": {}, "cwd": jobs, "devices": []}
     refused = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.services import sandbox
+from app.services.runtime import sandbox
 from helpers import no_live_sandbox_processes
 
 
@@ -232,7 +232,7 @@ def _count_processes(uid: int) -> int:
     return len(out.split())
 
 
-@pytest.mark.skipif(not __import__("app.services.cgroups", fromlist=["x"]).available(),
+@pytest.mark.skipif(not __import__("app.services.runtime.cgroups", fromlist=["x"]).available(),
                     reason="this host gives no writable cgroups")
 def test_each_run_has_its_own_cgroup_with_pids_and_memory_limits(box, tmp_path):
     # The whole run is bounded, not each process: two processes of 200 MB
@@ -262,6 +262,6 @@ def test_each_run_has_its_own_cgroup_with_pids_and_memory_limits(box, tmp_path):
             "os.waitpid(pid, 0) if pid else None\n")
     result, log = run(code, wall=20, address_space=1 << 30, memory_bytes=300 << 20)
     assert result.oom_killed, log   # the kernel killed one of the two for the run's limit
-    from app.services import cgroups
+    from app.services.runtime import cgroups
     assert not [d for r in (cgroups.ROOT / "pids" / cgroups.GROUP, cgroups.ROOT / "memory" / cgroups.GROUP)
                 if r.is_dir() for d in r.glob(f"run-{result.uid}-*")], "the run's groups are removed"

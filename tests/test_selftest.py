@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.services import selftest
-from app.services.jobs import ready_datasets
+from app.services.operations import selftest
+from app.services.jobs.intake import ready_datasets
 from helpers import client_for, make_app, post
 
 

@@ -31,23 +31,23 @@ ARCHIVE_RECEIVER = re.compile(r"tar|zip|^z$|^zf$|^zout$|^tout$")
 
 # (module, enclosing function, callee as written) -> why it is safe.
 ALLOWED: dict[tuple[str, str, str], str] = {
-    ("app/services/classify_list.py", "_members", "zipfile.ZipFile"): "an uploaded archive in memory (BytesIO)",
-    ("app/services/classify_list.py", "_members", "tarfile.open"): "an uploaded archive in memory (fileobj=BytesIO)",
-    ("app/services/layer_files.py", "carry", "zipfile.ZipFile"): "writes a zip into a BytesIO",
-    ("app/services/data_roots.py", "fetch", "tarfile.open"):
+    ("app/services/inference/image_lists.py", "_members", "zipfile.ZipFile"): "an uploaded archive in memory (BytesIO)",
+    ("app/services/inference/image_lists.py", "_members", "tarfile.open"): "an uploaded archive in memory (fileobj=BytesIO)",
+    ("app/services/layers/files.py", "carry", "zipfile.ZipFile"): "writes a zip into a BytesIO",
+    ("app/services/runtime/data_roots.py", "fetch", "tarfile.open"):
         "the gather runner's tar, parsed in memory (fileobj=BytesIO) after untrusted.read_all read it capped",
-    ("app/services/sandbox.py", "__init__", "open"): "the uid lease file under /run (a root-only 0700 dir)",
-    ("app/services/submission.py", "run_validation", "open"):
+    ("app/services/runtime/sandbox.py", "__init__", "open"): "the uid lease file under /run (a root-only 0700 dir)",
+    ("app/services/jobs/submission.py", "run_validation", "open"):
         "creates sandbox.log in a validation dir the host just made, before the sandbox starts",
-    ("app/services/inference.py", "run_sandboxed", "open"):
+    ("app/services/inference/cold.py", "run_sandboxed", "open"):
         "creates the runner's log in a scratch dir the host just made, before the sandbox starts",
-    ("app/services/datasets.py", "build", "open"):
+    ("app/services/datasets/lifecycle.py", "build", "open"):
         "appends to build.log in the dataset root, which no sandbox can write (only root/build is bound)",
-    ("app/services/cgroups.py", "join", "open"): "cgroup.procs of the host's own cgroup tree",
-    ("app/services/cgroups.py", "_v2", "controllers.read_text"): "the host's cgroup filesystem",
-    ("app/services/cgroups.py", "oom_killed", "(d / name).read_text"): "the host's cgroup filesystem",
-    ("app/services/sandbox_remote.py", "start", "os.open"): "/dev/null for a run's unused stdio",
-    ("app/services/sandbox_remote.py", "start", "os.fdopen"): "the host's end of a pipe it just made",
+    ("app/services/runtime/cgroups.py", "join", "open"): "cgroup.procs of the host's own cgroup tree",
+    ("app/services/runtime/cgroups.py", "_v2", "controllers.read_text"): "the host's cgroup filesystem",
+    ("app/services/runtime/cgroups.py", "oom_killed", "(d / name).read_text"): "the host's cgroup filesystem",
+    ("app/services/runtime/sandbox_client.py", "start", "os.open"): "/dev/null for a run's unused stdio",
+    ("app/services/runtime/sandbox_client.py", "start", "os.fdopen"): "the host's end of a pipe it just made",
     ("app/web/proxy.py", "prepare", "os.open"): "the server's own lock file in its runtime dir",
     ("app/web/auth.py", "ensure_initial_admin", "os.open"): "creates a 0600 file in the instance dir",
     ("app/web/auth.py", "ensure_initial_admin", "os.fdopen"): "the descriptor just created above",

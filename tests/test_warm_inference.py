@@ -1,4 +1,4 @@
-"""Warm inference (app.services.warm, app.contained.infer_server): after a
+"""Warm inference (app.services.inference.warm_pool, app.contained.infer_server): after a
 model's first request its contained process stays alive and answers the
 next ones. Real Caffe, the real sandbox and worker, no mocks: the warm
 process is reused per job and answers exactly as the cold path does, another
@@ -19,7 +19,9 @@ from PIL import Image
 
 from helpers import LENET_SEED, SEED_LAYER, Workers, client_for, make_app, post, wait_for
 
-from app.services import classification, warm
+from app.services.inference import classify as classification
+
+from app.services.inference import warm_pool as warm
 
 REQUEST_SECONDS = 5
 # In the deploy net too (no stage rule): passes the raw image through and

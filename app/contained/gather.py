@@ -21,7 +21,7 @@ import tarfile
 
 from app.core.workspace import RESULT_FILE
 
-TAR = "files.tar"     # app.services.data_roots.GATHER_TAR
+TAR = "files.tar"     # app.services.runtime.data_roots.GATHER_TAR
 
 
 def _inside(path: str, roots: list[str]) -> bool:

@@ -1,5 +1,5 @@
 """Classify images with a trained job, executed inside the sandbox and kept
-alive between requests (warm inference; the host side is app.services.warm):
+alive between requests (warm inference; the host side is app.services.inference.warm_pool):
 
     python -m app.contained.infer_server INPUT_DIR CAFFEMODEL DATASET_DIR WORK_DIR
 

@@ -26,7 +26,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "HANDOVER_SECONDS": (30.0, float),      # a running job whose heartbeat is older is handed over
     "INFER_QUEUE_SECONDS": (30.0, float),   # celery: how long an inference request may wait for a worker
     "INFER_CONCURRENCY": (2, int),          # celery: inference requests a worker host runs at once
-    "INFER_WARM": (4, int),                 # warm inference processes kept per host process (app.services.warm); 0: one per request
+    "INFER_WARM": (4, int),                 # warm inference processes kept per host process (app.services.inference.warm_pool); 0: one per request
     "INFER_IDLE_SECONDS": (300.0, float),   # a warm inference process idle this long is retired
     "INFER_REQUEST_SECONDS": (0.0, float),  # wall clock of one warm inference request; 0: VALIDATE_TIMEOUT x 2
     "MAX_UPLOAD_MB": (64, int),
@@ -44,7 +44,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "DATASET_MAX_MB": (4096, int),           # uncompressed bytes in an archive
     "DATASET_TIMEOUT": (3600, int),          # seconds to build one dataset
     "DATASET_WORKERS": (0, int),             # processes decoding one build's images; 0: one per core, 1: serial
-    "DATA_ROOTS": (None, str),               # ":"-separated server folders datasets may be read from ({user}: per user); app.services.data_roots
+    "DATA_ROOTS": (None, str),               # ":"-separated server folders datasets may be read from ({user}: per user); app.services.runtime.data_roots
     "WORKER_CONCURRENCY": (0, int),         # 0: one per GPU, else 1
     "WORKER_POLL_SECONDS": (0.2, float),
     "SECRET_KEY": (None, str),

@@ -1,5 +1,5 @@
 """The pipe protocol between the host and a warm contained inference process
-(app.services.warm on the host, app.contained.infer_server in the sandbox).
+(app.services.inference.warm_pool on the host, app.contained.infer_server in the sandbox).
 
 One frame each way per request, strictly alternating (the host holds a lock
 per process, so one request at a time):

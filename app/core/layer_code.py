@@ -8,7 +8,7 @@ packages beside it under sanitised names; ``layer_files.json`` lists every
 one of them (paths relative to the input directory, the main file first).
 The runners put the input directory first on ``sys.path`` (helpers import as
 ``import tools``) and the administrator's package directory (see
-app.services.layer_env) *last*: added packages never shadow the service's own.
+app.services.layers.environments) *last*: added packages never shadow the service's own.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from app.core.config import ROOT
 # Where the user learns what layer code can import (pages and /api/v1).
 ENV_PAGE = "/layer-env"
 ENV_ROUTE = "/api/v1/layer-env"
-# Set by the sandbox spec (app.services.layer_env.mount) to the read-only
+# Set by the sandbox spec (app.services.layers.environments.mount) to the read-only
 # directory of administrator-added packages.
 LAYER_ENV_VAR = "LAYERBENCH_LAYER_ENV"
 

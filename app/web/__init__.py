@@ -34,7 +34,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.secret_key = cfg["SECRET_KEY"] or _instance_secret(Path(app.instance_path))
 
     from app.core.workspace import Workspace
-    from app.services import sandbox
+    from app.services.runtime import sandbox
     from app.services.context import Context
     from app.store import Store
     store = Store(str(cfg["DATABASE_URL"]))

@@ -1,12 +1,12 @@
 """/admin/users: users and their API tokens for administrators, with
 deactivate/activate, end sessions and token revocation. Thin: parse, call
-``app.services.users``, render. Every form carries the CSRF token (the guard
+``app.services.accounts.users``, render. Every form carries the CSRF token (the guard
 checks it on every session-authenticated POST)."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, flash, redirect, render_template, url_for
 
-from app.services import users
+from app.services.accounts import users
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.errors import ApiError

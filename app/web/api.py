@@ -3,10 +3,15 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file, stream_with_context
 
-from app.services import datasets as dataset_service
-from app.services import job_files, job_listing, jobs, sweeps
-from app.services import layer_env, layer_files
-from app.services.submission import Upload
+from app.services.datasets import lifecycle as dataset_service
+from app.services.jobs import files as job_files
+from app.services.jobs import listing as job_listing
+from app.services.jobs import intake
+from app.services.jobs import lifecycle as jobs
+from app.services.jobs import sweeps
+from app.services.layers import environments as layer_env
+from app.services.layers import files as layer_files
+from app.services.jobs.submission import Upload
 from app.web import jsonsafe
 from app.web.auth import current_user
 from app.web.context import ctx
@@ -25,7 +30,7 @@ def upload_from_request() -> Upload:
     if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise ApiError(415, "unsupported_media_type", "Send multipart/form-data (see API.md).")
     net_file = request.files.get("network")
-    # One .py file as ever, or several files / one zip (app.services.layer_files).
+    # One .py file as ever, or several files / one zip (app.services.layers.files).
     layer, layer_name, layers = layer_files.split([(f.stream, f.filename) for f in
                                                    request.files.getlist("python_layer") if f.filename is not None])
     solver_file = request.files.get("solver")
@@ -50,7 +55,7 @@ def _job(job_id: str) -> dict:
 @bp.post("/validate")
 def validate():
     """Validation only; 200 with the report, valid or not."""
-    return _no_store(jsonify(jobs.validate_only(ctx(), upload_from_request(), current_user())))
+    return _no_store(jsonify(intake.validate_only(ctx(), upload_from_request(), current_user())))
 
 
 @bp.post("/jobs")
@@ -85,7 +90,7 @@ def list_jobs():
 def compare_jobs():
     """Jobs side by side (?ids=a,b,c): curves, settings with differences,
     network and layer file diffs, final metrics; 404 for a job not visible."""
-    from app.services import compare
+    from app.services.jobs import compare
     ids = compare.parse_ids(request.args.getlist("ids"))
     return _no_store(jsonify(compare.compare(ctx(), ids, current_user())))
 
@@ -94,7 +99,7 @@ def compare_jobs():
 def convert_python_layer():
     """The uploaded Python 2 layer file (field ``python_layer``) converted
     mechanically to Python 3, as a download; nothing is stored or run."""
-    from app.services.diagnostics import convert_layer
+    from app.services.layers.diagnostics import convert_layer
     return python_layer_download(convert_layer)
 
 
@@ -116,7 +121,7 @@ def get_job(job_id: str):
     each run was on: a hand-over between workers shows here)."""
     job, events = jobs.get_with_history(ctx(), job_id, current_user())
     body = jobs.to_json(job)
-    from app.services.diagnostics import job_error   # the error's excerpt and Python 2 hint
+    from app.services.layers.diagnostics import job_error   # the error's excerpt and Python 2 hint
     body["error"] = job_error(ctx(), job)
     body["history"] = [{"at": e["at"], "status": e["status"], "message": e["message"]} for e in events]
     body["queue"] = jobs.queue_position(ctx(), job)   # None unless queued
@@ -149,7 +154,7 @@ def job_events(job_id: str):
     """Server-Sent Events: status, metrics, log; ends when the job ends.
     Strict JSON like every answer: a NaN or infinite metric is null."""
     _job(job_id)   # 404 unless visible to this user
-    from app.services.live_events import follow
+    from app.services.jobs.live_events import follow
     c = ctx()
 
     def stream():
@@ -208,7 +213,7 @@ def download_job(job_id: str):
 @bp.post("/jobs/<job_id>/infer")
 def infer(job_id: str):
     """Classify uploaded images with the job's latest (or ?snapshot=) model."""
-    from app.services import classification
+    from app.services.inference import classify as classification
     job = _job(job_id)
     raw = request.form.get("snapshot") or request.args.get("snapshot")
     try:
@@ -216,7 +221,7 @@ def infer(job_id: str):
     except ValueError:
         raise ApiError(400, "invalid_request", "snapshot must be an iteration number.") from None
     files = [(f.stream, f.filename) for f in request.files.getlist("image")]
-    from app.services import segmentation
+    from app.services.inference import segment as segmentation
     if segmentation.dataset_type(ctx(), job) == "segmentation":
         raise ApiError(409, "conflict", f"A segmentation job: use POST /api/v1/jobs/{job['id']}/segment.")
     return _no_store(jsonify(classification.classify(ctx(), job, files, snapshot, caller=current_user())))
@@ -229,7 +234,7 @@ def segment(job_id: str):
     with ``?format=png`` the first image's mask PNG itself (``&index=N``: the Nth)."""
     import base64
 
-    from app.services import segmentation
+    from app.services.inference import segment as segmentation
     job = _job(job_id)
     raw = request.form.get("snapshot") or request.args.get("snapshot")
     try:

@@ -1,7 +1,7 @@
 """Who is asking: browser sessions (Flask-Login), API bearer tokens and HTTP
 Basic. Every request but /healthz, /login and static files needs a user;
 another user's job answers 404. Credentials are judged by
-``app.services.users``; this module wires them into requests:
+``app.services.accounts.users``; this module wires them into requests:
 
 * one CSRF rule for every blueprint: a state-changing request authenticated
   by the session cookie needs the CSRF token (form field ``csrf_token`` or an
@@ -29,7 +29,7 @@ import click
 from flask import Flask, Response, current_app, g, redirect, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user as login_user_proxy, user_logged_out
 
-from app.services import users
+from app.services.accounts import users
 from app.web import throttle
 from app.web.context import ctx
 from app.web.errors import ApiError, respond, wants_json

@@ -1,4 +1,4 @@
-"""``flask backup DEST`` and ``flask restore SRC`` (app.services.backup;
+"""``flask backup DEST`` and ``flask restore SRC`` (app.services.operations.backup;
 docs/OPERATIONS.md, "Backup and restore")."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def backup_command(dest: Path, jobs_only: bool) -> None:
     a consistent copy of the SQLite database, the jobs directory and a
     manifest of sizes and sha256s. On PostgreSQL: says which pg_dump to run
     and exits 2."""
-    from app.services import backup
+    from app.services.operations import backup
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     c = current_app.extensions["ctx"]
     try:
@@ -45,7 +45,7 @@ def restore_command(src: Path, instance_dir: Path, jobs_dir: Path) -> None:
     serve them with LAYERBENCH_INSTANCE_DIR and LAYERBENCH_JOBS_DIR. Never
     into the directories this command itself runs with (it has just opened
     them), never over anything: a non-empty target is refused."""
-    from app.services import backup
+    from app.services.operations import backup
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     mine = {Path(current_app.instance_path).resolve(), Path(current_app.config["JOBS_DIR"]).resolve()}
     if {instance_dir.resolve(), jobs_dir.resolve()} & mine:

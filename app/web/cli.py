@@ -33,8 +33,8 @@ def register(app: Flask) -> None:
 
 def _selftest() -> dict:
     """Run the contained self-test for this app and keep its answer."""
-    from app.services import selftest
-    from app.services.jobs import ready_datasets
+    from app.services.operations import selftest
+    from app.services.jobs.intake import ready_datasets
     c = current_app.extensions["ctx"]
     result = selftest.run(c.cfg, c.ws, c.containment, ready_datasets(c.store, c.ws))
     selftest.save(current_app.instance_path, result)
@@ -297,9 +297,9 @@ def worker(slots: int | None) -> None:
         # the one local worker, wrong while Celery workers on other hosts train.
         raise click.ClickException("LAYERBENCH_QUEUE is not 'local': start Celery workers with `make worker` "
                                    "(python -m app.worker.celery_app) instead")
-    from app.services import gpus
+    from app.services.runtime import gpus
     from app.worker.supervisor import LocalSupervisor
-    from app.services.caffe_info import caffe_info
+    from app.services.runtime.caffe_info import caffe_info
     ctx = current_app.extensions["ctx"]
     found = [g["index"] for g in gpus.detect()] if caffe_info(current_app.config["CAFFE_PYTHON"]).get("gpu_build") else []
     n = slots or int(current_app.config["WORKER_CONCURRENCY"]) or 1

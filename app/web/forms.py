@@ -84,7 +84,7 @@ class DatasetForm(FlaskForm):
                        default="classification")
     name = StringField("Dataset name", validators=[DataRequired(), Length(max=200)])
     archive = FileField("Archive (zip or tar.gz, one folder per class)")
-    # Shown only where the administrator set data roots (app.services.data_roots).
+    # Shown only where the administrator set data roots (app.services.runtime.data_roots).
     folder = StringField("Or a folder on the server", validators=[Optional(), Length(max=4096)])
     image_width = IntegerField("Image width", default=28, validators=[NumberRange(min=1, max=1024)])
     image_height = IntegerField("Image height", default=28, validators=[NumberRange(min=1, max=1024)])

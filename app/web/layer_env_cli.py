@@ -1,5 +1,5 @@
 """``flask --app wsgi layer-env``: the packages an administrator adds for
-uploaded layer code (app.services.layer_env owns how)."""
+uploaded layer code (app.services.layers.environments owns how)."""
 from __future__ import annotations
 
 import json
@@ -32,7 +32,7 @@ def layer_env_group() -> None:
 def add_command(requirements: tuple[str, ...], pip_args: tuple[str, ...]) -> None:
     """Pin REQUIREMENTS (name==version, each dependency too) in
     <instance>/layer-requirements.txt and install the list."""
-    from app.services import layer_env
+    from app.services.layers import environments as layer_env
     try:
         cur = layer_env.add(_cfg(), list(requirements), list(pip_args))
     except (ValueError, ServiceError) as exc:
@@ -45,7 +45,7 @@ def add_command(requirements: tuple[str, ...], pip_args: tuple[str, ...]) -> Non
 def sync_command(pip_args: tuple[str, ...]) -> None:
     """Install what <instance>/layer-requirements.txt lists (edit it by hand,
     then sync); an empty list removes the added packages."""
-    from app.services import layer_env
+    from app.services.layers import environments as layer_env
     try:
         cur = layer_env.sync(_cfg(), list(pip_args))
     except (ValueError, ServiceError) as exc:
@@ -56,7 +56,7 @@ def sync_command(pip_args: tuple[str, ...]) -> None:
 @layer_env_group.command("list")
 def list_command() -> None:
     """The added packages in force and their fingerprint."""
-    from app.services import layer_env
+    from app.services.layers import environments as layer_env
     cur = layer_env.current(_cfg())
     click.echo(json.dumps({"fingerprint": cur["fingerprint"] if cur else "none",
                            "packages": cur["packages"] if cur else [],

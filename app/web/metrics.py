@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text format (collection: app.services.metrics).
+"""``GET /metrics``: Prometheus text format (collection: app.services.operations.metrics).
 
 Open to clients on this host (loopback; behind `serve`'s nginx the client is
 the address nginx forwards, app.web.throttle.client_address), and from
@@ -19,7 +19,7 @@ import time
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 
-from app.services import metrics
+from app.services.operations import metrics
 from app.web.context import ctx
 from app.web.errors import ApiError
 

@@ -22,7 +22,7 @@ _ERRORS = {str(code): _json(_ref("Error"), text) for code, text in (
     (413, "Upload too large"), (415, "Not multipart/form-data"),
     (503, "The server cannot run the validator or sandbox right now (its fault, not the request's)"),
     (507, "No space left on the jobs volume"))}
-# Inference in the celery queue runs on a worker (app.services.offload).
+# Inference in the celery queue runs on a worker (app.services.inference.celery_offload).
 _WORKER = {"type": "string", "description": "celery queue: the worker that ran it (absent in the local queue)"}
 _NO_WORKER = _json(_ref("Error"), "The service cannot run it now: the sandbox, or (celery queue) no live "
                    "worker took it in time; the server's fault, not the request's")

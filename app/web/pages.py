@@ -11,10 +11,15 @@ from wtforms import SelectChoice
 from app.caffe.network import standard_network_text, standard_networks
 from app.core.errors import Conflict, NotFound, ServiceError
 from app.core.status import DatasetStatus
-from app.services import datasets as dataset_service
-from app.services import job_files, job_listing, jobs, sweeps
-from app.services import layer_env, layer_files
-from app.services.submission import Upload
+from app.services.datasets import lifecycle as dataset_service
+from app.services.jobs import files as job_files
+from app.services.jobs import listing as job_listing
+from app.services.jobs import intake
+from app.services.jobs import lifecycle as jobs
+from app.services.jobs import sweeps
+from app.services.layers import environments as layer_env
+from app.services.layers import files as layer_files
+from app.services.jobs.submission import Upload
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.errors import ApiError, as_api_error
@@ -30,7 +35,7 @@ def _disk_warning() -> dict:
     from flask import g
     if not getattr(g, "user", None):
         return {}
-    from app.services.health import disk
+    from app.services.operations.health import disk
     state = disk(ctx())
     return {"disk_low": state} if state["low"] else {}
 
@@ -41,7 +46,7 @@ def healthz():
     install can do and how (containment, cgroups, disk, workers, GPUs) only
     for an admin (session or token) or LAYERBENCH_MONITOR_TOKEN as a bearer
     token: those details map the host for an attacker."""
-    from app.services.health import health, summary
+    from app.services.operations.health import health, summary
     report = health(ctx(), current_app.instance_path)
     resp = jsonify(report if _sees_health_details() else summary(report))
     resp.headers["Cache-Control"] = "no-store"
@@ -71,7 +76,7 @@ def _sees_health_details() -> bool:
 def health_page():
     """/healthz for people: the status, and for an admin the facts behind it
     (self-test, Caffe, containment, disk, store, queue and workers, GPUs)."""
-    from app.services.health import health, summary
+    from app.services.operations.health import health, summary
     report = health(ctx(), current_app.instance_path)
     details = bool(current_user().get("admin"))
     return render_template("web/health.html", report=report if details else summary(report), details=details)
@@ -140,10 +145,10 @@ def _job_form(prefill: dict[str, str] | None = None) -> JobForm:
     form.dataset.choices = [SelectChoice("", "— none (network brings its own data) —")] + [
         SelectChoice(d["id"], d["name"], render_kw={"data-kind": (d.get("info") or {}).get("type") or "classification"})
         for d in dataset_service.list_for(ctx(), current_user(), status=DatasetStatus.DONE.value)]
-    from app.services import gpus
+    from app.services.runtime import gpus
     form.device.choices = list(form.device.choices[:3]) + [
         SelectChoice(f"gpu:{g['index']}", f"GPU {g['index']}: {g['name']}") for g in gpus.detect()]
-    from app.services import pretrained
+    from app.services.jobs import pretrained
     form.pretrained_model.choices = [SelectChoice("", "— none —")] + [
         SelectChoice(m["id"], m["name"]) for m in pretrained.list_for(ctx(), current_user())]
     if request.method == "GET":
@@ -167,7 +172,7 @@ def _upload_from_form(form: JobForm) -> Upload:
     elif not (text or "").strip() and standard_network_text(form.standard_network.data):
         text = standard_network_text(form.standard_network.data)
         name = f"{form.standard_network.data}.prototxt"
-    # One .py file as ever, or several files / one zip (app.services.layer_files).
+    # One .py file as ever, or several files / one zip (app.services.layers.files).
     layer, layer_name, layers = layer_files.split([(f.stream, f.filename) for f in
                                                    request.files.getlist("python_layer") if f.filename])
     solver_file = form.solver.data
@@ -195,7 +200,7 @@ def new_job():
     ?clone=<job id> opens it filled in from that job (the job page's Clone),
     its layer files and uploaded weights named by the form's clone_from and
     kept on the server; ?dataset=<id> opens it on that dataset."""
-    from app.services import clone_form
+    from app.services.jobs import clone_form
     clone_id = (request.args.get("clone") if request.method == "GET" else request.form.get(clone_form.FIELD)) or ""
     prefill, source = (clone_form.prefill(ctx(), clone_id[:80], current_user()) if clone_id else (None, None))
     form = _job_form(prefill if request.method == "GET" else None)
@@ -207,7 +212,7 @@ def new_job():
             carry = clone_form.carried(ctx(), upload, source["id"], current_user()) if source else nullcontext(upload)
             with carry as upload:
                 if request.form.get("action") == "validate":
-                    report = jobs.validate_only(ctx(), upload, current_user())
+                    report = intake.validate_only(ctx(), upload, current_user())
                 else:
                     created = sweeps.submit_all(ctx(), upload, current_user())
                     if len(created) > 1:   # a sweep: its jobs side by side
@@ -295,7 +300,7 @@ def standard_network(name: str):
 def compare_page():
     """Jobs side by side; ?ids=a&ids=b (the job list's form) redirects to
     the shareable ?ids=a,b."""
-    from app.services import compare
+    from app.services.jobs import compare
     raw = request.args.getlist("ids")
     ids = compare.parse_ids(raw)
     if len(raw) > 1:
@@ -307,7 +312,7 @@ def compare_page():
 def convert_python_layer():
     """The validation report's "download the Python 3 version" button: the
     form's layer file converted (a download; the upload is not changed)."""
-    from app.services.diagnostics import convert_layer
+    from app.services.layers.diagnostics import convert_layer
     from app.web.api import python_layer_download
     if not ActionForm().validate_on_submit():
         abort(400)
@@ -332,7 +337,7 @@ def job_page(job_id: str):
     infer_form = InferForm()
     infer_form.snapshot.choices = [SelectChoice(str(s["iteration"]), f"iteration {s['iteration']}")
                                    for s in reversed(job.get("snapshots") or [])]
-    from app.services.diagnostics import job_error
+    from app.services.layers.diagnostics import job_error
     return render_template("web/job.html", job=job, data=jobs.to_json(job), events=jobs.events(ctx(), job),
                            job_error=job_error(ctx(), job),
                            report=job_files.validation_report(ctx(), job), action_form=ActionForm(), infer_form=infer_form,
@@ -383,7 +388,7 @@ def new_dataset():
             if not err.user_fault and not isinstance(err, Conflict):
                 raise
             error = as_api_error(err)
-    from app.services import data_roots
+    from app.services.runtime import data_roots
     roots = data_roots.roots_for(ctx().cfg, current_user()["name"]) if data_roots.configured(ctx().cfg) else []
     return render_template("web/new_dataset.html", form=form, error=error, roots=roots), (400 if error else 200)
 
@@ -439,7 +444,7 @@ def dataset_delete(dataset_id: str):
 @bp.post("/jobs/<job_id>/infer")
 def job_infer(job_id: str):
     """Classify images from the job page."""
-    from app.services import classification
+    from app.services.inference import classify as classification
     job = jobs.get(ctx(), job_id, current_user())
     form = InferForm()
     form.snapshot.choices = [SelectChoice(str(s["iteration"])) for s in job.get("snapshots") or []]
@@ -448,7 +453,7 @@ def job_infer(job_id: str):
     files = [(f.stream, f.filename) for f in request.files.getlist("image") if f.filename]
     snap = int(form.snapshot.data) if form.snapshot.data else None
     if _is_segmentation(job):
-        from app.services import segmentation
+        from app.services.inference import segment as segmentation
         # Masks as colour overlays on the images, with per-class pixel shares.
         result = segmentation.segment(ctx(), job, files, snap)
         return render_template("web/segment.html", job=job, result=result, b64=_b64, swatch=_swatch)
@@ -481,7 +486,7 @@ def _previews(streams: list) -> list[str | None]:
 
 
 def _is_segmentation(job: dict) -> bool:
-    from app.services import segmentation
+    from app.services.inference import segment as segmentation
     return segmentation.dataset_type(ctx(), job) == "segmentation"
 
 
@@ -501,7 +506,7 @@ def _swatch(color: list[int]) -> bytes:
 @bp.get("/workers")
 def workers_page():
     """The celery queue's live workers: hosts, GPUs, current jobs."""
-    from app.services import workers
+    from app.services.runtime import workers
     return render_template("web/workers.html", queue=ctx().cfg["QUEUE"],
                            workers=workers.for_user(ctx(), current_user()))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from app.services import pretrained
+from app.services.jobs import pretrained
 from app.web.auth import current_user
 from app.web.context import ctx
 

@@ -2,7 +2,7 @@
 job worker run as the unprivileged service user (issue 22, defence in
 depth): the account, the ownership of the instance and jobs directories, a
 way through 0700 ancestors (a checkout in /root), and the root launcher
-that alone keeps the privilege to start sandboxes (app.services.launcher).
+that alone keeps the privilege to start sandboxes (app.services.runtime.launcher).
 
 ``LAYERBENCH_PRIVSEP=0`` keeps the old single-user layout (everything as
 root); as an ordinary user there is nothing to separate.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.core import config
-from app.services.sandbox_remote import SOCKET_ENV
+from app.services.runtime.sandbox_client import SOCKET_ENV
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def prepare(cfg: dict) -> Dropped:
     os.chown(sock_dir, 0, gid)
     sock_dir.chmod(0o750)
     sock = sock_dir / "s"
-    launcher = subprocess.Popen([sys.executable, "-m", "app.services.launcher", str(sock), str(uid), str(gid)])
+    launcher = subprocess.Popen([sys.executable, "-m", "app.services.runtime.launcher", str(sock), str(uid), str(gid)])
     deadline = time.monotonic() + 60
     while not _listening(sock):
         if launcher.poll() is not None or time.monotonic() > deadline:

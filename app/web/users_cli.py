@@ -1,9 +1,9 @@
 """``flask --app wsgi users ...``: users, passwords, API tokens, revocation.
 
-All of it goes through ``app.services.users``. A change made here reaches a
+All of it goes through ``app.services.accounts.users``. A change made here reaches a
 running server at once for sessions; a server process that checked a token
 or a password in the last 10 s may accept it for up to 10 s more (its
-per-process cache; app.services.users.CACHE_SECONDS).
+per-process cache; app.services.accounts.users.CACHE_SECONDS).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 from flask.cli import AppGroup
 
 from app.core.errors import ServiceError
-from app.services import users
+from app.services.accounts import users
 from app.web.context import ctx
 
 users_cli = AppGroup("users", help="Manage users, passwords and API tokens; revoke access.")

@@ -6,7 +6,7 @@ worker``) starts one. It runs one job per GPU it offers (a CPU-only worker:
 training runs in its own sandboxed process anyway (runner.run_job, the very
 function the local queue calls), and threads share the allocator that hands
 each job its GPU. Its queues are what it offers (``queues_for``); the broker
-settings, each with its reason, are ``app.services.queue.settings``.
+settings, each with its reason, are ``app.services.runtime.broker.settings``.
 Beside it, side nodes (app.worker.side_nodes) take this host's share of
 inference requests and dataset builds, which must not wait behind training.
 
@@ -27,7 +27,9 @@ from celery import Celery, signals
 from app.core import config
 from app.core.status import JobStatus
 from app.core.workspace import Workspace
-from app.services import inference, offload, queue
+from app.services.inference import cold as inference
+from app.services.inference import celery_offload as offload
+from app.services.runtime import broker as queue
 from app.services.context import Context
 from app.store import Store, now_iso
 from app.worker import identity, side_nodes
@@ -59,7 +61,7 @@ def queues_for(gpus: list[int]) -> list[str]:
 def context() -> Context:
     """This process's store, workspace and containment (made once)."""
     if STATE["ctx"] is None:
-        from app.services import sandbox
+        from app.services.runtime import sandbox
         store = Store(str(CFG["DATABASE_URL"]))
         store.create_schema()
         STATE["ctx"] = Context(cfg=CFG, store=store, ws=Workspace(CFG["JOBS_DIR"]),
@@ -110,14 +112,14 @@ def _requeue_after_shutdown(ctx: Context, job_id: str) -> None:
 @app.task(name=queue.TASK_DATASET)
 def build_dataset_task(ds_id: str) -> str:
     """Build one queued dataset here (the build's own claim skips duplicates)."""
-    from app.services.datasets import build
+    from app.services.datasets.lifecycle import build
     return build(context(), ds_id, worker=STATE["node"])
 
 
 @app.task(name=offload.TASK_INFER)
 def infer_task(body: dict) -> str:
     """Run one inference request here, if the web still waits for it, and
-    wake the request with the outcome (app.services.offload). Acknowledged
+    wake the request with the outcome (app.services.inference.celery_offload). Acknowledged
     when it ends, like a job, so a node busy with requests reserves no more
     (other hosts' nodes take them); a redelivered one has expired or is
     already claimed, so it never runs twice or for nobody."""
@@ -152,8 +154,8 @@ def offered_gpus(spec: str | None) -> list[int]:
     if spec:
         return [] if spec.strip().lower() in ("none", "cpu", "") else \
             sorted({int(x) for x in spec.split(",") if x.strip()})
-    from app.services import gpus
-    from app.services.caffe_info import caffe_info
+    from app.services.runtime import gpus
+    from app.services.runtime.caffe_info import caffe_info
     if not caffe_info(str(CFG["CAFFE_PYTHON"])).get("gpu_build"):
         return []
     return [g["index"] for g in gpus.detect()]

@@ -5,7 +5,7 @@ Three heartbeats, all in the store (the one thing every host shares):
 * a job's: ``jobs.heartbeat_at``, written by the runner's watch loop every
   0.5 s while its process lives (runner._watch);
 * a dataset build's: ``datasets.build_heartbeat_at``, written every second
-  by its build (app.services.datasets.build), fenced by its token;
+  by its build (app.services.datasets.lifecycle.build), fenced by its token;
 * a worker's: its row in ``workers``, written by ``Heartbeat`` below every
   ``HEARTBEAT_SECONDS``, with its host, GPUs and current jobs (what /healthz
   and the Workers page list).
@@ -32,7 +32,7 @@ from pathlib import Path
 from app.core import untrusted
 from app.core.status import JobStatus
 from app.core.workspace import METRICS_FILE, Workspace
-from app.services import queue
+from app.services.runtime import broker as queue
 from app.services.context import Context
 from app.store import now_iso
 
@@ -177,7 +177,7 @@ def hand_over_stale_builds(ctx: Context, stale_after: float) -> list[str]:
             root = ctx.ws.dataset_dir(ds["id"])
             for part in ("upload", "build"):        # up to GBs on shared storage, of no more use
                 shutil.rmtree(root / part, ignore_errors=True)
-            from app.services import waiting
+            from app.services.jobs import waiting
             waiting.release(ctx, ds["id"])      # jobs waiting on it end, with the reason
         moved.append(ds["id"])
     return moved

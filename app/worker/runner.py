@@ -26,7 +26,8 @@ from app.core.status import JobStatus
 from app.core.workspace import (
     ABORT_FILE, CONTROL_DIR, METRICS_FILE, PROGRESS_FILE, RESULT_FILE, RESUME_FILE, RUN_FILE,
     Workspace, snapshot_name)
-from app.services import layer_env, sandbox
+from app.services.layers import environments as layer_env
+from app.services.runtime import sandbox
 from app.services.context import Context
 from app.store import now_iso
 from app.worker import quota
@@ -169,7 +170,7 @@ def _spec(ctx: Context, job: dict, device: str, gpu_index: int | None, inp: Path
     devices: list[str] = []
     if gpu_index is not None:
         # The job sees exactly one GPU: CUDA numbering and device nodes alike.
-        from app.services.gpus import device_nodes
+        from app.services.runtime.gpus import device_nodes
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
         devices = device_nodes(gpu_index)
     spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.train", str(inp), str(out), str(control)],
@@ -296,6 +297,6 @@ def recover(ctx: Context, stale_after: float | None = None) -> list[str]:
             ctx.store.upsert_dataset(ds["id"], status="error",
                                      error="The worker stopped while building this dataset; upload it again.")
             ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]) / "build")
-        from app.services import waiting
+        from app.services.jobs import waiting
         waiting.release_stale(ctx)   # jobs waiting on a build that ended meanwhile
     return changed

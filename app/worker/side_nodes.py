@@ -3,7 +3,7 @@ processes beside the training worker for work that must not wait behind
 training (it does not in the local queue either). A Celery worker has one
 pool for all its queues, so each kind of side work gets its own node:
 
-* ``infer``: inference requests (app.services.offload), INFER_CONCURRENCY
+* ``infer``: inference requests (app.services.inference.celery_offload), INFER_CONCURRENCY
   at once;
 * ``datasets``: dataset builds, one at a time per host (a build takes
   minutes and the CPU; other hosts' nodes take the next one).
@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def role_queue(role: str) -> tuple[str, str]:
     """(Celery queue, pool size setting) of a side node's ``role``."""
-    from app.services import offload, queue
+    from app.services.inference import celery_offload as offload
+    from app.services.runtime import broker as queue
     return {"infer": (offload.INFER_QUEUE, "INFER_CONCURRENCY"),
             "datasets": (queue.DATASET_QUEUE, "")}[role]
 

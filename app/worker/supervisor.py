@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from app.services import fairshare
+from app.services.jobs import fairshare
 from app.services.context import Context
 from app.worker.runner import recover, run_job
 from app.core.status import JobStatus
@@ -81,7 +81,7 @@ class LocalSupervisor:
 
     def tick(self) -> None:
         """Start queued jobs while a device is free, in fair-share order
-        (app.services.fairshare), and the oldest queued dataset build when
+        (app.services.jobs.fairshare), and the oldest queued dataset build when
         none is running."""
         self._datasets()
         self.threads = {j: t for j, t in self.threads.items() if t.is_alive()}
@@ -118,7 +118,7 @@ class LocalSupervisor:
             return
         queued = self.ctx.store.list_datasets(status="queued")
         if queued and not self.stopping.is_set():
-            from app.services.datasets import build
+            from app.services.datasets.lifecycle import build
             self.dataset_thread = threading.Thread(target=build, args=(self.ctx, queued[-1]["id"]), daemon=True)
             self.dataset_thread.start()
 

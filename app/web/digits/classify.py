@@ -1,12 +1,18 @@
 """DIGITS's inference routes on a model: classify_one, classify_many, top_n
 (HTML laid out as DIGITS did, and .json). Images are uploaded, or, for the
 lists, read from the server's data roots in the sandbox
-(app.services.data_roots); image URLs are not fetched."""
+(app.services.runtime.data_roots); image URLs are not fetched."""
 from __future__ import annotations
 
 from flask import jsonify, render_template, request
 
-from app.services import classification, classify_list, data_roots, jobs
+from app.services.inference import classify as classification
+
+from app.services.inference import image_lists as classify_list
+
+from app.services.runtime import data_roots
+
+from app.services.jobs import lifecycle as jobs
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.digits.blueprint import bp

@@ -7,8 +7,9 @@ from flask import Response, jsonify, render_template, request
 from app.core.errors import InvalidRequest, NotFound, ServiceError
 from app.core.status import DatasetStatus, JobStatus
 from app.core.workspace import DEPLOY_FILE, SOLVER_FILE, TRAIN_VAL_FILE
-from app.services import datasets as dataset_service
-from app.services import digits_keys, jobs
+from app.services.datasets import lifecycle as dataset_service
+from app.services.jobs import digits_keys
+from app.services.jobs import lifecycle as jobs
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.errors import ApiError
@@ -49,7 +50,7 @@ def epochs(job: dict) -> list:
 
 def model_json(job: dict) -> dict:
     """A model as DIGITS's /models/<id>.json answers it (docs/API.md's keys,
-    app.services.digits_keys). Keys that held server paths in DIGITS carry
+    app.services.jobs.digits_keys). Keys that held server paths in DIGITS carry
     URLs (``directory``) or file names."""
     params = job.get("params") or {}
     out = {"id": job["id"], "name": job["name"], "status": job_word(job), "type": "Image Classification Model",

@@ -7,8 +7,8 @@ from __future__ import annotations
 from flask import Response, jsonify, redirect, render_template, request
 
 from app.core.errors import Conflict, InvalidRequest, PayloadTooLarge, ServiceError
-from app.services import data_roots
-from app.services import datasets as dataset_service
+from app.services.runtime import data_roots
+from app.services.datasets import lifecycle as dataset_service
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.digits.blueprint import bp
@@ -57,7 +57,7 @@ def _fields() -> dict[str, str]:
         raise refuse("folder_pct_test", "folder_pct_test: a test split of the training folder is not supported; "
                      "name a separate test folder (has_test_folder, folder_test).")
     fields = {ours: form[theirs] for theirs, ours in FIELDS.items() if form.get(theirs)}
-    # DIGITS's server folders (app.services.data_roots): the separate
+    # DIGITS's server folders (app.services.runtime.data_roots): the separate
     # validation and test folders count only when their checkbox is on, as in DIGITS.
     if isinstance(form.get("folder_train"), str) and form.get("folder_train"):
         fields["folder"] = form["folder_train"]

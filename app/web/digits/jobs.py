@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Response, jsonify, redirect, request
 
 from app import __version__
-from app.services import datasets as dataset_service
-from app.services import job_listing, jobs
+from app.services.datasets import lifecycle as dataset_service
+from app.services.jobs import listing as job_listing
+from app.services.jobs import lifecycle as jobs
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.digits.blueprint import bp

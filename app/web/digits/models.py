@@ -10,8 +10,10 @@ from flask import Response, jsonify, redirect, render_template, request, send_fi
 from app.caffe.network import standard_network_text, standard_networks
 from app.core.errors import Conflict, InvalidNetwork, InvalidPythonLayer, InvalidRequest, NotFound, ServiceError
 from app.core.workspace import LAYER_FILE, NETWORK_FILE
-from app.services import data_roots, job_files, jobs
-from app.services.submission import Upload
+from app.services.runtime import data_roots
+from app.services.jobs import files as job_files
+from app.services.jobs import lifecycle as jobs
+from app.services.jobs.submission import Upload
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.digits.blueprint import bp
@@ -101,7 +103,7 @@ def digits_upload(form, files) -> Upload:
 
 def _server_layer(raw: str) -> tuple[io.BytesIO, str]:
     # DIGITS's python_layer_server_file: a file under the data roots, read
-    # in the sandbox (app.services.data_roots), then handled as an upload.
+    # in the sandbox (app.services.runtime.data_roots), then handled as an upload.
     field, cap = "python_layer_server_file", int(ctx().cfg["MAX_LAYER_FILE_KB"]) << 10
     user = current_user()["name"]
     real = data_roots.resolve(ctx(), raw, user, field, kind="file")

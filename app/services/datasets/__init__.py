@@ -1,0 +1,1 @@
+"""Dataset records and builds, and the administrator's server data roots."""

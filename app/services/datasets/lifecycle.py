@@ -1,0 +1,404 @@
+"""Dataset services: create from an uploaded archive, build it contained
+(app.dataset_build in the sandbox), publish it atomically, delete it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import IO
+
+from app.core import untrusted
+from app.services.runtime import data_roots
+from app.services.runtime import sandbox
+from app.caffe.images import RESIZE_MODES
+from app.services.access import may_see, only_visible
+from app.services.context import Context
+from app.core.errors import Conflict, Forbidden, InvalidRequest, NotFound, PayloadTooLarge, ServiceError
+from app.core.status import DatasetStatus, RunOutcome
+from app.store import new_job_id, now_iso
+from app.core.workspace import DATASET_INFO_FILE, DATASET_PARAMS_FILE, PROGRESS_FILE, RESULT_FILE, Workspace
+
+# What a finished build may contain; anything else (a link, a stray file) is refused.
+PUBLISHED = ("train_db", "val_db", "test_db", "labels.txt", "mean.binaryproto", "mean.png", "samples", DATASET_INFO_FILE)
+
+
+def parse_fields(fields: dict[str, str]) -> dict:
+    """Typed dataset parameters; 400 with every bad field."""
+    details, out = [], {}
+    out["name"] = (fields.get("name") or "").strip()[:200]
+    if not out["name"]:
+        details.append({"field": "name", "message": "required"})
+    for name, lo, hi, default in (("image_width", 1, 1024, None), ("image_height", 1, 1024, None),
+                                  ("channels", 1, 3, 3), ("val_percent", 0, 90, 25)):
+        raw = (fields.get(name) or "").strip() or (str(default) if default is not None else "")
+        try:
+            value = float(raw) if name == "val_percent" else int(raw)
+            if not lo <= value <= hi or (name == "channels" and value not in (1, 3)):
+                raise ValueError
+            out[name] = value
+        except ValueError:
+            details.append({"field": name, "message": f"must be a number from {lo} to {hi}"
+                            + (" (1 or 3)" if name == "channels" else "")})
+    out["resize_mode"] = (fields.get("resize_mode") or "squash").strip()
+    if out["resize_mode"] not in RESIZE_MODES:
+        details.append({"field": "resize_mode", "message": "use " + ", ".join(RESIZE_MODES)})
+    # Segmentation (images/ + labels/ pairs, app.caffe.segmentation) or the default.
+    out["type"] = (fields.get("type") or "classification").strip()
+    if out["type"] not in ("classification", "segmentation"):
+        details.append({"field": "type", "message": "use classification or segmentation"})
+    if details:
+        raise InvalidRequest("Some dataset fields are invalid.", details)
+    return out
+
+
+def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owner: str,
+           field_names: dict[str, str] | None = None) -> dict:
+    """Store the archive, or note the server folders (``folder``,
+    ``folder_val``, ``folder_test`` under the data roots), and queue the
+    build; the dataset record. ``field_names``: what the caller calls the
+    folder fields (DIGITS: folder_train), for its errors."""
+    params = parse_fields(fields)
+    folders = data_roots.dataset_folders(ctx, fields, owner, field_names or {})
+    if archive is None and not folders:
+        more = " or a server folder in 'folder'" if data_roots.configured(ctx.cfg) else ""
+        raise InvalidRequest(f"The archive (zip or tar.gz){more} is missing.",
+                       [{"field": "archive", "message": "required"}])
+    if archive is not None and folders:
+        raise InvalidRequest("Send either an archive or a server folder, not both.",
+                           [{"field": "folder", "message": "or archive"}])
+    ds_id = new_job_id()
+    upload = ctx.ws.dataset_dir(ds_id) / "upload"
+    upload.mkdir(parents=True)
+    if folders:
+        params.update(folders=folders, roots=[str(r) for r in data_roots.roots_for(ctx.cfg, owner)])
+    else:
+        try:
+            Workspace.save_stream(upload / "archive", archive, int(ctx.cfg["MAX_UPLOAD_MB"]) << 20)
+        except ValueError:
+            ctx.ws.delete(ctx.ws.dataset_dir(ds_id))
+            raise PayloadTooLarge("The archive is too large.") from None
+    params.update(max_files=int(ctx.cfg["DATASET_MAX_FILES"]), max_bytes=int(ctx.cfg["DATASET_MAX_MB"]) << 20)
+    Workspace.write_json(upload / DATASET_PARAMS_FILE, params)
+    ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status=DatasetStatus.QUEUED.value,
+                             info={"params": params, "progress": 0.0}, created_at=now_iso())
+    from app.services.runtime import broker as queue
+    queue.enqueue_dataset(ctx, ds_id)   # celery queue only (the local one polls the store)
+    return ctx.store.get_dataset(ds_id)
+
+
+BEAT_EVERY_S = 1.0    # how often a build writes its heartbeat (celery: app.worker.heartbeat)
+log = logging.getLogger(__name__)
+
+
+def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
+    """Run a queued dataset's build to its end; its final status ("skipped"
+    when it was not queued). The claim gives the run a token, its worker and
+    a heartbeat (the dataset's ``build_*`` columns), and every later write of
+    the run is fenced by that token, so that, in the celery queue, a build
+    whose worker died is handed over (app.worker.heartbeat) and a build that
+    was only slow finds itself handed over, stops and leaves everything to
+    the new one ("superseded"). Whatever fails, the build ends (``error``
+    with why) and its sandboxed process is killed."""
+    token = secrets.token_hex(8)
+    if not ctx.store.claim_dataset_build(ds_id, token, worker, time.time()):
+        return "skipped"
+    root = ctx.ws.dataset_dir(ds_id)
+    upload, out = root / "upload", root / "build"
+    info = (ctx.store.get_dataset(ds_id) or {}).get("info") or {}
+    info.pop("builder", None)     # where builds kept their token before build_token
+    info.pop("progress_images", None)   # an earlier run's (handed over): this one counts anew
+    proc = None
+    try:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        # A server folder's build sees its owner's data roots, read-only, as
+        # configured now (app.services.runtime.data_roots); an upload's sees none.
+        folders = ((info.get("params") or {}).get("folders")) or {}
+        roots = data_roots.roots_for(ctx.cfg, (ctx.store.get_dataset(ds_id) or {}).get("owner") or "") \
+            if folders else []
+        spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset",
+                             str(upload / "archive"), str(out), str(upload / DATASET_PARAMS_FILE)],
+                            read_only=[upload, *roots], writable=[out], cwd=out,
+                            # decoding processes (app.contained.dataset_pool); 0: one per core
+                            env={"LAYERBENCH_DATASET_WORKERS": str(int(ctx.cfg["DATASET_WORKERS"]))})
+        limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
+                                address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
+                                memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+        with open(root / "build.log", "ab") as build_log:
+            t0 = time.monotonic()
+            proc = sandbox.start(spec, ctx.containment, limits, build_log, build_log)
+            if _watch(ctx, ds_id, token, info, proc, limits, t0, out) == "superseded":
+                return "superseded"   # the new build owns the files now
+            # Ended (or killed): give its uid and cgroup back now, not
+            # whenever the Popen is collected.
+            sandbox.wait(proc, limits, t0)
+        _read_progress(out, info)     # its last word: a quick build ends between two looks
+        status, error, built = _outcome(out, timed_out=time.monotonic() - t0 > limits.wall_seconds)
+        now = _owner(ctx, ds_id, token)
+        if now == "superseded":
+            return "superseded"
+        if now != "mine":
+            status, error, built = DatasetStatus.ERROR.value, ABORTED, {}
+        if status == DatasetStatus.DONE:
+            _publish(out, root)
+    except BaseException as exc:
+        # Never leave the builder running, nor its uid leased.
+        if proc is not None and proc.poll() is None:
+            sandbox.kill(proc)
+        elif proc is not None:
+            sandbox.wait(proc, limits, t0)
+        if not isinstance(exc, Exception):
+            raise
+        if not isinstance(exc, OSError):
+            log.exception("building dataset %s failed", ds_id)
+        if _owner(ctx, ds_id, token) == "superseded":
+            return "superseded"
+        status, error, built = DatasetStatus.ERROR.value, f"the build failed: {exc}"[:2000], {}
+    return _end(ctx, ds_id, token, root, status, error, info, built)
+
+
+def _watch(ctx: Context, ds_id: str, token: str, info: dict, proc, limits: sandbox.Limits, t0: float,
+           out: Path) -> str:
+    """Follow the builder until it ends, writing the run's heartbeat and
+    progress; kill it past its wall-clock limit or once the dataset is no
+    longer this run's. Whose the dataset is then (see ``_owner``)."""
+    last_beat = 0.0
+    while proc.poll() is None:
+        if time.monotonic() - t0 > limits.wall_seconds:
+            sandbox.kill(proc)
+            break
+        if _read_progress(out, info) or time.monotonic() - last_beat >= BEAT_EVERY_S:
+            last_beat = time.monotonic()
+            mine = ctx.store.beat_dataset_build(ds_id, token, time.time(), info)
+        else:
+            mine = _owner(ctx, ds_id, token) == "mine"   # an abort is noticed within a poll
+        if not mine:
+            sandbox.kill(proc)      # aborted, or handed over: stop building
+            return _owner(ctx, ds_id, token)
+        # The store every 0.2 s, the process more often: a build's end is
+        # seen (and published) within 20 ms, not up to a whole poll later.
+        until = time.monotonic() + 0.2
+        while proc.poll() is None and time.monotonic() < until:
+            time.sleep(0.02)
+    return "mine"
+
+
+def _read_progress(out: Path, info: dict) -> bool:
+    """Copy the builder's progress file (written by user-reachable code:
+    read capped, checked) into ``info``: ``progress`` (0..1) and
+    ``progress_images`` ({done, total} entries); whether it changed."""
+    try:
+        p = json.loads(Workspace.read_capped(out / PROGRESS_FILE, 4096))
+        progress = min(1.0, max(0.0, float(p.get("progress", 0))))
+        done, total = p.get("done"), p.get("total")
+        images = {"done": done, "total": total} if type(done) is int and type(total) is int \
+            and 0 <= done <= total else info.get("progress_images")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+    changed = (progress, images) != (info.get("progress"), info.get("progress_images"))
+    info["progress"] = progress
+    if images is not None:
+        info["progress_images"] = images
+    return changed
+
+
+def _owner(ctx: Context, ds_id: str, token: str) -> str:
+    """Whose build this is now: "mine" (running, this run's token),
+    "superseded" (another token or none: handed over, perhaps built or
+    failed since), or "ended" (this run's token but no longer running: its
+    owner aborted it; or the dataset was deleted)."""
+    ds = ctx.store.get_dataset(ds_id)
+    if ds is None:
+        return "ended"
+    if ds.get("build_token") != token:
+        return "superseded"
+    return "mine" if ds["status"] == DatasetStatus.RUNNING else "ended"
+
+
+def _end(ctx: Context, ds_id: str, token: str, root: Path, status: str, error: str | None, info: dict,
+         built: dict) -> str:
+    """Write the run's end (fenced by its token), then remove what is left
+    of the build and move the jobs waiting on it on; the final status, or
+    "superseded" when it was handed over meanwhile (nothing is touched)."""
+    final = dict(built, progress=1.0, params=info.get("params"), progress_images=info.get("progress_images")) \
+        if status == DatasetStatus.DONE else info
+    written = ctx.store.end_dataset_build(ds_id, token, status=status, error=error, info=final)
+    if not written and status == DatasetStatus.DONE and _owner(ctx, ds_id, token) == "ended":
+        # Its owner aborted it after the last look: the abort wins.
+        status, error = DatasetStatus.ERROR.value, ABORTED
+        written = ctx.store.end_dataset_build(ds_id, token, status=status, error=error, info=info)
+    if not written and _owner(ctx, ds_id, token) == "superseded":
+        return "superseded"
+    shutil.rmtree(root / "build", ignore_errors=True)
+    shutil.rmtree(root / "upload", ignore_errors=True)   # nothing half-made is left
+    # Jobs created while it built now validate and queue (or end in error).
+    from app.services.jobs import waiting
+    waiting.release(ctx, ds_id)
+    return status
+
+
+def _outcome(out: Path, timed_out: bool) -> tuple[str, str | None, dict]:
+    if timed_out:
+        return DatasetStatus.ERROR.value, "Building the dataset took too long.", {}
+    try:
+        result = json.loads(Workspace.read_capped(out / RESULT_FILE, 1 << 20))
+    except (OSError, ValueError):
+        return DatasetStatus.ERROR.value, "The dataset builder stopped without a result (out of memory?).", {}
+    if result.get("status") == RunOutcome.DONE and isinstance(result.get("info"), dict):
+        return DatasetStatus.DONE.value, None, result["info"]
+    return DatasetStatus.ERROR.value, str(result.get("message") or "the build failed")[:2000], {}
+
+
+def _publish(out: Path, root: Path) -> None:
+    # The builder ran as untrusted-input code: accept only the expected
+    # entries, regular files and directories, no links anywhere.
+    for entry in os.scandir(out):
+        if entry.name in (RESULT_FILE, PROGRESS_FILE, ".progress.tmp"):
+            continue
+        if entry.name not in PUBLISHED:
+            raise OSError(f"unexpected file {entry.name!r} in the build")
+    for dirpath, dirnames, filenames in os.walk(out):
+        for name in dirnames + filenames:
+            mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise OSError(f"refused {name!r}: not a regular file")
+    for name in PUBLISHED:
+        if (out / name).exists():
+            os.replace(out / name, root / name)
+
+
+def delete(ctx: Context, ds: dict) -> None:
+    """Remove a dataset. Refused (conflict) for built-in datasets, while it is
+    being built, and while any job uses it: finished jobs need its labels and
+    mean for inference, and their pages link to it."""
+    if ds["owner"] is None:
+        raise Conflict(f"'{ds['name']}' is built in and cannot be deleted.")
+    using = ctx.store.jobs_using(ds["id"], active_only=False)
+    if using:
+        raise Conflict(f"Dataset is used by {len(using)} job(s); delete those jobs first.",
+                           [{"field": "dataset", "message": f"job {j}"} for j in using[:10]])
+    if ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING):
+        raise Conflict("The dataset is still being built.")
+    ctx.store.delete_dataset(ds["id"])
+    ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]))
+
+
+def get(ctx: Context, dataset_id: str, user: dict) -> dict:
+    """The dataset if ``user`` may see it (app.services.access), else not_found."""
+    ds = ctx.store.get_dataset(dataset_id) if isinstance(dataset_id, str) else None
+    if not may_see(user, ds):
+        raise NotFound("No such dataset.")
+    return ds
+
+
+def list_for(ctx: Context, user: dict, status: str | None = None) -> list[dict]:
+    """The datasets ``user`` may see (built-in ones and their own)."""
+    return only_visible(user, ctx.store.list_datasets(status=status) if status else ctx.store.list_datasets())
+
+
+def delete_as(ctx: Context, ds: dict, user: dict) -> None:
+    """Delete ``ds`` for ``user`` (who must be able to see it)."""
+    if not may_see(user, ds):
+        raise NotFound("No such dataset.")
+    delete(ctx, ds)
+
+
+def sample_names(ctx: Context, ds: dict) -> list[str]:
+    """File names of the dataset's preview samples (samples/*.png)."""
+    # Listed like everything a sandbox wrote: regular files only, no links.
+    return [e.name for e in untrusted.list_dir(ctx.ws.dataset_dir(ds["id"]) / "samples")
+            if not e.is_dir and e.name.endswith(".png")]
+
+
+def preview(ctx: Context, ds: dict, name: str) -> bytes | None:
+    """A preview image's bytes (``mean.png`` or ``samples/<label>_<n>.png``), or None."""
+    import re
+    if not re.fullmatch(r"mean\.png|samples/\d+_\d+\.png", name):
+        return None
+    try:
+        with Workspace.open_regular(ctx.ws.dataset_dir(ds["id"]) / name) as fh:
+            return fh.read(8 << 20)
+    except OSError:
+        return None
+
+
+def to_json(ds: dict) -> dict:
+    """The dataset JSON of API.md (plus progress and per-class counts)."""
+    info = ds.get("info") or {}
+    return {"id": ds["id"], "name": ds["name"], "status": ds["status"], "owner": ds["owner"],
+            "num_classes": info.get("num_classes"), "labels": info.get("labels"),
+            "train_count": info.get("train_count"), "val_count": info.get("val_count"),
+            "image_shape": info.get("image_shape"), "error": ds.get("error"),
+            "progress": info.get("progress", 1.0 if ds["status"] == DatasetStatus.DONE else 0.0),
+            # entries (image files) decoded of all: {done, total}; null until the builder has counted them
+            "progress_images": info.get("progress_images"),
+            "per_class": info.get("per_class"), "skipped": info.get("skipped"),
+            "created_at": ds.get("created_at"),
+            "type": info.get("type") or (info.get("params") or {}).get("type") or "classification",
+            "palette": info.get("palette"), "class_share": info.get("class_share")}
+
+
+ABORTED = "Aborted by its owner."
+
+
+def abort(ctx: Context, ds: dict) -> None:
+    """Stop a queued or running build (it ends in error, ABORTED); conflict
+    once it has ended. A running build notices within a poll and is killed."""
+    for state in (DatasetStatus.QUEUED.value, DatasetStatus.RUNNING.value):
+        if ctx.store.claim_dataset(ds["id"], state, DatasetStatus.ERROR.value):
+            if state == DatasetStatus.QUEUED.value:
+                ctx.store.upsert_dataset(ds["id"], error=ABORTED)
+                from app.services.jobs import waiting
+                waiting.release(ctx, ds["id"])   # no build will end to release them
+            return
+    raise Conflict(f"The dataset's build already ended ({ds['status']}).")
+
+
+def wait_built(ctx: Context, ds_id: str, timeout: float = 30.0) -> dict | None:
+    """The dataset once no build of it is under way any more (an aborted
+    build has written its end: ``error`` is set); None if it is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ds = ctx.store.get_dataset(ds_id)
+        if ds is None or ds["status"] == DatasetStatus.DONE or (
+                ds["status"] == DatasetStatus.ERROR and ds.get("error")) or time.monotonic() > deadline:
+            return ds
+        time.sleep(0.1)
+
+
+def delete_aborting(ctx: Context, ds: dict, user: dict) -> None:
+    """Delete as DIGITS does: refused (conflict) while any job uses it and
+    for a built-in one, as ``delete``; a build under way is aborted first."""
+    if not may_see(user, ds):
+        raise NotFound("No such dataset.")
+    if ds["owner"] is not None and ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING) \
+            and not ctx.store.jobs_using(ds["id"], active_only=False):
+        try:
+            abort(ctx, ds)
+        except ServiceError as err:
+            if not isinstance(err, Conflict):    # it ended meanwhile: delete it as it is
+                raise
+        ds = wait_built(ctx, ds["id"]) or ds
+    delete(ctx, ds)
+
+
+def edit(ctx: Context, ds: dict, name: str | None = None, notes: str | None = None) -> dict:
+    """Rename a dataset and/or set its notes (kept in its info); the dataset."""
+    if ds["owner"] is None:
+        raise Forbidden(f"'{ds['name']}' is built in and cannot be edited.")
+    fields: dict = {}
+    if name is not None:
+        if not name.strip():
+            raise InvalidRequest("The name must not be empty.",
+                               [{"field": "name", "message": "required"}])
+        fields["name"] = name.strip()[:200]
+    if notes is not None:
+        fields["info"] = dict(ds.get("info") or {}, notes=notes[:10000])
+    if fields:
+        ctx.store.upsert_dataset(ds["id"], **fields)
+    return ctx.store.get_dataset(ds["id"])

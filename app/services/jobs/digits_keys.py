@@ -1,0 +1,65 @@
+"""DIGITS's JSON keys that come from more than one record: a model's
+dataset, files and versions (DIGITS's ``json_dict``, as docs/API.md shows
+it), and a dataset's task lists (``CreateDbTasks``, ``ParseFolderTasks``).
+Shared by the DIGITS routes (app.web.digits) and the model archive's
+info.json (app.services.jobs.files), so that both say the same."""
+from __future__ import annotations
+
+from app import __version__
+from app.core.status import DatasetStatus
+from app.core.workspace import snapshot_name
+from app.services.runtime.caffe_info import caffe_info
+from app.services.context import Context
+
+# The file names DIGITS's archives and JSON use.
+ORIGINAL_FILE = "original.prototxt"
+LABELS_FILE = "labels.txt"
+MEAN_FILE = "mean.binaryproto"
+
+
+def image_dimensions(shape: list | None) -> list | None:
+    """DIGITS's [height, width, channels] of our [channels, height, width]."""
+    if not shape or len(shape) != 3:
+        return None
+    c, h, w = shape
+    return [h, w, c]
+
+
+def model_keys(c: Context, job: dict) -> dict:
+    """A model's DIGITS keys: versions ("digits version" is this service's),
+    its dataset's image dimensions, resize mode, labels and mean files, the
+    latest snapshot's file name and its owner."""
+    ds = c.store.get_dataset(job["dataset"]) if job.get("dataset") else None
+    info = (ds or {}).get("info") or {}
+    snaps = [s["iteration"] for s in job.get("snapshots") or [] if isinstance(s.get("iteration"), int)]
+    return {"caffe version": caffe_info(str(c.cfg["CAFFE_PYTHON"])).get("version"),
+            "digits version": __version__,
+            "image dimensions": image_dimensions(info.get("image_shape")),
+            "image resize mode": info.get("resize_mode") or (info.get("params") or {}).get("resize_mode")
+            or "squash",
+            "labels file": LABELS_FILE if ds else None, "mean file": MEAN_FILE if ds else None,
+            "network file": ORIGINAL_FILE,
+            "snapshot file": snapshot_name(max(snaps), ".caffemodel") if snaps else "no snapshots",
+            "username": job.get("owner")}
+
+
+def dataset_tasks(ds: dict) -> dict:
+    """DIGITS's task lists of an image classification dataset: one
+    "Create DB" per split (what was written: LMDB of raw pixels) and the
+    folder parse's counts. Counts are null until the build is done."""
+    info = ds.get("info") or {}
+    params = info.get("params") or {}
+    done = ds["status"] == DatasetStatus.DONE
+    shape = info.get("image_shape") or [params.get("channels"), params.get("image_height"),
+                                        params.get("image_width")]
+    splits = [("train", "train_count"), ("val", "val_count")]
+    if info.get("test_count") is not None or "test" in (params.get("folders") or {}):
+        splits.append(("test", "test_count"))
+    create = [{"name": f"Create DB ({split})", "backend": "lmdb", "encoding": "none", "compression": "none",
+               "entries": info.get(key) if done else None, "image_channels": shape[0],
+               "image_height": shape[1], "image_width": shape[2]} for split, key in splits]
+    parse = [{"name": "Parse Folder (train/val)", "label_count": info.get("num_classes") if done else None,
+              "train_count": info.get("train_count") if done else None,
+              "val_count": info.get("val_count") if done else None,
+              "test_count": (info.get("test_count") or 0) if done else None}]
+    return {"CreateDbTasks": create, "ParseFolderTasks": parse}
