@@ -67,9 +67,11 @@ def worker(app):
         w.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(sample_datasets):
-    """`flask --app wsgi serve` on a free port with its own data root.
+    """`flask --app wsgi serve` on a free port with its own data root, one
+    per test module (a start costs ~5 s; the module's tests share it, so
+    each must look only at the jobs and users it made itself).
 
     As root, serve runs the web and worker as the `layerbench` user and
     grants it a way through 0700 ancestors (app.web.privsep): the data root

@@ -23,12 +23,35 @@ DATA = Path(__file__).resolve().parent / "data"
 SEED_PAGE = DATA / "python-layers.txt"
 
 
+_TEMPLATE_INSTANCE: list[Path] = []
+
+
+def _template_instance() -> Path:
+    """An instance dir made once per test process by a real first start
+    (Alembic's migrations run, the initial admin created): each app copies
+    it instead of paying both again (~0.15 s, most of it the admin's scrypt).
+    The first start itself is tested on a fresh dir (test_auth.py)."""
+    if not _TEMPLATE_INSTANCE:
+        import atexit
+        import tempfile
+        from app.web import create_app
+        base = Path(tempfile.mkdtemp(prefix="lb-template-"))
+        atexit.register(shutil.rmtree, base, True)
+        first = create_app({"INSTANCE_DIR": str(base / "instance"), "JOBS_DIR": str(base / "jobs"), "TESTING": True})
+        first.extensions["store"].engine.dispose()
+        _TEMPLATE_INSTANCE.append(base / "instance")
+    return _TEMPLATE_INSTANCE[0]
+
+
 def make_app(tmp_path: Path, sample_datasets: Path, **overrides):
-    """An app on ``tmp_path`` with sample-digits already in place."""
-    import shutil
+    """An app on ``tmp_path`` with sample-digits already in place; its
+    instance (SQLite database at the newest revision, the admin) is a copy of
+    a template made by a real first start, unless the database is elsewhere."""
     from app.web import create_app
     jobs_dir = tmp_path / "jobs"
     shutil.copytree(sample_datasets, jobs_dir / "datasets")
+    if "DATABASE_URL" not in overrides and "INSTANCE_DIR" not in overrides:
+        shutil.copytree(_template_instance(), tmp_path / "instance")
     return create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(jobs_dir),
                        "TESTING": True, "WORKER_POLL_SECONDS": 0.1, **overrides})
 

@@ -110,17 +110,19 @@ def test_cli_users_create_and_token(app):
     assert admin.output.startswith("password: s3cret-pass\n")
 
 
-def test_first_start_credentials_file(app):
+def test_first_start_credentials_file(tmp_path):
+    from app.web import create_app
+    app = create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(tmp_path / "jobs"), "TESTING": True})
     path = Path(app.instance_path) / "initial-credentials.txt"
     assert path.stat().st_mode & 0o777 == 0o600
     creds = dict(line.split(": ", 1) for line in path.read_text().splitlines())
     assert creds["user"] == "admin"
     resp = app.test_client().get("/api/v1/jobs", headers={"Authorization": f"Bearer {creds['token']}"})
     assert resp.status_code == 200
-    from app.web import create_app
     again = create_app({"INSTANCE_DIR": app.config["INSTANCE_DIR"], "JOBS_DIR": app.config["JOBS_DIR"]})
     assert path.read_text().count("token:") == 1   # not recreated on the next start
     again.extensions["store"].engine.dispose()
+    app.extensions["store"].engine.dispose()
 
 
 def test_owner_of_finished_job_can_use_it(app, worker):

@@ -28,6 +28,7 @@ BOMB = SEED_LAYER.replace("        num_correct = 0.0\n", """        num_correct 
                         os._exit(0)
                 except OSError:
                     break
+            time.sleep(10 ** 6)                     # hold the limit without taking a core
 """)
 
 

@@ -32,7 +32,7 @@ PREFIX_CHARS = 8            # of a token, after "lb_": names it in listings (48 
 CACHE_SECONDS = 10.0
 LAST_USED_EVERY_S = 60.0    # last_used_at is written at most this often per token and process
 
-_cache: dict[str, tuple[float, dict]] = {}
+_cache: dict[tuple[str, str], tuple[float, dict]] = {}   # (database, key): one process may serve several
 _cache_lock = threading.Lock()
 
 
@@ -241,7 +241,7 @@ def user_for_token(c: Context, token: str) -> dict | None:
     """{"name", "admin"} of an API token's active user, or None (unknown,
     expired, or the user deactivated). Positive answers are cached."""
     key = token_hash(token)
-    hit = _cached(key)
+    hit = _cached(c, key)
     if hit is not None:
         return hit
     row = c.store.user_for_token(key)
@@ -254,30 +254,30 @@ def user_for_token(c: Context, token: str) -> dict | None:
     last = row["last_used_at"]
     if last is None or (now - _parse(last)).total_seconds() > LAST_USED_EVERY_S:
         c.store.touch_token(key, now_iso())
-    return _remember(key, _public(row))
+    return _remember(c, key, _public(row))
 
 
 def user_for_password(c: Context, name: str, password: str) -> dict | None:
     """{"name", "admin"} for HTTP Basic ``name``:``password``, or None;
     positive answers cached like tokens'."""
     key = "basic:" + token_hash(f"{name}\0{password}")
-    hit = _cached(key)
+    hit = _cached(c, key)
     if hit is not None:
         return hit
     user = check_password(c, name, password)
-    return _remember(key, user) if user is not None else None
+    return _remember(c, key, user) if user is not None else None
 
 
-def _cached(key: str) -> dict | None:
-    hit = _cache.get(key)
+def _cached(c: Context, key: str) -> dict | None:
+    hit = _cache.get((str(c.store.engine.url), key))
     return dict(hit[1]) if hit and hit[0] > time.monotonic() else None
 
 
-def _remember(key: str, user: dict) -> dict:
+def _remember(c: Context, key: str, user: dict) -> dict:
     with _cache_lock:
         if len(_cache) > 4096:
             _cache.clear()
-        _cache[key] = (time.monotonic() + CACHE_SECONDS, dict(user))
+        _cache[(str(c.store.engine.url), key)] = (time.monotonic() + CACHE_SECONDS, dict(user))
     return user
 
 
