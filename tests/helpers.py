@@ -270,6 +270,21 @@ def serve(root: Path, sample_datasets: Path, extra_env: dict[str, str] | None = 
                 proc.wait()
 
 
+def infer_server_pids(job_dir: Path) -> list[int]:
+    """Host pids of the warm inference processes (`python -m
+    app.contained.infer_server`) of the job in ``job_dir``, sorted."""
+    inp = str(Path(job_dir).resolve() / "input").encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:3] == [b"-m", b"app.contained.infer_server"] and inp in argv:
+            found.append(int(proc.name))
+    return sorted(found)
+
+
 # ---- a newcomer's first minutes (test_newcomer*.py) ----------------------------
 
 def _clone(dest: Path) -> Path:

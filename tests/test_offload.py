@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import client_for, make_app
+from helpers import client_for, infer_server_pids, make_app
 
 from app.core.errors import ServiceError
 from app.core.workspace import snapshot_name
@@ -177,5 +177,18 @@ def test_inference_on_a_real_worker_runs_in_its_bound_scratch_dir(tmp_path, cele
         assert resp.status_code == 200, (resp.get_json(), worker.log_path.read_text()[-3000:])
         assert resp.get_json()["worker"] == "w1@hostA" and resp.get_json()["predictions"][0]["top"]
         assert list((root / ".scratch").glob("*" + offload.BOUND_SUFFIX)) == []
+        # The node answered from a warm process (issue 24), which stays and
+        # answers the next request the same; deleting the job retires it.
+        servers = infer_server_pids(root / job["id"])
+        assert len(servers) == 1, servers
+        again = client.post(f"/api/v1/jobs/{job['id']}/infer", content_type="multipart/form-data",
+                            data={"image": (io.BytesIO(sample.read_bytes()), sample.name)})
+        assert again.status_code == 200 and again.get_json()["predictions"] == resp.get_json()["predictions"]
+        assert infer_server_pids(root / job["id"]) == servers
+        assert client.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+        deadline = time.monotonic() + 30
+        while infer_server_pids(root / job["id"]):
+            assert time.monotonic() < deadline, "the node kept a deleted job's warm process"
+            time.sleep(0.2)
     finally:
         worker.stop()

@@ -19,7 +19,7 @@ import pytest
 
 from app.caffe import segmentation
 from app.core.archives import ArchiveError
-from helpers import DATA, ROOT
+from helpers import DATA, ROOT, infer_server_pids
 from helpers import browser_login as _login, wait_in_browser as _wait
 
 
@@ -249,6 +249,25 @@ def test_segmentation_walkthrough_dice_curve_masks_and_overlay_page(server, brow
     assert abs(held - last) < 0.05
     raw = _segment(url, creds["token"], job["id"], [("image", "one.png", png(held_out[0][0]))], "?format=png")
     assert raw.startswith(b"\x89PNG")
+
+    # Warm (issue 24): the requests above were answered by one warm process,
+    # still alive, which answers again; a cold run (INFER_WARM=0, the same
+    # service function on the same files) gives the very same masks.
+    servers = infer_server_pids(instance.parent / "jobs" / job["id"])
+    assert len(servers) == 1, servers
+    again = _segment(url, creds["token"], job["id"], [("archive", "held.zip", bulk.getvalue())])
+    assert again == result and infer_server_pids(instance.parent / "jobs" / job["id"]) == servers
+    from app.web import create_app
+    from app.services.inference import segment as segment_service
+    cold_app = create_app({"INSTANCE_DIR": str(instance), "JOBS_DIR": str(instance.parent / "jobs"),
+                           "INFER_WARM": 0, "PRIVSEP": False})
+    try:
+        ctx = cold_app.extensions["ctx"]
+        cold = segment_service.segment(ctx, ctx.store.get_job(job["id"]), [], None, archive=io.BytesIO(bulk.getvalue()))
+    finally:
+        cold_app.extensions["store"].engine.dispose()
+    assert [(p["filename"], p["mask_png"], p["classes"]) for p in cold["predictions"]] == \
+        [(p["filename"], base64.b64decode(p["mask_png"]), p["classes"]) for p in result["predictions"]]
 
     # The job page's form gives the overlay page in a real browser.
     from selenium.webdriver.common.by import By

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import LENET_SEED, SEED_LAYER, Workers, client_for, make_app, post, wait_for
+from helpers import LENET_SEED, SEED_LAYER, Workers, client_for, infer_server_pids, make_app, post, wait_for
 
 from app.services.inference import classify as classification
 
@@ -111,16 +111,7 @@ def _warm_pid(job_id: str) -> int | None:
 
 def _runner_pids(app, job_id: str) -> list[int]:
     """Host pids of `python -m app.contained.infer_server` serving ``job_id``."""
-    inp = str(Path(app.config["JOBS_DIR"]).resolve() / job_id / "input").encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[1:3] == [b"-m", b"app.contained.infer_server"] and inp in argv:
-            found.append(int(proc.name))
-    return found
+    return infer_server_pids(Path(app.config["JOBS_DIR"]) / job_id)
 
 
 def _no_runners(app, job_id: str, timeout: float = 10) -> bool:

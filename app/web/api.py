@@ -244,7 +244,8 @@ def segment(job_id: str):
         raise ApiError(400, "invalid_request", "snapshot and index must be numbers.") from None
     files = [(f.stream, f.filename) for f in request.files.getlist("image") if f.filename]
     archive = request.files.get("archive")
-    result = segmentation.segment(ctx(), job, files, snapshot, archive.stream if archive else None)
+    result = segmentation.segment(ctx(), job, files, snapshot, archive.stream if archive else None,
+                                  caller=current_user())
     preds = result["predictions"]
     if request.args.get("format") == "png":
         if not 0 <= index < len(preds) or "mask_png" not in preds[index]:

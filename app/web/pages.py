@@ -455,7 +455,7 @@ def job_infer(job_id: str):
     if _is_segmentation(job):
         from app.services.inference import segment as segmentation
         # Masks as colour overlays on the images, with per-class pixel shares.
-        result = segmentation.segment(ctx(), job, files, snap)
+        result = segmentation.segment(ctx(), job, files, snap, caller=current_user())
         return render_template("web/segment.html", job=job, result=result, b64=_b64, swatch=_swatch)
     previews = _previews([stream for stream, _name in files])
     result = classification.classify(ctx(), job, files, snap, caller=current_user())

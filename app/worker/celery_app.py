@@ -29,6 +29,7 @@ from app.core.status import JobStatus
 from app.core.workspace import Workspace
 from app.services.inference import cold as inference
 from app.services.inference import celery_offload as offload
+from app.services.inference import staged
 from app.services.runtime import broker as queue
 from app.services.context import Context
 from app.store import Store, now_iso
@@ -130,7 +131,10 @@ def infer_task(body: dict) -> str:
     record = {"worker": STATE["node"], "timed_out": False}
     try:
         job, runner, model, work, wall = offload.check_request(ctx, body)
-        record["timed_out"] = inference.run_sandboxed(ctx, job, runner, model, work, wall_seconds=wall)
+        if staged.enabled_on_node(ctx.cfg):     # the job's warm process here answers it
+            staged.run(ctx, job, runner, model, work)
+        else:
+            record["timed_out"] = inference.run_sandboxed(ctx, job, runner, model, work, wall_seconds=wall)
     except LookupError:
         record.update(error="the job was deleted", gone=True)
     except Exception as exc:     # the service's fault; the details stay in this node's log

@@ -11,6 +11,8 @@ from app.core.archives import ArchiveError, members
 from app.core.errors import Conflict, InvalidRequest, PayloadTooLarge
 from app.core.workspace import Workspace
 from app.services.inference import cold as inference
+from app.services.inference import warm_pool as warm
+from app.services.inference import warm_reply
 from app.services.context import Context
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
@@ -53,11 +55,13 @@ def _stage(work: Path, images: list[tuple[IO[bytes], str]], archive: IO[bytes] |
 
 
 def segment(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iteration: int | None,
-            archive: IO[bytes] | None = None) -> dict:
+            archive: IO[bytes] | None = None, caller: dict | None = None) -> dict:
     """{"predictions": [{"filename", "shape", "classes": [{"label", "color", "share"}],
     "mask_png": bytes, "overlay_png": bytes}], "snapshot": N}: the predicted
     mask per image (a palette PNG of class indices) and the image with the
-    mask tinted over it in the dataset's class colours."""
+    mask tinted over it in the dataset's class colours. Computed by the
+    job's warm process where there is one (app.services.inference.warm_pool,
+    as classification), else by one cold contained run."""
     if dataset_type(ctx, job) != "segmentation":
         raise Conflict("This job was not trained on a segmentation dataset.")
     if not images and archive is None:
@@ -73,6 +77,17 @@ def segment(ctx: Context, job: dict, images: list[tuple[IO[bytes], str]], iterat
             raise InvalidRequest("The archive holds no images.",
                                [{"field": "archive", "message": "no image files"}])
         (work / "archive").unlink(missing_ok=True)
+        if warm.enabled(ctx.cfg):
+            # The staged images (the host's own files) go as bytes over the
+            # warm process's pipe; a caller other than the owner gets a
+            # process of their own (app.services.inference.classify).
+            blobs = [Workspace.read_capped(work / server, inference.MAX_IMAGE_BYTES) for server, _ in names]
+            shown = [original for _, original in names]
+            who = None if caller is None or caller.get("name") == job.get("owner") else caller.get("name")
+            predictions = warm.request(ctx, job, model, warm.key_for(ctx, job, iteration, model) + (who,),
+                                       {"images": shown}, blobs,
+                                       lambda reply, got: warm_reply.checked_segmentation(reply, got, shown))
+            return {"predictions": predictions, "snapshot": iteration}
         Workspace.write_json(work / "files.json", names)
         result = inference.run_contained(ctx, job, "app.contained.segment", model, work, "Segmentation")
         out = {"predictions": [_read_back(work, p) for p in result.get("predictions") or []],

@@ -80,3 +80,49 @@ def checked(reply: dict, blobs: list[bytes], names: list[str], probabilities: bo
         _bad("the wrong number of entries")
     return ([_prediction(p, name, probabilities) for p, name in zip(predictions, names)],
             [_visual(rec, png) for rec, png in zip(visuals, blobs)])
+
+
+MAX_CLASSES = 256
+
+
+def _segmentation(p, name: str, blobs: list[bytes], used: set[int]) -> dict:
+    p = _dict(p)
+    if "error" in p:
+        return {"filename": name, "error": _text(p["error"], 300)}
+    out = {"filename": name}
+    for key in ("mask", "overlay"):
+        k = p.get(key)
+        if type(k) is not int or not 0 <= k < len(blobs) or k in used or not blobs[k].startswith(PNG_MAGIC):
+            _bad(f"a bad {key} picture")
+        used.add(k)
+        out[f"{key}_png"] = blobs[k]
+    shape = _list(p.get("shape"), 2)
+    if len(shape) != 2 or not all(type(n) is int and n > 0 for n in shape):
+        _bad("a bad shape")
+    out["shape"] = shape
+    classes = []
+    for c in _list(p.get("classes"), MAX_CLASSES):
+        c = _dict(c)
+        colour = _list(c.get("color"), 3)
+        if len(colour) != 3 or not all(type(v) is int and 0 <= v <= 255 for v in colour):
+            _bad("a bad colour")
+        share = _num(c.get("share"))
+        if share is None or not 0 <= share <= 1:
+            _bad("a bad share")
+        classes.append({"label": _text(c.get("label"), 100), "share": float(share), "color": colour})
+    out["classes"] = classes
+    return out
+
+
+def checked_segmentation(reply: dict, blobs: list[bytes], names: list[str]) -> list[dict]:
+    """Per image sent (named ``names``) {"filename", "shape", "classes",
+    "mask_png", "overlay_png"} or {"filename", "error"}: the shape
+    app.services.inference.segment returns; every picture used once."""
+    predictions = _list(reply.get("predictions"), len(names))
+    if len(predictions) != len(names):
+        _bad("the wrong number of entries")
+    used: set[int] = set()
+    out = [_segmentation(p, name, blobs, used) for p, name in zip(predictions, names)]
+    if len(used) != len(blobs):
+        _bad("pictures no entry names")
+    return out
