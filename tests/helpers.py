@@ -569,3 +569,12 @@ def upload_dataset(client, archive: bytes, filename="digits.zip", **fields):
             "resize_mode": "squash", "val_percent": "25", **{k: str(v) for k, v in fields.items()}}
     data["archive"] = (io.BytesIO(archive), filename)
     return client.post("/api/v1/datasets", data=data, content_type="multipart/form-data")
+
+
+def change_settings(app, **changes) -> None:
+    """Change settings of a running ``app``: Settings are read-only, so its
+    services get a new one (``Settings.replace``; values parsed as at
+    start), and ``app.config`` the same values under their names."""
+    new = app.extensions["ctx"].cfg.replace(**changes)
+    app.extensions["ctx"].cfg = app.extensions["settings"] = new
+    app.config.update({name: new[name] for name in changes})

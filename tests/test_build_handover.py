@@ -184,7 +184,7 @@ def test_a_build_whose_sandbox_cannot_start_ends_in_error_and_releases_waiting_j
     waiting = post(client, "/api/v1/jobs", dataset=ds_id, max_iter=4).get_json()
     assert waiting["status"] == "waiting", waiting
     # A setting the sandbox cannot run (subprocess raises ValueError, not an OSError).
-    ctx.cfg["CAFFE_PYTHON"] = "/usr/bin/python3\0"
+    ctx.cfg = ctx.cfg.replace(CAFFE_PYTHON="/usr/bin/python3\0")
     assert datasets.build(ctx, ds_id, worker="w1@hostA") == "error"
     ds = store.get_dataset(ds_id)
     assert ds["status"] == "error" and "embedded null byte" in ds["error"] and ds["build_token"] is None

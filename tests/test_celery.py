@@ -24,6 +24,7 @@ from cluster import CeleryWorker, Redis
 from helpers import LENET_SEED, ROOT, SEED_LAYER, api, client_for, free_port, initial_token, make_app, post, wait_for
 from helpers import GATE, NETWORK
 
+from app.core import config
 from app.core.workspace import Workspace
 from app.services.context import Context
 from app.store import Store
@@ -340,7 +341,7 @@ def test_readme_hosts_survive_redis_and_web_restarts_and_abort_crosses_hosts(tmp
     pg_url = postgres.create_db(f"readme{time.monotonic_ns()}")
     web_block, gpu1, gpu2 = readme_blocks(tmp_path, pg_url, broker.url, port)
     # The test's own hand on the shared store and directory (for _copies).
-    ctx = Context(cfg={"QUEUE": "celery", "BROKER_URL": broker.url}, store=Store(pg_url),
+    ctx = Context(cfg=config.load(overrides={"QUEUE": "celery", "BROKER_URL": broker.url}), store=Store(pg_url),
                   ws=Workspace(str(jobs_dir)), containment="none")
     env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(tmp_path / "instance"),
                LAYERBENCH_HEARTBEAT_SECONDS="0.5", LAYERBENCH_HANDOVER_SECONDS=str(HANDOVER_S))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from app.caffe.network import STANDARD_DIR
-from helpers import client_for, post, wait_for
+from helpers import change_settings, client_for, post, wait_for
 
 
 from helpers import digit_pngs as _pngs, zip_of as _zip  # noqa: E402
@@ -121,13 +121,13 @@ def test_bad_archives_fail_clearly_and_leave_nothing(app, client, worker, case, 
 def test_zip_bomb_is_capped(app, client, worker):
     bomb = _zip({**_pngs((0, 1), 3), "digit_0/zeros.png": b"\0" * (8 << 20)})
     assert len(bomb) < 100_000       # 8 MiB of zeros compress to almost nothing
-    app.config["DATASET_MAX_MB"] = 4  # the cap is fixed when the archive is accepted
+    change_settings(app, DATASET_MAX_MB=4)  # the cap is fixed when the archive is accepted
     ds = _built(client, _upload(client, bomb).get_json()["id"])
     assert ds["status"] == "error" and "zip bomb" in ds["error"]
 
 
 def test_too_many_files_is_capped(app, client, worker):
-    app.config["DATASET_MAX_FILES"] = 10
+    change_settings(app, DATASET_MAX_FILES=10)
     ds = _built(client, _upload(client, _zip(_pngs((0, 1), 8))).get_json()["id"])
     assert ds["status"] == "error" and "more than 10 files" in ds["error"]
 

@@ -325,8 +325,10 @@ def test_launcher_binds_data_roots_read_only_and_nothing_else(tmp_path):
     for d in (jobs / "x", data / "set", home / "ann" / "ds", home / "ann" / "other"):
         d.mkdir(parents=True)
     (data / "link").symlink_to(data / "set")
-    cfg = {"JOBS_DIR": str(jobs), "INSTANCE_DIR": str(tmp_path / "inst"), "CAFFE_PYTHON": "/py",
-           "DATA_ROOTS": f"{data}:{home}/{{user}}/ds:{tmp_path}"}     # the last holds the jobs dir: ignored
+    from app.core import config
+    cfg = config.load(environ={}, overrides={
+        "JOBS_DIR": jobs, "INSTANCE_DIR": tmp_path / "inst", "CAFFE_PYTHON": "/py",
+        "DATA_ROOTS": f"{data}:{home}/{{user}}/ds:{tmp_path}"})     # the last holds the jobs dir: ignored
     assert data_roots.patterns(cfg) == [str(data), f"{home}/{{user}}/ds"]
 
     def start(**spec) -> dict:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LENET_SEED, SEED_LAYER, client_for, line_of, no_live_sandbox_processes, post, wait_for
+from helpers import (LENET_SEED, SEED_LAYER, change_settings, client_for, line_of, no_live_sandbox_processes, post,
+                     wait_for)
 
 MARK = "layerbench-pwned"
 
@@ -177,7 +178,7 @@ def test_writing_outside_the_job(app, client, guard, tmp_path):
 
 
 def test_fork_bomb(app, client, guard):
-    app.config["VALIDATE_TIMEOUT"] = 5
+    change_settings(app, VALIDATE_TIMEOUT=5)
     layer = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n" + SEED_LAYER
     t0 = time.monotonic()
     d = _invalid(client, "invalid_python_layer", layer=layer)
@@ -185,7 +186,7 @@ def test_fork_bomb(app, client, guard):
 
 
 def test_memory_bomb(app, client, guard):
-    app.config["MEMORY_LIMIT_MB"] = 2048
+    change_settings(app, MEMORY_LIMIT_MB=2048)
     layer = "hog = [bytearray(1 << 28) for _ in range(64)]\n" + SEED_LAYER
     d = _invalid(client, "invalid_python_layer", layer=layer)
     assert "MemoryError" in d["message"] and d["line"] == 1
@@ -193,13 +194,13 @@ def test_memory_bomb(app, client, guard):
 
 @pytest.mark.parametrize("prefix", ["while True:\n    pass\n", "import time\ntime.sleep(10 ** 6)\n"])
 def test_endless_import(app, client, guard, prefix):
-    app.config["VALIDATE_TIMEOUT"] = 3
+    change_settings(app, VALIDATE_TIMEOUT=3)
     d = _invalid(client, "invalid_python_layer", layer=prefix + SEED_LAYER)
     assert d["stage"] == "timeout" and "3 s" in d["message"]
 
 
 def test_endless_forward_during_validation(app, client, guard):
-    app.config["VALIDATE_TIMEOUT"] = 4
+    change_settings(app, VALIDATE_TIMEOUT=4)
     layer = SEED_LAYER.replace("        num_correct = 0.0\n", "        num_correct = 0.0\n        while True: pass\n")
     assert _invalid(client, "invalid_python_layer", layer=layer)["stage"] == "timeout"
 

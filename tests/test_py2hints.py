@@ -12,7 +12,7 @@ import io
 import pytest
 
 from app.caffe import py2hints
-from helpers import DATA, LENET_SEED, SEED_LAYER, line_of, post
+from helpers import DATA, LENET_SEED, SEED_LAYER, change_settings, line_of, post
 
 LAYER = "digits_python_layers.py"
 BLANK_SQUARE = (DATA / "digits" / "blank_square_layer.py").read_text()
@@ -163,7 +163,7 @@ def test_convert_route_checks_its_input(client):
                        data={"python_layer": (io.BytesIO(b"\xff\xfe"), "layers.py")})
     assert resp.status_code == 400 and resp.get_json()["error"] == "invalid_request"
     # (A small limit: the test client spools bodies over 500 KiB to a file it never closes.)
-    client.application.config["MAX_LAYER_FILE_KB"] = 1
+    change_settings(client.application, MAX_LAYER_FILE_KB=1)
     assert _convert(client, "x = 1\n" * 200).status_code == 413
     # Nothing is stored: the route is stateless and never runs the file.
     assert client.get("/api/v1/jobs").get_json()["jobs"] == []

@@ -150,14 +150,14 @@ def test_unshare_fallback_still_blocks_network_and_drops_privileges(tmp_path):
 
 
 def test_uncontained_uploads_are_refused_unless_allowed(tmp_path, sample_datasets):
-    from helpers import client_for, make_app, post
+    from helpers import change_settings, client_for, make_app, post
     app = make_app(tmp_path, sample_datasets, SANDBOX="none")
     assert app.extensions["containment"] == "none"
     client = client_for(app)
     resp = post(client, "/api/v1/validate")
     assert resp.status_code == 503 and resp.get_json()["error"] == "unavailable"
     assert client.get("/healthz").get_json()["containment"] == "none"
-    app.config["ALLOW_UNCONTAINED"] = True
+    change_settings(app, ALLOW_UNCONTAINED=True)
     assert post(client, "/api/v1/validate").get_json()["ok"] is True
 
 

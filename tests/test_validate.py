@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import LENET_SEED, SEED_LAYER, layer_line, line_of, post
+from helpers import LENET_SEED, SEED_LAYER, change_settings, layer_line, line_of, post
 
 LAYER = "digits_python_layers.py"
 
@@ -175,7 +175,7 @@ def test_python_layer_without_file(client):
 
 
 def test_endless_loop_at_import_times_out(app, client):
-    app.config["VALIDATE_TIMEOUT"] = 3
+    change_settings(app, VALIDATE_TIMEOUT=3)
     d = _submit_fails(client, "invalid_python_layer", layer="while True:\n    pass\n" + SEED_LAYER)
     assert d["stage"] == "timeout"
 

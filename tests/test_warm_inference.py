@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import LENET_SEED, SEED_LAYER, Workers, client_for, infer_server_pids, make_app, post, wait_for
+from helpers import (LENET_SEED, SEED_LAYER, Workers, change_settings, client_for, infer_server_pids, make_app, post,
+                     wait_for)
 
 from app.services.inference import classify as classification
 
@@ -156,12 +157,12 @@ def test_the_second_request_reuses_the_process_and_answers_as_the_cold_path(lab)
         return classification.classify(ctx, job, [(io.BytesIO(b), f"img{k}.png") for k, b in enumerate(images)], None,
                                   probabilities=True, visualize=True)
     warm_out = service()
-    app.config["INFER_WARM"] = 0
+    change_settings(app, INFER_WARM=0)
     try:
         cold_http = _infer(client, plain, *images)
         cold_out = service()
     finally:
-        app.config["INFER_WARM"] = 4
+        change_settings(app, INFER_WARM=4)
     assert cold_http.status_code == 200 and cold_http.get_json() == first.get_json()
     assert warm_out == cold_out
     assert len(warm_out["visualizations"]) > 4 and warm_out["visualizations"][0]["png"].startswith(b"\x89PNG")
@@ -230,7 +231,7 @@ def test_a_layer_that_raises_is_reported_and_its_process_replaced(lab):
 
 def test_the_lru_cap_holds(lab):
     app, client, plain, hostile = lab
-    app.config["INFER_WARM"] = 1
+    change_settings(app, INFER_WARM=1)
     try:
         assert _infer(client, plain, png(seed=5)).status_code == 200
         first = _warm_pid(plain)
@@ -240,19 +241,19 @@ def test_the_lru_cap_holds(lab):
         assert _infer(client, plain, png(seed=5)).status_code == 200
         assert [p["job"] for p in warm.POOL.describe()] == [plain]
     finally:
-        app.config["INFER_WARM"] = 4
+        change_settings(app, INFER_WARM=4)
 
 
 def test_an_idle_process_is_retired(lab):
     app, client, plain, _ = lab
-    app.config["INFER_IDLE_SECONDS"] = 1
+    change_settings(app, INFER_IDLE_SECONDS=1)
     try:
         assert _infer(client, plain, png(seed=7)).status_code == 200
         pid = _warm_pid(plain)
         assert _gone(pid, timeout=warm.SWEEP_S * 2 + 5) and _warm_pid(plain) is None
         assert _no_runners(app, plain)
     finally:
-        app.config["INFER_IDLE_SECONDS"] = 300
+        change_settings(app, INFER_IDLE_SECONDS=300)
 
 
 def test_resume_and_delete_retire_the_jobs_processes(lab):

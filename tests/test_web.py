@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import re
 
-from helpers import SEED_LAYER, wait_for
+from helpers import SEED_LAYER, change_settings, wait_for
 
 
 def test_healthz_reports_caffe_containment_and_store(client):
@@ -39,7 +39,7 @@ def test_healthz_tells_anyone_only_ok_and_the_details_to_admins_and_monitoring(a
     # The monitoring token, once configured, sees everything; before, it is nothing.
     monitor = "mon-" + "x" * 40
     assert anon.get("/healthz", headers={"Authorization": f"Bearer {monitor}"}).get_json() == {"status": "ok"}
-    app.config["MONITOR_TOKEN"] = monitor
+    change_settings(app, MONITOR_TOKEN=monitor)
     body = anon.get("/healthz", headers={"Authorization": f"Bearer {monitor}"}).get_json()
     assert DETAILS <= set(body) and body["status"] == "ok", body
     assert anon.get("/healthz", headers={"Authorization": f"Bearer {monitor}x"}).get_json() == {"status": "ok"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.core.config import Settings
 from app.core.workspace import Workspace
 from app.store import Store
 
@@ -11,7 +12,7 @@ from app.store import Store
 class Context:
     """What a worker needs: no Flask, just settings, store and workspace."""
 
-    cfg: dict
+    cfg: Settings
     store: Store
     ws: Workspace
     containment: str

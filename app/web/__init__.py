@@ -15,34 +15,38 @@ from app.core import config
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings, store, blueprints, CLI commands."""
-    cfg = config.load()
-    cfg.update(overrides or {})
-    if overrides and "INSTANCE_DIR" in overrides and "DATABASE_URL" not in overrides:
-        cfg["DATABASE_URL"] = f"sqlite:///{Path(cfg['INSTANCE_DIR']) / 'layerbench.sqlite3'}"
+    overrides = dict(overrides or {})
+    # Settings are parsed once, here; other keys (TESTING, WTF_CSRF_ENABLED,
+    # ...) are Flask's own and go to app.config only.
+    cfg = config.load(overrides={k: v for k, v in overrides.items() if k in config.NAMES})
+    flask_only = {k: v for k, v in overrides.items() if k not in config.NAMES}
 
-    if cfg["QUEUE"] not in ("local", "celery"):
+    if cfg.queue not in ("local", "celery"):
         # Refusing beats queueing jobs nobody runs.
-        raise RuntimeError(f"LAYERBENCH_QUEUE={cfg['QUEUE']!r} is not supported; use 'local' or 'celery'.")
-    app = Flask(__name__, instance_path=str(Path(cfg["INSTANCE_DIR"]).resolve()),
+        raise RuntimeError(f"LAYERBENCH_QUEUE={cfg.queue!r} is not supported; use 'local' or 'celery'.")
+    app = Flask(__name__, instance_path=str(cfg.instance_dir.resolve()),
                 template_folder=str(config.ROOT / "templates"),
                 static_folder=str(config.ROOT / "static"))
-    app.config.update(cfg)
+    app.config.update(cfg)     # the settings under their names, for Flask and its extensions
     app.config.update(config.flask_settings(cfg))
+    app.config.update(flask_only)
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     _private_dir(Path(app.instance_path))
-    Path(cfg["JOBS_DIR"]).mkdir(parents=True, exist_ok=True)
-    app.secret_key = cfg["SECRET_KEY"] or _instance_secret(Path(app.instance_path))
+    cfg.jobs_dir.mkdir(parents=True, exist_ok=True)
+    app.secret_key = cfg.secret_key or _instance_secret(Path(app.instance_path))
 
     from app.core.workspace import Workspace
     from app.services.runtime import sandbox
     from app.services.context import Context
     from app.store import Store
-    store = Store(str(cfg["DATABASE_URL"]))
+    store = Store(cfg.database_url)
     store.create_schema()
-    ws = Workspace(cfg["JOBS_DIR"])
-    containment = sandbox.mode(str(cfg["SANDBOX"]))
-    app.extensions.update(store=store, ctx=Context(cfg=app.config, store=store, ws=ws,
-                                                   containment=containment),
+    ws = Workspace(cfg.jobs_dir)
+    containment = sandbox.mode(cfg.sandbox)
+    # Services read the Settings (ctx.cfg), not app.config: changing a
+    # setting of a running app means a new Settings (Settings.replace).
+    app.extensions.update(store=store, settings=cfg,
+                          ctx=Context(cfg=cfg, store=store, ws=ws, containment=containment),
                           containment=containment)
     _ensure_sample_dataset(store, ws)
     # Loaded here, once, before any request thread can race for it.

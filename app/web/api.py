@@ -1,7 +1,7 @@
 """REST blueprint, /api/v1 (API.md). Thin: parse, call a service, return."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request, send_file, stream_with_context
+from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context
 
 from app.services.datasets import lifecycle as dataset_service
 from app.services.jobs import files as job_files
@@ -14,7 +14,7 @@ from app.services.layers import files as layer_files
 from app.services.jobs.submission import Upload
 from app.web import jsonsafe
 from app.web.auth import current_user
-from app.web.context import ctx
+from app.web.context import ctx, settings
 from app.web.errors import ApiError
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -36,7 +36,7 @@ def upload_from_request() -> Upload:
     solver_file = request.files.get("solver")
     weights = request.files.get("weights")
     if net_file is not None and net_file.filename is not None:
-        net_text, net_name = net_file.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024 + 1), \
+        net_text, net_name = net_file.read(settings().max_network_file_bytes + 1), \
             net_file.filename or "network.prototxt"
     else:
         net_text, net_name = request.form.get("network"), "network.prototxt"
@@ -107,7 +107,7 @@ def python_layer_download(convert) -> Response:
     """The converted text of the request's ``python_layer`` file (shared
     with the page route of the same name)."""
     f = request.files.get("python_layer")
-    limit = int(current_app.config["MAX_LAYER_FILE_KB"]) * 1024
+    limit = settings().max_layer_file_bytes
     data = f.read(limit + 1) if f is not None and f.filename else (request.form.get("python_layer") or "").encode()
     text = convert(data, limit)
     resp = Response(text, mimetype="text/x-python")

@@ -10,6 +10,7 @@ import click
 from flask import Flask, current_app
 
 from app.core.errors import ServiceError
+from app.web.context import settings
 
 
 @click.command("backup")
@@ -47,7 +48,7 @@ def restore_command(src: Path, instance_dir: Path, jobs_dir: Path) -> None:
     them), never over anything: a non-empty target is refused."""
     from app.services.operations import backup
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    mine = {Path(current_app.instance_path).resolve(), Path(current_app.config["JOBS_DIR"]).resolve()}
+    mine = {Path(current_app.instance_path).resolve(), settings().jobs_dir.resolve()}
     if {instance_dir.resolve(), jobs_dir.resolve()} & mine:
         click.echo("restore: --instance-dir/--jobs-dir must be new directories, not the ones this command "
                    "runs with (LAYERBENCH_INSTANCE_DIR / LAYERBENCH_JOBS_DIR)", err=True)

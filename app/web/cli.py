@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import click
 from flask import Flask, current_app
 
+from app.web.context import settings
+
 if TYPE_CHECKING:
     from app.web.privsep import Dropped
     from app.web.proxy import Front
@@ -103,7 +105,7 @@ def serve(host: str, port: int, workers: int, threads: int, no_proxy: bool) -> N
     resumable at once; nginx or gunicorn dying ends `serve`. SIGTERM or
     Ctrl-C stops everything.
     """
-    cfg = current_app.config
+    cfg = settings()
     # Event streams each hold a thread, and gunicorn workers take connections
     # unevenly (all streams may land on one): allowing half of one worker's
     # threads leaves every worker half of its own, however they spread.
@@ -130,10 +132,10 @@ def serve(host: str, port: int, workers: int, threads: int, no_proxy: bool) -> N
             # a fresh start were answered 502 (no upstream yet).
             _wait_listening(front.socket, web["gunicorn"])
             web["nginx"] = subprocess.Popen(front.argv)
-        if cfg["QUEUE"] == "local" and "worker" in current_app.cli.commands:
+        if cfg.queue == "local" and "worker" in current_app.cli.commands:
             jobs_worker = _local_worker(drop)
             jobs_worker.start()
-        click.echo(f"serving on http://{host}:{port}/ (queue: {cfg['QUEUE']}, "
+        click.echo(f"serving on http://{host}:{port}/ (queue: {cfg.queue}, "
                    f"{'no proxy' if front is None else 'behind nginx'})", err=True)
         code = _supervise(web, jobs_worker)
     except KeyboardInterrupt:
@@ -179,7 +181,7 @@ def _prepare_front(host: str, port: int, stream_slots: int) -> Front:
             "`apt-get install nginx-light`; `serve --no-proxy` serves without it.")
     try:
         return proxy.prepare(nginx, current_app.instance_path, host, port,
-                             int(current_app.config["MAX_UPLOAD_MB"]), stream_slots)
+                             settings().max_upload_mb, stream_slots)
     except proxy.InstanceBusy as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -199,13 +201,13 @@ def _drop_privileges(front: Front | None) -> Dropped | None:
     """As root: the service user, its directories and the sandbox launcher
     (app.web.privsep); None when `serve` keeps running everything itself."""
     from app.web import privsep
-    if not privsep.wanted(current_app.config):
+    if not privsep.wanted(settings()):
         if os.geteuid() == 0:
-            why = ("LAYERBENCH_PRIVSEP=0" if not current_app.config.get("PRIVSEP", True)
+            why = ("LAYERBENCH_PRIVSEP=0" if not settings().privsep
                    else "celery queue: the jobs directory is shared with workers that run as root")
             click.echo(f"WARNING: {why}: the web runs as root", err=True)
         return None
-    drop = privsep.prepare(current_app.config)
+    drop = privsep.prepare(settings())
     if front is not None and front.private is not None:
         # gunicorn (the service user) creates its socket where nginx's workers connect.
         os.chown(front.private, drop.uid, -1)
@@ -292,7 +294,7 @@ def _stop(children: list[subprocess.Popen]) -> None:
               "or one per GPU, else 1)")
 def worker(slots: int | None) -> None:
     """Run the local job supervisor until SIGTERM/Ctrl-C."""
-    if current_app.config["QUEUE"] != "local":
+    if settings().queue != "local":
         # Its start-up recovery marks every running job interrupted: right for
         # the one local worker, wrong while Celery workers on other hosts train.
         raise click.ClickException("LAYERBENCH_QUEUE is not 'local': start Celery workers with `make worker` "
@@ -301,8 +303,8 @@ def worker(slots: int | None) -> None:
     from app.worker.supervisor import LocalSupervisor
     from app.services.runtime.caffe_info import caffe_info
     ctx = current_app.extensions["ctx"]
-    found = [g["index"] for g in gpus.detect()] if caffe_info(current_app.config["CAFFE_PYTHON"]).get("gpu_build") else []
-    n = slots or int(current_app.config["WORKER_CONCURRENCY"]) or 1
+    found = [g["index"] for g in gpus.detect()] if caffe_info(settings().caffe_python).get("gpu_build") else []
+    n = slots or settings().worker_concurrency or 1
     sup = LocalSupervisor(ctx, cpu_slots=n, gpu_indices=found)
     signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
     click.echo(f"worker: {len(found)} GPU(s) {found}, {n} CPU slot(s), containment {ctx.containment}", err=True)

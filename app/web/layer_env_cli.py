@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
+from app.core.config import Settings
 from app.core.errors import ServiceError
+from app.web.context import settings
 
 
-def _cfg() -> dict:
-    return current_app.extensions["ctx"].cfg
+def _cfg() -> Settings:
+    return settings()
 
 
 _PIP_ARG = click.option("--pip-arg", "pip_args", multiple=True, metavar="ARG",

@@ -17,10 +17,10 @@ import ipaddress
 import os
 import time
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 
 from app.services.operations import metrics
-from app.web.context import ctx
+from app.web.context import ctx, settings
 from app.web.errors import ApiError
 
 bp = Blueprint("metrics", __name__)
@@ -43,7 +43,7 @@ def _guard() -> None:
             return
     except ValueError:
         pass    # "unknown": judged by the token like any other client
-    token = str(current_app.config.get("METRICS_TOKEN") or "")
+    token = settings().metrics_token or ""
     header = request.headers.get("Authorization", "")
     if not token:
         raise ApiError(403, "forbidden", "/metrics answers clients on this host only; set "

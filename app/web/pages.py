@@ -21,7 +21,7 @@ from app.services.layers import environments as layer_env
 from app.services.layers import files as layer_files
 from app.services.jobs.submission import Upload
 from app.web.auth import current_user
-from app.web.context import ctx
+from app.web.context import ctx, settings
 from app.web.errors import ApiError, as_api_error
 from app.web.forms import ActionForm, DatasetForm, InferForm, JobForm, LoginForm
 
@@ -64,7 +64,7 @@ def _sees_health_details() -> bool:
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         token = header[7:].strip()
-        monitor = str(current_app.config.get("MONITOR_TOKEN") or "")
+        monitor = settings().monitor_token or ""
         if monitor and hmac.compare_digest(token.encode(), monitor.encode()):
             return True
         user = user_for_token(token) if token else None
@@ -168,7 +168,7 @@ def _upload_from_form(form: JobForm) -> Upload:
     text, name = form.network_text.data, "network.prototxt"
     f = form.network.data
     if f is not None and getattr(f, "filename", None):
-        text, name = f.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024 + 1), f.filename
+        text, name = f.read(settings().max_network_file_bytes + 1), f.filename
     elif not (text or "").strip() and standard_network_text(form.standard_network.data):
         text = standard_network_text(form.standard_network.data)
         name = f"{form.standard_network.data}.prototxt"
@@ -266,7 +266,7 @@ def visualize():
     net (``stage`` train, val or deploy) or all of them."""
     from app.caffe import network
     f = request.files.get("network")
-    text = f.read(int(current_app.config["MAX_NETWORK_FILE_KB"]) * 1024) if f and f.filename else \
+    text = f.read(settings().max_network_file_bytes) if f and f.filename else \
         (request.form.get("network_text") or "").encode()
     if not text.strip():
         text = (standard_network_text(request.form.get("standard_network")) or "").encode()
@@ -507,7 +507,7 @@ def _swatch(color: list[int]) -> bytes:
 def workers_page():
     """The celery queue's live workers: hosts, GPUs, current jobs."""
     from app.services.runtime import workers
-    return render_template("web/workers.html", queue=ctx().cfg["QUEUE"],
+    return render_template("web/workers.html", queue=ctx().cfg.queue,
                            workers=workers.for_user(ctx(), current_user()))
 
 

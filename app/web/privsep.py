@@ -24,6 +24,7 @@ from pathlib import Path
 
 from app.core import config
 from app.services.runtime.sandbox_client import SOCKET_ENV
+from app.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class Dropped:
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
-def wanted(cfg: dict) -> bool:
+def wanted(cfg: Settings) -> bool:
     """Whether `serve` separates privileges: as root, in the local queue,
     unless turned off. In celery mode the jobs directory is shared with
     workers on other hosts that run sandboxes as root themselves: handing it
@@ -68,7 +69,7 @@ def wanted(cfg: dict) -> bool:
     it, and the web could not remove what root workers wrote. There `serve`
     keeps one identity (docs/SCALE_OUT.md) until workers separate
     too."""
-    return os.geteuid() == 0 and bool(cfg.get("PRIVSEP", True)) and cfg.get("QUEUE", "local") == "local"
+    return os.geteuid() == 0 and cfg.privsep and cfg.queue == "local"
 
 
 def ensure_user() -> tuple[int, int]:
@@ -199,16 +200,16 @@ def _add_acl_user_x(d: Path, st: os.stat_result, uid: int) -> None:
     os.setxattr(d, _ACL_XATTR, blob)
 
 
-def prepare(cfg: dict) -> Dropped:
+def prepare(cfg: Settings) -> Dropped:
     """Everything the unprivileged children need, and the launcher started."""
     uid, gid = ensure_user()
-    instance, jobs = Path(str(cfg["INSTANCE_DIR"])), Path(str(cfg["JOBS_DIR"]))
+    instance, jobs = cfg.instance_dir, cfg.jobs_dir
     own(instance, uid, gid)
     own(jobs, uid, gid)
     os.chmod(instance, 0o700)
     granted: list[str] = []
     for needed in {config.ROOT, Path(sys.prefix), Path(sys.base_prefix), instance.resolve(), jobs.resolve(),
-                   Path(str(cfg["CAFFE_PYTHON"])).parent}:
+                   cfg.caffe_python_dir}:
         granted += grant_traverse(needed, uid, gid)
     if granted:
         log.warning("privilege separation: granted user %s traverse-only ACLs on %s", SERVICE_USER,

@@ -59,9 +59,9 @@ def register(app: Flask) -> None:
     authenticated: no blueprint is exempt), headers, cookies."""
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=bool(app.config.get("SECURE_COOKIES")),
+        SESSION_COOKIE_SECURE=app.extensions["settings"].secure_cookies,
         REMEMBER_COOKIE_HTTPONLY=True, REMEMBER_COOKIE_SAMESITE="Lax",
-        REMEMBER_COOKIE_SECURE=bool(app.config.get("SECURE_COOKIES")),
+        REMEMBER_COOKIE_SECURE=app.extensions["settings"].secure_cookies,
         WTF_CSRF_TIME_LIMIT=None,  # valid for the session: long validations and open tabs
         # Flask-WTF's blanket before-request check runs before anyone knows
         # whether the cookie or a token authenticated the request, so it

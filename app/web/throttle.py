@@ -30,18 +30,19 @@ from flask import Flask, current_app, request
 from limits import RateLimitItemPerSecond
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+from app.core.config import Settings
 
 log = logging.getLogger(__name__)
 
 
-def storage_url(cfg: dict) -> str:
+def storage_url(cfg: Settings) -> str:
     """Where failures are counted: RATELIMIT_STORAGE_URL, else the broker's
     Redis in celery mode (several web hosts), else this process's memory."""
-    if cfg.get("RATELIMIT_STORAGE_URL"):
-        return str(cfg["RATELIMIT_STORAGE_URL"])
-    if cfg.get("QUEUE") == "celery":
-        broker = str(cfg.get("BROKER_URL") or "")
-        return broker if broker.startswith(("redis://", "rediss://", "redis+unix://")) else str(cfg["REDIS_URL"])
+    if cfg.ratelimit_storage_url:
+        return cfg.ratelimit_storage_url
+    if cfg.queue == "celery":
+        broker = cfg.broker_url
+        return broker if broker.startswith(("redis://", "rediss://", "redis+unix://")) else cfg.redis_url
     return "memory://"
 
 
@@ -59,10 +60,10 @@ def client_address() -> str:
 class Throttle:
     """The failure budgets of one app (its settings, its storage)."""
 
-    def __init__(self, cfg: dict) -> None:
-        window = int(cfg["LOGIN_WINDOW_SECONDS"])
-        self.per_name = RateLimitItemPerSecond(int(cfg["LOGIN_FAILURES"]), window, namespace="LB-LOGIN")
-        self.per_address = RateLimitItemPerSecond(int(cfg["LOGIN_ADDRESS_FAILURES"]), window,
+    def __init__(self, cfg: Settings) -> None:
+        window = cfg.login_window_seconds
+        self.per_name = RateLimitItemPerSecond(cfg.login_failures, window, namespace="LB-LOGIN")
+        self.per_address = RateLimitItemPerSecond(cfg.login_address_failures, window,
                                                   namespace="LB-LOGIN")
         self.url = storage_url(cfg)
         self._strategy: MovingWindowRateLimiter | None = None
@@ -114,7 +115,7 @@ class Throttle:
 
 def register(app: Flask) -> None:
     """Give ``app`` its failure counter."""
-    app.extensions["throttle"] = Throttle(app.config)
+    app.extensions["throttle"] = Throttle(app.extensions["settings"])
 
 
 def current() -> Throttle:

@@ -63,10 +63,10 @@ def context() -> Context:
     """This process's store, workspace and containment (made once)."""
     if STATE["ctx"] is None:
         from app.services.runtime import sandbox
-        store = Store(str(CFG["DATABASE_URL"]))
+        store = Store(CFG.database_url)
         store.create_schema()
-        STATE["ctx"] = Context(cfg=CFG, store=store, ws=Workspace(CFG["JOBS_DIR"]),
-                               containment=sandbox.mode(str(CFG["SANDBOX"])))
+        STATE["ctx"] = Context(cfg=CFG, store=store, ws=Workspace(CFG.jobs_dir),
+                               containment=sandbox.mode(CFG.sandbox))
     return STATE["ctx"]
 
 
@@ -160,7 +160,7 @@ def offered_gpus(spec: str | None) -> list[int]:
             sorted({int(x) for x in spec.split(",") if x.strip()})
     from app.services.runtime import gpus
     from app.services.runtime.caffe_info import caffe_info
-    if not caffe_info(str(CFG["CAFFE_PYTHON"])).get("gpu_build"):
+    if not caffe_info(CFG.caffe_python).get("gpu_build"):
         return []
     return [g["index"] for g in gpus.detect()]
 
@@ -168,10 +168,10 @@ def offered_gpus(spec: str | None) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     """Start this host's worker (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m app.worker.celery_app")
-    p.add_argument("-n", "--name", default=CFG["WORKER_NAME"],
+    p.add_argument("-n", "--name", default=CFG.worker_name,
                    help="Celery node name, NAME@HOST, unique in the cluster (default $LAYERBENCH_WORKER_NAME, "
                         "else a fresh layerbench-<hex>@<hostname>; app.worker.identity)")
-    p.add_argument("--gpus", default=CFG["WORKER_GPUS"], help="GPUs offered: 0,1 or none (default: all found)")
+    p.add_argument("--gpus", default=CFG.worker_gpus, help="GPUs offered: 0,1 or none (default: all found)")
     p.add_argument("--loglevel", default="INFO")
     # A side node (app.worker.side_nodes) started by this host's worker.
     p.add_argument("--side-for", default=None, help=argparse.SUPPRESS)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     args.name = name_lock.name
     gpus = offered_gpus(args.gpus)
-    slots = len(gpus) or int(CFG["WORKER_CONCURRENCY"]) or 1
+    slots = len(gpus) or CFG.worker_concurrency or 1
     ctx = context()
     STATE.update(node=args.name, alloc=Allocator(gpus, 0 if gpus else slots))
     host = args.name.partition("@")[2] or socket.gethostname()
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             # An inference request finishes (a client waits for it); a build
             # gets 30 s, then its node is killed and another host's builds it
             # again (its heartbeat stops: app.worker.heartbeat).
-            side.wait(30.0 if side.role == "datasets" else float(CFG["VALIDATE_TIMEOUT"]) * 2 + 10)
+            side.wait(30.0 if side.role == "datasets" else CFG.validate_timeout * 2 + 10)
         beat.join(10)
         try:
             name_lock.release()

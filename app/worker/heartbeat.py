@@ -203,15 +203,15 @@ class Heartbeat(threading.Thread):
                                    started_at=self.started_at, heartbeat_at=time.time())
 
     def run(self) -> None:
-        every = float(self.ctx.cfg["HEARTBEAT_SECONDS"])
+        every = self.ctx.cfg.heartbeat_seconds
         last_dispatch = 0.0
         while not self.stop.is_set():
             if self.name_lock is not None:
                 self.name_lock.refresh()   # never raises: a broker outage must not stop the beat below
             try:
                 self.beat()
-                hand_over_stale(self.ctx, float(self.ctx.cfg["HANDOVER_SECONDS"]))
-                hand_over_stale_builds(self.ctx, float(self.ctx.cfg["HANDOVER_SECONDS"]))
+                hand_over_stale(self.ctx, self.ctx.cfg.handover_seconds)
+                hand_over_stale_builds(self.ctx, self.ctx.cfg.handover_seconds)
                 if time.monotonic() - last_dispatch >= REDISPATCH_EVERY_S:
                     last_dispatch = time.monotonic()
                     queue.redispatch(self.ctx)

@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import time
+from app.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,9 @@ def default_name(host: str | None = None) -> str:
     return f"layerbench-{secrets.token_hex(3)}@{host or socket.gethostname()}"
 
 
-def ttl_seconds(cfg) -> float:
+def ttl_seconds(cfg: Settings) -> float:
     """How long a name outlives its worker's last heartbeat."""
-    return max(MIN_TTL_S, TTL_BEATS * float(cfg["HEARTBEAT_SECONDS"]))
+    return max(MIN_TTL_S, TTL_BEATS * cfg.heartbeat_seconds)
 
 
 class NameLock:
@@ -123,27 +124,27 @@ def _clash_message(name: str, holder: dict) -> str:
             f"worker was just killed, its name frees itself within {holder.get('ttl_s', '?')} s.")
 
 
-def claim(cfg, name: str | None) -> NameLock:
+def claim(cfg: Settings, name: str | None) -> NameLock:
     """Hold ``name`` (explicit: ``-n``/``LAYERBENCH_WORKER_NAME``) or a fresh
     default one for this worker; ``NameTaken`` when an explicit name is held
     by a live worker. Waits up to ``BROKER_WAIT_S`` for the broker."""
     import redis
     # Short timeouts: the heartbeat refreshes through this client, and a
     # broker that hangs must not delay the worker's row in the store.
-    client = redis.Redis.from_url(str(cfg["BROKER_URL"]), socket_timeout=2, socket_connect_timeout=2)
+    client = redis.Redis.from_url(cfg.broker_url, socket_timeout=2, socket_connect_timeout=2)
     deadline = time.monotonic() + BROKER_WAIT_S
     while True:
         try:
             return _claim(client, cfg, name)
         except redis.ConnectionError as exc:
             if time.monotonic() > deadline:
-                raise NameTaken(f"the broker ({cfg['BROKER_URL']}) did not answer for {BROKER_WAIT_S:.0f} s: "
+                raise NameTaken(f"the broker ({cfg.broker_url}) did not answer for {BROKER_WAIT_S:.0f} s: "
                                 f"cannot check that the worker name is unique ({exc})") from None
             log.warning("broker not answering (%s); trying again", exc)
             time.sleep(2)
 
 
-def _claim(client, cfg, name: str | None) -> NameLock:
+def _claim(client, cfg: Settings, name: str | None) -> NameLock:
     for _ in range(1 if name else DEFAULT_TRIES):
         lock = NameLock(client, name or default_name(), ttl_seconds(cfg))
         holder = lock.acquire()

@@ -129,7 +129,7 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
         job = store.get_job(job_id)
         store.update_job(job_id, device=device)
         # The worker owns train.log: the runner's output comes through a pipe.
-        log = CappedLog(*ws.log_paths(job_id), int(ctx.cfg["LOG_MAX_MB"]) << 20)
+        log = CappedLog(*ws.log_paths(job_id), ctx.cfg.log_max_bytes)
         start_at = _resume_point(out, job.get("resume_from"))
         if job.get("resume_from") and start_at != job["resume_from"]:
             log.note(f"snapshot {job['resume_from']} is incomplete; resuming from "
@@ -173,14 +173,14 @@ def _spec(ctx: Context, job: dict, device: str, gpu_index: int | None, inp: Path
         from app.services.runtime.gpus import device_nodes
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
         devices = device_nodes(gpu_index)
-    spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.train", str(inp), str(out), str(control)],
+    spec = sandbox.Spec([ctx.cfg.caffe_python, "-m", "app.contained.train", str(inp), str(out), str(control)],
                         read_only=[inp, control] + ([ds_dir] if ds_dir else []), writable=[out],
                         env=env, cwd=out, devices=devices)
     layer_env.mount(spec, ctx.cfg)   # administrator-added packages, read-only
-    limits = sandbox.Limits(wall_seconds=float(ctx.cfg["TRAIN_TIMEOUT"]),
-                            cpu_seconds=int(ctx.cfg["TRAIN_TIMEOUT"]) * 4,
-                            address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
-                            memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+    limits = sandbox.Limits(wall_seconds=ctx.cfg.train_timeout,
+                            cpu_seconds=ctx.cfg.train_timeout * 4,
+                            address_space=ctx.cfg.memory_limit_bytes,
+                            memory_bytes=ctx.cfg.memory_limit_bytes)
     return spec, limits
 
 
@@ -191,9 +191,9 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
     tail.offset = Workspace.file_size(out / METRICS_FILE)  # resume: skip old records
     # The runner writes progress every 0.5 s: watching faster only takes CPU
     # from the training it watches (the queue itself is polled faster).
-    poll = max(float(ctx.cfg["WORKER_POLL_SECONDS"]), WATCH_SECONDS)
+    poll = max(ctx.cfg.worker_poll_seconds, WATCH_SECONDS)
     aborting = False
-    disk = quota.Watcher(out, int(ctx.cfg["JOB_DISK_MB"]))
+    disk = quota.Watcher(out, ctx.cfg.job_disk_mb)
     while True:
         done = proc.poll() is not None
         job = store.get_job(job_id)
@@ -232,7 +232,7 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
                                              "the job trained; resume it to continue from its last snapshot."}
     status, error = classify(_result(out), proc.returncode, aborting,
                              log.tail(CONTEXT_BYTES).decode("utf-8", "replace"),
-                             int(ctx.cfg["MEMORY_LIMIT_MB"]), _free_mb(out), sandbox.oom_killed(proc))
+                             ctx.cfg.memory_limit_mb, _free_mb(out), sandbox.oom_killed(proc))
     if status == JobStatus.ABORTED.value and shutdown is not None and shutdown.is_set() \
             and not (ctx.store.get_job(job_id) or {}).get("abort_requested"):
         return JobStatus.INTERRUPTED.value, {"stage": "worker", "message": "The worker was shut down; "
@@ -276,7 +276,7 @@ def recover(ctx: Context, stale_after: float | None = None) -> list[str]:
     owner had asked to stop ends aborted; otherwise (or with a stale_after)
     they are marked interrupted."""
     changed = []
-    if stale_after is None and ctx.cfg.get("AUTO_RESUME", True):
+    if stale_after is None and ctx.cfg.auto_resume:
         from app.worker import heartbeat
         for job in ctx.store.list_jobs(status=JobStatus.RUNNING.value):
             if job["abort_requested"] and ctx.store.update_job(

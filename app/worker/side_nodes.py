@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from app.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def role_queue(role: str) -> tuple[str, str]:
-    """(Celery queue, pool size setting) of a side node's ``role``."""
+    """(Celery queue, pool size setting's attribute) of a side node's ``role``."""
     from app.services.inference import celery_offload as offload
     from app.services.runtime import broker as queue
-    return {"infer": (offload.INFER_QUEUE, "INFER_CONCURRENCY"),
+    return {"infer": (offload.INFER_QUEUE, "infer_concurrency"),
             "datasets": (queue.DATASET_QUEUE, "")}[role]
 
 
-def threads(role: str, cfg) -> int:
+def threads(role: str, cfg: Settings) -> int:
     """How many requests or builds a side node runs at once."""
     setting = role_queue(role)[1]
-    return max(1, int(cfg[setting])) if setting else 1
+    return max(1, getattr(cfg, setting)) if setting else 1
 
 
 def node_name(worker: str, role: str) -> str:

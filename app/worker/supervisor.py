@@ -92,7 +92,7 @@ class LocalSupervisor:
         queued = [j for j in queued if not j["abort_requested"]]
         if not queued:
             return
-        limit = int(self.ctx.cfg.get("USER_MAX_RUNNING") or 0)
+        limit = self.ctx.cfg.user_max_running
         state = self.ctx.store.share_state(j["owner"] for j in queued)
         started = True
         while started and queued and not self.stopping.is_set():
@@ -135,6 +135,6 @@ class LocalSupervisor:
         recover(self.ctx)
         while not self.stopping.is_set():
             self.tick()
-            self.stopping.wait(float(self.ctx.cfg["WORKER_POLL_SECONDS"]))
+            self.stopping.wait(self.ctx.cfg.worker_poll_seconds)
         for t in self.threads.values():
             t.join(timeout=30)

@@ -197,7 +197,7 @@ def _token_name(row: dict) -> str:
 
 
 def _expires(c: Context, created_at: str) -> datetime | None:
-    days = int(c.cfg.get("TOKEN_DAYS") or 0)
+    days = c.cfg.token_days
     if days <= 0:
         return None
     return _parse(created_at) + timedelta(days=days)

@@ -78,11 +78,11 @@ def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owne
         params.update(folders=folders, roots=[str(r) for r in data_roots.roots_for(ctx.cfg, owner)])
     else:
         try:
-            Workspace.save_stream(upload / "archive", archive, int(ctx.cfg["MAX_UPLOAD_MB"]) << 20)
+            Workspace.save_stream(upload / "archive", archive, ctx.cfg.max_upload_bytes)
         except ValueError:
             ctx.ws.delete(ctx.ws.dataset_dir(ds_id))
             raise PayloadTooLarge("The archive is too large.") from None
-    params.update(max_files=int(ctx.cfg["DATASET_MAX_FILES"]), max_bytes=int(ctx.cfg["DATASET_MAX_MB"]) << 20)
+    params.update(max_files=ctx.cfg.dataset_max_files, max_bytes=ctx.cfg.dataset_max_bytes)
     Workspace.write_json(upload / DATASET_PARAMS_FILE, params)
     ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status=DatasetStatus.QUEUED.value,
                              info={"params": params, "progress": 0.0}, created_at=now_iso())
@@ -121,14 +121,14 @@ def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
         folders = ((info.get("params") or {}).get("folders")) or {}
         roots = data_roots.roots_for(ctx.cfg, (ctx.store.get_dataset(ds_id) or {}).get("owner") or "") \
             if folders else []
-        spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset",
+        spec = sandbox.Spec([ctx.cfg.caffe_python, "-m", "app.contained.build_dataset",
                              str(upload / "archive"), str(out), str(upload / DATASET_PARAMS_FILE)],
                             read_only=[upload, *roots], writable=[out], cwd=out,
                             # decoding processes (app.contained.dataset_pool); 0: one per core
-                            env={"LAYERBENCH_DATASET_WORKERS": str(int(ctx.cfg["DATASET_WORKERS"]))})
-        limits = sandbox.Limits(wall_seconds=float(ctx.cfg["DATASET_TIMEOUT"]),
-                                address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
-                                memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+                            env={"LAYERBENCH_DATASET_WORKERS": str(ctx.cfg.dataset_workers)})
+        limits = sandbox.Limits(wall_seconds=ctx.cfg.dataset_timeout,
+                                address_space=ctx.cfg.memory_limit_bytes,
+                                memory_bytes=ctx.cfg.memory_limit_bytes)
         with open(root / "build.log", "ab") as build_log:
             t0 = time.monotonic()
             proc = sandbox.start(spec, ctx.containment, limits, build_log, build_log)

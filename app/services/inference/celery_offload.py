@@ -152,7 +152,7 @@ def run_on_worker(ctx: Context, job_id: str, runner: str, model: Path, work: Pat
         raise Unavailable(f"{what} runs on a worker, and no worker is running; "
                            "start one (make worker) and try again.")
     token = secrets.token_hex(16)
-    take_within = float(ctx.cfg["INFER_QUEUE_SECONDS"])
+    take_within = ctx.cfg.infer_queue_seconds
     body = {"job": job_id, "runner": runner, "model": relative(ctx, model), "work": relative(ctx, work),
             "token": token, "wall_seconds": run_seconds}
     marker = bind(ctx, work, token, job_id)

@@ -11,6 +11,7 @@ from app.services.runtime import sandbox
 from app.services.context import Context
 from app.core.errors import Conflict, InvalidPythonLayer, InvalidRequest, NotFound, ServerFault, ServiceError
 from app.core.workspace import RESULT_FILE, Workspace
+from app.core.config import Settings
 
 MAX_IMAGES = 100
 MAX_IMAGE_BYTES = 20 << 20
@@ -51,7 +52,7 @@ def sandbox_spec(ctx: Context, job: dict, runner: str, model: Path, work: Path) 
     packages mounted; its argv ``-m runner INPUT MODEL DATASET WORK``."""
     ds = ctx.ws.dataset_dir(job["dataset"])
     inp = ctx.ws.input_dir(job["id"])
-    spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", runner, str(inp), str(model), str(ds), str(work)],
+    spec = sandbox.Spec([ctx.cfg.caffe_python, "-m", runner, str(inp), str(model), str(ds), str(work)],
                         read_only=[inp, ctx.ws.output_dir(job["id"]), ds], writable=[work], cwd=work)
     return layer_env.mount(spec, ctx.cfg)   # administrator-added packages, read-only
 
@@ -61,11 +62,11 @@ def layer_error(result: dict) -> ServiceError:
                         [{"field": "python_layer", "file": "digits_python_layers.py",
                           "message": result.get("message"), "traceback": result.get("traceback")}])
 
-def run_limits(cfg) -> sandbox.Limits:
+def run_limits(cfg: Settings) -> sandbox.Limits:
     """An inference run's limits (the same on the web host and a worker)."""
-    return sandbox.Limits(wall_seconds=float(cfg["VALIDATE_TIMEOUT"]) * 2,
-                          address_space=int(cfg["MEMORY_LIMIT_MB"]) << 20,
-                          memory_bytes=int(cfg["MEMORY_LIMIT_MB"]) << 20)
+    return sandbox.Limits(wall_seconds=cfg.validate_timeout * 2,
+                          address_space=cfg.memory_limit_bytes,
+                          memory_bytes=cfg.memory_limit_bytes)
 
 def _log_path(runner: str, work: Path) -> Path:
     return work / (runner.rsplit(".", 1)[1] + ".log")

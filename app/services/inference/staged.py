@@ -31,7 +31,7 @@ VISUALIZE_FLAG, VISUALS_FILE = "visualize", "visualizations.json"   # app.contai
 def enabled_on_node(cfg) -> bool:
     """Whether a Celery inference node answers from warm processes
     (``INFER_WARM`` > 0; the same setting as the web host's)."""
-    return int(cfg.get("INFER_WARM", 4) or 0) > 0
+    return cfg.infer_warm > 0
 
 
 def run(ctx: Context, job: dict, runner: str, model: Path, work: Path) -> None:

@@ -37,22 +37,23 @@ from app.services.inference import cold as inference
 from app.services.layers import environments as layer_env
 from app.services.context import Context
 from app.services.inference.warm_process import LIFETIME_S, WarmProcess, close_when_free
+from app.core.config import Settings
 
 log = logging.getLogger(__name__)
 
 SWEEP_S = 5.0           # how often idle, old and orphaned processes are looked for
 
 
-def enabled(cfg) -> bool:
+def enabled(cfg: Settings) -> bool:
     """Whether classification uses warm processes here (the local queue,
     ``INFER_WARM`` > 0); the celery queue runs inference on the workers."""
     from app.services.runtime import broker as queue
-    return int(cfg.get("INFER_WARM", 4) or 0) > 0 and not queue.celery_mode(cfg)
+    return cfg.infer_warm > 0 and not queue.celery_mode(cfg)
 
 
-def request_seconds(cfg) -> float:
+def request_seconds(cfg: Settings) -> float:
     """The wall clock of one request to a warm process."""
-    return float(cfg.get("INFER_REQUEST_SECONDS") or 0) or inference.run_limits(cfg).wall_seconds
+    return cfg.infer_request_seconds or inference.run_limits(cfg).wall_seconds
 
 
 def _stamp(job: dict) -> tuple:
@@ -119,11 +120,11 @@ class Pool:
         for old in gone:
             close_when_free(old)
 
-    def _over_cap(self, cfg) -> list[WarmProcess]:
+    def _over_cap(self, cfg: Settings) -> list[WarmProcess]:
         # Under the pool lock. A process a request holds or waits for is
         # never evicted (that would only make the request start another):
         # while every one is busy the pool may hold more, until they finish.
-        cap, out = max(1, int(cfg.get("INFER_WARM", 4))), []
+        cap, out = max(1, cfg.infer_warm), []
         for key, wp in list(self._procs.items()):
             if len(self._procs) <= cap:
                 break
@@ -165,7 +166,7 @@ class Pool:
                 current = list(self._procs.values())
             now = time.monotonic()
             for wp in current:
-                idle = float(wp.ctx.cfg.get("INFER_IDLE_SECONDS", 300))
+                idle = wp.ctx.cfg.infer_idle_seconds
                 stale = (now - wp.used > idle and not wp.lock.locked()) or now - wp.started > LIFETIME_S - SWEEP_S
                 if not stale:
                     try:

@@ -32,7 +32,7 @@ def model_keys(c: Context, job: dict) -> dict:
     ds = c.store.get_dataset(job["dataset"]) if job.get("dataset") else None
     info = (ds or {}).get("info") or {}
     snaps = [s["iteration"] for s in job.get("snapshots") or [] if isinstance(s.get("iteration"), int)]
-    return {"caffe version": caffe_info(str(c.cfg["CAFFE_PYTHON"])).get("version"),
+    return {"caffe version": caffe_info(c.cfg.caffe_python).get("version"),
             "digits version": __version__,
             "image dimensions": image_dimensions(info.get("image_shape")),
             "image resize mode": info.get("resize_mode") or (info.get("params") or {}).get("resize_mode")

@@ -99,7 +99,7 @@ def download(c: Context, job: dict, fmt: str = "tar.gz", digits_names: bool = Fa
     if fmt not in DOWNLOAD_FORMATS:
         raise NotFound("Unknown download format; use " + ", ".join(DOWNLOAD_FORMATS) + ".")
     inp, out = c.ws.input_dir(job["id"]), c.ws.output_dir(job["id"])
-    cap = int(c.cfg.get("MAX_DOWNLOAD_FILE_MB") or 4096) << 20
+    cap = c.cfg.max_download_file_bytes
     # Built on disk beside the job (never a model in memory), unlinked at
     # once: nothing is left behind and nothing can be swapped under it.
     tmp = tempfile.TemporaryFile(dir=c.ws.job_dir(job["id"]))

@@ -49,7 +49,7 @@ def validate_inputs(c: Context, upload: Upload, user: dict, input_dir: Path, out
     if start is not None:
         prepared.params["start_weights"] = start
     found = gpus.detect()
-    gpu_build = bool(caffe_info(c.cfg["CAFFE_PYTHON"]).get("gpu_build"))
+    gpu_build = bool(caffe_info(c.cfg.caffe_python).get("gpu_build"))
     problem = gpus.parse_device(prepared.params["device"], len(found), gpu_build)
     if problem:
         raise InvalidRequest(problem, [{"field": "device", "message": problem}])
@@ -63,7 +63,7 @@ def validate_inputs(c: Context, upload: Upload, user: dict, input_dir: Path, out
 
 
 def guard_containment(c: Context) -> None:
-    if c.containment == "none" and not c.cfg["ALLOW_UNCONTAINED"]:
+    if c.containment == "none" and not c.cfg.allow_uncontained:
         raise Unavailable("No containment is available for uploaded code on this "
                        "server; set LAYERBENCH_ALLOW_UNCONTAINED=1 to run it anyway.")
 
@@ -102,7 +102,7 @@ def check_share(c: Context, upload: Upload, user: dict) -> None:
     if prio == "high" and not user.get("admin"):
         raise Forbidden("Only an administrator can give a job high priority.",
                            [{"field": "priority", "message": "high is for admins to grant"}])
-    limit = int(c.cfg.get("USER_MAX_QUEUED") or 0)
+    limit = c.cfg.user_max_queued
     if limit:
         mine = sum(1 for status in (JobStatus.QUEUED.value, JobStatus.WAITING.value)
                    for _ in c.store.list_jobs(owner=user["name"], status=status))

@@ -30,7 +30,7 @@ def queue_position(c: Context, job: dict) -> dict | None:
     if job.get("status") != JobStatus.QUEUED.value:
         return None
     queued = c.store.list_jobs(status=JobStatus.QUEUED.value)
-    limit = int(c.cfg.get("USER_MAX_RUNNING") or 0)
+    limit = c.cfg.user_max_running
     state = c.store.share_state(j["owner"] for j in queued)
     pos = fairshare.position(job, queued, state, limit)
     if pos is None:

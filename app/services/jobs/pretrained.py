@@ -21,13 +21,14 @@ from app.services.runtime import sandbox
 from app.services.access import may_see, only_visible
 from app.services.context import Context
 from app.store import new_job_id, now_iso
+from app.core.config import Settings
 
 META = "meta.json"
 
 
-def weights_limit(cfg: dict) -> int:
+def weights_limit(cfg: Settings) -> int:
     """Bytes a .caffemodel upload may have."""
-    return int(cfg["MAX_WEIGHTS_MB"]) << 20
+    return cfg.max_weights_bytes
 
 
 def save_upload(c: Context, stream: IO[bytes], dest: Path) -> tuple[int, str]:
@@ -60,9 +61,9 @@ def inspect(c: Context, path: Path) -> dict:
 
 def _inspect(c: Context, path: Path, work: Path) -> dict:
     report = work / "weights-report.json"
-    spec = sandbox.Spec([str(c.cfg["CAFFE_PYTHON"]), "-m", "app.contained.weights", str(path), str(report)],
+    spec = sandbox.Spec([c.cfg.caffe_python, "-m", "app.contained.weights", str(path), str(report)],
                         read_only=[path.parent], writable=[work], cwd=work)
-    limit = int(c.cfg["MEMORY_LIMIT_MB"]) << 20
+    limit = c.cfg.memory_limit_bytes
     result = sandbox.run(spec, c.containment, sandbox.Limits(
         wall_seconds=120, cpu_seconds=240, address_space=limit, memory_bytes=limit))
     try:

@@ -24,6 +24,7 @@ from app.caffe import solver
 from app.caffe.digits_net import MEAN_CHOICES
 from app.core import tracebacks
 from app.core.errors import InvalidNetwork, InvalidPythonLayer, InvalidRequest, PayloadTooLarge, ServiceError
+from app.core.config import Settings
 from app.core.workspace import (
     DEPLOY_FILE, JOB_META_FILE, LAYER_FILE, NETWORK_FILE, REPORT_FILE, SANDBOX_LOG, SOLVER_FILE,
     TRAIN_VAL_FILE, VALIDATE_LOG, VALIDATION_STARTED, WEIGHTS_FILE, Workspace)
@@ -200,13 +201,13 @@ def _save_layer(upload: Upload, input_dir: Path, limit: int) -> dict | None:
             "classes": []}
 
 
-def prepare(upload: Upload, input_dir: Path, *, cfg: dict, datasets: dict[str, network.DatasetInfo]
+def prepare(upload: Upload, input_dir: Path, *, cfg: Settings, datasets: dict[str, network.DatasetInfo]
             ) -> Prepared:
     """Check the upload and write every job input into ``input_dir``."""
     params = parse_params(upload.fields)
     net_name = Workspace.display_name(upload.network_filename, NETWORK_FILE)
-    text = _text(upload.network_text, "network", net_name, int(cfg["MAX_NETWORK_FILE_KB"]) * 1024)
-    python_layer = _save_layer(upload, input_dir, int(cfg["MAX_LAYER_FILE_KB"]) * 1024)
+    text = _text(upload.network_text, "network", net_name, cfg.max_network_file_bytes)
+    python_layer = _save_layer(upload, input_dir, cfg.max_layer_file_bytes)
     try:
         net = network.parse(text, net_name)
         network.check(net)
@@ -269,20 +270,20 @@ def _excerpts(details: list[dict], net_name: str, text: str) -> None:
     annotate_details(details, network=(net_name, text))
 
 
-def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: dict, how: str,
+def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: Settings, how: str,
                    dataset_dir: Path | None) -> dict:
     """Run app.validate contained; return the report with network lines filled."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path, log_path = out_dir / REPORT_FILE, out_dir / VALIDATE_LOG
-    spec = sandbox.Spec([str(cfg["CAFFE_PYTHON"]), "-m", "app.contained.validate", str(input_dir),
+    spec = sandbox.Spec([cfg.caffe_python, "-m", "app.contained.validate", str(input_dir),
                          str(report_path), str(log_path)],
                         read_only=[input_dir] + ([dataset_dir] if dataset_dir else []),
                         writable=[out_dir], cwd=out_dir)
     layer_env.mount(spec, cfg)   # administrator-added packages, read-only
-    timeout = float(cfg["VALIDATE_TIMEOUT"])
+    timeout = cfg.validate_timeout
     limits = sandbox.Limits(wall_seconds=timeout, cpu_seconds=int(timeout * 2) + 5,
-                            address_space=int(cfg["MEMORY_LIMIT_MB"]) << 20,
-                            memory_bytes=int(cfg["MEMORY_LIMIT_MB"]) << 20)
+                            address_space=cfg.memory_limit_bytes,
+                            memory_bytes=cfg.memory_limit_bytes)
     t0 = time.perf_counter()
     # bwrap's own complaints (a path it cannot bind, no namespaces) come
     # before the validator opens its log: keep them for the server log.

@@ -59,10 +59,10 @@ def submit_all(c: Context, upload: Upload, user: dict) -> list[dict]:
         return [admission.submit(c, upload, user)]
     building = waiting.building(c, upload, user)
     # The uploaded files are streams: read once, handed to every job.
-    limit = (int(c.cfg["MAX_LAYER_FILE_KB"]) << 10) + 1
+    limit = c.cfg.max_layer_file_bytes + 1
     layer = upload.layer_stream.read(limit) if upload.layer_stream is not None else None
     # Several layer files or a zip (app.services.layers.files): read once too.
-    parts = [(s.read((int(c.cfg["MAX_UPLOAD_MB"]) << 20) + 1), n) for s, n in upload.layer_files]
+    parts = [(s.read(c.cfg.max_upload_bytes + 1), n) for s, n in upload.layer_files]
     spool = None
     if upload.weights_stream is not None:
         spool = tempfile.TemporaryFile()

@@ -56,10 +56,10 @@ def hold(c: Context, upload: Upload, user: dict, ds: dict) -> dict:
     pending = job_dir / PENDING
     try:
         pending.mkdir()
-        layer_limit = int(c.cfg["MAX_LAYER_FILE_KB"]) << 10
+        layer_limit = c.cfg.max_layer_file_bytes
         net = upload.network_text.encode() if isinstance(upload.network_text, str) else upload.network_text
         if net is not None:
-            Workspace.write_atomic(pending / "network", net[: (int(c.cfg["MAX_NETWORK_FILE_KB"]) << 10) + 1])
+            Workspace.write_atomic(pending / "network", net[: c.cfg.max_network_file_bytes + 1])
         if upload.solver_text is not None:
             solver = upload.solver_text.encode() if isinstance(upload.solver_text, str) else upload.solver_text
             Workspace.write_atomic(pending / "solver", solver)
@@ -70,7 +70,7 @@ def hold(c: Context, upload: Upload, user: dict, ds: dict) -> dict:
             _save(stream, pending / f"layer-file-{i}", layer_limit, "Python layer file")
             names.append(name)
         if upload.weights_stream is not None:
-            _save(upload.weights_stream, pending / "weights", int(c.cfg["MAX_WEIGHTS_MB"]) << 20, "weights file")
+            _save(upload.weights_stream, pending / "weights", c.cfg.max_weights_bytes, "weights file")
         Workspace.write_json(pending / _FIELDS, {
             "fields": upload.fields, "network_filename": upload.network_filename,
             "layer_filename": upload.layer_filename, "weights_filename": upload.weights_filename,

@@ -36,6 +36,7 @@ from app.core.tracebacks import LAYER_ENV_VAR, scrub
 from app.core.workspace import Workspace
 from app.services.runtime import sandbox
 from app.services.context import Context
+from app.core.config import Settings
 
 REQUIREMENTS = "layer-requirements.txt"
 ENV_DIR = "layer-env"
@@ -45,13 +46,13 @@ _probe_cache: dict[tuple[str, str | None], dict] = {}
 _lock = threading.Lock()
 
 
-def _root(cfg: dict) -> Path:
-    return Path(str(cfg["INSTANCE_DIR"])) / ENV_DIR
+def _root(cfg: Settings) -> Path:
+    return cfg.instance_dir / ENV_DIR
 
 
-def requirements_path(cfg: dict) -> Path:
+def requirements_path(cfg: Settings) -> Path:
     """The administrator's list of pinned requirements for layer code."""
-    return Path(str(cfg["INSTANCE_DIR"])) / REQUIREMENTS
+    return cfg.instance_dir / REQUIREMENTS
 
 
 def parse_requirements(text: str) -> list[str]:
@@ -69,7 +70,7 @@ def parse_requirements(text: str) -> list[str]:
     return out
 
 
-def current(cfg: dict) -> dict | None:
+def current(cfg: Settings) -> dict | None:
     """{"dir", "fingerprint", "packages"} of the environment in force, or None."""
     try:
         info = json.loads(untrusted.read_all(_root(cfg) / CURRENT, 1 << 20))
@@ -79,13 +80,13 @@ def current(cfg: dict) -> dict | None:
         return None
 
 
-def fingerprint(cfg: dict) -> str:
+def fingerprint(cfg: Settings) -> str:
     """The hash of the added package list in force ("none" without any)."""
     cur = current(cfg)
     return cur["fingerprint"] if cur else "none"
 
 
-def mount(spec: sandbox.Spec, cfg: dict) -> sandbox.Spec:
+def mount(spec: sandbox.Spec, cfg: Settings) -> sandbox.Spec:
     """Let a sandboxed run see the added packages: read-only, named by
     LAYERBENCH_LAYER_ENV (the runner puts it last on sys.path)."""
     cur = current(cfg)
@@ -103,7 +104,7 @@ def _installed(target: Path) -> list[str]:
     return sorted(names)
 
 
-def sync(cfg: dict, pip_args: list[str] | None = None) -> dict:
+def sync(cfg: Settings, pip_args: list[str] | None = None) -> dict:
     """Install what the requirements file lists into a fresh directory and put
     it in force; the new ``current`` (None when the list is empty)."""
     path = requirements_path(cfg)
@@ -145,7 +146,7 @@ def sync(cfg: dict, pip_args: list[str] | None = None) -> dict:
         req_file.unlink(missing_ok=True)
 
 
-def add(cfg: dict, requirements: list[str], pip_args: list[str] | None = None) -> dict:
+def add(cfg: Settings, requirements: list[str], pip_args: list[str] | None = None) -> dict:
     """Add (or re-pin) ``requirements`` in the file, then ``sync``."""
     new = parse_requirements("\n".join(requirements))
     path = requirements_path(cfg)
@@ -163,7 +164,7 @@ def describe(c: Context) -> dict:
     versions (service or admin), Caffe's build; probed contained once per
     environment fingerprint and cached."""
     fp = fingerprint(c.cfg)
-    key = (str(c.cfg["CAFFE_PYTHON"]), fp)
+    key = (c.cfg.caffe_python, fp)
     with _lock:
         if key not in _probe_cache or not _probe_cache[key].get("ok"):
             _probe_cache[key] = _probe(c, fp)
@@ -202,11 +203,11 @@ def _probe(c: Context, fp: str) -> dict:
     work = c.ws.scratch_dir()
     try:
         out = work / "env.json"
-        spec = mount(sandbox.Spec([str(c.cfg["CAFFE_PYTHON"]), "-m", "app.contained.envprobe", str(out)],
+        spec = mount(sandbox.Spec([c.cfg.caffe_python, "-m", "app.contained.envprobe", str(out)],
                                   writable=[work], cwd=work), c.cfg)
         result = sandbox.run(spec, c.containment, sandbox.Limits(wall_seconds=60,
-                             address_space=int(c.cfg["MEMORY_LIMIT_MB"]) << 20,
-                             memory_bytes=int(c.cfg["MEMORY_LIMIT_MB"]) << 20))
+                             address_space=c.cfg.memory_limit_bytes,
+                             memory_bytes=c.cfg.memory_limit_bytes))
         try:
             report = json.loads(Workspace.read_capped(out, 4 << 20))
         except (OSError, ValueError):
@@ -218,7 +219,7 @@ def _probe(c: Context, fp: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def job_warnings(cfg: dict, job: dict) -> list[str]:
+def job_warnings(cfg: Settings, job: dict) -> list[str]:
     """A warning when the added packages changed since ``job`` was validated
     (a resume or an inference then runs its layers with other packages)."""
     if not job.get("python_layer"):

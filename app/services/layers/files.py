@@ -23,6 +23,7 @@ from app.core import archives
 from app.core.errors import InvalidPythonLayer, InvalidRequest, PayloadTooLarge, ServiceError
 from app.core.layer_code import MANIFEST
 from app.core.workspace import LAYER_FILE, Workspace
+from app.core.config import Settings
 
 MAX_FILES = 200                 # .py files (and other entries) in one upload
 MAX_TOTAL_BYTES = 16 << 20      # unpacked bytes of a zip
@@ -165,11 +166,11 @@ def choose_main(files: dict[str, bytes], originals: dict[str, str], wanted: str 
 
 
 def save(parts: list[tuple[IO[bytes], str | None]], wanted_main: str | None, input_dir: Path,
-         net: network.Network, cfg: dict) -> dict | None:
+         net: network.Network, cfg: Settings) -> dict | None:
     """Store the uploaded layer files in ``input_dir``; the job's
     ``python_layer`` record (None when nothing but empty files came)."""
-    limit = int(cfg["MAX_LAYER_FILE_KB"]) * 1024
-    found, skipped = collect(parts, input_dir.parent, limit, int(cfg["MAX_UPLOAD_MB"]) << 20)
+    limit = cfg.max_layer_file_bytes
+    found, skipped = collect(parts, input_dir.parent, limit, cfg.max_upload_bytes)
     found = {p: d for p, d in found.items() if d.strip() or p.name == "__init__.py"}
     if not found:
         if skipped:

@@ -26,7 +26,7 @@ def health(c: Context, instance_dir: str | Path) -> dict:
     null when the server was not started by ``flask serve``), the
     containment in force and why it is degraded, the store, the queue and
     the GPUs."""
-    caffe = caffe_info(c.cfg["CAFFE_PYTHON"])
+    caffe = caffe_info(c.cfg.caffe_python)
     store_ok = c.store.ping()
     check = selftest.load(Path(instance_dir))
     ok = bool(caffe.get("ok") and caffe.get("python_layer") and store_ok and (check is None or check.get("ok")))
@@ -42,7 +42,7 @@ def health(c: Context, instance_dir: str | Path) -> dict:
         # where the host gives us none (then rlimits and per-run uids alone).
         "cgroups": cgroups.available(),
         "store": {"ok": store_ok, "backend": c.store.engine.dialect.name},
-        "queue": c.cfg["QUEUE"],
+        "queue": c.cfg.queue,
         # celery queue: the broker, and the live workers with their hosts,
         # GPUs and current jobs (empty lists and null in the local queue).
         "broker_ok": workers.broker_ok(c),
@@ -65,4 +65,4 @@ def disk(c: Context) -> dict:
     except OSError:
         return {"free_mb": None, "low": True}
     free_mb = free // (1 << 20)
-    return {"free_mb": free_mb, "low": free_mb < int(c.cfg["DISK_LOW_MB"])}
+    return {"free_mb": free_mb, "low": free_mb < c.cfg.disk_low_mb}

@@ -18,6 +18,7 @@ from pathlib import Path
 from app.core import untrusted
 from app.services.jobs import submission
 from app.core.workspace import VALIDATION_DIR, Workspace
+from app.core.config import Settings
 
 RESULT_FILE = "selftest.json"
 
@@ -51,10 +52,10 @@ class Double(caffe.Layer):
 """
 
 
-def run(cfg: dict, ws: Workspace, containment: str, datasets: dict) -> dict:
+def run(cfg: Settings, ws: Workspace, containment: str, datasets: dict) -> dict:
     """Validate the self-test network contained; ``{"ok", "reason", "seconds"}``."""
     t0 = time.monotonic()
-    if containment == "none" and not cfg.get("ALLOW_UNCONTAINED"):
+    if containment == "none" and not cfg.allow_uncontained:
         return {"ok": False, "seconds": 0.0, "containment": containment,
                 "reason": "no containment for uploaded code (bubblewrap and unshare both failed)"}
     scratch = ws.scratch_dir()

@@ -17,6 +17,7 @@ import threading
 
 from app.core.status import DatasetStatus, JobStatus
 from app.services.context import Context
+from app.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,9 @@ _clients: dict[str, object] = {}
 _lock = threading.Lock()
 
 
-def celery_mode(cfg) -> bool:
+def celery_mode(cfg: Settings) -> bool:
     """Whether jobs go through Celery (``LAYERBENCH_QUEUE=celery``)."""
-    return str(cfg["QUEUE"]) == "celery"
+    return cfg.queue == "celery"
 
 
 def job_queue(device: str) -> str:
@@ -44,11 +45,11 @@ def job_queue(device: str) -> str:
     return device if device in ("cpu", "gpu") else "auto"
 
 
-def settings(cfg) -> dict:
+def settings(cfg: Settings) -> dict:
     """Celery settings shared by the web (sending) and the workers. Each
     one is here because a training task runs for hours on a GPU."""
     return {
-        "broker_url": str(cfg["BROKER_URL"]),
+        "broker_url": cfg.broker_url,
         # Acknowledge a job's message when its task ends, not when it starts:
         # a worker that dies mid-run leaves the message unacknowledged, so
         # Redis gives it to another worker (a second line behind the
@@ -85,7 +86,7 @@ def settings(cfg) -> dict:
 
 def client(cfg):
     """The Celery app used to send (one per broker URL per process)."""
-    url = str(cfg["BROKER_URL"])
+    url = cfg.broker_url
     with _lock:
         if url not in _clients:
             from celery import Celery
@@ -99,7 +100,7 @@ def redis_client(cfg, read_timeout: float = 5):
     """A Redis client on the broker (the "sent" marks, inference replies);
     ``read_timeout`` must outlast any blocking command sent on it."""
     import redis
-    return redis.Redis.from_url(str(cfg["BROKER_URL"]), socket_timeout=read_timeout, socket_connect_timeout=5)
+    return redis.Redis.from_url(cfg.broker_url, socket_timeout=read_timeout, socket_connect_timeout=5)
 
 
 def _send(cfg, kind: str, ident: str, gen: int, name: str, queue: str) -> bool:

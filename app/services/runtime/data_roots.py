@@ -32,6 +32,7 @@ from app.core.errors import InvalidRequest, ServerFault, ServiceError
 from app.core.workspace import RESULT_FILE, Workspace
 from app.services.runtime import sandbox
 from app.services.context import Context
+from app.core.config import Settings
 
 USER = "{user}"
 # A user name that is one harmless path component (no "/", no "..").
@@ -39,10 +40,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,79}$")
 GATHER_TAR = "files.tar"
 
 
-def patterns(cfg: dict) -> list[str]:
+def patterns(cfg: Settings) -> list[str]:
     """The configured roots as written (absolute ones, ``{user}`` only as a whole component)."""
     out = []
-    for raw in str(cfg.get("DATA_ROOTS") or "").split(":"):
+    for raw in (cfg.data_roots or "").split(":"):
         p = raw.strip()
         if not p.startswith("/"):
             continue
@@ -55,21 +56,19 @@ def patterns(cfg: dict) -> list[str]:
     return out
 
 
-def _overlaps_service(cfg: dict, prefix: Path) -> bool:
-    for key in ("JOBS_DIR", "INSTANCE_DIR"):
-        if cfg.get(key):
-            own = Path(os.path.realpath(str(cfg[key])))
-            if own == prefix or own.is_relative_to(prefix) or prefix.is_relative_to(own):
-                return True
+def _overlaps_service(cfg: Settings, prefix: Path) -> bool:
+    for own in (cfg.jobs_dir.resolve(), cfg.instance_dir.resolve()):
+        if own == prefix or own.is_relative_to(prefix) or prefix.is_relative_to(own):
+            return True
     return False
 
 
-def configured(cfg: dict) -> bool:
+def configured(cfg: Settings) -> bool:
     """Whether this server reads server paths at all (any root set)."""
     return bool(patterns(cfg))
 
 
-def roots_for(cfg: dict, user: str) -> list[Path]:
+def roots_for(cfg: Settings, user: str) -> list[Path]:
     """The roots ``user`` may name, links resolved. A per-user root exists
     only for a name that is one safe path component."""
     out: list[Path] = []
@@ -84,7 +83,7 @@ def roots_for(cfg: dict, user: str) -> list[Path]:
     return out
 
 
-def launcher_allows(cfg: dict, path: Path) -> bool:
+def launcher_allows(cfg: Settings, path: Path) -> bool:
     """Whether ``path`` (absolute, already known to hold no link) lies
     inside a configured root, a ``{user}`` component matching any one name:
     the root launcher's check (which user asked is the web's to judge)."""
@@ -103,7 +102,7 @@ def launcher_allows(cfg: dict, path: Path) -> bool:
     return False
 
 
-def where(cfg: dict, user: str) -> str:
+def where(cfg: Settings, user: str) -> str:
     """The user's roots in words, for error messages."""
     roots = roots_for(cfg, user)
     return ", ".join(map(str, roots)) if roots else "none for this user"
@@ -219,12 +218,12 @@ def fetch(ctx: Context, user: str, paths: list[Path], max_each: int, max_total: 
         roots = roots_for(ctx.cfg, user)
         Workspace.write_json(work / "paths.json", {"paths": [str(p) for p in paths],
                                                    "roots": [str(r) for r in roots]})
-        spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.gather", str(work / "paths.json"),
+        spec = sandbox.Spec([ctx.cfg.caffe_python, "-m", "app.contained.gather", str(work / "paths.json"),
                              str(work), str(max_each), str(max_total)],
                             read_only=roots, writable=[work], cwd=work)
-        limits = sandbox.Limits(wall_seconds=float(ctx.cfg["VALIDATE_TIMEOUT"]),
-                                address_space=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20,
-                                memory_bytes=int(ctx.cfg["MEMORY_LIMIT_MB"]) << 20)
+        limits = sandbox.Limits(wall_seconds=ctx.cfg.validate_timeout,
+                                address_space=ctx.cfg.memory_limit_bytes,
+                                memory_bytes=ctx.cfg.memory_limit_bytes)
         sandbox.run(spec, ctx.containment, limits)
         try:
             json.loads(Workspace.read_capped(work / RESULT_FILE, 1 << 20))

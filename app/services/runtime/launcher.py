@@ -45,6 +45,7 @@ from app.services.runtime import data_roots
 
 from app.services.runtime import sandbox
 from app.services.runtime.sandbox_client import MAX_PACKET, send as _send
+from app.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _inside(raw: object, roots: list[Path], what: str) -> Path:
     return path
 
 
-def _read_only(raw: object, roots: list[Path], cfg: dict) -> Path:
+def _read_only(raw: object, roots: list[Path], cfg: Settings) -> Path:
     # Inside the jobs directory or the layer environment; or, read-only
     # only, inside one of the administrator's data roots (app.services.runtime.data_roots:
     # the web judged which user may name which; links are refused all the same).
@@ -86,17 +87,17 @@ def _read_only(raw: object, roots: list[Path], cfg: dict) -> Path:
         raise
 
 
-def check(msg: dict, cfg: dict) -> tuple[sandbox.Spec, sandbox.Limits]:
+def check(msg: dict, cfg: Settings) -> tuple[sandbox.Spec, sandbox.Limits]:
     """The Spec and Limits of a start request, or ``Refused`` saying why."""
     raw, lim = msg.get("spec"), msg.get("limits")
     if not isinstance(raw, dict) or not isinstance(lim, dict):
         raise Refused("a start request needs a spec and limits")
-    roots = [Path(os.path.realpath(str(cfg["JOBS_DIR"])))]
-    env_root = Path(os.path.realpath(str(cfg["INSTANCE_DIR"]))) / "layer-env"
+    roots = [cfg.jobs_dir.resolve()]
+    env_root = cfg.instance_dir.resolve() / "layer-env"
     argv = raw.get("argv")
     if not (isinstance(argv, list) and len(argv) >= 3 and all(isinstance(a, str) for a in argv)):
         raise Refused("argv must be a list of strings")
-    if argv[0] != str(cfg["CAFFE_PYTHON"]) or argv[1] != "-m" or \
+    if argv[0] != cfg.caffe_python or argv[1] != "-m" or \
             not argv[2].startswith("app.contained.") or argv[2].rsplit(".", 1)[1] not in RUNNERS:
         raise Refused(f"only the contained runners start here, not {' '.join(argv[:3])!r}")
     for a in argv[3:]:
@@ -147,10 +148,10 @@ def give_back(paths: list[Path], uid: int, gid: int) -> None:
 class Launcher:
     """The root side: accepts the service user's connections on ``path``."""
 
-    def __init__(self, path: Path, cfg: dict, service_uid: int, service_gid: int) -> None:
+    def __init__(self, path: Path, cfg: Settings, service_uid: int, service_gid: int) -> None:
         self.path, self.cfg = Path(path), cfg
         self.uid, self.gid = service_uid, service_gid
-        self.how = sandbox.mode(str(cfg["SANDBOX"]))
+        self.how = sandbox.mode(cfg.sandbox)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.path.unlink(missing_ok=True)
         self.sock.bind(str(self.path))

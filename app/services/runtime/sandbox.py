@@ -150,8 +150,7 @@ def _self_test_bwrap() -> str:
 
 def uid_range() -> range:
     """The uids sandboxed runs may be given (``SANDBOX_UIDS``, e.g. 3000000-3000999)."""
-    lo, _, hi = str(config.load().get("SANDBOX_UIDS", "")).partition("-")
-    return range(int(lo), int(hi or lo) + 1)
+    return config.load().sandbox_uid_range
 
 
 class lease:

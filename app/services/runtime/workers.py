@@ -19,7 +19,7 @@ def live(c: Context) -> list[dict]:
     if not queue.celery_mode(c.cfg):
         return []
     now = time.time()
-    window = max(LIVE_BEATS * float(c.cfg["HEARTBEAT_SECONDS"]), 5.0)
+    window = max(LIVE_BEATS * c.cfg.heartbeat_seconds, 5.0)
     out = []
     for w in c.store.list_workers(alive_since=now - window):
         out.append({"name": w["name"], "host": w["host"], "pid": w["pid"], "gpus": w["gpus"],
@@ -52,7 +52,7 @@ def broker_ok(c: Context) -> bool | None:
         return None
     try:
         import redis
-        return bool(redis.Redis.from_url(str(c.cfg["BROKER_URL"]), socket_timeout=2,
-                                         socket_connect_timeout=2).ping())
+        client = redis.Redis.from_url(c.cfg.broker_url, socket_timeout=2, socket_connect_timeout=2)
+        return bool(client.ping())
     except Exception:
         return False

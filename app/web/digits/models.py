@@ -104,7 +104,7 @@ def digits_upload(form, files) -> Upload:
 def _server_layer(raw: str) -> tuple[io.BytesIO, str]:
     # DIGITS's python_layer_server_file: a file under the data roots, read
     # in the sandbox (app.services.runtime.data_roots), then handled as an upload.
-    field, cap = "python_layer_server_file", int(ctx().cfg["MAX_LAYER_FILE_KB"]) << 10
+    field, cap = "python_layer_server_file", ctx().cfg.max_layer_file_bytes
     user = current_user()["name"]
     real = data_roots.resolve(ctx(), raw, user, field, kind="file")
     got = data_roots.fetch(ctx(), user, [real], cap, cap)
