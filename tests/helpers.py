@@ -75,6 +75,21 @@ LENET_SEED = (DATA / "lenet_seed.prototxt").read_text()
 SEED_LAYER = (DATA / "seed_accuracy_layer.py").read_text()
 
 
+# DIGITS's Python-layer tutorial (examples/python-layer), verbatim: the
+# BlankSquareLayer (Python 2: `height/2` as a slice bound) and the prototxt
+# snippet it inserts into LeNet; source and licence in tests/data/digits/README.md.
+BLANK_SQUARE = (DATA / "digits" / "blank_square_layer.py").read_text()
+
+
+def lenet_with_blank_square() -> str:
+    """DIGITS's LeNet with the tutorial's blank_square layer between its
+    scale and conv1 layers, as the tutorial inserts it (DIGITS's LeNet
+    names scale's top "scaled"; the tutorial's LeNet said "scale")."""
+    snippet = (DATA / "digits" / "blank_square_snippet.prototxt").read_text().replace('"scale"', '"scaled"')
+    net = (DATA / "digits" / "lenet.prototxt").read_text()
+    return net.replace('layer {\n  name: "conv1"', snippet + 'layer {\n  name: "conv1"', 1)
+
+
 def layer_line(text: str, name: str) -> int:
     """1-based line of the `layer {` that holds `name: "<name>"`."""
     lines = text.splitlines()

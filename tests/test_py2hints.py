@@ -12,18 +12,9 @@ import io
 import pytest
 
 from app.caffe import py2hints
-from helpers import DATA, LENET_SEED, SEED_LAYER, change_settings, line_of, post
+from helpers import BLANK_SQUARE, LENET_SEED, SEED_LAYER, change_settings, lenet_with_blank_square, line_of, post
 
 LAYER = "digits_python_layers.py"
-BLANK_SQUARE = (DATA / "digits" / "blank_square_layer.py").read_text()
-
-
-def _lenet_with_blank_square() -> str:
-    # The tutorial inserts its snippet between LeNet's scale and conv1 layers;
-    # DIGITS's LeNet names scale's top "scaled" (the tutorial's LeNet said "scale").
-    snippet = (DATA / "digits" / "blank_square_snippet.prototxt").read_text().replace('"scale"', '"scaled"')
-    net = (DATA / "digits" / "lenet.prototxt").read_text()
-    return net.replace('layer {\n  name: "conv1"', snippet + 'layer {\n  name: "conv1"', 1)
 
 
 def _convert(client, text: str):
@@ -33,7 +24,7 @@ def _convert(client, text: str):
 
 @pytest.mark.slow
 def test_digits_tutorial_blank_square_layer(client):
-    net = _lenet_with_blank_square()
+    net = lenet_with_blank_square()
     report = post(client, "/api/v1/validate", network=net, layer=BLANK_SQUARE).get_json()
     assert report["ok"] is False
     d = report["errors"][0]

@@ -108,6 +108,10 @@ class Finding:
 class _Scan:
     findings: list[Finding]
     edits: list[tuple[int, int, str]]     # (start, end, replacement) in absolute offsets
+    # `/` → `//` where the result is an index or size: kept apart so that a
+    # conversion with Python 2's own division (app.caffe.py2convert) can
+    # leave these `/` to its old_div rewrite.
+    division_edits: list[tuple[int, int, str]]
 
 
 class _Lines:
@@ -210,6 +214,7 @@ def scan(text: str) -> _Scan:
     own = _assigned_names(lines)
     found: list[Finding] = []
     edits: list[tuple[int, int, str]] = []
+    division_edits: list[tuple[int, int, str]] = []
 
     for toks in lines:
         first, last = toks[0].start[0], toks[-1].end[0]
@@ -256,7 +261,7 @@ def scan(text: str) -> _Scan:
                 _view_index(toks, i - 1, pairs, add, edit)
             elif t.type == tokenize.OP and t.string == "/" and _index_context(toks, i, inner):
                 add(t, "true_division")
-                edit(t.start, t.end, "//")
+                division_edits.append((pos.at(t.start), pos.at(t.end), "//"))
             elif _is(t, "<") and _is(nxt, ">") and t.end == nxt.start:
                 add(t, "not_equal")
                 edit(t.start, nxt.end, "!=")
@@ -275,7 +280,7 @@ def scan(text: str) -> _Scan:
     # Backtick pairs are found from both ends: keep each finding once.
     unique = list(dict.fromkeys(found))
     unique.sort(key=lambda f: (f.line, f.column))
-    return _Scan(unique, edits)
+    return _Scan(unique, edits, division_edits)
 
 
 def prev_not_number(prev, t) -> bool:
@@ -471,18 +476,21 @@ def findings(text: str) -> list[Finding]:
     return scan(text).findings
 
 
-def convert(text: str) -> str:
+def convert(text: str, index_division: bool = True) -> str:
     """``text`` with every mechanical Python 2 → 3 fix applied (what the
-    download offers; the upload itself is never changed)."""
+    download offers; the upload itself is never changed). With
+    ``index_division`` False, a `/` whose result is an index or a size is
+    left as it is (app.caffe.py2convert rewrites every `/` instead)."""
     result = scan(text)
     lines = _Lines(text)
+    edits = result.edits + (result.division_edits if index_division else [])
 
     def source(match: re.Match) -> str:
         r1, c1, r2, c2 = (int(x) for x in match.group(1).split(":"))
         return text[lines.at((r1, c1)):lines.at((r2, c2))]
 
     out, last = [], 0
-    for start, end, new in sorted(result.edits, key=lambda e: (e[0], e[1])):
+    for start, end, new in sorted(edits, key=lambda e: (e[0], e[1])):
         if start < last:
             continue        # inside a span another fix already rewrote
         new = re.sub("\0([0-9:]+)\0", source, new)

@@ -25,6 +25,10 @@ from typing import IO, Iterator
 from app.core import untrusted
 
 LAYER_FILE = "digits_python_layers.py"
+# A Python 2 layer file as uploaded, kept beside LAYER_FILE when the DIGITS
+# routes (or python2=convert) stored its conversion (app.caffe.py2convert).
+# Not a .py: nothing imports it.
+LAYER_PY2_ORIGINAL = "digits_python_layers.py2.orig"
 NETWORK_FILE = "network.prototxt"
 # Written by the validator beside its report just before user code runs: a
 # validator that dies without a report and without this file never reached

@@ -48,6 +48,10 @@ class JobForm(FlaskForm):
     gradient_check = SelectField("A Python layer's backward fails the gradient check",
                                  choices=[SelectChoice("warn", "warn"),
                                           SelectChoice("error", "refuse the upload")], default="warn")
+    python2 = SelectField("A Python 2 layer file",
+                          choices=[SelectChoice("refuse", "refuse it (validation shows the Python 3 hints)"),
+                                   SelectChoice("convert", "convert it first, keeping Python 2's meaning "
+                                                           "(/ floors on integers)")], default="refuse")
     solver = FileField("Full solver prototxt (optional; the fields above override it)")
     crop_size = IntegerField("Crop size (random crops in training, the centre at validation and inference)",
                              validators=[Optional(), NumberRange(min=1)])

@@ -86,6 +86,12 @@ _JOB_FIELDS = {
                        "description": "a Python layer whose backward fails the gradient check (verdict wrong or "
                        "not_implemented in the report's `gradient_check`): a warning, or with `error` an "
                        "invalid upload (400 on /jobs, ok false on /validate; details name layer and blob)"},
+    "python2": {"type": "string", "enum": ["refuse", "convert"], "default": "refuse",
+                "description": "a Python 2 layer file (one that does not compile as Python 3, uses Python 2 "
+                "idioms, or divides with `/` without `from __future__ import division`): `refuse` validates "
+                "it as sent (it fails with the Python 2 → 3 hints), `convert` stores it converted first, `/` "
+                "as `old_div` (floor division when both operands are integers), the original kept (the "
+                "job's `python2_original`); a single layer file only (DIGITS's routes convert by default)"},
 }
 
 
@@ -137,11 +143,17 @@ def spec() -> dict:
                 "Error": {"type": "object", "required": ["error", "message", "details"], "properties": {
                     "error": {"type": "string"}, "message": {"type": "string"},
                     "details": {"type": "array", "items": {"type": "object"}}}},
-                "Job": {"type": "object", "properties": {k: {} for k in (
+                "Job": {"type": "object", "properties": {**{k: {} for k in (
                     "id", "name", "owner", "status", "created_at", "started_at", "finished_at", "progress",
                     "iteration", "max_iter", "epoch", "eta_seconds", "device", "dataset", "python_layer",
                     "metrics", "snapshots", "error", "links", "worker", "history", "settings", "start_weights",
-                    "group")}},
+                    "group")},
+                    "python2_converted": {"type": "boolean", "description": "the layer file was converted from "
+                                          "Python 2 before validation (python2=convert; DIGITS's routes)"},
+                    "python2_changes": {"type": "array", "items": {"type": "string"}, "description":
+                                        "when converted: what changed, one line per kind of change"},
+                    "python2_original": {"type": "string", "description": "when converted: where the layer "
+                                         "file as uploaded downloads from"}}},
                 "Comparison": {"type": "object", "properties": {
                     "jobs": {"type": "array", "items": {"type": "object"}, "description": "per job: {id, name, "
                              "owner, status, created_at, iteration, max_iter, links, final: {metric: last value}, "

@@ -179,7 +179,7 @@ def _upload_from_form(form: JobForm) -> Upload:
     fields = {k: ("" if form[k].data is None else str(form[k].data)) for k in (
         "name", "dataset", "train_epochs", "max_iter", "batch_size", "val_interval", "snapshot_interval",
         "solver_type", "learning_rate", "lr_policy", "gamma", "power", "stepsize", "stepvalues",
-        "random_seed", "device", "gradient_check", "iter_size", "crop_size", "use_mean", "group_name",
+        "random_seed", "device", "gradient_check", "python2", "iter_size", "crop_size", "use_mean", "group_name",
         "previous_job", "previous_snapshot", "pretrained_model")}
     fields["shuffle"] = "true" if form.shuffle.data else "false"
     fields["auto_retry"] = "true" if form.auto_retry.data else "false"
@@ -339,7 +339,7 @@ def job_page(job_id: str):
                                    for s in reversed(job.get("snapshots") or [])]
     from app.services.layers.diagnostics import job_error
     return render_template("web/job.html", job=job, data=jobs.to_json(job), events=jobs.events(ctx(), job),
-                           job_error=job_error(ctx(), job),
+                           job_error=job_error(ctx(), job), python2_diff=job_files.python2_diff(ctx(), job),
                            report=job_files.validation_report(ctx(), job), action_form=ActionForm(), infer_form=infer_form,
                            segmentation=_is_segmentation(job), queue=jobs.queue_position(ctx(), job))
 

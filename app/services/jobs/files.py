@@ -13,7 +13,7 @@ from app.caffe import portable
 from app.core import joblog, layer_code, untrusted
 from app.core.errors import NotFound
 from app.core.workspace import (
-    DEPLOY_FILE, LAYER_FILE, METRICS_FILE, NETWORK_FILE, REPORT_FILE, SOLVER_FILE,
+    DEPLOY_FILE, LAYER_FILE, LAYER_PY2_ORIGINAL, METRICS_FILE, NETWORK_FILE, REPORT_FILE, SOLVER_FILE,
     TRAIN_VAL_FILE, VALIDATION_DIR, Workspace)
 from app.services.jobs import digits_keys
 from app.services.context import Context
@@ -159,7 +159,22 @@ def download(c: Context, job: dict, fmt: str = "tar.gz", digits_names: bool = Fa
     return tmp
 
 
-INPUT_FILES = (NETWORK_FILE, TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, LAYER_FILE)
+INPUT_FILES = (NETWORK_FILE, TRAIN_VAL_FILE, DEPLOY_FILE, SOLVER_FILE, LAYER_FILE, LAYER_PY2_ORIGINAL)
+
+
+def python2_diff(c: Context, job: dict) -> str | None:
+    """The unified diff of a converted Python 2 layer file, as uploaded →
+    as run; None when the job's layer was not converted."""
+    from app.caffe.py2convert import unified_diff
+    if not (job.get("params") or {}).get("python2_converted"):
+        return None
+    inp = c.ws.input_dir(job["id"])
+    try:
+        original, converted = (Workspace.read_capped(inp / name, 8 << 20).decode("utf-8", "replace")
+                               for name in (LAYER_PY2_ORIGINAL, LAYER_FILE))
+    except OSError:
+        return None
+    return unified_diff(original, converted, LAYER_FILE)
 
 
 def input_file(c: Context, job: dict, name: str) -> bytes:

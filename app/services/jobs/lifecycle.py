@@ -11,7 +11,7 @@ import time
 from app.core import untrusted
 from app.core.errors import Conflict, InvalidNetwork, InvalidPythonLayer, NotFound, ServiceError, invalid_field
 from app.core.status import JobStatus
-from app.core.workspace import LAYER_FILE, NETWORK_FILE, REPORT_FILE, VALIDATION_DIR, WEIGHTS_FILE, Workspace
+from app.core.workspace import LAYER_FILE, LAYER_PY2_ORIGINAL, NETWORK_FILE, REPORT_FILE, VALIDATION_DIR, WEIGHTS_FILE, Workspace
 from app.services.jobs import fairshare
 from app.services.layers import environments as layer_env
 from app.services.layers import files as layer_files
@@ -81,6 +81,7 @@ def to_json(job: dict) -> dict:
     out["settings"] = {k: params[k] for k in SETTINGS if params.get(k) is not None}
     out["start_weights"] = params.get("start_weights")
     out["group"] = params.get("group")
+    out.update(python2_json(job))
     if job.get("warnings"):   # e.g. resume: the layer environment changed
         out["warnings"] = job["warnings"]
     if out["status"] != JobStatus.RUNNING.value:
@@ -92,6 +93,17 @@ def to_json(job: dict) -> dict:
                     "metrics": f"{base}/metrics", "events": f"{base}/events",
                     "download": f"{base}/download"}
     return out
+
+
+def python2_json(job: dict) -> dict:
+    """Whether the job's layer file was converted from Python 2 (the DIGITS
+    routes, python2=convert); when it was, what changed and where the
+    original as uploaded downloads from. Shared by /api/v1 and DIGITS's JSON."""
+    params = job.get("params") or {}
+    if not params.get("python2_converted"):
+        return {"python2_converted": False}
+    return {"python2_converted": True, "python2_changes": list(params.get("python2_changes") or []),
+            "python2_original": f"/models/{job['id']}/files/{LAYER_PY2_ORIGINAL}"}
 
 
 def abort(c: Context, job: dict) -> None:

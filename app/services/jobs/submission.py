@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from app.core import untrusted
-from app.caffe import network
+from app.caffe import network, py2convert
 from app.services.layers import environments as layer_env
 from app.services.layers import files as layer_files
 from app.services.runtime import sandbox
@@ -26,7 +26,7 @@ from app.core import tracebacks
 from app.core.errors import InvalidNetwork, InvalidPythonLayer, InvalidRequest, PayloadTooLarge, ServiceError
 from app.core.config import Settings
 from app.core.workspace import (
-    DEPLOY_FILE, JOB_META_FILE, LAYER_FILE, NETWORK_FILE, REPORT_FILE, SANDBOX_LOG, SOLVER_FILE,
+    DEPLOY_FILE, JOB_META_FILE, LAYER_FILE, LAYER_PY2_ORIGINAL, NETWORK_FILE, REPORT_FILE, SANDBOX_LOG, SOLVER_FILE,
     TRAIN_VAL_FILE, VALIDATE_LOG, VALIDATION_STARTED, WEIGHTS_FILE, Workspace)
 
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
@@ -70,6 +70,9 @@ _NUMBERS = {"train_epochs": float, "max_iter": int, "learning_rate": float, "bat
 # Fields where zero or a negative value means something (-1: the last snapshot).
 _SIGNED = ("random_seed", "gamma", "weight_decay", "momentum", "previous_snapshot")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# What to do with a Python 2 layer file (app.caffe.py2convert): refuse (it
+# fails validation, with the Python 2 → 3 hints) or convert it first.
+PYTHON2_CHOICES = ("refuse", "convert")
 
 
 def parse_params(fields: dict[str, str]) -> dict:
@@ -110,6 +113,10 @@ def parse_params(fields: dict[str, str]) -> dict:
     if auto_retry and auto_retry not in _TRUE + _FALSE:
         details.append({"field": "auto_retry", "message": "use true or false"})
     params["auto_retry"] = auto_retry not in _FALSE
+    python2 = (fields.get("python2") or "refuse").strip().lower()
+    if python2 not in PYTHON2_CHOICES:
+        details.append({"field": "python2", "message": "use convert or refuse"})
+    params["python2"] = python2
     from app.services.layers.gradient_policy import parse_mode   # warn (default) or error
     if parse_mode(fields.get("gradient_check"), details) == "error":
         params["gradient_check"] = "error"
@@ -174,8 +181,14 @@ def _text(raw: str | bytes | None, field_name: str, filename: str, limit: int) -
                          "message": str(exc)}]) from None
 
 
-def _save_layer(upload: Upload, input_dir: Path, limit: int) -> dict | None:
+def _save_layer(upload: Upload, input_dir: Path, limit: int, python2: str = "refuse"
+                ) -> tuple[dict | None, py2convert.Conversion | None]:
+    """Store the single uploaded layer file as LAYER_FILE: (the job's
+    ``python_layer`` record, the Python 2 conversion when one was made).
+    With ``python2`` "convert", a file that counts as Python 2 is stored
+    converted and the upload kept beside it as LAYER_PY2_ORIGINAL."""
     if upload.layer_stream is None:
+        return None, None
         return None
     dest = input_dir / LAYER_FILE
     try:
@@ -187,18 +200,28 @@ def _save_layer(upload: Upload, input_dir: Path, limit: int) -> dict | None:
     detail = {"field": "python_layer", "file": LAYER_FILE, "layer": None, "stage": "upload"}
     if not data.strip():
         dest.unlink()
-        return None
+        return None, None
     if b"\x00" in data:
         raise InvalidPythonLayer("The Python layer file contains NUL bytes.",
                        [{**detail, "line": data[:data.index(b"\x00")].count(b"\n") + 1, "message": "NUL byte"}])
     try:
-        data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidPythonLayer("The Python layer file is not UTF-8 text.",
                        [{**detail, "line": data[:exc.start].count(b"\n") + 1, "message": str(exc)}]) from None
+    conversion = None
+    if python2 == "convert":
+        conversion = py2convert.convert_python2(text)
+        if conversion.converted:
+            # The upload as sent stays downloadable; the validator and the
+            # training run the converted file under the usual name.
+            Workspace.write_atomic(input_dir / LAYER_PY2_ORIGINAL, data)
+            Workspace.write_atomic(dest, conversion.text)
+        else:
+            conversion = None
     return {"module": network.LAYER_MODULE,
             "original_filename": Workspace.display_name(upload.layer_filename, LAYER_FILE),
-            "classes": []}
+            "classes": []}, conversion
 
 
 def prepare(upload: Upload, input_dir: Path, *, cfg: Settings, datasets: dict[str, network.DatasetInfo]
@@ -207,7 +230,11 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: Settings, datasets: dict[st
     params = parse_params(upload.fields)
     net_name = Workspace.display_name(upload.network_filename, NETWORK_FILE)
     text = _text(upload.network_text, "network", net_name, cfg.max_network_file_bytes)
-    python_layer = _save_layer(upload, input_dir, cfg.max_layer_file_bytes)
+    python2 = params.pop("python2", "refuse")
+    python_layer, conversion = _save_layer(upload, input_dir, cfg.max_layer_file_bytes, python2)
+    if conversion is not None:   # the job JSON says python2_converted false without it
+        params["python2_converted"] = True
+        params["python2_changes"] = conversion.changes
     try:
         net = network.parse(text, net_name)
         network.check(net)
@@ -217,7 +244,7 @@ def prepare(upload: Upload, input_dir: Path, *, cfg: Settings, datasets: dict[st
         raise InvalidNetwork(exc.message, exc.details) from None
     if upload.layer_files:   # several files or a zip: the main one is chosen by the net's classes
         python_layer = layer_files.save(upload.layer_files, upload.fields.get(layer_files.MAIN_FIELD),
-                                        input_dir, net, cfg)
+                                        input_dir, net, cfg, python2=python2)
     if network.python_layers(net.net) and python_layer is None:
         layer = network.python_layers(net.net)[0].name
         raise InvalidPythonLayer("The network has Python layers but no Python layer file "

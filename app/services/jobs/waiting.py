@@ -80,7 +80,7 @@ def hold(c: Context, upload: Upload, user: dict, ds: dict) -> dict:
         raise
     return c.store.insert_job(id=job_id, name=(params.get("name") or "job")[:200], owner=user["name"],
                               dataset=ds["id"], device=params["device"], status=JobStatus.WAITING.value,
-                              params={k: v for k, v in params.items() if k not in ("name", "dataset")},
+                              params={k: v for k, v in params.items() if k not in ("name", "dataset", "python2")},
                               max_iter=0)
 
 

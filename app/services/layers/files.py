@@ -137,6 +137,18 @@ def _check_text(rel: str, data: bytes) -> None:
         raise _bad(f"'{rel}' is not UTF-8 text: {exc}", rel, line=data[:exc.start].count(b"\n") + 1) from None
 
 
+def _not_python2(name: str, data: bytes) -> None:
+    # One converted file has one original to keep and one diff to show;
+    # several (helpers importing each other) would need them per file.
+    # Converting each alone is a request away: /api/v1/python-layers/convert.
+    from app.caffe.py2convert import why_python2
+    why = why_python2(data.decode("utf-8"))
+    if why is not None:
+        raise _bad(f"'{name}' counts as Python 2 ({why}), and python2=convert converts a single layer file "
+                   "only: send it alone, or convert each file with /api/v1/python-layers/convert and upload "
+                   "the results.", name, field="python2")
+
+
 def choose_main(files: dict[str, bytes], originals: dict[str, str], wanted: str | None,
                 classes: list[str]) -> str:
     """The sanitised path of the file that holds the layers: ``wanted`` (as
@@ -166,9 +178,11 @@ def choose_main(files: dict[str, bytes], originals: dict[str, str], wanted: str 
 
 
 def save(parts: list[tuple[IO[bytes], str | None]], wanted_main: str | None, input_dir: Path,
-         net: network.Network, cfg: Settings) -> dict | None:
+         net: network.Network, cfg: Settings, python2: str = "refuse") -> dict | None:
     """Store the uploaded layer files in ``input_dir``; the job's
-    ``python_layer`` record (None when nothing but empty files came)."""
+    ``python_layer`` record (None when nothing but empty files came).
+    ``python2`` "convert" is refused for a file of several that counts as
+    Python 2 (the conversion takes one file, as DIGITS sent)."""
     limit = cfg.max_layer_file_bytes
     found, skipped = collect(parts, input_dir.parent, limit, cfg.max_upload_bytes)
     found = {p: d for p, d in found.items() if d.strip() or p.name == "__init__.py"}
@@ -184,6 +198,8 @@ def save(parts: list[tuple[IO[bytes], str | None]], wanted_main: str | None, inp
             raise _bad(f"'{originals[rel]}' and '{path}' would both be stored as '{rel}'.", str(path))
         _check_text(str(path), data)
         files[rel], originals[rel] = data, str(path)
+        if python2 == "convert":
+            _not_python2(str(path), data)
     classes = list(dict.fromkeys(lay.python_param.layer for lay in network.python_layers(net.net)))
     main = choose_main(files, originals, wanted_main, classes)
     if main != LAYER_FILE and LAYER_FILE in files:

@@ -61,7 +61,8 @@ def model_json(job: dict) -> dict:
            "solver file": SOLVER_FILE, "snapshots": epochs(job), "python_layer": job.get("python_layer"),
            "max_iter": job.get("max_iter"), "progress": job.get("progress"), "error": job.get("error"),
            "notes": params.get("notes"),
-           "group_name": (params.get("group") or {}).get("name") or params.get("group_name")}
+           "group_name": (params.get("group") or {}).get("name") or params.get("group_name"),
+           **jobs.python2_json(job)}
     for key in ("train_epochs", "learning_rate", "batch_size", "solver_type", "lr_policy", "snapshot_interval",
                 "val_interval", "random_seed", "iter_size", "crop_size", "use_mean", "shuffle"):
         if params.get(key) is not None:

@@ -90,6 +90,10 @@ def digits_upload(form, files) -> Upload:
         upload.layer_stream, upload.layer_filename = layer.stream, layer.filename
     elif (form.get("python_layer_server_file") or "").strip():
         upload.layer_stream, upload.layer_filename = _server_layer(form["python_layer_server_file"].strip())
+    if upload.layer_stream is not None:
+        # DIGITS's layer files come from its Python 2 era: converted before
+        # validation (app.caffe.py2convert) unless the client sends python2=refuse.
+        upload.fields["python2"] = (form.get("python2") or "convert").strip()
     # DIGITS's "pretrained model" path of a custom network: here the
     # .caffemodel itself, uploaded in the same field.
     weights = files.get("custom_network_snapshot")
