@@ -42,7 +42,7 @@ def build(archive: str, out: str, params: dict) -> dict:
     (``folders``: "val", "test"), those are the splits, their class folders
     named as in the train folder. The images are decoded on every core
     (app.contained.dataset_pool); this process alone writes the dataset."""
-    from app.caffe.datasets import stratified_split, write_dataset, write_splits
+    from app.caffe.datasets import split_three, write_splits
     folders = params.get("folders") or {}
     if folders:     # every folder listed first: the progress counts all their files
         sides = {s: folder_entries(folders[s], params) for s in ("train", "val", "test") if s in folders}
@@ -51,24 +51,64 @@ def build(archive: str, out: str, params: dict) -> dict:
         sides = {"train": indexed(archive, int(params["max_files"]), int(params["max_bytes"]))}
         max_bytes = int(params["max_bytes"])
     progress = Progress(out, sum(len(e) for e in sides.values()))
+    limits = params.get("per_class") or {}
     names, images, labels, skipped = _decode(sides["train"], params, progress, 0, max_bytes)
-    if not set(folders) - {"train"}:
-        info = write_dataset(Path(out), images, labels, names, float(params["val_percent"]), params["name"],
-                             in_place=True)
-    else:
-        splits = {"train": (images, labels)}
-        if "val" not in folders:    # a test folder only: validation split off train, as DIGITS does
-            tr, va = stratified_split(labels, float(params["val_percent"]))
-            splits = {"train": (images[tr], labels[tr]), "val": (images[va], labels[va])}
-        for k, side in enumerate(s for s in ("val", "test") if s in folders):
-            _, x, y, more = _decode(sides[side], params, progress, k + 1, None, classes=names)
-            splits[side] = (x, y)
-            for why, n in more.items():
-                skipped[why] = skipped.get(why, 0) + n
-        info = write_splits(Path(out), splits, names, params["name"], in_place=True)
+    names, images, labels = per_class(names, images, labels, limits.get("train") or {}, skipped)
+    # DIGITS's parse_folder: what the training folder gives to validation and
+    # test, per class; a separate folder replaces its share (DIGITS sets the
+    # percentage to 0 then).
+    val_pct = 0.0 if "val" in folders else float(params["val_percent"])
+    test_pct = 0.0 if "test" in folders else float(params.get("test_percent") or 0)
+    tr, va, te = split_three(labels, val_pct, test_pct)
+    splits = {"train": (images[tr], labels[tr]), "val": (images[va], labels[va])}
+    if test_pct:
+        splits["test"] = (images[te], labels[te])
+    for k, side in enumerate(s for s in ("val", "test") if s in folders):
+        _, x, y, more = _decode(sides[side], params, progress, k + 1, None, classes=names)
+        _, x, y = per_class(names, x, y, limits.get(side) or {}, more, keep_names=True)
+        if not len(y):
+            raise ArchiveError(f"the {side} folder keeps no image within its per-class limits")
+        splits[side] = (x, y)
+        for why, n in more.items():
+            skipped[why] = skipped.get(why, 0) + n
+    info = write_splits(Path(out), splits, names, params["name"], in_place=True,
+                        backend=params.get("backend") or "lmdb", compression=params.get("compression") or "none")
     info["skipped"] = dict(skipped)
     info["resize_mode"] = params["resize_mode"]
     return info
+
+
+def per_class(names: list[str], images: np.ndarray, labels: np.ndarray, limits: dict, skipped: dict,
+              keep_names: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """DIGITS's per-class limits (parse_folder's min/max_per_category):
+    the first ``max`` images of each class (in the folder's sorted order),
+    and a class with fewer than ``min`` left out (counted in ``skipped``).
+    Without ``keep_names`` (the training folder) a left-out class is no
+    class of the dataset; at least two must remain."""
+    lo, hi = limits.get("min") or 1, limits.get("max")
+    keep, kept = [], []
+    for i, _ in enumerate(names):
+        idx = np.flatnonzero(labels == i)[:hi]
+        if len(idx) < lo:
+            if len(idx):
+                skipped["in a class below its minimum per class"] = \
+                    skipped.get("in a class below its minimum per class", 0) + len(idx)
+            continue
+        keep.append(idx)
+        kept.append(i)
+    if hi is not None:
+        over = sum(max(0, int((labels == i).sum()) - hi) for i in range(len(names)))
+        if over:
+            skipped["over the maximum per class"] = skipped.get("over the maximum per class", 0) + over
+    order = np.concatenate(keep) if keep else np.zeros(0, dtype=int)
+    if keep_names:
+        return names, images[order], labels[order]
+    if len(kept) < 2:
+        raise ArchiveError(f"a dataset needs at least two classes with at least {lo} image(s) each "
+                           f"(found {len(kept)})")
+    remap = np.full(len(names), -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    return [names[i] for i in kept], images[order], remap[labels[order]]
 
 
 class Progress:
