@@ -169,3 +169,54 @@ def test_options_that_cannot_apply_are_refused_naming_them(served):
     r = d.post("/api/v1/datasets", {"name": "bad", "folder": str(data / "digits"), "image_width": 28,
                                     "image_height": 28, "encoding": "jpg"})
     assert r.status == 400 and "OpenCV" in r.text
+
+
+def test_textfile_datasets_under_the_roots(served):
+    d, data, datasets = served
+    labels = ("labels.txt", b"zero\none\ntwo\n")
+    train = "".join(f"{data}/digits/digit_{c}/{k:03d}.png {c}\n" for c in range(3) for k in range(6))
+    val = "".join(f"digit_{c}/{k:03d}.png {c}\n" for c in range(3) for k in (6, 7))   # relative to the folder
+    base = dict(BASE, dataset_name="lists", method="textfile", backend="lmdb", encoding="none")
+    r = d.post("/datasets/images/classification.json", dict(
+        base, textfile_labels_file=labels, textfile_train_images=("train.txt", train.encode()),
+        textfile_use_val="y", textfile_val_images=("val.txt", val.encode()),
+        textfile_val_folder=str(data / "digits")))
+    assert r.status == 200, r.text[:2000]
+    assert d.wait("datasets", r.json["id"]) == "Done", d.get(f"/datasets/{r.json['id']}.json").text
+    info = d.get(f"/datasets/{r.json['id']}.json").json
+    assert info["labels"] == ["zero", "one", "two"]
+    assert (info["train_count"], info["val_count"]) == (18, 6)
+    assert info["per_class"] == {c: {"train": 6, "val": 2} for c in ("zero", "one", "two")}
+
+    # The lists and labels as server files under the root (textfile_use_local_files), as hdf5.
+    (data / "lists").mkdir()
+    (data / "lists" / "labels.txt").write_bytes(labels[1])
+    (data / "lists" / "train.txt").write_text(train)
+    for p in (data / "lists", *(data / "lists").iterdir()):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    r = d.post("/api/v1/datasets", {"name": "local lists", "method": "textfile", "image_width": 28,
+                                    "image_height": 28, "channels": 1, "backend": "hdf5",
+                                    "textfile_use_local_files": "y",
+                                    "textfile_local_labels_file": str(data / "lists" / "labels.txt"),
+                                    "textfile_local_train_images": str(data / "lists" / "train.txt")})
+    assert r.status == 202, r.text[:2000]
+    assert d.wait("datasets", r.json["id"]) == "Done", d.get(f"/datasets/{r.json['id']}.json").text
+    got = d.get(f"/api/v1/datasets/{r.json['id']}").json
+    assert (got["train_count"], got["backend"]) == (18, "hdf5")
+
+    # A path outside the roots: 400 naming the roots; a relative path needs the folder.
+    r = d.post("/datasets/images/classification.json", dict(
+        base, textfile_labels_file=labels, textfile_train_images=("t.txt", train.encode() + b"/etc/hostname 1\n")))
+    assert r.status == 400 and str(data) in r.text, r.text[:1000]
+    assert r.json["details"][0]["field"] == "textfile_train_images"
+    r = d.post("/datasets/images/classification.json", dict(
+        base, textfile_labels_file=labels, textfile_train_images=("t.txt", val.encode())))
+    assert r.status == 400 and r.json["details"][0]["field"] == "textfile_train_folder", r.text[:1000]
+
+
+def test_textfile_without_data_roots_is_refused(app):
+    from helpers import client_for
+    c = client_for(app, admin=True)
+    r = c.post("/api/v1/datasets", data={"name": "x", "method": "textfile", "image_width": 8, "image_height": 8})
+    assert r.status_code == 400 and "LAYERBENCH_DATA_ROOTS" in r.get_json()["message"]
+    assert r.get_json()["details"][0]["field"] == "method"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -76,6 +77,85 @@ def build(archive: str, out: str, params: dict) -> dict:
     info["skipped"] = dict(skipped)
     info["resize_mode"] = params["resize_mode"]
     return info
+
+
+LIST_LINE = re.compile(r"(.+?)\s+(\d+)\s*$")     # DIGITS's create_db: "[/]path/to/file.jpg 123"
+
+
+def build_textfile(out: str, params: dict) -> dict:
+    """DIGITS's textfile dataset: each split's list of ``path label`` lines
+    (absolute paths, or relative to the split's folder) and the labels file,
+    all read here, inside the sandbox; a path whose real path lies outside
+    the data roots fails the build, naming it and the roots."""
+    from app.caffe.datasets import write_splits
+    spec = params["textfile"]
+    roots = [r.rstrip("/") for r in params.get("roots") or []]
+    names = [line.strip() for line in _read_list(spec["labels"], "the labels file").splitlines() if line.strip()]
+    if len(names) < 2:
+        raise ArchiveError("the labels file must name at least two classes")
+    entries = {}
+    for split, side in spec["splits"].items():
+        entries[split] = _list_entries(split, side, names, roots, int(params["max_files"]))
+    progress = Progress(out, sum(len(e) for e in entries.values()))
+    width, height, channels = int(params["image_width"]), int(params["image_height"]), int(params["channels"])
+    splits, skipped = {}, defaultdict(int)
+    for k, split in enumerate(entries):
+        reads = [lambda limit=None, p=path: _read(p) for path, _ in entries[split]]
+        images, codes = dataset_pool.decode(reads, (channels, height, width), params["resize_mode"], k,
+                                            lambda n: progress.done(n), None)
+        progress.done(len(reads), final=True)
+        labels = np.array([label for (_, label), code in zip(entries[split], codes) if code == dataset_pool.OK],
+                          dtype=np.int64)
+        for code in codes:
+            if code != dataset_pool.OK:
+                skipped[dataset_pool.SKIPPED[code]] += 1
+        if not len(labels):
+            raise ArchiveError(f"no image of the {split} list could be read")
+        if spec.get("shuffle", True):   # DIGITS's textfile_shuffle
+            order = np.random.default_rng(k).permutation(len(labels))
+            images, labels = images[order], labels[order]
+        splits[split] = (images, labels)
+    splits.setdefault("val", (np.zeros((0, channels, height, width), np.uint8), np.zeros(0, np.int64)))
+    info = write_splits(Path(out), splits, names, params["name"], in_place=True,
+                        backend=params.get("backend") or "lmdb", compression=params.get("compression") or "none")
+    info["skipped"] = dict(skipped)
+    info["resize_mode"] = params["resize_mode"]
+    return info
+
+
+def _read_list(path: str, what: str) -> str:
+    try:
+        return _read(path).decode("utf-8", "replace")
+    except OSError as exc:
+        raise ArchiveError(f"the sandbox cannot read {what} '{path}' ({exc.strerror or exc}): make it readable "
+                           "by others (chmod o+r)") from None
+
+
+def _list_entries(split: str, side: dict, names: list[str], roots: list[str], limit: int) -> list:
+    """(real path, label) of a list's lines, each checked: DIGITS's format,
+    a label of the labels file, inside the data roots."""
+    out = []
+    for number, line in enumerate(_read_list(side["list"], f"the {split} list").splitlines(), 1):
+        if not line.strip():
+            continue
+        match = LIST_LINE.match(line.strip())
+        if match is None:
+            raise ArchiveError(f"the {split} list, line {number}: expected 'path label'")
+        path, label = match.group(1), int(match.group(2))
+        if label >= len(names):
+            raise ArchiveError(f"the {split} list, line {number}: label {label} is not a line of the labels file")
+        if not path.startswith("/"):
+            if not side.get("folder"):
+                raise ArchiveError(f"the {split} list, line {number}: a relative path without the split's folder")
+            path = os.path.join(side["folder"], path)
+        real = os.path.realpath(path)
+        if not any(real == r or real.startswith(r + "/") for r in roots):
+            raise ArchiveError(f"the {split} list, line {number}: '{path[:300]}' is not inside this server's data "
+                               f"roots ({', '.join(roots) or 'none'}), links resolved")
+        out.append((real, label))
+        if len(out) > limit:
+            raise ArchiveError(f"the {split} list has more than {limit} images")
+    return out
 
 
 def per_class(names: list[str], images: np.ndarray, labels: np.ndarray, limits: dict, skipped: dict,
@@ -263,8 +343,12 @@ def main(argv: list[str]) -> None:
     """Entry point: always writes result.json."""
     archive, out, params = argv[0], argv[1], json.loads(open(argv[2]).read())
     try:
-        builder = build_segmentation if params.get("type") == "segmentation" else build
-        result = {"status": RunOutcome.DONE.value, "info": builder(archive, out, params)}
+        if params.get("textfile"):
+            info = build_textfile(out, params)
+        else:
+            builder = build_segmentation if params.get("type") == "segmentation" else build
+            info = builder(archive, out, params)
+        result = {"status": RunOutcome.DONE.value, "info": info}
     except ArchiveError as exc:
         result = {"status": RunOutcome.ERROR.value, "message": str(exc)}
     except MemoryError:

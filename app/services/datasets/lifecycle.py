@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from app.core import untrusted
+from app.services.datasets import textfile
 from app.services.runtime import data_roots
 from app.services.runtime import sandbox
 from app.caffe.datasets import storage, write_hdf5_list
@@ -133,12 +134,19 @@ def _storage_fields(fields: dict[str, str], out: dict) -> list[dict]:
 
 
 def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owner: str,
-           field_names: dict[str, str] | None = None) -> dict:
+           field_names: dict[str, str] | None = None, uploads: dict[str, bytes] | None = None) -> dict:
     """Store the archive, or note the server folders (``folder``,
-    ``folder_val``, ``folder_test`` under the data roots), and queue the
-    build; the dataset record. ``field_names``: what the caller calls the
-    folder fields (DIGITS: folder_train), for its errors."""
+    ``folder_val``, ``folder_test`` under the data roots), or DIGITS's
+    textfile lists (``method=textfile``, app.services.datasets.textfile;
+    ``uploads``: the request's uploaded list and labels files' bytes), and
+    queue the build; the dataset record. ``field_names``: what the caller
+    calls the folder fields (DIGITS: folder_train), for its errors."""
     params = parse_fields(fields)
+    if textfile.wanted(fields):
+        if archive is not None:
+            raise InvalidRequest("A textfile dataset takes its image lists, not an archive.",
+                                 [{"field": "method", "message": "textfile: no archive"}])
+        return _create(ctx, params, owner, lists=textfile.sources(ctx, fields, uploads or {}, owner))
     folders = data_roots.dataset_folders(ctx, fields, owner, field_names or {})
     if archive is None and not folders:
         more = " or a server folder in 'folder'" if data_roots.configured(ctx.cfg) else ""
@@ -147,10 +155,27 @@ def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owne
     if archive is not None and folders:
         raise InvalidRequest("Send either an archive or a server folder, not both.",
                            [{"field": "folder", "message": "or archive"}])
+    return _create(ctx, params, owner, archive=archive, folders=folders)
+
+
+def _create(ctx: Context, params: dict, owner: str, archive: IO[bytes] | None = None, folders: dict | None = None,
+            lists: dict | None = None) -> dict:
     ds_id = new_job_id()
     upload = ctx.ws.dataset_dir(ds_id) / "upload"
     upload.mkdir(parents=True)
-    if folders:
+    if lists:
+        # Uploaded lists are stored beside the params (the builder reads them
+        # from its read-only upload dir); server ones stay where they are.
+        def stored(source: dict, name: str) -> str:
+            if "server" in source:
+                return source["server"]
+            (upload / name).write_bytes(source["upload"])
+            return str(upload / name)
+        params.update(textfile={"labels": stored(lists["labels"], "labels.txt"), "shuffle": lists["shuffle"],
+                                "splits": {s: {"list": stored(v["list"], f"{s}.txt"), "folder": v["folder"]}
+                                           for s, v in lists["splits"].items()}},
+                      roots=[str(r) for r in data_roots.roots_for(ctx.cfg, owner)])
+    elif folders:
         params.update(folders=folders, roots=[str(r) for r in data_roots.roots_for(ctx.cfg, owner)])
     else:
         try:
@@ -194,7 +219,7 @@ def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
         out.mkdir()
         # A server folder's build sees its owner's data roots, read-only, as
         # configured now (app.services.runtime.data_roots); an upload's sees none.
-        folders = ((info.get("params") or {}).get("folders")) or {}
+        folders = ((info.get("params") or {}).get("folders")) or (info.get("params") or {}).get("textfile")
         roots = data_roots.roots_for(ctx.cfg, (ctx.store.get_dataset(ds_id) or {}).get("owner") or "") \
             if folders else []
         spec = sandbox.Spec([str(ctx.cfg["CAFFE_PYTHON"]), "-m", "app.contained.build_dataset",

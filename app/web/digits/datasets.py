@@ -32,8 +32,7 @@ def _archive():
     if upload is not None and upload.filename:
         return upload.stream
     if request.form.get("method") == "textfile":
-        raise refuse("method", "Text files of server paths (method=textfile) are not read here: name the folder "
-                     "in folder_train, or upload it (one sub-folder per class) as a zip or tar.gz.")
+        return None     # its lists: textfile_uploads()
     if request.form.get("folder_train") and not data_roots.configured(ctx().cfg):
         raise refuse("folder_train", "Server folders are not read here (the administrator set no data roots): "
                      "upload the folder itself (one sub-folder per class) as a zip or tar.gz in folder_train.")
@@ -67,10 +66,21 @@ def _fields() -> dict[str, str]:
     return fields
 
 
+def textfile_uploads() -> dict[str, bytes]:
+    """The uploaded files of DIGITS's textfile fields (lists and labels), by
+    field, read capped (app.services.datasets.textfile checks them)."""
+    from app.services.datasets.textfile import MAX_LIST_BYTES
+    return {name: f.stream.read(MAX_LIST_BYTES + 1) for name, f in request.files.items()
+            if name.startswith("textfile_") and f.filename}
+
+
 def _create() -> dict:
+    fields = _fields()
+    if request.form.get("method") == "textfile":
+        fields.update({k: v for k, v in request.form.items() if k.startswith("textfile_")}, method="textfile")
     try:
-        return dataset_service.create(ctx(), _archive(), _fields(), current_user()["name"],
-                                      field_names={"folder": "folder_train"})
+        return dataset_service.create(ctx(), _archive(), fields, current_user()["name"],
+                                      field_names={"folder": "folder_train"}, uploads=textfile_uploads())
     except InvalidRequest as err:
         # Errors name DIGITS's fields (folder_pct_test, not test_percent).
         for detail in err.details or []:
