@@ -115,6 +115,8 @@ def test_hdf5_dataset_holds_the_same_pixels_and_trains(served, lmdb_build):
     assert [(t["entries"], t["backend"], t["encoding"], t["compression"]) for t in info["CreateDbTasks"]] == [
         (12, "hdf5", "none", "gzip"), (6, "hdf5", "none", "gzip"), (6, "hdf5", "none", "gzip")]
     assert (info["backend"], info["compression"]) == ("hdf5", "gzip")
+    page = d.get(f"/datasets/{info['id']}").text
+    assert "backend hdf5 · encoding none · compression gzip" in page
     root = datasets / info["id"]
     raw = datasets / lmdb_build["id"]
     for db in ("train_db", "val_db", "test_db"):
