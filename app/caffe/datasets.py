@@ -66,6 +66,87 @@ def stratified_split(labels: np.ndarray, val_percent: float, seed: int = 0
     return rng.permutation(np.array(train, dtype=int)), rng.permutation(np.array(val, dtype=int))
 
 
+def split_three(labels: np.ndarray, val_percent: float, test_percent: float, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (train, val, test): of every class ``val_percent`` to val and
+    ``test_percent`` to test (DIGITS's folder_pct_val / folder_pct_test),
+    the rest to train, which keeps at least one image of a class that has
+    any (parse_folder's three-way split does the same). Without a test
+    share, exactly ``stratified_split``'s split."""
+    rng = np.random.default_rng(seed)
+    train, val, test = [], [], []
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        k = int(round(len(idx) * val_percent / 100.0))
+        t = min(int(round(len(idx) * test_percent / 100.0)), max(0, len(idx) - k - 1))
+        if test_percent and not t and len(idx) - k > 1:
+            t = 1    # a share asked for gets an image when the class can spare one
+        val.extend(idx[:k])
+        test.extend(idx[k:k + t])
+        train.extend(idx[k + t:])
+    return (rng.permutation(np.array(train, dtype=int)), rng.permutation(np.array(val, dtype=int)),
+            rng.permutation(np.array(test, dtype=int)))
+
+
+# DIGITS's HDF5 files (create_db.py's Hdf5Writer): float32 data (N, C, H, W)
+# and label (N,), files of at most this many values (its hdf5_dset_limit,
+# 2**31), listed in <db>/list.txt for Caffe's HDF5Data layer.
+HDF5_VALUES_PER_FILE = 2 ** 31
+HDF5_LIST = "list.txt"
+
+
+def write_hdf5(path: Path, images: np.ndarray, labels: np.ndarray, compression: str = "none",
+               values_per_file: int = HDF5_VALUES_PER_FILE) -> list[str]:
+    """Write uint8 images (N, C, H, W) with int labels as DIGITS's HDF5
+    database: ``path``/0.h5, <n>.h5 ... (each named by its first image's
+    index, at most ``values_per_file`` pixel values), and ``list.txt`` of
+    their names (relative, as DIGITS writes it); the names. Caffe's
+    HDF5Data opens a list's paths as given: ``write_hdf5_list`` writes the
+    one it reads, with absolute paths, where the dataset is published."""
+    import h5py
+
+    n, c, h, w = images.shape
+    per_file = max(1, values_per_file // max(1, c * h * w))
+    path.mkdir()
+    names = []
+    for lo in range(0, max(n, 1), per_file):
+        chunk = images[lo:lo + per_file]
+        name = f"{lo}.h5"
+        with h5py.File(path / name, "w") as fh:
+            # chunks=True and gzip as DIGITS writes them; float32 as Caffe's
+            # HDF5Data loads (it feeds the values as they are: no transform).
+            opts = {"compression": "gzip"} if compression == "gzip" else {}
+            fh.create_dataset("data", data=chunk.astype(np.float32), maxshape=(per_file, c, h, w),
+                              chunks=True, **opts)
+            fh.create_dataset("label", data=labels[lo:lo + per_file].astype(np.float32), maxshape=(per_file,),
+                              chunks=True, **opts)
+        names.append(name)
+    (path / HDF5_LIST).write_text("".join(f"{name}\n" for name in names))
+    return names
+
+
+def hdf5_list_file(root: Path, db: str) -> Path:
+    """Where the list of ``db``'s HDF5 files by absolute path lives (beside
+    the database, written by the host: what HDF5Data's source names)."""
+    return root / f"{db}.{HDF5_LIST}"
+
+
+def write_hdf5_list(root: Path, db: str, names: list[str]) -> None:
+    """``hdf5_list_file`` naming ``names`` (files in ``root``/``db``) by
+    absolute path: Caffe's HDF5Data opens the list's paths as given, and
+    the training runs elsewhere than where the dataset was built."""
+    hdf5_list_file(root, db).write_text("".join(f"{root / db / name}\n" for name in names))
+
+
+def storage(info: dict) -> dict:
+    """How a dataset is (or will be) stored, from its record's info (the
+    build's, else the asked ``params``): DIGITS's ``backend`` (lmdb or hdf5),
+    ``encoding`` (none: raw pixels) and ``compression``."""
+    params = info.get("params") or {}
+    return {key: str(info.get(key) or params.get(key) or default).lower()
+            for key, default in (("backend", "lmdb"), ("encoding", "none"), ("compression", "none"))}
+
+
 def write_dataset(dest: Path, images: np.ndarray, labels: np.ndarray,
                   class_names: list[str], val_percent: float, name: str,
                   seed: int = 0, in_place: bool = False) -> dict:
@@ -79,20 +160,25 @@ def write_dataset(dest: Path, images: np.ndarray, labels: np.ndarray,
 
 
 def write_splits(dest: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str],
-                 name: str, in_place: bool = False) -> dict:
+                 name: str, in_place: bool = False, backend: str = "lmdb", compression: str = "none") -> dict:
     """``write_dataset`` with the splits given: "train" and "val" (DIGITS's
     separate validation folder), and "test" when present (test_db, counted
-    but never trained on, as in DIGITS)."""
+    but never trained on, as in DIGITS). ``backend``: "lmdb" (raw Datum) or
+    "hdf5" (``write_hdf5``, ``compression`` "none" or "gzip")."""
     tmp = dest if in_place else dest.with_name(dest.name + ".partial")
     if not in_place:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    (x_tr, y_tr), (x_va, y_va) = splits["train"], splits["val"]
-    write_lmdb(tmp / "train_db", x_tr, y_tr)
-    write_lmdb(tmp / "val_db", x_va, y_va)
+    (x_tr, y_tr), y_va = splits["train"], splits["val"][1]
     test = splits.get("test")
-    if test is not None:
-        write_lmdb(tmp / "test_db", *test)
+    for db, split in (("train_db", splits["train"]), ("val_db", splits["val"]), ("test_db", test)):
+        if split is None:
+            continue
+        if backend == "hdf5":
+            if len(split[1]):    # an empty split has no file (HDF5Data refuses an empty list)
+                write_hdf5(tmp / db, *split, compression=compression)
+        else:
+            write_lmdb(tmp / db, *split)
     mean = write_mean(tmp / "mean.binaryproto", x_tr)
     (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in class_names))
     every = [x for x, _ in splits.values() if len(x)]
@@ -102,7 +188,7 @@ def write_splits(dest: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], c
         "name": name, "num_classes": len(class_names), "labels": class_names,
         "train_count": int(len(y_tr)), "val_count": int(len(y_va)),
         "image_shape": [int(s) for s in x_tr.shape[1:]],
-        "backend": "LMDB",
+        "backend": backend, "encoding": "none", "compression": compression if backend == "hdf5" else "none",
         "per_class": {c: {"train": int((y_tr == i).sum()), "val": int((y_va == i).sum())}
                       for i, c in enumerate(class_names)},
     }

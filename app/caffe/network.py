@@ -220,6 +220,7 @@ class DatasetInfo:
     val_count: int
     has_mean: bool = True
     kind: str = "classification"    # or "segmentation": features + labels LMDBs per stage
+    backend: str = "lmdb"           # or "hdf5" (DIGITS's backend=hdf5: fed by HDF5Data layers)
 
 
 def _data_stage(layer: Message) -> str | None:
@@ -252,6 +253,10 @@ def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None,
         digits_net.add_data_layers(network.net, network.layer_lines,
                                    split_label=dataset.kind == "segmentation")
     for layer in network.net.layer:
+        if layer.type == "HDF5Data" and dataset is not None and dataset.backend == "hdf5" \
+                and not layer.hdf5_data_param.source:
+            _fill_hdf5(network, layer, dataset, batch_size, transform or {}, out)
+            continue
         if layer.type != "Data":
             continue
         stage = _data_stage(layer)
@@ -259,6 +264,9 @@ def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None,
             raise NetworkError("A Data layer must be limited to the train or the val stage.",
                                [network.detail("add include { stage: \"train\" } or "
                                                "include { stage: \"val\" }", layer.name)])
+        if dataset is not None and dataset.backend == "hdf5" and not layer.data_param.source:
+            _fill_hdf5(network, layer, dataset, batch_size, transform or {}, out)
+            continue
         p = layer.data_param
         if not p.source:
             if dataset is None:
@@ -289,6 +297,43 @@ def fill(network: Network, dataset: DatasetInfo | None, batch_size: int | None,
                 layer.inner_product_param.num_output = dataset.num_classes
         digits_net.drop_unanswerable_accuracy(network.net, network.layer_lines, dataset.num_classes)
     return out
+
+
+def _fill_hdf5(network: Network, layer: Message, dataset: DatasetInfo, batch_size: int | None,
+               transform: dict, out: dict) -> None:
+    """A dataset-fed data layer of an HDF5 dataset becomes what DIGITS's
+    caffe_train.py makes of it: an HDF5Data layer reading the split's list
+    of .h5 files. Caffe's HDF5Data applies no transform_param, so a crop or
+    a mean pixel cannot apply (DIGITS asserts "HDF5Data layer does not
+    support cropping / mean subtraction": here a 400 naming the field);
+    use_mean=image, DIGITS's default, is what DIGITS also lets through and
+    Caffe ignores: the pixels are fed as stored, 0..255."""
+    from app.caffe.datasets import hdf5_list_file
+    stage = _data_stage(layer)
+    if stage is None:
+        raise NetworkError("A data layer must be limited to the train or the val stage.",
+                           [network.detail("add include { stage: \"train\" } or "
+                                           "include { stage: \"val\" }", layer.name)])
+    if transform.get("crop_size") or layer.transform_param.crop_size:
+        raise NetworkError("HDF5Data layer does not support cropping (the dataset's backend is hdf5).",
+                           [network.detail("leave crop_size empty for an hdf5 dataset, or build the dataset "
+                                           "with backend=lmdb", layer.name, field_name="crop_size")])
+    if transform.get("use_mean") == "pixel":
+        raise NetworkError("HDF5Data layer does not support mean subtraction (the dataset's backend is hdf5).",
+                           [network.detail("use_mean=pixel cannot apply to an hdf5 dataset: use none, or build "
+                                           "the dataset with backend=lmdb", layer.name, field_name="use_mean")])
+    if layer.HasField("transform_param") and str(layer.transform_param):
+        raise NetworkError("HDF5Data layer applies no transform_param (the dataset's backend is hdf5).",
+                           [network.detail("remove transform_param from this data layer, or build the dataset "
+                                           "with backend=lmdb", layer.name, field_name="network")])
+    size = batch_size or layer.data_param.batch_size or layer.hdf5_data_param.batch_size or 64
+    layer.type = "HDF5Data"
+    layer.ClearField("data_param")
+    layer.ClearField("transform_param")
+    layer.hdf5_data_param.source = str(hdf5_list_file(dataset.path, "train_db" if stage == "train" else "val_db"))
+    layer.hdf5_data_param.batch_size = size
+    out[f"{stage}_batch"] = out[f"{stage}_batch"] or size
+    out["data_top"] = out["data_top"] or (layer.top[0] if layer.top else None)
 
 
 def deploy_net(network: Network, dataset: DatasetInfo | None, data_top: str | None) -> Message:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -42,7 +43,7 @@ def build(archive: str, out: str, params: dict) -> dict:
     (``folders``: "val", "test"), those are the splits, their class folders
     named as in the train folder. The images are decoded on every core
     (app.contained.dataset_pool); this process alone writes the dataset."""
-    from app.caffe.datasets import stratified_split, write_dataset, write_splits
+    from app.caffe.datasets import split_three, write_splits
     folders = params.get("folders") or {}
     if folders:     # every folder listed first: the progress counts all their files
         sides = {s: folder_entries(folders[s], params) for s in ("train", "val", "test") if s in folders}
@@ -51,24 +52,143 @@ def build(archive: str, out: str, params: dict) -> dict:
         sides = {"train": indexed(archive, int(params["max_files"]), int(params["max_bytes"]))}
         max_bytes = int(params["max_bytes"])
     progress = Progress(out, sum(len(e) for e in sides.values()))
+    limits = params.get("per_class") or {}
     names, images, labels, skipped = _decode(sides["train"], params, progress, 0, max_bytes)
-    if not set(folders) - {"train"}:
-        info = write_dataset(Path(out), images, labels, names, float(params["val_percent"]), params["name"],
-                             in_place=True)
-    else:
-        splits = {"train": (images, labels)}
-        if "val" not in folders:    # a test folder only: validation split off train, as DIGITS does
-            tr, va = stratified_split(labels, float(params["val_percent"]))
-            splits = {"train": (images[tr], labels[tr]), "val": (images[va], labels[va])}
-        for k, side in enumerate(s for s in ("val", "test") if s in folders):
-            _, x, y, more = _decode(sides[side], params, progress, k + 1, None, classes=names)
-            splits[side] = (x, y)
-            for why, n in more.items():
-                skipped[why] = skipped.get(why, 0) + n
-        info = write_splits(Path(out), splits, names, params["name"], in_place=True)
+    names, images, labels = per_class(names, images, labels, limits.get("train") or {}, skipped)
+    # DIGITS's parse_folder: what the training folder gives to validation and
+    # test, per class; a separate folder replaces its share (DIGITS sets the
+    # percentage to 0 then).
+    val_pct = 0.0 if "val" in folders else float(params["val_percent"])
+    test_pct = 0.0 if "test" in folders else float(params.get("test_percent") or 0)
+    tr, va, te = split_three(labels, val_pct, test_pct)
+    splits = {"train": (images[tr], labels[tr]), "val": (images[va], labels[va])}
+    if test_pct:
+        splits["test"] = (images[te], labels[te])
+    for k, side in enumerate(s for s in ("val", "test") if s in folders):
+        _, x, y, more = _decode(sides[side], params, progress, k + 1, None, classes=names)
+        _, x, y = per_class(names, x, y, limits.get(side) or {}, more, keep_names=True)
+        if not len(y):
+            raise ArchiveError(f"the {side} folder keeps no image within its per-class limits")
+        splits[side] = (x, y)
+        for why, n in more.items():
+            skipped[why] = skipped.get(why, 0) + n
+    info = write_splits(Path(out), splits, names, params["name"], in_place=True,
+                        backend=params.get("backend") or "lmdb", compression=params.get("compression") or "none")
     info["skipped"] = dict(skipped)
     info["resize_mode"] = params["resize_mode"]
     return info
+
+
+LIST_LINE = re.compile(r"(.+?)\s+(\d+)\s*$")     # DIGITS's create_db: "[/]path/to/file.jpg 123"
+
+
+def build_textfile(out: str, params: dict) -> dict:
+    """DIGITS's textfile dataset: each split's list of ``path label`` lines
+    (absolute paths, or relative to the split's folder) and the labels file,
+    all read here, inside the sandbox; a path whose real path lies outside
+    the data roots fails the build, naming it and the roots."""
+    from app.caffe.datasets import write_splits
+    spec = params["textfile"]
+    roots = [r.rstrip("/") for r in params.get("roots") or []]
+    names = [line.strip() for line in _read_list(spec["labels"], "the labels file").splitlines() if line.strip()]
+    if len(names) < 2:
+        raise ArchiveError("the labels file must name at least two classes")
+    entries = {}
+    for split, side in spec["splits"].items():
+        entries[split] = _list_entries(split, side, names, roots, int(params["max_files"]))
+    progress = Progress(out, sum(len(e) for e in entries.values()))
+    width, height, channels = int(params["image_width"]), int(params["image_height"]), int(params["channels"])
+    splits, skipped = {}, defaultdict(int)
+    for k, split in enumerate(entries):
+        reads = [lambda limit=None, p=path: _read(p) for path, _ in entries[split]]
+        images, codes = dataset_pool.decode(reads, (channels, height, width), params["resize_mode"], k,
+                                            lambda n: progress.done(n), None)
+        progress.done(len(reads), final=True)
+        labels = np.array([label for (_, label), code in zip(entries[split], codes) if code == dataset_pool.OK],
+                          dtype=np.int64)
+        for code in codes:
+            if code != dataset_pool.OK:
+                skipped[dataset_pool.SKIPPED[code]] += 1
+        if not len(labels):
+            raise ArchiveError(f"no image of the {split} list could be read")
+        if spec.get("shuffle", True):   # DIGITS's textfile_shuffle
+            order = np.random.default_rng(k).permutation(len(labels))
+            images, labels = images[order], labels[order]
+        splits[split] = (images, labels)
+    splits.setdefault("val", (np.zeros((0, channels, height, width), np.uint8), np.zeros(0, np.int64)))
+    info = write_splits(Path(out), splits, names, params["name"], in_place=True,
+                        backend=params.get("backend") or "lmdb", compression=params.get("compression") or "none")
+    info["skipped"] = dict(skipped)
+    info["resize_mode"] = params["resize_mode"]
+    return info
+
+
+def _read_list(path: str, what: str) -> str:
+    try:
+        return _read(path).decode("utf-8", "replace")
+    except OSError as exc:
+        raise ArchiveError(f"the sandbox cannot read {what} '{path}' ({exc.strerror or exc}): make it readable "
+                           "by others (chmod o+r)") from None
+
+
+def _list_entries(split: str, side: dict, names: list[str], roots: list[str], limit: int) -> list:
+    """(real path, label) of a list's lines, each checked: DIGITS's format,
+    a label of the labels file, inside the data roots."""
+    out = []
+    for number, line in enumerate(_read_list(side["list"], f"the {split} list").splitlines(), 1):
+        if not line.strip():
+            continue
+        match = LIST_LINE.match(line.strip())
+        if match is None:
+            raise ArchiveError(f"the {split} list, line {number}: expected 'path label'")
+        path, label = match.group(1), int(match.group(2))
+        if label >= len(names):
+            raise ArchiveError(f"the {split} list, line {number}: label {label} is not a line of the labels file")
+        if not path.startswith("/"):
+            if not side.get("folder"):
+                raise ArchiveError(f"the {split} list, line {number}: a relative path without the split's folder")
+            path = os.path.join(side["folder"], path)
+        real = os.path.realpath(path)
+        if not any(real == r or real.startswith(r + "/") for r in roots):
+            raise ArchiveError(f"the {split} list, line {number}: '{path[:300]}' is not inside this server's data "
+                               f"roots ({', '.join(roots) or 'none'}), links resolved")
+        out.append((real, label))
+        if len(out) > limit:
+            raise ArchiveError(f"the {split} list has more than {limit} images")
+    return out
+
+
+def per_class(names: list[str], images: np.ndarray, labels: np.ndarray, limits: dict, skipped: dict,
+              keep_names: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """DIGITS's per-class limits (parse_folder's min/max_per_category):
+    the first ``max`` images of each class (in the folder's sorted order),
+    and a class with fewer than ``min`` left out (counted in ``skipped``).
+    Without ``keep_names`` (the training folder) a left-out class is no
+    class of the dataset; at least two must remain."""
+    lo, hi = limits.get("min") or 1, limits.get("max")
+    keep, kept = [], []
+    for i, _ in enumerate(names):
+        idx = np.flatnonzero(labels == i)[:hi]
+        if len(idx) < lo:
+            if len(idx):
+                skipped["in a class below its minimum per class"] = \
+                    skipped.get("in a class below its minimum per class", 0) + len(idx)
+            continue
+        keep.append(idx)
+        kept.append(i)
+    if hi is not None:
+        over = sum(max(0, int((labels == i).sum()) - hi) for i in range(len(names)))
+        if over:
+            skipped["over the maximum per class"] = skipped.get("over the maximum per class", 0) + over
+    order = np.concatenate(keep) if keep else np.zeros(0, dtype=int)
+    if keep_names:
+        return names, images[order], labels[order]
+    if len(kept) < 2:
+        raise ArchiveError(f"a dataset needs at least two classes with at least {lo} image(s) each "
+                           f"(found {len(kept)})")
+    remap = np.full(len(names), -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    return [names[i] for i in kept], images[order], remap[labels[order]]
 
 
 class Progress:
@@ -223,8 +343,12 @@ def main(argv: list[str]) -> None:
     """Entry point: always writes result.json."""
     archive, out, params = argv[0], argv[1], json.loads(open(argv[2]).read())
     try:
-        builder = build_segmentation if params.get("type") == "segmentation" else build
-        result = {"status": RunOutcome.DONE.value, "info": builder(archive, out, params)}
+        if params.get("textfile"):
+            info = build_textfile(out, params)
+        else:
+            builder = build_segmentation if params.get("type") == "segmentation" else build
+            info = builder(archive, out, params)
+        result = {"status": RunOutcome.DONE.value, "info": info}
     except ArchiveError as exc:
         result = {"status": RunOutcome.ERROR.value, "message": str(exc)}
     except MemoryError:

@@ -272,9 +272,10 @@ def create_dataset():
     if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise ApiError(415, "unsupported_media_type", "Send multipart/form-data with an 'archive' file "
                        "(or a form with 'folder', a server folder under the data roots).")
+    from app.web.digits.datasets import textfile_uploads
     archive = request.files.get("archive")
     ds = dataset_service.create(ctx(), archive.stream if archive and archive.filename is not None else None,
-                                dict(request.form.items()), current_user()["name"])
+                                dict(request.form.items()), current_user()["name"], uploads=textfile_uploads())
     resp = jsonify(dataset_service.to_json(ds))
     resp.status_code = 202
     resp.headers["Location"] = f"/api/v1/datasets/{ds['id']}"

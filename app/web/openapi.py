@@ -198,7 +198,8 @@ def spec() -> dict:
                                  "added": {"type": "array", "items": {"type": "string"}}}},
                 "Dataset": {"type": "object", "properties": {k: {} for k in (
                     "id", "name", "status", "num_classes", "labels", "train_count", "val_count",
-                    "image_shape", "error", "type", "palette", "class_share", "progress", "progress_images")}},
+                    "image_shape", "error", "type", "palette", "class_share", "progress", "progress_images",
+                    "test_count", "backend", "encoding", "compression")}},
             }},
         "security": [{"bearer": []}],
         # DIGITS 6's routes (docs/DIGITS.md): listed, not described
@@ -345,6 +346,24 @@ def spec() -> dict:
                                                "resize_mode": {"type": "string", "enum": list(RESIZE_MODES)},
                                                "val_percent": {"type": "number", "minimum": 0, "maximum": 90,
                                                                "default": 25},
+                                               "test_percent": {"type": "number", "minimum": 0, "maximum": 90,
+                                                                "default": 0, "description": "a test DB split off "
+                                                                "the training images (DIGITS's folder_pct_test)"},
+                                               **{f"{side}_{bound}_per_class": {
+                                                   "type": "integer", "minimum": 1, "description":
+                                                   f"DIGITS's folder_{side}_{bound}_per_class"}
+                                                  for side in ("train", "val", "test") for bound in ("min", "max")},
+                                               "backend": {"type": "string", "enum": ["lmdb", "hdf5"],
+                                                           "default": "lmdb"},
+                                               "encoding": {"type": "string", "enum": ["none", "png"],
+                                                            "description": "png: the same pixels, stored raw "
+                                                            "(this Caffe has no OpenCV); jpg is refused"},
+                                               "compression": {"type": "string", "enum": ["none", "gzip"],
+                                                               "description": "gzip: hdf5 only"},
+                                               "method": {"type": "string", "enum": ["folder", "textfile"],
+                                                          "description": "textfile: DIGITS's textfile_* fields "
+                                                          "(lists of 'path label' under the data roots and a "
+                                                          "labels file; docs/DIGITS.md)"},
                                                "type": {"type": "string", "enum": ["classification", "segmentation"],
                                                         "default": "classification",
                                                         "description": "segmentation: images/ + labels/ (same "

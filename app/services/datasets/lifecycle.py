@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -13,8 +14,10 @@ from pathlib import Path
 from typing import IO
 
 from app.core import untrusted
+from app.services.datasets import textfile
 from app.services.runtime import data_roots
 from app.services.runtime import sandbox
+from app.caffe.datasets import storage, write_hdf5_list
 from app.caffe.images import RESIZE_MODES
 from app.services.access import may_see, only_visible
 from app.services.context import Context
@@ -51,18 +54,99 @@ def parse_fields(fields: dict[str, str]) -> dict:
     out["type"] = (fields.get("type") or "classification").strip()
     if out["type"] not in ("classification", "segmentation"):
         details.append({"field": "type", "message": "use classification or segmentation"})
+    details += _storage_fields(fields, out)
     if details:
         raise InvalidRequest("Some dataset fields are invalid.", details)
     return out
 
 
+# DIGITS's storage options (create_db.py): what this server writes for each.
+BACKENDS = ("lmdb", "hdf5")
+ENCODINGS = ("none", "png", "jpg")
+COMPRESSIONS = ("none", "gzip")
+SPLITS = ("train", "val", "test")
+
+
+def _storage_fields(fields: dict[str, str], out: dict) -> list[dict]:
+    """DIGITS's ``backend`` / ``encoding`` / ``compression``, the test split
+    of the training folder (``test_percent``) and the per-class limits
+    (``<split>_min_per_class`` / ``<split>_max_per_class``) into ``out``;
+    one detail per field that cannot apply."""
+    details = []
+
+    def word(name: str, allowed: tuple[str, ...], default: str) -> str:
+        value = (fields.get(name) or "").strip().lower() or default
+        if value not in allowed:
+            details.append({"field": name, "message": "use " + ", ".join(allowed)})
+            return default
+        return value
+
+    out["backend"] = word("backend", BACKENDS, "lmdb")
+    encoding = word("encoding", ENCODINGS, "none")
+    out["compression"] = word("compression", COMPRESSIONS, "none")
+    if encoding == "jpg":
+        # Caffe decodes an encoded Datum only when built with OpenCV, and this
+        # build (scripts/build_caffe.sh) has none: its Data layer aborts on one.
+        details.append({"field": "encoding", "message": "jpg cannot apply: this server's Caffe is built without "
+                        "OpenCV and cannot decode encoded datums; use none (or png: the same pixels, stored raw)"})
+    elif encoding == "png" and out["backend"] == "hdf5":
+        details.append({"field": "encoding", "message": "png cannot apply to backend=hdf5 (HDF5 holds raw "
+                        "float pixels, as in DIGITS): use encoding=none"})
+    # PNG is lossless: raw pixels are the same pixels, and raw is what this
+    # Caffe (no OpenCV) can read. The dataset reports what was written.
+    out["encoding"] = "none"
+    if out["compression"] == "gzip" and out["backend"] != "hdf5":
+        details.append({"field": "compression", "message": "gzip applies to backend=hdf5 only (as in DIGITS)"})
+    if out["type"] == "segmentation" and (out["backend"] != "lmdb" or (fields.get("test_percent") or "").strip()):
+        details.append({"field": "backend" if out["backend"] != "lmdb" else "test_percent",
+                        "message": "a segmentation dataset is LMDB with train and val splits only"})
+    raw = (fields.get("test_percent") or "").strip() or "0"
+    try:
+        out["test_percent"] = float(raw)
+        if not 0 <= out["test_percent"] <= 90:
+            raise ValueError
+    except ValueError:
+        out["test_percent"] = 0.0
+        details.append({"field": "test_percent", "message": "must be a number from 0 to 90"})
+    if isinstance(out.get("val_percent"), float) and out["val_percent"] + out["test_percent"] >= 100:
+        details.append({"field": "test_percent", "message": "val_percent + test_percent must leave images "
+                        "to train on (below 100)"})
+    limits = {}
+    for split in SPLITS:
+        for bound in ("min", "max"):
+            name = f"{split}_{bound}_per_class"
+            raw = (fields.get(name) or "").strip()
+            if raw in ("", "None"):
+                continue
+            try:
+                value = int(raw)
+                if value < 1:
+                    raise ValueError
+            except ValueError:
+                details.append({"field": name, "message": "must be a whole number of at least 1"})
+                continue
+            limits.setdefault(split, {})[bound] = value
+        got = limits.get(split, {})
+        if got.get("max") is not None and got.get("min") is not None and got["max"] < got["min"]:
+            details.append({"field": f"{split}_max_per_class", "message": f"must be at least {split}_min_per_class"})
+    out["per_class"] = limits
+    return details
+
+
 def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owner: str,
-           field_names: dict[str, str] | None = None) -> dict:
+           field_names: dict[str, str] | None = None, uploads: dict[str, bytes] | None = None) -> dict:
     """Store the archive, or note the server folders (``folder``,
-    ``folder_val``, ``folder_test`` under the data roots), and queue the
-    build; the dataset record. ``field_names``: what the caller calls the
-    folder fields (DIGITS: folder_train), for its errors."""
+    ``folder_val``, ``folder_test`` under the data roots), or DIGITS's
+    textfile lists (``method=textfile``, app.services.datasets.textfile;
+    ``uploads``: the request's uploaded list and labels files' bytes), and
+    queue the build; the dataset record. ``field_names``: what the caller
+    calls the folder fields (DIGITS: folder_train), for its errors."""
     params = parse_fields(fields)
+    if textfile.wanted(fields):
+        if archive is not None:
+            raise InvalidRequest("A textfile dataset takes its image lists, not an archive.",
+                                 [{"field": "method", "message": "textfile: no archive"}])
+        return _create(ctx, params, owner, lists=textfile.sources(ctx, fields, uploads or {}, owner))
     folders = data_roots.dataset_folders(ctx, fields, owner, field_names or {})
     if archive is None and not folders:
         more = " or a server folder in 'folder'" if data_roots.configured(ctx.cfg) else ""
@@ -71,10 +155,27 @@ def create(ctx: Context, archive: IO[bytes] | None, fields: dict[str, str], owne
     if archive is not None and folders:
         raise InvalidRequest("Send either an archive or a server folder, not both.",
                            [{"field": "folder", "message": "or archive"}])
+    return _create(ctx, params, owner, archive=archive, folders=folders)
+
+
+def _create(ctx: Context, params: dict, owner: str, archive: IO[bytes] | None = None, folders: dict | None = None,
+            lists: dict | None = None) -> dict:
     ds_id = new_job_id()
     upload = ctx.ws.dataset_dir(ds_id) / "upload"
     upload.mkdir(parents=True)
-    if folders:
+    if lists:
+        # Uploaded lists are stored beside the params (the builder reads them
+        # from its read-only upload dir); server ones stay where they are.
+        def stored(source: dict, name: str) -> str:
+            if "server" in source:
+                return source["server"]
+            (upload / name).write_bytes(source["upload"])
+            return str(upload / name)
+        params.update(textfile={"labels": stored(lists["labels"], "labels.txt"), "shuffle": lists["shuffle"],
+                                "splits": {s: {"list": stored(v["list"], f"{s}.txt"), "folder": v["folder"]}
+                                           for s, v in lists["splits"].items()}},
+                      roots=[str(r) for r in data_roots.roots_for(ctx.cfg, owner)])
+    elif folders:
         params.update(folders=folders, roots=[str(r) for r in data_roots.roots_for(ctx.cfg, owner)])
     else:
         try:
@@ -118,7 +219,7 @@ def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
         out.mkdir()
         # A server folder's build sees its owner's data roots, read-only, as
         # configured now (app.services.runtime.data_roots); an upload's sees none.
-        folders = ((info.get("params") or {}).get("folders")) or {}
+        folders = ((info.get("params") or {}).get("folders")) or (info.get("params") or {}).get("textfile")
         roots = data_roots.roots_for(ctx.cfg, (ctx.store.get_dataset(ds_id) or {}).get("owner") or "") \
             if folders else []
         spec = sandbox.Spec([ctx.cfg.caffe_python, "-m", "app.contained.build_dataset",
@@ -146,6 +247,7 @@ def build(ctx: Context, ds_id: str, worker: str | None = None) -> str:
             status, error, built = DatasetStatus.ERROR.value, ABORTED, {}
         if status == DatasetStatus.DONE:
             _publish(out, root)
+            _hdf5_lists(root)
     except BaseException as exc:
         # Never leave the builder running, nor its uid leased.
         if proc is not None and proc.poll() is None:
@@ -272,6 +374,20 @@ def _publish(out: Path, root: Path) -> None:
             os.replace(out / name, root / name)
 
 
+H5_NAME = re.compile(r"\d{1,12}\.h5")
+
+
+def _hdf5_lists(root: Path) -> None:
+    # An HDF5 dataset's databases (DIGITS's backend=hdf5): the host writes
+    # the lists Caffe's HDF5Data reads, from what the directories hold (names
+    # checked, regular files only), never from the builder's own list.txt.
+    for db in ("train_db", "val_db", "test_db"):
+        names = sorted((e.name for e in untrusted.list_dir(root / db) if not e.is_dir and H5_NAME.fullmatch(e.name)),
+                       key=lambda n: int(n[:-3]))
+        if names:
+            write_hdf5_list(root, db, names)
+
+
 def delete(ctx: Context, ds: dict) -> None:
     """Remove a dataset. Refused (conflict) for built-in datasets, while it is
     being built, and while any job uses it: finished jobs need its labels and
@@ -317,7 +433,6 @@ def sample_names(ctx: Context, ds: dict) -> list[str]:
 
 def preview(ctx: Context, ds: dict, name: str) -> bytes | None:
     """A preview image's bytes (``mean.png`` or ``samples/<label>_<n>.png``), or None."""
-    import re
     if not re.fullmatch(r"mean\.png|samples/\d+_\d+\.png", name):
         return None
     try:
@@ -340,7 +455,8 @@ def to_json(ds: dict) -> dict:
             "per_class": info.get("per_class"), "skipped": info.get("skipped"),
             "created_at": ds.get("created_at"),
             "type": info.get("type") or (info.get("params") or {}).get("type") or "classification",
-            "palette": info.get("palette"), "class_share": info.get("class_share")}
+            "palette": info.get("palette"), "class_share": info.get("class_share"),
+            "test_count": info.get("test_count"), **storage(info)}
 
 
 ABORTED = "Aborted by its owner."

@@ -6,6 +6,7 @@ info.json (app.services.jobs.files), so that both say the same."""
 from __future__ import annotations
 
 from app import __version__
+from app.caffe.datasets import storage
 from app.core.status import DatasetStatus
 from app.core.workspace import snapshot_name
 from app.services.runtime.caffe_info import caffe_info
@@ -45,7 +46,7 @@ def model_keys(c: Context, job: dict) -> dict:
 
 def dataset_tasks(ds: dict) -> dict:
     """DIGITS's task lists of an image classification dataset: one
-    "Create DB" per split (what was written: LMDB of raw pixels) and the
+    "Create DB" per split (what was written: backend, encoding, compression) and the
     folder parse's counts. Counts are null until the build is done."""
     info = ds.get("info") or {}
     params = info.get("params") or {}
@@ -53,9 +54,10 @@ def dataset_tasks(ds: dict) -> dict:
     shape = info.get("image_shape") or [params.get("channels"), params.get("image_height"),
                                         params.get("image_width")]
     splits = [("train", "train_count"), ("val", "val_count")]
-    if info.get("test_count") is not None or "test" in (params.get("folders") or {}):
+    if info.get("test_count") is not None or "test" in (params.get("folders") or {}) \
+            or (params.get("test_percent") or 0) > 0:
         splits.append(("test", "test_count"))
-    create = [{"name": f"Create DB ({split})", "backend": "lmdb", "encoding": "none", "compression": "none",
+    create = [{"name": f"Create DB ({split})", **storage(info),
                "entries": info.get(key) if done else None, "image_channels": shape[0],
                "image_height": shape[1], "image_width": shape[2]} for split, key in splits]
     parse = [{"name": "Parse Folder (train/val)", "label_count": info.get("num_classes") if done else None,

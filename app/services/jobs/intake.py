@@ -30,7 +30,7 @@ def ready_datasets(store: Store, ws: Workspace, user: dict | None = None) -> dic
                 path=ws.dataset_dir(d["id"]), num_classes=info["num_classes"],
                 image_shape=info["image_shape"], train_count=info["train_count"],
                 val_count=info["val_count"], has_mean=(ws.dataset_dir(d["id"]) / "mean.binaryproto").exists(),
-                kind=info.get("type") or "classification")
+                kind=info.get("type") or "classification", backend=str(info.get("backend") or "lmdb").lower())
     return out
 
 

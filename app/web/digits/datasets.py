@@ -16,10 +16,12 @@ from app.web.digits.common import alert_page, dataset_json, refuse, status_json
 
 # DIGITS field -> /api/v1 dataset field.
 FIELDS = {"dataset_name": "name", "resize_width": "image_width", "resize_height": "image_height",
-          "resize_channels": "channels", "resize_mode": "resize_mode", "folder_pct_val": "val_percent"}
-# DIGITS's storage options: what this server always writes is accepted (the
-# same pixels: PNG-encoded, or raw, both lossless), JPEG and HDF5 are not.
-STORAGE = {"backend": ("lmdb", ""), "encoding": ("png", "none", ""), "compression": ("none", "")}
+          "resize_channels": "channels", "resize_mode": "resize_mode", "folder_pct_val": "val_percent",
+          "folder_pct_test": "test_percent", "backend": "backend", "encoding": "encoding",
+          "compression": "compression",
+          **{f"folder_{side}_{bound}_per_class": f"{side}_{bound}_per_class"
+             for side in ("train", "val", "test") for bound in ("min", "max")}}
+THEIRS = {ours: theirs for theirs, ours in FIELDS.items()}
 
 
 def _archive():
@@ -30,8 +32,7 @@ def _archive():
     if upload is not None and upload.filename:
         return upload.stream
     if request.form.get("method") == "textfile":
-        raise refuse("method", "Text files of server paths (method=textfile) are not read here: name the folder "
-                     "in folder_train, or upload it (one sub-folder per class) as a zip or tar.gz.")
+        return None     # its lists: textfile_uploads()
     if request.form.get("folder_train") and not data_roots.configured(ctx().cfg):
         raise refuse("folder_train", "Server folders are not read here (the administrator set no data roots): "
                      "upload the folder itself (one sub-folder per class) as a zip or tar.gz in folder_train.")
@@ -44,19 +45,15 @@ def _on(name: str) -> bool:
 
 def _fields() -> dict[str, str]:
     form = request.form
-    for name, allowed in STORAGE.items():
-        if (form.get(name) or "").lower() not in allowed:
-            raise refuse(name, f"{name}={form.get(name)[:20]} is not supported (LMDB of PNG-encoded images only).")
     if form.get("clone"):
         raise refuse("clone", "Datasets cannot be cloned here (the uploaded archive is not kept): upload it again.")
-    for side in ("train", "val", "test"):
-        for limit in ("min", "max"):
-            if (form.get(f"folder_{side}_{limit}_per_class") or "").strip() not in ("", "None"):
-                raise refuse(f"folder_{side}_{limit}_per_class", "Per-class image limits are not supported.")
-    if (form.get("folder_pct_test") or "0").strip().lower() not in ("0", "", "0.0"):
-        raise refuse("folder_pct_test", "folder_pct_test: a test split of the training folder is not supported; "
-                     "name a separate test folder (has_test_folder, folder_test).")
     fields = {ours: form[theirs] for theirs, ours in FIELDS.items() if form.get(theirs)}
+    # DIGITS's per-class limits of a separate folder count only with its
+    # checkbox on (its parse task exists only then), as its minimum defaults do.
+    for side in ("val", "test"):
+        if not _on(f"has_{side}_folder"):
+            fields.pop(f"{side}_min_per_class", None)
+            fields.pop(f"{side}_max_per_class", None)
     # DIGITS's server folders (app.services.runtime.data_roots): the separate
     # validation and test folders count only when their checkbox is on, as in DIGITS.
     if isinstance(form.get("folder_train"), str) and form.get("folder_train"):
@@ -69,9 +66,27 @@ def _fields() -> dict[str, str]:
     return fields
 
 
+def textfile_uploads() -> dict[str, bytes]:
+    """The uploaded files of DIGITS's textfile fields (lists and labels), by
+    field, read capped (app.services.datasets.textfile checks them)."""
+    from app.services.datasets.textfile import MAX_LIST_BYTES
+    return {name: f.stream.read(MAX_LIST_BYTES + 1) for name, f in request.files.items()
+            if name.startswith("textfile_") and f.filename}
+
+
 def _create() -> dict:
-    return dataset_service.create(ctx(), _archive(), _fields(), current_user()["name"],
-                                  field_names={"folder": "folder_train"})
+    fields = _fields()
+    if request.form.get("method") == "textfile":
+        fields.update({k: v for k, v in request.form.items() if k.startswith("textfile_")}, method="textfile")
+    try:
+        return dataset_service.create(ctx(), _archive(), fields, current_user()["name"],
+                                      field_names={"folder": "folder_train"}, uploads=textfile_uploads())
+    except InvalidRequest as err:
+        # Errors name DIGITS's fields (folder_pct_test, not test_percent).
+        for detail in err.details or []:
+            if isinstance(detail, dict) and detail.get("field") in THEIRS:
+                detail["field"] = THEIRS[detail["field"]]
+        raise
 
 
 @bp.post("/datasets/images/classification.json")
