@@ -71,7 +71,7 @@ def sources(ctx: Context, form: dict, uploads: dict[str, bytes], owner: str) -> 
         raw_folder = str(form.get(f"textfile_{split}_folder") or "").strip()
         folder = str(data_roots.resolve(ctx, raw_folder, owner, f"textfile_{split}_folder")) if raw_folder else None
         if "upload" in listed:
-            _check_lines(ctx, listed["upload"], owner, split, folder, names, int(ctx.cfg["DATASET_MAX_FILES"]))
+            _check_lines(ctx, listed["upload"], owner, split, folder, names, ctx.cfg.dataset_max_files)
         splits[split] = {"list": listed, "folder": folder}
     # DIGITS's textfile_shuffle defaults to on: the lists' order is not the DBs'.
     shuffle = str(form.get("textfile_shuffle", "y")).strip().lower() not in ("0", "false", "n", "no", "off", "")
