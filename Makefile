@@ -5,7 +5,8 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast test-gpu-build gpu-bundle fuzz bench clean worker
+
+.PHONY: setup setup-dev run test test-fast test-gpu-build gpu-bundle fuzz bench clean worker
 
 setup:
 	@bash scripts/setup.sh
@@ -22,22 +23,26 @@ worker: setup
 # as a trained model shared by a module's tests, are built once).
 XDIST ?= -n 2 --dist loadfile
 
-test: setup
+# The test tools too (requirements-dev.txt; `make run` leaves them out).
+setup-dev:
+	@DEV=1 bash scripts/setup.sh
+
+test: setup-dev
 	$(VENV)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The inner loop: everything but the slow end-to-end tests (marked `slow`).
-test-fast: setup
+test-fast: setup-dev
 	$(VENV)/bin/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # The CUDA build of Caffe in its own venv, then the whole suite with it: on a
 # machine without a GPU everything must still pass in CPU mode.
 # Schemathesis against a live server, longer than `make test`'s bounded run
 # and with a fresh seed each time: FUZZ_EXAMPLES=500 make fuzz.
-fuzz: setup
+fuzz: setup-dev
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} FUZZ_SEED= $(VENV)/bin/python -m pytest tests/test_fuzz_api.py $(PYTEST_ARGS)
 
 test-gpu-build:
-	VENV=.venv-gpu CAFFE_GPU=1 bash scripts/setup.sh
+	VENV=.venv-gpu CAFFE_GPU=1 DEV=1 bash scripts/setup.sh
 	.venv-gpu/bin/python -m pytest $(PYTEST_ARGS)
 	bash scripts/gpu_bundle.sh
 	.venv-gpu/bin/python -m pytest tests_gpu $(PYTEST_ARGS)
