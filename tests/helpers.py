@@ -125,7 +125,8 @@ class WorkerProcess:
         env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=app.config["INSTANCE_DIR"],
                    LAYERBENCH_JOBS_DIR=app.config["JOBS_DIR"],
                    LAYERBENCH_DATABASE_URL=app.config["DATABASE_URL"],
-                   LAYERBENCH_WORKER_POLL_SECONDS="0.1", **extra_env)
+                   LAYERBENCH_WORKER_POLL_SECONDS="0.1")
+        env.update(extra_env)
         self.log = open(Path(app.config["INSTANCE_DIR"]) / "worker.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
                                      cwd=str(ROOT), env=env, stdout=self.log, stderr=self.log)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from app.services.runtime import doorbell
+
 from helpers import (LENET_SEED, SEED_LAYER, change_settings, client_for, line_of, no_live_sandbox_processes, post,
                      wait_for)
 
@@ -44,8 +46,10 @@ def guard(app, client, tmp_path):
     assert client.get("/healthz").status_code == 200
     assert _tree(victim_dir) == before, "another job's files changed"
     outside_after = {p for p in tmp_path.rglob("*") if jobs_dir not in p.parents and p != jobs_dir}
+    # The service's own files: the database, the worker's log, its doorbell (app.services.runtime.doorbell).
+    wake = Path(app.config["INSTANCE_DIR"]) / doorbell.WAKE_DIR
     new = {p for p in outside_after - outside_before
-           if not p.name.startswith("layerbench.sqlite3") and p.name != "worker.log"}
+           if not p.name.startswith("layerbench.sqlite3") and p.name != "worker.log" and p != wake}
     assert new == set(), f"written outside the job directories: {new}"
     assert not list(Path("/tmp").glob(f"{MARK}*")), "a marker reached the host's /tmp"
     assert no_live_sandbox_processes(tmp_path), "a sandboxed process outlived its run"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import client_for, infer_server_pids, make_app
+from helpers import change_settings, client_for, infer_server_pids, make_app
 
 from app.core.errors import ServiceError
 from app.core.workspace import snapshot_name
@@ -164,6 +164,9 @@ def test_inference_on_a_real_worker_runs_in_its_bound_scratch_dir(tmp_path, cele
     from cluster import CeleryWorker
     from helpers import post, wait_for
     client = client_for(celery_app)
+    # The fixture's 1 s to take a request is for the give-up test: a node
+    # just started on a busy machine may need longer to take its first.
+    change_settings(celery_app, INFER_QUEUE_SECONDS=30)
     worker = CeleryWorker(celery_app.config, "w1@hostA", tmp_path)
     try:
         resp = post(client, "/api/v1/jobs", max_iter=4, snapshot_interval=1)

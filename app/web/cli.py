@@ -306,9 +306,9 @@ def worker(slots: int | None) -> None:
     found = [g["index"] for g in gpus.detect()] if caffe_info(settings().caffe_python).get("gpu_build") else []
     n = slots or settings().worker_concurrency or 1
     sup = LocalSupervisor(ctx, cpu_slots=n, gpu_indices=found)
-    signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: sup.stop())
     click.echo(f"worker: {len(found)} GPU(s) {found}, {n} CPU slot(s), containment {ctx.containment}", err=True)
     try:
         sup.serve_forever()
     except KeyboardInterrupt:
-        sup.stopping.set()
+        sup.stop()

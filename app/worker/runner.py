@@ -189,9 +189,11 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
            log: CappedLog, pump: threading.Thread) -> tuple[str, dict | None]:
     store, tail = ctx.store, RunTail(out / METRICS_FILE, run)
     tail.offset = Workspace.file_size(out / METRICS_FILE)  # resume: skip old records
-    # The runner writes progress every 0.5 s: watching faster only takes CPU
-    # from the training it watches (the queue itself is polled faster).
-    poll = max(ctx.cfg.worker_poll_seconds, WATCH_SECONDS)
+    # The trainer writes progress every 0.5 s: watching faster only takes CPU
+    # from the training it watches. Not tied to WORKER_POLL_SECONDS (a slow
+    # queue poll must not make a job's end slow to notice), and each sleep
+    # ends the moment the trainer exits.
+    poll = WATCH_SECONDS
     aborting = False
     disk = quota.Watcher(out, ctx.cfg.job_disk_mb)
     while True:
@@ -223,7 +225,7 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
             sandbox.kill(proc)
             return JobStatus.ERROR.value, {"stage": "train", "message":
                                            f"Training exceeded the time limit of {limits.wall_seconds:g} s."}
-        time.sleep(poll)
+        sandbox.wait_exit(proc, poll)
     # Everything the process printed is in the log once the pipe has closed.
     pump.join(PUMP_DRAIN_SECONDS)
     if getattr(proc, "lost", False):

@@ -7,6 +7,7 @@ import threading
 import time
 
 from app.services.jobs import fairshare
+from app.services.runtime import doorbell
 from app.services.context import Context
 from app.worker.runner import recover, run_job
 from app.core.status import JobStatus
@@ -129,12 +130,26 @@ class LocalSupervisor:
                     gpu_index=index, shutdown=self.stopping)
         finally:
             self.alloc.release(kind, index)
+            doorbell.ring(self.ctx.cfg)      # a slot is free: the next job need not wait for the poll
+
+    def stop(self) -> None:
+        """Stop (from a signal handler too): running jobs stop with a
+        snapshot, and the wait for the next ring ends now, not a poll later."""
+        self.stopping.set()
+        doorbell.ring(self.ctx.cfg)
 
     def serve_forever(self) -> None:
-        """Recover, then poll the store until ``stopping`` is set."""
+        """Recover, then look at the store whenever the doorbell rings (a
+        submit, a resume, a run that ended: app.services.runtime.doorbell)
+        and at least every ``WORKER_POLL_SECONDS``, until ``stopping`` is set."""
         recover(self.ctx)
-        while not self.stopping.is_set():
-            self.tick()
-            self.stopping.wait(self.ctx.cfg.worker_poll_seconds)
+        bell = doorbell.Bell(self.ctx.cfg)
+        self.bell_path = bell.path
+        try:
+            while not self.stopping.is_set():
+                self.tick()
+                bell.wait(self.ctx.cfg.worker_poll_seconds)
+        finally:
+            bell.close()
         for t in self.threads.values():
             t.join(timeout=30)

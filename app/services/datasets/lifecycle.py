@@ -188,7 +188,7 @@ def _create(ctx: Context, params: dict, owner: str, archive: IO[bytes] | None = 
     ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status=DatasetStatus.QUEUED.value,
                              info={"params": params, "progress": 0.0}, created_at=now_iso())
     from app.services.runtime import broker as queue
-    queue.enqueue_dataset(ctx, ds_id)   # celery queue only (the local one polls the store)
+    queue.enqueue_dataset(ctx, ds_id)   # the broker, or the local workers' doorbell
     return ctx.store.get_dataset(ds_id)
 
 

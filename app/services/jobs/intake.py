@@ -142,7 +142,7 @@ def queue_new(c: Context, job_id: str, prepared: Prepared, report: dict, user: d
                              device=params["device"],
                              params=params, python_layer=prepared.python_layer,
                              max_iter=prepared.max_iter)
-    queue.enqueue_job(c, job)   # celery queue only (the local one polls the store)
+    queue.enqueue_job(c, job)   # the broker, or the local workers' doorbell
     return job
 
 

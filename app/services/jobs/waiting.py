@@ -157,7 +157,7 @@ def _validate_and_queue(c: Context, job: dict) -> bool:
                                 name=(prepared.params.get("name") or prepared.network.net.name or job["name"])[:200])
     if queued:
         from app.services.runtime import broker as queue
-        queue.enqueue_job(c, c.store.get_job(job["id"]))   # celery only: the local worker polls the store
+        queue.enqueue_job(c, c.store.get_job(job["id"]))   # the broker, or the local workers' doorbell
     return queued
 
 

@@ -17,6 +17,7 @@ import threading
 
 from app.core.status import DatasetStatus, JobStatus
 from app.services.context import Context
+from app.services.runtime import doorbell
 from app.core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,10 @@ def _send(cfg, kind: str, ident: str, gen: int, name: str, queue: str) -> bool:
 def enqueue_job(c: Context, job: dict) -> None:
     """Ring the queue for a job that is now ``queued`` (after submit, resume
     or a hand-over). A broker that is down is not the submitter's failure:
-    the job is queued in the store and ``redispatch`` sends it later."""
+    the job is queued in the store and ``redispatch`` sends it later. In
+    the local queue: the local workers' doorbell (app.services.runtime.doorbell)."""
     if not celery_mode(c.cfg):
+        doorbell.ring(c.cfg)
         return
     device = str((job.get("params") or {}).get("device") or "auto")
     try:
@@ -138,8 +141,9 @@ def build_generation(ds: dict | None) -> int:
 
 
 def enqueue_dataset(c: Context, ds_id: str) -> None:
-    """Ring the queue for a dataset build now ``queued``."""
+    """Ring the queue for a dataset build now ``queued`` (local queue: the doorbell)."""
     if not celery_mode(c.cfg):
+        doorbell.ring(c.cfg)
         return
     try:
         _send(c.cfg, "dataset", ds_id, build_generation(c.store.get_dataset(ds_id)), TASK_DATASET, DATASET_QUEUE)

@@ -383,6 +383,18 @@ def signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def wait_exit(proc, timeout: float) -> int | None:
+    """Wait at most ``timeout`` seconds for a started run to end: its exit
+    status, or None while it runs. A watcher's sleep that ends as soon as
+    the run does (a local Popen, or the launcher's report of a remote one)."""
+    if isinstance(proc, sandbox_remote.RemoteRun):
+        return proc.wait_for(timeout)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def wait(proc: subprocess.Popen, limits: Limits, t0: float, poll: float = 0.02) -> Result:
     """Wait for ``proc`` under the wall-clock limit; on timeout kill its group."""
     deadline = t0 + limits.wall_seconds

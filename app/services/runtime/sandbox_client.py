@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import select
 import socket
 import subprocess
 
@@ -49,6 +50,14 @@ class RemoteRun:
         """Block until the run ended (and its files are the service's again)."""
         while self.returncode is None:
             self._receive(block=True)
+        return self.returncode
+
+    def wait_for(self, timeout: float) -> int | None:
+        """The exit status once reported within ``timeout`` seconds, else None."""
+        if self.returncode is None:
+            ready, _, _ = select.select([self.conn], [], [], max(0.0, timeout))
+            if ready:
+                self._receive(block=False)
         return self.returncode
 
     def kill(self) -> None:
