@@ -77,7 +77,10 @@ def dataset_json(ds: dict) -> dict:
     out.update({"status": dataset_word(ds), "job id": ds["id"], "creation time": ds.get("created_at"),
                 "type": "Image Classification Dataset", "directory": f"/datasets/{ds['id']}",
                 "image size": info.get("image_shape"), "notes": info.get("notes"),
-                "username": ds.get("owner"), **digits_keys.dataset_tasks(ds)})
+                "username": ds.get("owner"), "options": dataset_service.options(ds),
+                **digits_keys.dataset_tasks(ds)})
+    if info.get("encoding_note"):
+        out["encoding_note"] = info["encoding_note"]
     return out
 
 
