@@ -397,7 +397,7 @@ def delete(ctx: Context, ds: dict) -> None:
     if using:
         raise Conflict(f"Dataset is used by {len(using)} job(s); delete those jobs first.",
                            [{"field": "dataset", "message": f"job {j}"} for j in using[:10]])
-    if ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING):
+    if ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING) or stopping(ds):
         raise Conflict("The dataset is still being built.")
     ctx.store.delete_dataset(ds["id"])
     ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]))
@@ -499,7 +499,18 @@ def delete_aborting(ctx: Context, ds: dict, user: dict) -> None:
             if not isinstance(err, Conflict):    # it ended meanwhile: delete it as it is
                 raise
         ds = wait_built(ctx, ds["id"]) or ds
+    elif stopping(ds):
+        # Aborted a moment ago (DIGITS's abort, then delete): its build is
+        # still stopping and will write its end; let it, then delete.
+        ds = wait_built(ctx, ds["id"]) or ds
     delete(ctx, ds)
+
+
+def stopping(ds: dict) -> bool:
+    """Whether ``ds`` was aborted while building and its build has not
+    written its end yet: ``abort`` sets the status only, every other end
+    of a build comes with its error."""
+    return ds["status"] == DatasetStatus.ERROR and not ds.get("error")
 
 
 def edit(ctx: Context, ds: dict, name: str | None = None, notes: str | None = None) -> dict:

@@ -35,6 +35,8 @@ def dataset_word(ds: dict) -> str:
     """A dataset's status in DIGITS's words (an aborted build says Abort)."""
     if ds["status"] == DatasetStatus.ERROR and ds.get("error") == dataset_service.ABORTED:
         return "Abort"
+    if dataset_service.stopping(ds):
+        return "Abort"      # aborted, its build still stopping (DIGITS says Abort at once)
     return DATASET_WORDS[DatasetStatus(ds["status"])]
 
 
