@@ -63,8 +63,8 @@ def test_archive_becomes_dataset_and_lenet_trains_on_it(app, client, worker):
     deadline = time.monotonic() + 10     # upload/ goes just after the end is written
     while {"upload", "build"} & set(os.listdir(root)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sorted(os.listdir(root)) == ["build.log", "info.json", "labels.txt", "mean.binaryproto", "mean.png",
-                                        "samples", "train_db", "val_db"]
+    assert sorted(os.listdir(root)) == ["build.log", "explore", "info.json", "labels.txt", "mean.binaryproto",
+                                        "mean.jpg", "mean.png", "samples", "train_db", "val_db"]
     page = client.get(f"/datasets/{ds['id']}").get_data(as_text=True)
     assert "digit_2" in page and "mean.png" in page and "samples/2_0.png" in page
     assert client.get(f"/datasets/{ds['id']}/files/mean.png").mimetype == "image/png"

@@ -127,8 +127,12 @@ def test_datasets_from_server_folders(served):
         ("Create DB (train)", 24), ("Create DB (val)", 9), ("Create DB (test)", 6)]
     assert all((t["image_width"], t["image_height"], t["image_channels"], t["backend"]) == (10, 10, 3, "lmdb")
                for t in info["CreateDbTasks"])
-    assert info["ParseFolderTasks"] == [{"name": "Parse Folder (train/val)", "label_count": 3,
-                                         "train_count": 24, "val_count": 9, "test_count": 6}]
+    # One parse per folder, as DIGITS's: the training folder's, then the
+    # separate validation and test folders'.
+    assert info["ParseFolderTasks"] == [
+        {"name": "Parse Folder (train/val)", "label_count": 3, "train_count": 24, "val_count": 0, "test_count": 0},
+        {"name": "Parse Folder (val)", "label_count": 3, "train_count": 0, "val_count": 9, "test_count": 0},
+        {"name": "Parse Folder (test)", "label_count": 3, "train_count": 0, "val_count": 0, "test_count": 6}]
     assert info["labels"] == ["blue", "green", "red"]
 
     # One folder, split by folder_pct_val; and the same through /api/v1 (folder=).

@@ -86,8 +86,8 @@ def test_per_class_limits_and_a_test_split(served, lmdb_build):
     assert info["ParseFolderTasks"][0] == {"name": "Parse Folder (train/val)", "label_count": 3,
                                            "train_count": 12, "val_count": 6, "test_count": 6}
     assert [(t["name"], t["entries"], t["backend"], t["encoding"]) for t in info["CreateDbTasks"]] == [
-        ("Create DB (train)", 12, "lmdb", "none"), ("Create DB (val)", 6, "lmdb", "none"),
-        ("Create DB (test)", 6, "lmdb", "none")]
+        ("Create DB (train)", 12, "lmdb", "png"), ("Create DB (val)", 6, "lmdb", "png"),
+        ("Create DB (test)", 6, "lmdb", "png")]
     assert info["per_class"] == {c: {"train": 4, "val": 2, "test": 2} for c in info["labels"]}
     assert info["skipped"] == {"in a class below its minimum per class": 2, "over the maximum per class": 6}
     root = datasets / info["id"]
@@ -157,8 +157,7 @@ def _lenet() -> tuple[str, bytes]:
 
 def test_options_that_cannot_apply_are_refused_naming_them(served):
     d, data, _ = served
-    cases = [({"encoding": "jpg"}, "encoding"),                          # this Caffe has no OpenCV
-             ({"backend": "hdf5", "encoding": "png"}, "encoding"),
+    cases = [({"encoding": "webp"}, "encoding"),
              ({"backend": "lmdb", "compression": "gzip"}, "compression"),
              ({"backend": "tfrecords"}, "backend"),
              ({"folder_train_min_per_class": 5, "folder_train_max_per_class": 2}, "folder_train_max_per_class"),
@@ -169,8 +168,44 @@ def test_options_that_cannot_apply_are_refused_naming_them(served):
         assert r.status == 400, (fields, r.text[:1000])
         assert field in [x.get("field") for x in r.json["details"]], (fields, r.text[:1000])
     r = d.post("/api/v1/datasets", {"name": "bad", "folder": str(data / "digits"), "image_width": 28,
-                                    "image_height": 28, "encoding": "jpg"})
-    assert r.status == 400 and "OpenCV" in r.text
+                                    "image_height": 28, "encoding": "gif"})
+    assert r.status == 400 and r.json["details"][0]["field"] == "encoding"
+
+
+def test_jpg_and_png_datasets_hold_what_their_encoding_decodes_to(served, lmdb_build):
+    """encoding=jpg: each image JPEG-encoded as DIGITS's create_db does
+    (PIL, quality 90) and decoded back, stored raw (this Caffe has no
+    OpenCV to decode an encoded datum); png: lossless, the raw pixels. Both
+    report the encoding asked, with a note. HDF5 is written raw whatever the
+    encoding, as DIGITS's create_db does, and reports none."""
+    import io
+    from PIL import Image
+    d, data, datasets = served
+    fields = dict(folder_train_min_per_class=3, folder_train_max_per_class=8, folder_pct_val=25,
+                  folder_pct_test=25, backend="lmdb", compression="none")
+    jpg = _build(d, data, encoding="jpg", **fields)
+    raw = _build(d, data, encoding="none", **fields)
+    assert {t["encoding"] for t in jpg["CreateDbTasks"]} == {"jpg"} and jpg["encoding"] == "jpg"
+    assert "stored decoded" in jpg["encoding_note"] and "OpenCV" in jpg["CreateDbTasks"][0]["encoding_note"]
+    assert "encoding_note" not in raw
+    for db in ("train_db", "val_db", "test_db"):
+        x_jpg, y_jpg = _datums(datasets / jpg["id"] / db)
+        x_raw, y_raw = _datums(datasets / raw["id"] / db)
+        assert np.array_equal(y_jpg, y_raw)
+        expected = []
+        for image in x_raw:
+            buf = io.BytesIO()
+            Image.fromarray(image[0]).save(buf, format="JPEG", quality=90)
+            expected.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())))[None])
+        assert np.array_equal(x_jpg, np.stack(expected))       # PIL's JPEG round trip of each image
+        assert not np.array_equal(x_jpg, x_raw)                 # lossy: not the raw build's pixels
+    # png: the raw build's pixels (lmdb_build asked png), reported as png.
+    assert {t["encoding"] for t in lmdb_build["CreateDbTasks"]} == {"png"}
+    for db in ("train_db", "val_db", "test_db"):
+        assert np.array_equal(_datums(datasets / lmdb_build["id"] / db)[0], _datums(datasets / raw["id"] / db)[0])
+    # hdf5 with an encoding: accepted (DIGITS's TestCreatedHdf5 asks png), written raw, reported none.
+    h5 = _build(d, data, **dict(fields, backend="hdf5", encoding="jpg"))
+    assert {t["encoding"] for t in h5["CreateDbTasks"]} == {"none"} and "encoding_note" not in h5
 
 
 def test_textfile_datasets_under_the_roots(served):

@@ -238,7 +238,7 @@ def test_dataset_views_end_to_end(server):
     r = d.post("/datasets/images/classification.json", {"dataset_name": "x", "folder_train": "/not-a-directory"})
     assert r.status == 400 and "upload the folder" in r.text                           # test_nonexistent_folder
     r = d.post("/datasets/images/classification.json", {"dataset_name": "x", "clone": "abc"})
-    assert r.status == 400 and "clone" in r.text                      # DIGITS's dataset test_clone: refused
+    assert r.status == 400 and "clone" in r.text                      # no dataset to clone: 400 naming clone
     r = d.post("/datasets/images/classification.json", {"dataset_name": "x", "folder_train": ("a.zip", b"x"),
                                                         "resize_width": 10, "resize_height": 10,
                                                         "has_val_folder": "y", "folder_val": "/srv/val"})

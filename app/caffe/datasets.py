@@ -159,17 +159,50 @@ def write_dataset(dest: Path, images: np.ndarray, labels: np.ndarray,
                         class_names, name, in_place=in_place)
 
 
+# DIGITS's create_db encodes a Datum with PIL: PNG, or JPEG at quality 90.
+JPEG_QUALITY = 90
+ENCODED_NOTE = ("stored decoded: the pixels are what the {encoding} encoding decodes to, written raw "
+                "(this server's Caffe is built without OpenCV and cannot decode encoded datums)")
+
+
+def encoding_round_trip(images: np.ndarray, encoding: str) -> np.ndarray:
+    """What a DB of ``encoding`` ("none", "png" or "jpg") holds for uint8
+    images (N, C, H, W) once decoded: each image encoded as DIGITS's
+    create_db encodes it (PIL; JPEG quality 90) and decoded back. PNG is
+    lossless: the same pixels, returned as they are."""
+    if encoding != "jpg" or not len(images):
+        return images
+    import io
+    from PIL import Image
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        buf = io.BytesIO()
+        pil = Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
+        pil.save(buf, format="JPEG", quality=JPEG_QUALITY)
+        decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(pil.mode))
+        out[i] = decoded[None] if decoded.ndim == 2 else decoded.transpose(2, 0, 1)
+    return out
+
+
 def write_splits(dest: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str],
-                 name: str, in_place: bool = False, backend: str = "lmdb", compression: str = "none") -> dict:
+                 name: str, in_place: bool = False, backend: str = "lmdb", compression: str = "none",
+                 encoding: str = "none") -> dict:
     """``write_dataset`` with the splits given: "train" and "val" (DIGITS's
     separate validation folder), and "test" when present (test_db, counted
     but never trained on, as in DIGITS). ``backend``: "lmdb" (raw Datum) or
-    "hdf5" (``write_hdf5``, ``compression`` "none" or "gzip")."""
+    "hdf5" (``write_hdf5``, ``compression`` "none" or "gzip"). ``encoding``
+    (LMDB only; DIGITS writes HDF5 raw whatever it is): "png" or "jpg", the
+    pixels those decode to (``encoding_round_trip``), stored raw. The mean
+    is the resized images' before encoding, as DIGITS's create_db sums them."""
     tmp = dest if in_place else dest.with_name(dest.name + ".partial")
     if not in_place:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+    encoding = encoding if backend == "lmdb" else "none"
     (x_tr, y_tr), y_va = splits["train"], splits["val"][1]
+    mean_source = x_tr
+    splits = {k: (encoding_round_trip(x, encoding), y) for k, (x, y) in splits.items()}
+    x_tr = splits["train"][0]
     test = splits.get("test")
     for db, split in (("train_db", splits["train"]), ("val_db", splits["val"]), ("test_db", test)):
         if split is None:
@@ -179,19 +212,22 @@ def write_splits(dest: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], c
                 write_hdf5(tmp / db, *split, compression=compression)
         else:
             write_lmdb(tmp / db, *split)
-    mean = write_mean(tmp / "mean.binaryproto", x_tr)
+    mean = write_mean(tmp / "mean.binaryproto", mean_source)
     (tmp / "labels.txt").write_text("".join(f"{c}\n" for c in class_names))
     every = [x for x, _ in splits.values() if len(x)]
     _previews(tmp, mean, np.concatenate(every), np.concatenate([y for x, y in splits.values() if len(x)]),
               len(class_names))
+    write_explore_index(tmp, splits)
     info = {
         "name": name, "num_classes": len(class_names), "labels": class_names,
         "train_count": int(len(y_tr)), "val_count": int(len(y_va)),
         "image_shape": [int(s) for s in x_tr.shape[1:]],
-        "backend": backend, "encoding": "none", "compression": compression if backend == "hdf5" else "none",
+        "backend": backend, "encoding": encoding, "compression": compression if backend == "hdf5" else "none",
         "per_class": {c: {"train": int((y_tr == i).sum()), "val": int((y_va == i).sum())}
                       for i, c in enumerate(class_names)},
     }
+    if encoding != "none":
+        info["encoding_note"] = ENCODED_NOTE.format(encoding=encoding.upper())
     if test is not None:
         info["test_count"] = int(len(test[1]))
         for i, c in enumerate(class_names):
@@ -213,10 +249,50 @@ def _previews(dest: Path, mean: np.ndarray, images: np.ndarray, labels: np.ndarr
         Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).save(path)
 
     save(mean, dest / "mean.png")
+    # DIGITS's /files/<id>/mean.jpg, written here so that the host serves
+    # bytes and never decodes an image a sandboxed build wrote.
+    mean8 = np.clip(np.around(mean), 0, 255).astype(np.uint8)
+    Image.fromarray(mean8[0] if mean8.shape[0] == 1 else mean8.transpose(1, 2, 0)).save(
+        dest / "mean.jpg", format="JPEG", quality=JPEG_QUALITY)
     (dest / "samples").mkdir(exist_ok=True)
     for cls in range(n_classes):
         for k, idx in enumerate(np.flatnonzero(labels == cls)[:per_class]):
             save(images[idx], dest / "samples" / f"{cls}_{k}.png")
+
+
+# DIGITS's explore page reads the DB itself; here the host never opens what
+# a sandboxed build wrote but through app.core.untrusted, and LMDB needs a
+# path. So the build writes a small index per DB, explore/<db>.json: its
+# first EXPLORE_MAX entries as [label, PNG (base64)] in the DB's order, each
+# image as stored (what the DB decodes to). The host reads it capped, checks
+# it and hands the PNGs to the browser as they are (it decodes none).
+EXPLORE_DIR = "explore"
+EXPLORE_MAX = 1000
+EXPLORE_MAX_BYTES = 32 << 20
+EXPLORE_SIDE = 256
+
+
+def write_explore_index(dest: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """explore/<db>.json for each split: {"count": entries in the DB,
+    "items": [[label, base64 PNG], ...] (the first EXPLORE_MAX, fewer when
+    they would pass three quarters of EXPLORE_MAX_BYTES)}."""
+    import base64
+    import io
+    from PIL import Image
+
+    (dest / EXPLORE_DIR).mkdir(exist_ok=True)
+    for split, (images, labels) in splits.items():
+        items, size = [], 0
+        for image, label in zip(images[:EXPLORE_MAX], labels[:EXPLORE_MAX]):
+            buf = io.BytesIO()
+            pil = Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
+            pil.thumbnail((EXPLORE_SIDE, EXPLORE_SIDE))     # large images shown smaller (their size kept)
+            pil.save(buf, format="PNG")
+            size += len(buf.getvalue()) * 4 // 3 + 16
+            if size > EXPLORE_MAX_BYTES * 3 // 4:
+                break   # the index stays well within what the host reads of it
+            items.append([int(label), base64.b64encode(buf.getvalue()).decode()])
+        (dest / EXPLORE_DIR / f"{split}.json").write_text(json.dumps({"count": int(len(labels)), "items": items}))
 
 
 def sample_digits_arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -64,16 +64,24 @@ def build(archive: str, out: str, params: dict) -> dict:
     splits = {"train": (images[tr], labels[tr]), "val": (images[va], labels[va])}
     if test_pct:
         splits["test"] = (images[te], labels[te])
+    # DIGITS's ParseFolderTasks: one per folder parsed, each with what it
+    # gave to each split and how many classes it kept.
+    parsed = [{"folder": "train", "label_count": len(names), "train_count": int(len(tr)),
+               "val_count": int(len(va)), "test_count": int(len(te)) if test_pct else 0}]
     for k, side in enumerate(s for s in ("val", "test") if s in folders):
         _, x, y, more = _decode(sides[side], params, progress, k + 1, None, classes=names)
         _, x, y = per_class(names, x, y, limits.get(side) or {}, more, keep_names=True)
         if not len(y):
             raise ArchiveError(f"the {side} folder keeps no image within its per-class limits")
         splits[side] = (x, y)
+        parsed.append({"folder": side, "label_count": int(len(np.unique(y))), "train_count": 0, "val_count": 0,
+                       "test_count": 0, f"{side}_count": int(len(y))})
         for why, n in more.items():
             skipped[why] = skipped.get(why, 0) + n
     info = write_splits(Path(out), splits, names, params["name"], in_place=True,
-                        backend=params.get("backend") or "lmdb", compression=params.get("compression") or "none")
+                        backend=params.get("backend") or "lmdb", compression=params.get("compression") or "none",
+                        encoding=params.get("encoding") or "none")
+    info["parsed_folders"] = parsed
     info["skipped"] = dict(skipped)
     info["resize_mode"] = params["resize_mode"]
     return info
@@ -117,7 +125,8 @@ def build_textfile(out: str, params: dict) -> dict:
         splits[split] = (images, labels)
     splits.setdefault("val", (np.zeros((0, channels, height, width), np.uint8), np.zeros(0, np.int64)))
     info = write_splits(Path(out), splits, names, params["name"], in_place=True,
-                        backend=params.get("backend") or "lmdb", compression=params.get("compression") or "none")
+                        backend=params.get("backend") or "lmdb", compression=params.get("compression") or "none",
+                        encoding=params.get("encoding") or "none")
     info["skipped"] = dict(skipped)
     info["resize_mode"] = params["resize_mode"]
     return info

@@ -355,9 +355,10 @@ def spec() -> dict:
                                                   for side in ("train", "val", "test") for bound in ("min", "max")},
                                                "backend": {"type": "string", "enum": ["lmdb", "hdf5"],
                                                            "default": "lmdb"},
-                                               "encoding": {"type": "string", "enum": ["none", "png"],
-                                                            "description": "png: the same pixels, stored raw "
-                                                            "(this Caffe has no OpenCV); jpg is refused"},
+                                               "encoding": {"type": "string", "enum": ["none", "png", "jpg"],
+                                                            "description": "png / jpg: the pixels they decode "
+                                                            "to (JPEG quality 90), stored raw (this Caffe has no "
+                                                            "OpenCV); hdf5 is written raw (as in DIGITS)"},
                                                "compression": {"type": "string", "enum": ["none", "gzip"],
                                                                "description": "gzip: hdf5 only"},
                                                "method": {"type": "string", "enum": ["folder", "textfile"],

@@ -17,7 +17,7 @@ from app.core import untrusted
 from app.services.datasets import textfile
 from app.services.runtime import data_roots
 from app.services.runtime import sandbox
-from app.caffe.datasets import storage, write_hdf5_list
+from app.caffe.datasets import EXPLORE_DIR, EXPLORE_MAX_BYTES, storage, write_hdf5_list
 from app.caffe.images import RESIZE_MODES
 from app.services.access import may_see, only_visible
 from app.services.context import Context
@@ -27,7 +27,8 @@ from app.store import new_job_id, now_iso
 from app.core.workspace import DATASET_INFO_FILE, DATASET_PARAMS_FILE, PROGRESS_FILE, RESULT_FILE, Workspace
 
 # What a finished build may contain; anything else (a link, a stray file) is refused.
-PUBLISHED = ("train_db", "val_db", "test_db", "labels.txt", "mean.binaryproto", "mean.png", "samples", DATASET_INFO_FILE)
+PUBLISHED = ("train_db", "val_db", "test_db", "labels.txt", "mean.binaryproto", "mean.png", "mean.jpg", "samples",
+             EXPLORE_DIR, DATASET_INFO_FILE)
 
 
 def parse_fields(fields: dict[str, str]) -> dict:
@@ -84,17 +85,15 @@ def _storage_fields(fields: dict[str, str], out: dict) -> list[dict]:
     out["backend"] = word("backend", BACKENDS, "lmdb")
     encoding = word("encoding", ENCODINGS, "none")
     out["compression"] = word("compression", COMPRESSIONS, "none")
-    if encoding == "jpg":
-        # Caffe decodes an encoded Datum only when built with OpenCV, and this
-        # build (scripts/build_caffe.sh) has none: its Data layer aborts on one.
-        details.append({"field": "encoding", "message": "jpg cannot apply: this server's Caffe is built without "
-                        "OpenCV and cannot decode encoded datums; use none (or png: the same pixels, stored raw)"})
-    elif encoding == "png" and out["backend"] == "hdf5":
-        details.append({"field": "encoding", "message": "png cannot apply to backend=hdf5 (HDF5 holds raw "
-                        "float pixels, as in DIGITS): use encoding=none"})
-    # PNG is lossless: raw pixels are the same pixels, and raw is what this
-    # Caffe (no OpenCV) can read. The dataset reports what was written.
-    out["encoding"] = "none"
+    # Caffe decodes an encoded Datum only when built with OpenCV, and this
+    # build (scripts/build_caffe.sh) has none: its Data layer aborts on one.
+    # So png and jpg are honoured by what such a DB decodes to: the builder
+    # encodes each image as DIGITS's create_db does (JPEG quality 90) and
+    # stores the decoded pixels raw (app.caffe.datasets.encoding_round_trip);
+    # the dataset reports the encoding asked, with a note. DIGITS writes HDF5
+    # raw whatever the encoding (its create_db ignores it there): so do we,
+    # and such a dataset reports none.
+    out["encoding"] = encoding if out["backend"] == "lmdb" else "none"
     if out["compression"] == "gzip" and out["backend"] != "hdf5":
         details.append({"field": "compression", "message": "gzip applies to backend=hdf5 only (as in DIGITS)"})
     if out["type"] == "segmentation" and (out["backend"] != "lmdb" or (fields.get("test_percent") or "").strip()):
@@ -398,7 +397,7 @@ def delete(ctx: Context, ds: dict) -> None:
     if using:
         raise Conflict(f"Dataset is used by {len(using)} job(s); delete those jobs first.",
                            [{"field": "dataset", "message": f"job {j}"} for j in using[:10]])
-    if ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING):
+    if ds["status"] in (DatasetStatus.QUEUED, DatasetStatus.RUNNING) or stopping(ds):
         raise Conflict("The dataset is still being built.")
     ctx.store.delete_dataset(ds["id"])
     ctx.ws.delete(ctx.ws.dataset_dir(ds["id"]))
@@ -500,7 +499,18 @@ def delete_aborting(ctx: Context, ds: dict, user: dict) -> None:
             if not isinstance(err, Conflict):    # it ended meanwhile: delete it as it is
                 raise
         ds = wait_built(ctx, ds["id"]) or ds
+    elif stopping(ds):
+        # Aborted a moment ago (DIGITS's abort, then delete): its build is
+        # still stopping and will write its end; let it, then delete.
+        ds = wait_built(ctx, ds["id"]) or ds
     delete(ctx, ds)
+
+
+def stopping(ds: dict) -> bool:
+    """Whether ``ds`` was aborted while building and its build has not
+    written its end yet: ``abort`` sets the status only, every other end
+    of a build comes with its error."""
+    return ds["status"] == DatasetStatus.ERROR and not ds.get("error")
 
 
 def edit(ctx: Context, ds: dict, name: str | None = None, notes: str | None = None) -> dict:
@@ -518,3 +528,111 @@ def edit(ctx: Context, ds: dict, name: str | None = None, notes: str | None = No
     if fields:
         ctx.store.upsert_dataset(ds["id"], **fields)
     return ctx.store.get_dataset(ds["id"])
+
+
+# The options a dataset was made with (DIGITS kept its form_data): what a
+# clone takes and the DIGITS JSON shows. The rest of ``params`` is where the
+# images come from (folders, textfile lists, an archive) and the limits of
+# the build, set anew for every dataset.
+OPTION_KEYS = ("name", "type", "image_width", "image_height", "channels", "resize_mode", "val_percent",
+               "test_percent", "backend", "encoding", "compression", "per_class")
+
+
+def options(ds: dict) -> dict:
+    """The options ``ds`` was made with (``OPTION_KEYS`` of its params, and
+    the server folders it was made from)."""
+    params = (ds.get("info") or {}).get("params") or {}
+    out = {k: params[k] for k in OPTION_KEYS if k in params}
+    if params.get("folders"):
+        out["folders"] = params["folders"]
+    return out
+
+
+def clone(ctx: Context, source: dict, owner: str, field: str = "clone") -> dict:
+    """A new dataset made as ``source`` was (DIGITS's ``clone=<id>``): its
+    options, from its server folders or server lists, checked against
+    ``owner``'s data roots as now configured; an uploaded archive or list
+    only while it is still stored (the build removes it once it ends),
+    otherwise 400 naming ``field``."""
+    params = (source.get("info") or {}).get("params") or {}
+    if not params:
+        raise InvalidRequest("This dataset cannot be cloned (it was not made from a form: a built-in one).",
+                             [{"field": field, "message": "not clonable"}])
+    base = {k: params[k] for k in OPTION_KEYS if k in params}
+    base["per_class"] = dict(base.get("per_class") or {})
+    upload = ctx.ws.dataset_dir(source["id"]) / "upload"
+    gone = InvalidRequest("The images of the dataset to clone were uploaded and are no longer stored (a build "
+                          "keeps its upload only until it ends): upload them again.",
+                          [{"field": field, "message": "its upload is no longer stored"}])
+    if params.get("folders"):
+        folders = {side: str(data_roots.resolve(ctx, path, owner, field)) for side, path in params["folders"].items()}
+        return _create(ctx, base, owner, folders=folders)
+    if params.get("textfile"):
+        spec = params["textfile"]
+        paths = [spec["labels"], *(v["list"] for v in spec["splits"].values())]
+        if any(Path(p).is_relative_to(upload) for p in paths):
+            raise gone
+        for path in paths:
+            data_roots.resolve(ctx, path, owner, field, kind="file")
+        lists = {"labels": {"server": spec["labels"]}, "shuffle": spec.get("shuffle", True),
+                 "splits": {s: {"list": {"server": v["list"]}, "folder": v.get("folder")}
+                            for s, v in spec["splits"].items()}}
+        return _create(ctx, base, owner, lists=lists)
+    try:
+        archive = untrusted.open_file(upload / "archive", ctx.ws.root, max_size=ctx.cfg.max_upload_bytes)
+    except OSError:
+        raise gone from None
+    with archive:
+        return _create(ctx, base, owner, archive=archive)
+
+
+def mean_jpg(ctx: Context, ds: dict) -> bytes | None:
+    """The dataset's mean image as JPEG (DIGITS's /files/<id>/mean.jpg),
+    written by its build; None when it has none (built before, or not done)."""
+    try:
+        data = untrusted.read_bytes(ctx.ws.dataset_dir(ds["id"]) / "mean.jpg", 8 << 20, ctx.ws.root)
+    except OSError:
+        return None
+    return data if data.startswith(b"\xff\xd8\xff") else None
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def explore_index(ctx: Context, ds: dict, db: str) -> dict:
+    """A done dataset's explore index of ``db`` ("train", "val", "test"):
+    {"count": entries in the DB, "items": [(label, base64 PNG), ...]} (the
+    first ones, app.caffe.datasets.write_explore_index). Written by the
+    sandboxed build, so read capped through app.core.untrusted and checked:
+    labels in range, PNG bytes (the browser decodes them, the host never
+    does). not_found when the DB or its index does not exist."""
+    import base64
+    import binascii
+    if db not in SPLITS:
+        raise InvalidRequest("db must be train, val or test.", [{"field": "db", "message": "train, val or test"}])
+    path = ctx.ws.dataset_dir(ds["id"]) / EXPLORE_DIR / f"{db}.json"
+    try:
+        raw = untrusted.read_bytes(path, EXPLORE_MAX_BYTES + 1, ctx.ws.root)
+    except OSError:     # none (no such DB, or built before), or not a regular file
+        raise NotFound(f"The dataset has no {db} DB to explore (or was built before this server wrote "
+                       "explore indexes: clone it to rebuild).") from None
+    # Only a subverted build writes anything else: refused, not served.
+    bad = Conflict(f"The {db} explore index is damaged (not what a build writes): clone the dataset to rebuild it.")
+    try:
+        if len(raw) > EXPLORE_MAX_BYTES:
+            raise bad
+        index = json.loads(raw)
+        count, items = index["count"], index["items"]
+        n_classes = len((ds.get("info") or {}).get("labels") or [])
+        if type(count) is not int or not isinstance(items, list) or count < len(items):
+            raise bad
+        out = []
+        for item in items:
+            label, png = item
+            if type(label) is not int or not 0 <= label < n_classes or not isinstance(png, str) \
+                    or not base64.b64decode(png[:16], validate=True).startswith(_PNG):
+                raise bad
+            out.append((label, png))
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise bad from None
+    return {"count": count, "items": out}

@@ -57,11 +57,21 @@ def dataset_tasks(ds: dict) -> dict:
     if info.get("test_count") is not None or "test" in (params.get("folders") or {}) \
             or (params.get("test_percent") or 0) > 0:
         splits.append(("test", "test_count"))
-    create = [{"name": f"Create DB ({split})", **storage(info),
+    note = {"encoding_note": info["encoding_note"]} if info.get("encoding_note") else {}
+    create = [{"name": f"Create DB ({split})", **storage(info), **note,
                "entries": info.get(key) if done else None, "image_channels": shape[0],
                "image_height": shape[1], "image_width": shape[2]} for split, key in splits]
-    parse = [{"name": "Parse Folder (train/val)", "label_count": info.get("num_classes") if done else None,
-              "train_count": info.get("train_count") if done else None,
-              "val_count": info.get("val_count") if done else None,
-              "test_count": (info.get("test_count") or 0) if done else None}]
+    parsed = info.get("parsed_folders") if done else None
+    if isinstance(parsed, list) and parsed:
+        # One per folder parsed, as DIGITS's: the training folder's (what it
+        # gave to train, val and test) and a separate val / test folder's.
+        parse = [{"name": "Parse Folder (train/val)" if p.get("folder") == "train" else
+                  f"Parse Folder ({p.get('folder')})",
+                  **{k: p.get(k) for k in ("label_count", "train_count", "val_count", "test_count")}}
+                 for p in parsed if isinstance(p, dict)]
+    else:   # a textfile dataset, one built before the per-folder counts, or one not done
+        parse = [{"name": "Parse Folder (train/val)", "label_count": info.get("num_classes") if done else None,
+                  "train_count": info.get("train_count") if done else None,
+                  "val_count": info.get("val_count") if done else None,
+                  "test_count": (info.get("test_count") or 0) if done else None}]
     return {"CreateDbTasks": create, "ParseFolderTasks": parse}

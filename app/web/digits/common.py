@@ -35,6 +35,8 @@ def dataset_word(ds: dict) -> str:
     """A dataset's status in DIGITS's words (an aborted build says Abort)."""
     if ds["status"] == DatasetStatus.ERROR and ds.get("error") == dataset_service.ABORTED:
         return "Abort"
+    if dataset_service.stopping(ds):
+        return "Abort"      # aborted, its build still stopping (DIGITS says Abort at once)
     return DATASET_WORDS[DatasetStatus(ds["status"])]
 
 
@@ -77,7 +79,10 @@ def dataset_json(ds: dict) -> dict:
     out.update({"status": dataset_word(ds), "job id": ds["id"], "creation time": ds.get("created_at"),
                 "type": "Image Classification Dataset", "directory": f"/datasets/{ds['id']}",
                 "image size": info.get("image_shape"), "notes": info.get("notes"),
-                "username": ds.get("owner"), **digits_keys.dataset_tasks(ds)})
+                "username": ds.get("owner"), "options": dataset_service.options(ds),
+                **digits_keys.dataset_tasks(ds)})
+    if info.get("encoding_note"):
+        out["encoding_note"] = info["encoding_note"]
     return out
 
 

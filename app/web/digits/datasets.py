@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from flask import Response, jsonify, redirect, render_template, request
 
-from app.core.errors import Conflict, InvalidRequest, PayloadTooLarge, ServiceError
+from app.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, ServiceError
 from app.services.runtime import data_roots
 from app.services.datasets import lifecycle as dataset_service
 from app.web.auth import current_user
 from app.web.context import ctx
 from app.web.digits.blueprint import bp
-from app.web.digits.common import alert_page, dataset_json, refuse, status_json
+from app.web.digits.common import alert_page, arg, dataset_json, dataset_word, refuse, status_json
 
 # DIGITS field -> /api/v1 dataset field.
 FIELDS = {"dataset_name": "name", "resize_width": "image_width", "resize_height": "image_height",
@@ -45,8 +45,6 @@ def _on(name: str) -> bool:
 
 def _fields() -> dict[str, str]:
     form = request.form
-    if form.get("clone"):
-        raise refuse("clone", "Datasets cannot be cloned here (the uploaded archive is not kept): upload it again.")
     fields = {ours: form[theirs] for theirs, ours in FIELDS.items() if form.get(theirs)}
     # DIGITS's per-class limits of a separate folder count only with its
     # checkbox on (its parse task exists only then), as its minimum defaults do.
@@ -75,6 +73,15 @@ def textfile_uploads() -> dict[str, bytes]:
 
 
 def _create() -> dict:
+    clone = arg("clone")
+    if clone:
+        # DIGITS's clone=<id>: the new dataset is made as that one was (its
+        # options and folders; the other fields sent are not read).
+        try:
+            source = dataset_service.get(ctx(), clone, current_user())
+        except NotFound:
+            raise refuse("clone", f"No dataset {clone[:100]!r} to clone.") from None
+        return dataset_service.clone(ctx(), source, current_user()["name"])
     fields = _fields()
     if request.form.get("method") == "textfile":
         fields.update({k: v for k, v in request.form.items() if k.startswith("textfile_")}, method="textfile")
@@ -155,3 +162,53 @@ def delete_record(ds: dict) -> Response:
             raise
         raise refuse("dataset", err.message, 403) from None
     return Response("Job deleted.", mimetype="text/plain")
+
+
+@bp.get("/files/<dataset_id>/mean.jpg")
+def dataset_mean_jpg(dataset_id: str):
+    """DIGITS: the dataset's mean image, JPEG, the dataset's width x height
+    (404 for a dataset the user may not see, or one without it yet)."""
+    data = dataset_service.mean_jpg(ctx(), dataset_service.get(ctx(), dataset_id, current_user()))
+    if data is None:
+        raise NotFound("The dataset has no mean image (yet).")
+    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+EXPLORE_SIZES = (10, 25, 50, 100)
+
+
+def _int_arg(name: str, default: int, lo: int) -> int:
+    try:
+        return max(lo, int(request.args.get(name) or default))
+    except ValueError:
+        raise refuse(name, f"{name} must be a whole number.") from None
+
+
+@bp.get("/datasets/images/classification/explore")
+def explore():
+    """DIGITS: the images of one DB of a done dataset with their labels,
+    paginated (``db``: train, val or test; ``label``: one class only;
+    ``page``, ``size``: items per page), for LMDB and HDF5 alike. A dataset
+    that is not done is a 409 ("status should be Done"; DIGITS: 500)."""
+    ds = dataset_service.get(ctx(), request.args.get("job_id") or "", current_user())
+    word = dataset_word(ds)
+    if word != "Done":
+        raise refuse("job_id", f"The dataset's status should be Done, not {word}.", 409)
+    db = request.args.get("db") or "train"
+    index = dataset_service.explore_index(ctx(), ds, db)
+    labels = (ds.get("info") or {}).get("labels") or []
+    label = request.args.get("label")
+    if label not in (None, ""):
+        label = _int_arg("label", 0, 0)
+        if label >= len(labels):
+            raise refuse("label", f"label must be below {len(labels)}.")
+    else:
+        label = None
+    size = _int_arg("size", 25, 1)
+    size = size if size in EXPLORE_SIZES else 25
+    items = [(i, lab, png) for i, (lab, png) in enumerate(index["items"]) if label is None or lab == label]
+    pages = max(1, -(-len(items) // size))
+    page = min(_int_arg("page", 0, 0), pages - 1)
+    return render_template("web/digits_explore.html", ds=ds, db=db, labels=labels, label=label, size=size,
+                           sizes=EXPLORE_SIZES, page=page, pages=pages, total=len(items), count=index["count"],
+                           indexed=len(index["items"]), items=items[page * size:(page + 1) * size])
