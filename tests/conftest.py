@@ -137,7 +137,7 @@ def rgb_dataset(app):
 SLOW_FIRST = ("test_celery", "test_newcomer", "test_newcomer_user", "test_isolation", "test_auto_resume",
               "test_fencing", "test_worker_supervision", "test_fuzz_api", "test_warm_inference", "test_hostile",
               "test_finetune", "test_identity", "test_hostile_files", "test_browser", "test_digits_networks",
-              "test_digits_compat", "test_digits_views", "test_digits_classes", "test_datasets", "test_api", "test_recovery")
+              "test_digits_compat", "test_digits_views", "test_digits_classes", "test_digits_dataset_classes", "test_datasets", "test_api", "test_recovery")
 
 
 def pytest_collection_modifyitems(items):
