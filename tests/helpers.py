@@ -286,6 +286,31 @@ def serve(root: Path, sample_datasets: Path, extra_env: dict[str, str] | None = 
                 proc.wait()
 
 
+@contextlib.contextmanager
+def serve_with_data_root(sample_datasets: Path, prefix: str, fill):
+    """A served instance (``serve``) whose one data root
+    (LAYERBENCH_DATA_ROOTS) ``fill(data)`` wrote first, readable by the
+    sandbox's own uid (umask 022, 0755 dirs): yields (url, instance, data).
+    Its base lives outside pytest's directory, whose mode a concurrent
+    pytest session resets (cutting the service user off)."""
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    data = base / "data"
+    old = os.umask(0o022)
+    try:
+        data.mkdir()
+        fill(data)
+    finally:
+        os.umask(old)
+    for d in (base, data):
+        d.chmod(0o755)
+    try:
+        with serve(base, sample_datasets, {"LAYERBENCH_DATA_ROOTS": str(data)}) as (url, instance):
+            yield url, instance, data
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def infer_server_pids(job_dir: Path) -> list[int]:
     """Host pids of the warm inference processes (`python -m
     app.contained.infer_server`) of the job in ``job_dir``, sorted."""

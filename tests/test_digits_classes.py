@@ -21,17 +21,14 @@ one after another while the tests look at the finished ones).
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from digits_http import Digits, members, png, serve
-from helpers import CAFFE_NETWORK, ROOT, initial_token
+from digits_http import Digits, members, png
+from helpers import CAFFE_NETWORK, ROOT, initial_token, serve_with_data_root
 
 pytestmark = pytest.mark.slow
 
@@ -142,33 +139,26 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(sample_datasets):
-    base = Path(tempfile.mkdtemp(prefix="lb-digits-classes-", dir="/tmp"))
-    data = base / "data"
-    old = os.umask(0o022)
-    try:
-        sizes = {(w, h) for w, h, _ in CREATED.values()} | {(10, 10)}
-        paths = {size: imageset(data / f"images_{size[0]}x{size[1]}", *size) for size in sizes}
-    finally:
-        os.umask(old)
-    for d in (base, data):
-        d.chmod(0o755)
-    try:
-        with serve(base, sample_datasets, {"LAYERBENCH_DATA_ROOTS": str(data)}) as (url, instance):
-            lab = Lab(url, instance, data)
-            lab.paths = paths
-            for size in sorted(sizes):
-                lab.dataset(size)
-            # Every model queued now: the worker trains them in turn while
-            # the first tests look at the first ones.
-            for name, (w, h, extra) in CREATED.items():
-                lab.models[name] = lab.create((w, h), **extra)
-            for mean in MEANS:
-                lab.models[f"mean_{mean}"] = lab.create((10, 10), use_mean=mean)
-            lab.models["snapshot_0.5"] = lab.create((10, 10), snapshot_interval=0.5)
-            lab.models["snapshot_2"] = lab.create((10, 10), train_epochs=4, snapshot_interval=2)
-            yield lab
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    sizes = {(w, h) for w, h, _ in CREATED.values()} | {(10, 10)}
+    paths = {}
+
+    def fill(data: Path) -> None:
+        paths.update({size: imageset(data / f"images_{size[0]}x{size[1]}", *size) for size in sizes})
+
+    with serve_with_data_root(sample_datasets, "lb-digits-classes-", fill) as (url, instance, data):
+        lab = Lab(url, instance, data)
+        lab.paths = paths
+        for size in sorted(sizes):
+            lab.dataset(size)
+        # Every model queued now: the worker trains them in turn while
+        # the first tests look at the first ones.
+        for name, (w, h, extra) in CREATED.items():
+            lab.models[name] = lab.create((w, h), **extra)
+        for mean in MEANS:
+            lab.models[f"mean_{mean}"] = lab.create((10, 10), use_mean=mean)
+        lab.models["snapshot_0.5"] = lab.create((10, 10), snapshot_interval=0.5)
+        lab.models["snapshot_2"] = lab.create((10, 10), train_epochs=4, snapshot_interval=2)
+        yield lab
 
 
 def classify_one_for_job(lab: Lab, model_id: str, size: tuple[int, int], test_misclassification: bool = True):

@@ -30,15 +30,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from digits_http import Digits, serve
-from helpers import initial_token
+from digits_http import Digits
+from helpers import initial_token, serve_with_data_root
 
 pytestmark = pytest.mark.slow
 
@@ -205,45 +203,38 @@ def _count_fields(lab: Lab, kind: str, type_: str) -> dict:
 
 @pytest.fixture(scope="module")
 def lab(sample_datasets):
-    base = Path(tempfile.mkdtemp(prefix="lb-digits-dsclasses-", dir="/tmp"))
-    data = base / "data"
-    old = os.umask(0o022)     # readable by the sandbox's own uid
-    try:
-        data.mkdir()
-        paths = create_classification_imageset(data / "imageset")
-        unbalanced = create_classification_imageset(data / "imageset_unbalanced", add_unbalanced_category=True)
-    finally:
-        os.umask(old)
-    for d in (base, data):
-        d.chmod(0o755)
-    try:
-        with serve(base, sample_datasets, {"LAYERBENCH_DATA_ROOTS": str(data)}) as (url, instance):
-            lab = Lab(url, instance, data)
-            lab.paths, lab.unbalanced_paths = paths, unbalanced
-            old = os.umask(0o022)
-            try:
-                for absolute in (True, False):
-                    images, labels = _listing(lab, absolute)
-                    (lab.imageset / f"local_train_{'abs' if absolute else 'rel'}.txt").write_text(images)
-                    (lab.imageset / "local_labels.txt").write_text(labels)
-            finally:
-                os.umask(old)
-            # Every dataset queued now, the ones TestCreated needs first.
-            for name, spec in CREATED.items():
-                lab.jobs[name] = lab.create_dataset(spec=spec, json=True)
-            for name, spec in CREATED.items():
-                lab.jobs[f"{name}.clone_source"] = lab.create_dataset(spec=spec, **CLONE_OPTIONS)
-            for kind in ("count", "max", "min"):
-                for type_ in COUNT_TYPES:
-                    lab.jobs[f"{kind}.{type_}"] = lab.create_dataset(
-                        folder=lab.unbalanced if kind == "min" else None, **_count_fields(lab, kind, type_))
+    made = {}
+
+    def fill(data: Path) -> None:
+        made["paths"] = create_classification_imageset(data / "imageset")
+        made["unbalanced"] = create_classification_imageset(data / "imageset_unbalanced",
+                                                            add_unbalanced_category=True)
+
+    with serve_with_data_root(sample_datasets, "lb-digits-dsclasses-", fill) as (url, instance, data):
+        lab = Lab(url, instance, data)
+        lab.paths, lab.unbalanced_paths = made["paths"], made["unbalanced"]
+        old = os.umask(0o022)     # readable by the sandbox's own uid
+        try:
             for absolute in (True, False):
-                for local in (True, False):
-                    lab.jobs[f"textfile.{absolute}.{local}"] = lab.create_dataset(
-                        **_textfile_fields(lab, absolute, local))
-            yield lab
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+                images, labels = _listing(lab, absolute)
+                (lab.imageset / f"local_train_{'abs' if absolute else 'rel'}.txt").write_text(images)
+                (lab.imageset / "local_labels.txt").write_text(labels)
+        finally:
+            os.umask(old)
+        # Every dataset queued now, the ones TestCreated needs first.
+        for name, spec in CREATED.items():
+            lab.jobs[name] = lab.create_dataset(spec=spec, json=True)
+        for name, spec in CREATED.items():
+            lab.jobs[f"{name}.clone_source"] = lab.create_dataset(spec=spec, **CLONE_OPTIONS)
+        for kind in ("count", "max", "min"):
+            for type_ in COUNT_TYPES:
+                lab.jobs[f"{kind}.{type_}"] = lab.create_dataset(
+                    folder=lab.unbalanced if kind == "min" else None, **_count_fields(lab, kind, type_))
+        for absolute in (True, False):
+            for local in (True, False):
+                lab.jobs[f"textfile.{absolute}.{local}"] = lab.create_dataset(
+                    **_textfile_fields(lab, absolute, local))
+        yield lab
 
 
 # --------------------------------------------------------------------- TestViews
