@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from app.core.status import DatasetStatus, JobStatus
+from app.services.runtime import run_counts
 from app.services.runtime import workers as workers_svc
 from app.services.context import Context
 
@@ -107,11 +108,41 @@ def exposition(c: Context) -> tuple[bytes, str]:
     from prometheus_client.multiprocess import MultiProcessCollector
     registry = CollectorRegistry()
     if _state["dir"] is not None:
-        MultiProcessCollector(registry, path=str(_state["dir"]))
-    elif _state["http"] is not None:
-        registry.register(_state["http"])
-    registry.register(StoreCollector(c))
+        here = [MultiProcessCollector(None, path=str(_state["dir"]))]
+    else:
+        here = [m for m in (_state["http"], run_counts.collector()) if m is not None]
+    registry.register(_Merged(here, lambda runs: StoreCollector(c, runs)))
     return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+def process_runs(families) -> tuple[list, dict[tuple[str, str], float]]:
+    """Split this host's process-counted contained runs (run_counts) out of
+    ``families``: (the other families, {(kind, outcome): count})."""
+    others, runs = [], {}
+    for fam in families:
+        if fam.name != run_counts.NAME:
+            others.append(fam)
+            continue
+        for s in fam.samples:
+            if s.name.endswith("_total"):
+                key = (s.labels["kind"], s.labels["outcome"])
+                runs[key] = runs.get(key, 0.0) + s.value
+    return others, runs
+
+
+class _Merged:
+    """This process's (or gunicorn master's) metrics, except the contained
+    runs it counted, which go into the store collector's
+    ``layerbench_sandbox_runs_total`` family: one family, two sources."""
+
+    def __init__(self, here: list, store) -> None:
+        self.here, self.store = here, store
+
+    def collect(self):
+        """Yield the metric families (prometheus_client's collector protocol)."""
+        others, runs = process_runs([f for src in self.here for f in src.collect()])
+        yield from others
+        yield from self.store(runs).collect()
 
 
 # ---- from the store, at scrape time -------------------------------------------------
@@ -180,8 +211,9 @@ class StoreCollector:
     """A prometheus_client collector of everything the store knows (see the
     module docstring), computed on each ``collect``."""
 
-    def __init__(self, c: Context) -> None:
+    def __init__(self, c: Context, process_runs: dict[tuple[str, str], float] | None = None) -> None:
         self.c = c
+        self.process_runs = process_runs or {}
 
     def collect(self):
         """Yield the metric families (prometheus_client's collector protocol)."""
@@ -238,21 +270,21 @@ class StoreCollector:
         return out
 
     def _sandbox_runs(self, family, jobs: list[dict], facts: list[dict]):
-        out = family("layerbench_sandbox_runs", "Contained runs the store records, by runner and outcome "
-                     "(train: how each run ended; validate: per submitted job; build_dataset: per upload)",
-                     labels=["kind", "outcome"])
-        counts: dict[tuple[str, str], int] = {}
+        out = family("layerbench_sandbox_runs", "Contained runs by runner and outcome (train: how each run "
+                     "ended, build_dataset: per upload, both from the store; every other kind counted by the "
+                     "web processes that ran it since they started)", labels=["kind", "outcome"])
+        counts: dict[tuple[str, str], float] = {}
 
-        def add(kind: str, outcome: str) -> None:
-            counts[(kind, outcome)] = counts.get((kind, outcome), 0) + 1
+        def add(kind: str, outcome: str, n: float = 1) -> None:
+            counts[(kind, outcome)] = counts.get((kind, outcome), 0) + n
         for f in facts:
             for outcome in f["runs"]:
                 add("train", "handed_over" if outcome == JobStatus.QUEUED.value else outcome)
-        for j in jobs:
-            if isinstance((j.get("params") or {}).get("validation_seconds"), (int, float)):
-                add("validate", "ok")
-            elif (j.get("error") or {}).get("stage") == "validation":
-                add("validate", "invalid")
+        for (kind, outcome), n in self.process_runs.items():
+            # Training runs and builds come from the store (all hosts, exact);
+            # a process's own count of them (none on the web) would add twice.
+            if kind not in run_counts.KINDS_FROM_STORE:
+                add(kind, outcome, n)
         for ds in self.c.store.list_datasets():
             if ds.get("owner") is not None and ds["status"] in (DatasetStatus.DONE.value, DatasetStatus.ERROR.value):
                 add("build_dataset", "ok" if ds["status"] == DatasetStatus.DONE.value else "error")
