@@ -30,9 +30,10 @@ from app.core.workspace import Workspace
 from app.services.inference import cold as inference
 from app.services.inference import celery_offload as offload
 from app.services.runtime import broker as queue
+from app.services.runtime import run_counts
 from app.services.context import Context
 from app.store import Store, now_iso
-from app.worker import identity, side_nodes
+from app.worker import identity, metrics_port, side_nodes
 from app.worker.heartbeat import Heartbeat
 from app.worker.runner import run_job
 from app.worker.supervisor import Allocator
@@ -90,6 +91,8 @@ def run_job_task(self, job_id: str) -> str:
     try:
         final = run_job(ctx, job_id, device="cpu" if kind == "cpu" else f"gpu:{index}", gpu_index=index,
                         shutdown=SHUTDOWN, worker=STATE["node"])
+        if final != "skipped":
+            run_counts.count("train", final)     # this host's metrics port (app.worker.metrics_port)
         if final == JobStatus.INTERRUPTED.value and SHUTDOWN.is_set():
             _requeue_after_shutdown(ctx, job_id)
         return final
@@ -113,7 +116,10 @@ def _requeue_after_shutdown(ctx: Context, job_id: str) -> None:
 def build_dataset_task(ds_id: str) -> str:
     """Build one queued dataset here (the build's own claim skips duplicates)."""
     from app.services.datasets.lifecycle import build
-    return build(context(), ds_id, worker=STATE["node"])
+    status = build(context(), ds_id, worker=STATE["node"])
+    if status != "skipped":
+        run_counts.count("build_dataset", status)     # this host's metrics port (app.worker.metrics_port)
+    return status
 
 
 @app.task(name=offload.TASK_INFER)
@@ -183,12 +189,23 @@ def main(argv: list[str] | None = None) -> None:
                          "--without-mingle", "--without-gossip"])
         return
     try:
+        # First of all, before the name is claimed or a side node started:
+        # a worker whose metrics port is taken stops here, having changed
+        # nothing (and the side nodes must inherit the multiprocess dir).
+        port = metrics_port.open_port(CFG, lambda: (STATE["ctx"], STATE["node"], RUNNING))
+    except metrics_port.PortTaken as exc:
+        logging.basicConfig()
+        log.error("not starting: %s", exc)
+        sys.exit(2)
+    try:
         # Before anything else: a second worker under a live one's name must
         # not even write its heartbeat row (it would hide the first's death).
         name_lock = identity.claim(CFG, args.name)
     except identity.NameTaken as exc:
         logging.basicConfig()
         log.error("not starting: %s", exc)
+        if port is not None:
+            port.close()
         sys.exit(2)
     args.name = name_lock.name
     gpus = offered_gpus(args.gpus)
@@ -200,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     beat.beat()          # listed before it takes its first job
     beat.start()
     print(f"worker {args.name}: GPUs {gpus}, {slots} slot(s), queues {queues_for(gpus)}, "
-          f"containment {ctx.containment}", file=sys.stderr, flush=True)
+          f"containment {ctx.containment}"
+          + (f", metrics on http://{port.address}:{port.port}/metrics" if port else ""), file=sys.stderr, flush=True)
     sides = [side_nodes.SideNode(args.name, role, args.loglevel) for role in side_nodes.ROLES]
     for side in sides:
         side.start()
@@ -223,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
             name_lock.release()
         except Exception as exc:    # the broker is away: the name frees itself after its TTL
             log.warning("could not release worker name %s: %r", args.name, exc)
+        if port is not None:
+            port.close()
 
 
 if __name__ == "__main__":

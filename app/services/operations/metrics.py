@@ -312,3 +312,42 @@ def _gpus(family):
         used.add_metric(labels, u["memory_used_mb"] * (1 << 20))
         total.add_metric(labels, u["memory_total_mb"] * (1 << 20))
     yield from (util, used, total)
+
+
+# ---- a Celery worker host's own metrics (app.worker.metrics_port) -------------------
+
+class WorkerCollector:
+    """What one Celery worker host knows first-hand, for its own metrics
+    port: the contained runs its processes ran (the training worker and its
+    side nodes, each writing prometheus_client's multiprocess files under
+    ``path``), the training speed of the jobs it runs now, how many it runs,
+    and its GPUs where NVML answers. ``where()`` gives (context, node name,
+    the set of job ids running here) once the worker has them."""
+
+    def __init__(self, path: str | Path, where) -> None:
+        self.path, self.where = str(path), where
+
+    def collect(self):
+        """Yield the metric families (prometheus_client's collector protocol)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.multiprocess import MultiProcessCollector
+        others, runs = process_runs(MultiProcessCollector(None, path=self.path).collect())
+        yield from others
+        out = CounterMetricFamily("layerbench_sandbox_runs", "Contained runs on this worker host by runner "
+                                  "and outcome, since its worker started (train: the job's final status)",
+                                  labels=["kind", "outcome"])
+        for (kind, outcome), n in sorted(runs.items()):
+            out.add_metric([kind, outcome], n)
+        yield out
+        c, node, running = self.where()
+        yield GaugeMetricFamily("layerbench_worker_running_jobs", "Jobs this worker trains now",
+                                value=len(running or ()))
+        speed = GaugeMetricFamily("layerbench_train_iterations_per_second", "Training speed of the jobs "
+                                  "this worker runs", labels=["job"])
+        if c is not None:
+            for j in c.store.list_jobs(status=JobStatus.RUNNING.value):
+                eta = j.get("eta_seconds")
+                if j.get("worker") == node and eta and eta > 0:
+                    speed.add_metric([j["id"]], max(0, int(j["max_iter"]) - int(j["iteration"])) / float(eta))
+        yield speed
+        yield from _gpus(GaugeMetricFamily)
