@@ -431,6 +431,34 @@ def solo(tmp_path_factory, sample_datasets, redis_server, postgres):
     app.extensions["store"].engine.dispose()
 
 
+def _first_start(client, job_id: str) -> str:
+    return next(e["at"] for e in client.get(f"/api/v1/jobs/{job_id}").get_json()["history"]
+                if e["status"] == "running")
+
+
+def test_fair_share_holds_in_the_celery_queue(solo):
+    # Alice queues four jobs, then Bob one, on one worker with one slot:
+    # Bob's starts second (Redis alone would hand the messages out in the
+    # order they were sent, Bob's last).
+    app, _, _, _ = solo
+    alice, bob = client_for(app, "alice"), client_for(app, "bob")
+    first = _gated(alice, 1, max_iter=4, name="alice 0")      # holds the slot until released
+    wait_for(alice, first["id"], {"running"}, timeout=90)
+    ctx = app.extensions["ctx"]
+    mine = _copies(ctx, first, 3, released=True)
+    theirs = _copies(ctx, first, 1, released=True, owner="bob")
+    assert bob.get(f"/api/v1/jobs/{theirs[0]}").get_json()["queue"]["position"] == 1
+    (Path(app.config["JOBS_DIR"]) / first["id"] / "input" / "release").touch()
+    ids = [first["id"], *mine, *theirs]
+    admin = client_for(app, "root", admin=True)          # sees both users' jobs
+    for job_id in ids:
+        job = wait_for(admin, job_id, ENDED, timeout=120)
+        assert job["status"] == "done", (job["error"], job_id)
+        assert len(_runs(admin, job_id)) == 1
+    order = sorted(ids, key=lambda j: _first_start(admin, j))
+    assert order[:2] == [first["id"], theirs[0]], order
+
+
 def test_a_worker_serves_its_own_metrics_and_refuses_a_taken_port(solo):
     from prometheus_client.parser import text_string_to_metric_families
     from app.services.runtime import gpus
@@ -445,7 +473,7 @@ def test_a_worker_serves_its_own_metrics_and_refuses_a_taken_port(solo):
                                            (("kind", kind), ("outcome", outcome))), 0)
     before = scrape()
     done = [j for j in app.extensions["store"].list_jobs(status="done")]
-    if not done:      # one to infer with
+    if not done:      # one to infer with (when run without the test above)
         first = post(client, "/api/v1/jobs", max_iter=4, name="tiny").get_json()
         done = [wait_for(client, first["id"], ENDED, timeout=90)]
         before = scrape()
