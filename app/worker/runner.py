@@ -10,6 +10,7 @@ celery queue's task (celery_app.py) calls the same function.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -147,6 +148,20 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
         # Users read this log: no host path in it (their job directory reads <job>).
         pump = log.pump(proc.stdout, tracebacks.scrubber({str(ws.job_dir(job_id)): "<job>", str(ws.root): "<jobs>"}))
         final, error = _watch(ctx, job_id, run, proc, limits, t0, out, control, shutdown, log, pump)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or proc is not None:
+            raise
+        # The jobs volume filled up before the trainer started: this run left
+        # nothing to resume from and the job is not at fault, so it goes back
+        # to the queue rather than ending in an error without a reason (the
+        # local supervisor starts nothing while the volume is full).
+        log_note = "no space left on the jobs volume before training started; queued again"
+        if store.update_job(job_id, expect_status=[JobStatus.RUNNING.value], expect_run=run,
+                            status=JobStatus.QUEUED.value, finished_at=None, error=None):
+            from app.services.runtime import broker as queue
+            queue.enqueue_job(ctx, store.get_job(job_id))
+            print(f"job {job_id}: {log_note}", flush=True)
+        final = SUPERSEDED       # written here: nothing more for the finally below
     finally:
         if proc is not None:
             if proc.poll() is None:
