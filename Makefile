@@ -5,7 +5,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast test-gpu-build gpu-bundle fuzz bench clean worker
+.PHONY: setup run test test-fast test-gpu-build gpu-bundle fuzz bench clean worker soak
 
 setup:
 	@bash scripts/setup.sh
@@ -49,6 +49,13 @@ gpu-bundle: setup
 
 bench: setup
 	$(VENV)/bin/python -m bench
+
+# The chaos soak (docs/OPERATIONS.md, "The chaos soak"): the real service
+# under three users' jobs while trainers and the worker are SIGKILLed and
+# the jobs volume fills; not part of `make test`. SOAK_SECONDS=120 make soak
+# for a short one (default 600).
+soak: setup
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(VENV)/bin/python scripts/soak.py
 
 clean:
 	rm -rf $(VENV) .venv-gpu instance .pytest_cache
