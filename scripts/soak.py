@@ -35,7 +35,8 @@ and makes the exit status 1:
 
 The last line is exactly ``soak: <jobs> jobs, <faults> faults, <requests>
 requests, <lost> lost``. Settings (environment): SOAK_SECONDS (600),
-SOAK_FAULT_EVERY (12 s on average), SOAK_FILL_SECONDS (12), SOAK_VOLUME_MB
+SOAK_FAULT_EVERY (12 s on average), SOAK_FAULTS (the kinds, comma-separated;
+default all three), SOAK_FILL_SECONDS (12), SOAK_VOLUME_MB
 (2048), SOAK_ITERS (24), SOAK_SEED (seeds the random choices; threads
 interleave, so two runs still differ), SOAK_KEEP=1 keeps the directory.
 
@@ -74,6 +75,7 @@ FILL_SECONDS = float(os.environ.get("SOAK_FILL_SECONDS", "12"))
 # ~160 jobs. tmpfs takes memory only for what is written (and the fill).
 VOLUME_MB = int(os.environ.get("SOAK_VOLUME_MB", "2048"))
 ITERS = int(os.environ.get("SOAK_ITERS", "24"))
+FAULTS = os.environ.get("SOAK_FAULTS", "kill_trainer,kill_worker,fill_disk").split(",")
 GRACE_507_S = 5.0      # a request that began while the disk was full can end just after
 
 
@@ -152,7 +154,8 @@ def _children(pid: int) -> list[int]:
 
 def _argv(pid: int) -> list[bytes]:
     try:
-        return (Path(f"/proc/{pid}/cmdline")).read_bytes().split(b"\0")
+        # NUL-terminated arguments: no empty last one
+        return (Path(f"/proc/{pid}/cmdline")).read_bytes().rstrip(b"\0").split(b"\0")
     except OSError:
         return []
 
@@ -309,7 +312,7 @@ class Soak:
                 self.http.full[-1] = (start, time.monotonic())
 
     def faults_loop(self) -> None:
-        kinds = ["kill_trainer", "kill_worker"] + (["fill_disk"] if self.mounted else [])
+        kinds = [k for k in FAULTS if k != "fill_disk" or self.mounted]
         self.stop.wait(10)       # the first jobs start first
         while not self.stop.is_set():
             kind = self.rng.choice(kinds)

@@ -209,8 +209,10 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
     poll = max(float(ctx.cfg["WORKER_POLL_SECONDS"]), WATCH_SECONDS)
     aborting = False
     disk = quota.Watcher(out, int(ctx.cfg["JOB_DISK_MB"]))
+    free_seen: list[tuple[float, int]] = []    # (when, MiB free) of the last DISK_WINDOW_S
     while True:
         done = proc.poll() is not None
+        _sample_free(free_seen, out)
         job = store.get_job(job_id)
         if job is None:          # deleted while running: stop it, record nothing
             sandbox.kill(proc)
@@ -247,7 +249,8 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
                                              "the job trained; resume it to continue from its last snapshot."}
     status, error = classify(_result(out), proc.returncode, aborting,
                              log.tail(CONTEXT_BYTES).decode("utf-8", "replace"),
-                             int(ctx.cfg["MEMORY_LIMIT_MB"]), _free_mb(out), sandbox.oom_killed(proc))
+                             int(ctx.cfg["MEMORY_LIMIT_MB"]), _sample_free(free_seen, out),
+                             sandbox.oom_killed(proc))
     if status == JobStatus.ABORTED.value and shutdown is not None and shutdown.is_set() \
             and not (ctx.store.get_job(job_id) or {}).get("abort_requested"):
         return JobStatus.INTERRUPTED.value, {"stage": "worker", "message": "The worker was shut down; "
@@ -258,6 +261,22 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
         except OSError:
             pass   # a full disk: the store still gets the reason
     return status, error
+
+
+DISK_WINDOW_S = 10.0
+
+
+def _sample_free(seen: list[tuple[float, int]], out: Path) -> int | None:
+    """Record the jobs volume's free MiB now; the lowest of the last
+    DISK_WINDOW_S. A run that failed writing a snapshot on a full volume is
+    judged by it (outcome.classify): space freed by the time the run's end
+    is classified (the chaos soak's fill ended meanwhile, a temporary file
+    removed) must not turn "the disk was full" into the job's own error."""
+    now, free = time.monotonic(), _free_mb(out)
+    if free is not None:
+        seen.append((now, free))
+    seen[:] = [(t, f) for t, f in seen if now - t <= DISK_WINDOW_S]
+    return min((f for _, f in seen), default=free)
 
 
 def _free_mb(path: Path) -> int | None:
