@@ -6,7 +6,7 @@ PORT    ?= 5000
 PYTEST_ARGS ?=
 
 
-.PHONY: setup setup-dev run test test-fast test-gpu-build gpu-bundle fuzz bench clean worker
+.PHONY: setup setup-dev run test test-fast test-gpu-build gpu-bundle fuzz bench clean worker soak
 
 setup:
 	@bash scripts/setup.sh
@@ -54,6 +54,13 @@ gpu-bundle: setup
 
 bench: setup
 	$(VENV)/bin/python -m bench
+
+# The chaos soak (docs/OPERATIONS.md, "The chaos soak"): the real service
+# under three users' jobs while trainers and the worker are SIGKILLed and
+# the jobs volume fills; not part of `make test`. SOAK_SECONDS=120 make soak
+# for a short one (default 600).
+soak: setup
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(VENV)/bin/python scripts/soak.py
 
 clean:
 	rm -rf $(VENV) .venv-gpu instance .pytest_cache

@@ -449,6 +449,11 @@ class Store(UserStore, DatasetStore):
                     index.create(conn, checkfirst=True)
             conn.commit()
 
+    def table_names(self) -> list[str]:
+        """The tables of this database (none: an empty one, e.g. to restore into)."""
+        with self.engine.connect() as conn:
+            return sa.inspect(conn).get_table_names()
+
     def schema_revision(self) -> str | None:
         """The Alembic revision the database is at (None: never migrated)."""
         with self.engine.connect() as conn:

@@ -257,7 +257,8 @@ def serve(root: Path, sample_datasets: Path, extra_env: dict[str, str] | None = 
     ``extra_env``: more settings (e.g. LAYERBENCH_DATA_ROOTS)."""
     import shutil
     import urllib.request
-    shutil.copytree(sample_datasets, root / "jobs" / "datasets")
+    # (into a jobs dir a restore filled too: the same sample files)
+    shutil.copytree(sample_datasets, root / "jobs" / "datasets", dirs_exist_ok=True)
     port = free_port()
     env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(root / "instance"),
                LAYERBENCH_JOBS_DIR=str(root / "jobs"), LAYERBENCH_WORKER_POLL_SECONDS="0.1",

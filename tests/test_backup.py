@@ -2,7 +2,8 @@
 instance (nginx, gunicorn, the local worker, sandboxed training) backed up
 while a job trains, restored into fresh directories and served again by a
 second app, whose download of the finished job holds the same snapshot
-bytes. On PostgreSQL, `flask backup` names the pg_dump to run instead.
+bytes; the same round trip on PostgreSQL (pg_dump / pg_restore into a new
+database).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 import tarfile
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -117,17 +119,57 @@ def test_backup_while_serving_restore_fresh_and_download_the_same_snapshot(serve
         app.extensions["store"].engine.dispose()
 
 
-def test_backup_on_postgresql_names_pg_dump_and_copies_the_jobs_dir(tmp_path, sample_datasets, postgres):
-    jobs = tmp_path / "jobs"
-    shutil.copytree(sample_datasets, jobs / "datasets")
-    db = postgres.create_db(f"backup{time.monotonic_ns()}")
-    env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(tmp_path / "instance"), LAYERBENCH_JOBS_DIR=str(jobs),
-               LAYERBENCH_DATABASE_URL=db)
-    refused = _flask(env, "backup", str(tmp_path / "b"))
-    assert refused.returncode == 2 and not (tmp_path / "b").exists()
-    assert "pg_dump --format=custom" in refused.stderr and db.rsplit("/", 1)[1] in refused.stderr, refused.stderr
-    assert "--jobs-only" in refused.stderr
-    files = _flask(env, "backup", "--jobs-only", str(tmp_path / "b"))
-    assert files.returncode == 0, files.stderr
-    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert manifest["database"] is None and any(f["path"].startswith("datasets/") for f in manifest["files"])
+def test_postgresql_backup_while_serving_restores_into_a_fresh_database(tmp_path, sample_datasets, postgres):
+    # Served on PostgreSQL; `flask backup` runs pg_dump while the service
+    # serves; restored into a new database and jobs dir and served again,
+    # every finished job's snapshots download byte for byte the same.
+    import tempfile
+    from helpers import serve
+    live_root = Path(tempfile.mkdtemp(prefix="lb-pg-backup-", dir="/tmp"))   # see conftest's server fixture
+    new_root = Path(tempfile.mkdtemp(prefix="lb-pg-restored-", dir="/tmp"))
+    db, fresh_db = (postgres.create_db(f"{n}{time.monotonic_ns()}") for n in ("live", "restored"))
+    try:
+        with serve(live_root, sample_datasets, {"LAYERBENCH_DATABASE_URL": db}) as (url, instance):
+            token = initial_token(instance)
+            job = _submit(url, token, max_iter=4, name="tiny")
+            assert _until(url, token, job["id"], lambda j: j["status"] in ENDED)["status"] == "done"
+            ended = [j for j in api(url, token, "GET", "/api/v1/jobs")["jobs"] if j["status"] in ENDED]
+            served = {j["id"]: _download(url, token, j["id"]) for j in ended}
+            assert all(served.values()), served
+            env = dict(os.environ, LAYERBENCH_INSTANCE_DIR=str(instance), LAYERBENCH_JOBS_DIR=str(live_root / "jobs"),
+                       LAYERBENCH_DATABASE_URL=db)
+            made = _flask(env, "backup", str(tmp_path / "b"))
+            assert made.returncode == 0 and "and the database" in made.stdout, made.stderr
+            files = _flask(env, "backup", "--jobs-only", str(tmp_path / "files"))    # the files alone
+            assert files.returncode == 0 and json.loads((tmp_path / "files" / "manifest.json").read_text())[
+                "database"] is None, files.stderr
+            assert api(url, token, "GET", f"/api/v1/jobs/{job['id']}")["status"] == "done"     # served on
+        manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+        dump = (tmp_path / "b" / "layerbench.pgdump").read_bytes()
+        assert manifest["database"]["backend"] == "postgresql"
+        assert manifest["database"]["sha256"] == hashlib.sha256(dump).hexdigest() and dump[:5] == b"PGDMP"
+        snaps = [f for f in manifest["files"] if f["path"].endswith(".caffemodel")]
+        assert snaps and all(f["size"] and len(f["sha256"]) == 64 for f in snaps)
+
+        args = ["restore", str(tmp_path / "b"), "--instance-dir", str(new_root / "instance"),
+                "--jobs-dir", str(new_root / "jobs")]
+        assert _flask(env, *args).returncode == 1            # a PostgreSQL dump needs --database-url
+        done = _flask(env, *args, "--database-url", fresh_db)
+        assert done.returncode == 0, done.stderr
+        # Never over a database in use (this one now is).
+        again = _flask(env, "restore", str(tmp_path / "b"), "--instance-dir", str(tmp_path / "i2"),
+                       "--jobs-dir", str(tmp_path / "j2"), "--database-url", fresh_db)
+        assert again.returncode == 1 and "not empty" in again.stderr, again.stderr
+        with serve(new_root, sample_datasets, {"LAYERBENCH_DATABASE_URL": fresh_db}) as (url, _):
+            listed = {j["id"]: j["status"] for j in api(url, token, "GET", "/api/v1/jobs")["jobs"]}
+            assert {i: listed.get(i) for i in served} == {j["id"]: j["status"] for j in ended}
+            for job_id, models in served.items():
+                assert _download(url, token, job_id) == models, job_id
+    finally:
+        shutil.rmtree(live_root, ignore_errors=True)
+        shutil.rmtree(new_root, ignore_errors=True)
+
+
+def _download(url: str, token: str, job_id: str) -> dict[str, bytes]:
+    req = urllib.request.Request(f"{url}/api/v1/jobs/{job_id}/download", headers={"Authorization": f"Bearer {token}"})
+    return _models(urllib.request.urlopen(req, timeout=60).read())

@@ -74,7 +74,7 @@ def pg_cluster(tmp_path, sample_datasets, redis_server, postgres):
     app.extensions["store"].engine.dispose()
 
 
-def _copies(ctx, job: dict, n: int, released: bool = False) -> list[str]:
+def _copies(ctx, job: dict, n: int, released: bool = False, owner: str | None = None) -> list[str]:
     """``n`` more queued jobs like ``job`` (its validated inputs copied), each
     rung on the queue by the function submit uses. Validating each again
     would only add seconds: validation is not what these tests are about."""
@@ -91,7 +91,7 @@ def _copies(ctx, job: dict, n: int, released: bool = False) -> list[str]:
         if released:     # a copy of a gated job that runs through (test_recovery.GATE)
             (ctx.ws.job_dir(job_id) / "input" / "release").touch()
         (ctx.ws.job_dir(job_id) / "output").mkdir()
-        row = store.insert_job(id=job_id, name=f"copy {i}", owner=src["owner"], dataset=src["dataset"],
+        row = store.insert_job(id=job_id, name=f"copy {i}", owner=owner or src["owner"], dataset=src["dataset"],
                                device=src["device"], params=src["params"], python_layer=src["python_layer"],
                                max_iter=src["max_iter"])
         queue.enqueue_job(ctx, row)
@@ -251,6 +251,8 @@ def readme_blocks(tmp_path, pg_url: str, broker_url: str, port: int) -> list[str
             "make run HOST=0.0.0.0": f"HOST=127.0.0.1 PORT={port} exec .venv/bin/flask --app wsgi serve",
             "make worker": "exec .venv/bin/python -m app.worker.celery_app --loglevel WARNING",
             "LAYERBENCH_WORKER_GPUS=0,1": "LAYERBENCH_WORKER_GPUS=none",
+            # gpu1's metrics port: a free one here (other tests' workers share this host)
+            "LAYERBENCH_METRICS_PORT=9101": f"LAYERBENCH_METRICS_PORT={free_port()}",
             "LAYERBENCH_WORKER_GPUS=0\n": "LAYERBENCH_WORKER_GPUS=none\n"}
     out = []
     for block in blocks:
@@ -403,3 +405,106 @@ def test_readme_hosts_survive_redis_and_web_restarts_and_abort_crosses_hosts(tmp
         web.stop()
         broker.stop()
         ctx.store.engine.dispose()
+
+
+# ---- one worker, one slot: fair share and the worker's own metrics port ----------
+
+@pytest.fixture(scope="module")
+def solo(tmp_path_factory, sample_datasets, redis_server, postgres):
+    """A web app on PostgreSQL + Redis and one CPU worker with one slot,
+    serving its metrics on a port of its own (shared by the tests below:
+    a worker's start is the slow part)."""
+    root = tmp_path_factory.mktemp("solo")
+    app = _celery_app(root, sample_datasets, redis_server.url.replace("/0", "/3"),
+                      postgres.create_db(f"solo{os.getpid()}_{time.monotonic_ns()}"))
+    port = free_port()
+    worker = CeleryWorker(app.config, "solo@hostM", root, LAYERBENCH_METRICS_PORT=str(port))
+
+    def up() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).status == 200
+        except OSError:
+            assert worker.proc.poll() is None, worker.log_path.read_text()[-2000:]
+            return False
+    _wait(up, 60, "the worker's metrics port never answered")
+    yield app, worker, port, root
+    worker.stop()
+    app.extensions["store"].engine.dispose()
+
+
+def _first_start(client, job_id: str) -> str:
+    return next(e["at"] for e in client.get(f"/api/v1/jobs/{job_id}").get_json()["history"]
+                if e["status"] == "running")
+
+
+def test_fair_share_holds_in_the_celery_queue(solo):
+    # Alice queues four jobs, then Bob one, on one worker with one slot:
+    # Bob's starts second (Redis alone would hand the messages out in the
+    # order they were sent, Bob's last).
+    app, _, _, _ = solo
+    alice, bob = client_for(app, "alice"), client_for(app, "bob")
+    first = _gated(alice, 1, max_iter=4, name="alice 0")      # holds the slot until released
+    wait_for(alice, first["id"], {"running"}, timeout=90)
+    ctx = app.extensions["ctx"]
+    mine = _copies(ctx, first, 3, released=True)
+    theirs = _copies(ctx, first, 1, released=True, owner="bob")
+    assert bob.get(f"/api/v1/jobs/{theirs[0]}").get_json()["queue"]["position"] == 1
+    (Path(app.config["JOBS_DIR"]) / first["id"] / "input" / "release").touch()
+    ids = [first["id"], *mine, *theirs]
+    admin = client_for(app, "root", admin=True)          # sees both users' jobs
+    for job_id in ids:
+        job = wait_for(admin, job_id, ENDED, timeout=120)
+        assert job["status"] == "done", (job["error"], job_id)
+        assert len(_runs(admin, job_id)) == 1
+    order = sorted(ids, key=lambda j: _first_start(admin, j))
+    assert order[:2] == [first["id"], theirs[0]], order
+
+
+def test_a_worker_serves_its_own_metrics_and_refuses_a_taken_port(solo):
+    from prometheus_client.parser import text_string_to_metric_families
+    from app.services.runtime import gpus
+    app, worker, port, root = solo
+    client = client_for(app)
+
+    def scrape() -> dict:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+    runs = lambda m, kind, outcome: m.get(("layerbench_sandbox_runs_total",      # noqa: E731
+                                           (("kind", kind), ("outcome", outcome))), 0)
+    before = scrape()
+    done = [j for j in app.extensions["store"].list_jobs(status="done")]
+    if not done:      # one to infer with (when run without the test above)
+        first = post(client, "/api/v1/jobs", max_iter=4, name="tiny").get_json()
+        done = [wait_for(client, first["id"], ENDED, timeout=90)]
+        before = scrape()
+    assert runs(before, "train", "done") == len(done)          # all trained here
+    # A cold inference run on this host's infer side node (a process of its
+    # own, counting in the worker's multiprocess files).
+    sample = sorted((Path(app.config["JOBS_DIR"]) / "datasets" / "sample-digits" / "samples").glob("*.png"))[0]
+    resp = _infer(client, done[0]["id"], sample)
+    assert resp.status_code == 200 and resp.get_json()["worker"] == "solo@hostM", resp.get_json()
+    after = scrape()
+    assert runs(after, "infer", "ok") == runs(before, "infer", "ok") + 1
+    assert after[("layerbench_worker_running_jobs", ())] == 0
+    # The speed of the job it trains now, by job id.
+    long = post(client, "/api/v1/jobs", max_iter=100000, name="long").get_json()
+    _wait(lambda: (client.get(f"/api/v1/jobs/{long['id']}").get_json()["eta_seconds"] or 0) > 0, 90, "no speed")
+    during = scrape()
+    assert during[("layerbench_train_iterations_per_second", (("job", long["id"]),))] > 0
+    assert during[("layerbench_worker_running_jobs", ())] == 1
+    client.post(f"/api/v1/jobs/{long['id']}/abort")
+    wait_for(client, long["id"], ENDED, timeout=30)
+    _wait(lambda: runs(scrape(), "train", "aborted") == 1, 10, "the aborted run was not counted")
+    # GPU gauges where NVML answers; none on a host without a GPU.
+    assert bool([k for k in during if k[0].startswith("layerbench_gpu_")]) == bool(gpus.detect())
+    # A second worker on this host with the same port stops at once, saying
+    # why, before it claims a name or starts a side node.
+    dup = CeleryWorker(app.config, "dup@hostM", root, LAYERBENCH_METRICS_PORT=str(port))
+    try:
+        assert dup.proc.wait(60) == 2
+    finally:
+        dup.stop()
+    log = dup.log_path.read_text()
+    assert f"LAYERBENCH_METRICS_PORT {port} on 127.0.0.1 cannot be bound" in log, log[-2000:]
+    assert "dup@hostM" not in {w["name"] for w in client.get("/healthz").get_json()["workers"]}

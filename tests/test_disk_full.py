@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -87,4 +88,31 @@ def test_training_that_fills_the_volume_is_interrupted_and_keeps_its_snapshot(tm
         assert done["status"] == "done", done["error"]
     finally:
         worker.stop()
+        app.extensions["store"].engine.dispose()
+
+
+def test_a_queued_job_waits_for_room_instead_of_failing(tmp_path, sample_datasets, small_volume):
+    # Found by the chaos soak: a job started while the volume was full ended
+    # `error` with no reason (its run file could not be written). Now the
+    # local queue starts nothing while the volume is full, and runs the job
+    # once there is room again.
+    from helpers import WorkerProcess, wait_for
+    shutil.copytree(sample_datasets, small_volume / "datasets")
+    app = create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(small_volume),
+                      "TESTING": True, "WORKER_POLL_SECONDS": 0.1})
+    worker = None
+    try:
+        client = client_for(app)
+        job = post(client, "/api/v1/jobs", max_iter=4).get_json()
+        _fill(small_volume, 0)
+        worker = WorkerProcess(app)
+        time.sleep(3)       # many polls of a worker that could take it
+        held = client.get(f"/api/v1/jobs/{job['id']}").get_json()
+        assert held["status"] == "queued" and [e["status"] for e in held["history"]] == ["queued"], held
+        (small_volume / "filler").unlink()
+        done = wait_for(client, job["id"], {"done", "error", "interrupted", "aborted"}, timeout=120)
+        assert done["status"] == "done", done["error"]
+    finally:
+        if worker is not None:
+            worker.stop()
         app.extensions["store"].engine.dispose()

@@ -106,6 +106,22 @@ def test_a_live_service_exports_its_jobs_training_and_requests(server):
     dirs = [d for d in (instance / "metrics").iterdir()]
     assert len(dirs) == 1 and list(dirs[0].glob("histogram_*.db")), dirs
 
+    # Contained runs the store keeps no record of count too, in the gunicorn
+    # worker that ran them: a validate-only call and an inference request
+    # (the local queue answers it from a warm process).
+    report = api(url, token, "POST", "/api/v1/validate", {
+        "dataset": (None, b"sample-digits"), "network": ("network.prototxt", LENET_SEED.encode()),
+        "python_layer": ("my_layers.py", SEED_LAYER.encode())})
+    assert report["ok"] is True, report
+    image = sorted((instance.parent / "jobs" / "datasets" / "sample-digits" / "samples").glob("*.png"))[0]
+    answer = api(url, token, "POST", f"/api/v1/jobs/{job['id']}/infer", {"image": (image.name, image.read_bytes())})
+    assert answer["predictions"], answer
+    moved = _scrape(url)
+    assert _value(moved, "layerbench_sandbox_runs_total", kind="validate", outcome="ok") == 3
+    assert _value(moved, "layerbench_sandbox_runs_total", kind="infer_warm", outcome="ok") == 1
+    assert _value(moved, "layerbench_sandbox_runs_total", kind="train", outcome="done") == 1   # unchanged
+    assert list(dirs[0].glob("counter_*.db"))      # kept with the gunicorn workers' other metrics
+
 
 
 def test_off_this_host_metrics_need_the_metrics_token(tmp_path, sample_datasets):

@@ -135,3 +135,21 @@ def test_out_of_memory_is_interrupted_with_the_limit(client, worker, allocate):
     ended = wait_for(client, job["id"], {"done", "error", "interrupted"})
     assert ended["status"] == "interrupted", ended["error"]
     assert "out of memory: limit 2048 MiB" in ended["error"]["message"]
+
+
+def test_a_job_killed_before_its_first_snapshot_resumes_from_the_start(app, client, worker):
+    # Held at iteration 2, long before its first snapshot: SIGKILLed from
+    # outside it is interrupted with nothing to continue from; resuming it
+    # (the soak's kills and full disks do this) runs it again from the start.
+    job = _create(client, layer=GATE.replace("HOLD", "2"), max_iter=6)
+    out = Path(app.config["JOBS_DIR"]) / job["id"] / "output"
+    os.kill(training_pid(out), signal.SIGKILL)
+    ended = wait_for(client, job["id"], {"done", "error", "aborted", "interrupted"})
+    assert ended["status"] == "interrupted" and not ended["snapshots"], ended
+    (Path(app.config["JOBS_DIR"]) / job["id"] / "input" / "release").touch()
+    resumed = client.post(f"/api/v1/jobs/{job['id']}/resume")
+    assert resumed.status_code == 202 and resumed.get_json()["iteration"] == 0, resumed.get_json()
+    done = wait_for(client, job["id"], {"done", "error", "aborted", "interrupted"})
+    assert done["status"] == "done" and done["iteration"] == 6, done["error"]
+    assert [e["status"] for e in done["history"]] == ["queued", "running", "interrupted", "queued", "running",
+                                                      "done"]

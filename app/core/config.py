@@ -63,6 +63,8 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "JOB_DISK_MB": (10240, int),             # what one job's output dir may take on disk (app.worker.quota)
     "MONITOR_TOKEN": (None, str),            # bearer token that sees /healthz's details (besides admins)
     "METRICS_TOKEN": (None, str),            # bearer token for GET /metrics from off this host (app.web.metrics)
+    "METRICS_PORT": (0, int),                # celery worker: serve its own metrics on this port (0: none; app.worker.metrics_port)
+    "METRICS_ADDRESS": ("127.0.0.1", str),   # celery worker: the address that port listens on (loopback by default)
     # Failed sign-ins (login form, HTTP Basic, API tokens), app.web.throttle:
     # past LOGIN_FAILURES for one user name from one address, or
     # LOGIN_ADDRESS_FAILURES from one address for any names, within

@@ -19,9 +19,9 @@ from app.web.context import settings
               "beside a pg_dump of the database)")
 def backup_command(dest: Path, jobs_only: bool) -> None:
     """Back up this instance into DEST (new or empty), also while it serves:
-    a consistent copy of the SQLite database, the jobs directory and a
-    manifest of sizes and sha256s. On PostgreSQL: says which pg_dump to run
-    and exits 2."""
+    a consistent copy of the database (SQLite: the online backup API;
+    PostgreSQL: pg_dump --format=custom), the jobs directory and a manifest
+    of sizes and sha256s."""
     from app.services.operations import backup
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     c = current_app.extensions["ctx"]
@@ -41,7 +41,9 @@ def backup_command(dest: Path, jobs_only: bool) -> None:
               help="the new instance directory (new or empty)")
 @click.option("--jobs-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="the new jobs directory (new or empty)")
-def restore_command(src: Path, instance_dir: Path, jobs_dir: Path) -> None:
+@click.option("--database-url", default=None, help="PostgreSQL backups: the empty database to load the dump "
+              "into (postgresql+psycopg://USER@HOST/NEWDB)")
+def restore_command(src: Path, instance_dir: Path, jobs_dir: Path, database_url: str | None) -> None:
     """Restore the backup SRC into a fresh instance and jobs directory, then
     serve them with LAYERBENCH_INSTANCE_DIR and LAYERBENCH_JOBS_DIR. Never
     into the directories this command itself runs with (it has just opened
@@ -49,18 +51,23 @@ def restore_command(src: Path, instance_dir: Path, jobs_dir: Path) -> None:
     from app.services.operations import backup
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     mine = {Path(current_app.instance_path).resolve(), settings().jobs_dir.resolve()}
+    if database_url and database_url == settings().database_url:
+        click.echo("restore: --database-url must be a new, empty database, not the one this command runs with "
+                   "(LAYERBENCH_DATABASE_URL)", err=True)
+        sys.exit(1)
     if {instance_dir.resolve(), jobs_dir.resolve()} & mine:
         click.echo("restore: --instance-dir/--jobs-dir must be new directories, not the ones this command "
                    "runs with (LAYERBENCH_INSTANCE_DIR / LAYERBENCH_JOBS_DIR)", err=True)
         sys.exit(1)
     try:
-        manifest = backup.restore(src, instance_dir, jobs_dir)
+        manifest = backup.restore(src, instance_dir, jobs_dir, database_url)
     except ServiceError as err:
         click.echo(f"restore: {err.message}", err=True)
         sys.exit(1)
     click.echo(f"restored {len(manifest['files'])} files{' and the database' if manifest['database'] else ''}; "
                f"serve them with LAYERBENCH_INSTANCE_DIR={instance_dir.resolve()} "
-               f"LAYERBENCH_JOBS_DIR={jobs_dir.resolve()}")
+               f"LAYERBENCH_JOBS_DIR={jobs_dir.resolve()}"
+               + (" LAYERBENCH_DATABASE_URL=<the --database-url>" if database_url else ""))
 
 
 def register(app: Flask) -> None:

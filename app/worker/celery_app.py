@@ -31,9 +31,11 @@ from app.services.inference import cold as inference
 from app.services.inference import celery_offload as offload
 from app.services.inference import staged
 from app.services.runtime import broker as queue
+from app.services.runtime import run_counts
 from app.services.context import Context
+from app.services.jobs import fairshare
 from app.store import Store, now_iso
-from app.worker import identity, side_nodes
+from app.worker import identity, metrics_port, side_nodes
 from app.worker.heartbeat import Heartbeat
 from app.worker.runner import run_job
 from app.worker.supervisor import Allocator
@@ -72,32 +74,71 @@ def context() -> Context:
 
 @app.task(name=queue.TASK_JOB, bind=True)
 def run_job_task(self, job_id: str) -> str:
-    """Run one queued job here (a duplicate or stale message: 'skipped')."""
+    """A doorbell for the queue of ``job_id``'s device: run the queued job
+    of that queue that fair share puts first now (``fair_picks``), which is
+    often another than ``job_id``; 'skipped' when none is left to run.
+
+    Why a doorbell, not "run this job": Redis hands a queue's messages out
+    in the order they were sent, so one user's 32 queued jobs would hold a
+    later user's single job for hours. Choosing when a slot is free, from the
+    store, gives the local supervisor's order (fewest running jobs first,
+    then longest since their last start) across all workers, with no
+    dispatcher to keep alive and nothing per user in the broker. Nothing is
+    lost: every queued job has its own message in its device's queue and
+    each message starts at most one job of that queue, so there are never
+    fewer messages than jobs waiting there; a message that finds only jobs
+    held by USER_MAX_RUNNING comes back in 2 s."""
     ctx = context()
     job = ctx.store.get_job(job_id)
-    if job is None or job["status"] != JobStatus.QUEUED.value:
-        return "skipped"
-    if job["abort_requested"]:
+    if job is None:
+        return "skipped"      # deleted while queued: its message goes with it
+    if job["status"] == JobStatus.QUEUED.value and job["abort_requested"]:
         ctx.store.update_job(job_id, expect_status=[JobStatus.QUEUED.value],
                              status=JobStatus.ABORTED.value, finished_at=now_iso())
         return JobStatus.ABORTED.value
+    device = str((job.get("params") or {}).get("device") or "auto")
     with _alloc_lock:
-        slot = STATE["alloc"].pick(str((job.get("params") or {}).get("device") or "auto"))
+        slot = STATE["alloc"].pick(device)
     if slot is None:
         # gpu:N whose GPU another job here holds: back to the queue shortly.
         raise self.retry(countdown=1, max_retries=None)
     kind, index = slot
-    RUNNING.add(job_id)
     try:
-        final = run_job(ctx, job_id, device="cpu" if kind == "cpu" else f"gpu:{index}", gpu_index=index,
-                        shutdown=SHUTDOWN, worker=STATE["node"])
-        if final == JobStatus.INTERRUPTED.value and SHUTDOWN.is_set():
-            _requeue_after_shutdown(ctx, job_id)
-        return final
+        for pick in fair_picks(ctx, device):
+            RUNNING.add(pick)
+            try:
+                final = run_job(ctx, pick, device="cpu" if kind == "cpu" else f"gpu:{index}", gpu_index=index,
+                                shutdown=SHUTDOWN, worker=STATE["node"])
+            finally:
+                RUNNING.discard(pick)
+            if final == "skipped":
+                continue      # another worker claimed it first: the next in order
+            run_counts.count("train", final)     # this host's metrics port (app.worker.metrics_port)
+            if final == JobStatus.INTERRUPTED.value and SHUTDOWN.is_set():
+                _requeue_after_shutdown(ctx, pick)
+            return final
     finally:
-        RUNNING.discard(job_id)
         with _alloc_lock:
             STATE["alloc"].release(kind, index)
+    now = ctx.store.get_job(job_id)
+    if now is not None and now["status"] == JobStatus.QUEUED.value and not now["abort_requested"]:
+        raise self.retry(countdown=2, max_retries=None)     # held by USER_MAX_RUNNING: ring again
+    return "skipped"
+
+
+def fair_picks(ctx: Context, device: str) -> list[str]:
+    """Queued jobs of ``device``'s Celery queue that may start now, in fair
+    share order (app.services.jobs.fairshare: priority, fewest running jobs
+    of their user across the cluster, longest since that user's last start,
+    submission order), leaving out jobs whose abort is requested (their own
+    message ends them) and jobs held by USER_MAX_RUNNING."""
+    want = queue.job_queue(device)
+    queued = [j for j in ctx.store.list_jobs(status=JobStatus.QUEUED.value) if not j["abort_requested"]
+              and queue.job_queue(str((j.get("params") or {}).get("device") or "auto")) == want]
+    if not queued:
+        return []
+    state = ctx.store.share_state(j["owner"] for j in queued)
+    return [j["id"] for j in fairshare.runnable(queued, state, ctx.cfg.user_max_running)]
 
 
 def _requeue_after_shutdown(ctx: Context, job_id: str) -> None:
@@ -114,7 +155,10 @@ def _requeue_after_shutdown(ctx: Context, job_id: str) -> None:
 def build_dataset_task(ds_id: str) -> str:
     """Build one queued dataset here (the build's own claim skips duplicates)."""
     from app.services.datasets.lifecycle import build
-    return build(context(), ds_id, worker=STATE["node"])
+    status = build(context(), ds_id, worker=STATE["node"])
+    if status != "skipped":
+        run_counts.count("build_dataset", status)     # this host's metrics port (app.worker.metrics_port)
+    return status
 
 
 @app.task(name=offload.TASK_INFER)
@@ -187,12 +231,23 @@ def main(argv: list[str] | None = None) -> None:
                          "--without-mingle", "--without-gossip"])
         return
     try:
+        # First of all, before the name is claimed or a side node started:
+        # a worker whose metrics port is taken stops here, having changed
+        # nothing (and the side nodes must inherit the multiprocess dir).
+        port = metrics_port.open_port(CFG, lambda: (STATE["ctx"], STATE["node"], RUNNING))
+    except metrics_port.PortTaken as exc:
+        logging.basicConfig()
+        log.error("not starting: %s", exc)
+        sys.exit(2)
+    try:
         # Before anything else: a second worker under a live one's name must
         # not even write its heartbeat row (it would hide the first's death).
         name_lock = identity.claim(CFG, args.name)
     except identity.NameTaken as exc:
         logging.basicConfig()
         log.error("not starting: %s", exc)
+        if port is not None:
+            port.close()
         sys.exit(2)
     args.name = name_lock.name
     gpus = offered_gpus(args.gpus)
@@ -204,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     beat.beat()          # listed before it takes its first job
     beat.start()
     print(f"worker {args.name}: GPUs {gpus}, {slots} slot(s), queues {queues_for(gpus)}, "
-          f"containment {ctx.containment}", file=sys.stderr, flush=True)
+          f"containment {ctx.containment}"
+          + (f", metrics on http://{port.address}:{port.port}/metrics" if port else ""), file=sys.stderr, flush=True)
     sides = [side_nodes.SideNode(args.name, role, args.loglevel) for role in side_nodes.ROLES]
     for side in sides:
         side.start()
@@ -227,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
             name_lock.release()
         except Exception as exc:    # the broker is away: the name frees itself after its TTL
             log.warning("could not release worker name %s: %r", args.name, exc)
+        if port is not None:
+            port.close()
 
 
 if __name__ == "__main__":

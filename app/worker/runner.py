@@ -10,6 +10,7 @@ celery queue's task (celery_app.py) calls the same function.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -147,6 +148,20 @@ def run_job(ctx: Context, job_id: str, device: str = "cpu", gpu_index: int | Non
         # Users read this log: no host path in it (their job directory reads <job>).
         pump = log.pump(proc.stdout, tracebacks.scrubber({str(ws.job_dir(job_id)): "<job>", str(ws.root): "<jobs>"}))
         final, error = _watch(ctx, job_id, run, proc, limits, t0, out, control, shutdown, log, pump)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or proc is not None:
+            raise
+        # The jobs volume filled up before the trainer started: this run left
+        # nothing to resume from and the job is not at fault, so it goes back
+        # to the queue rather than ending in an error without a reason (the
+        # local supervisor starts nothing while the volume is full).
+        log_note = "no space left on the jobs volume before training started; queued again"
+        if store.update_job(job_id, expect_status=[JobStatus.RUNNING.value], expect_run=run,
+                            status=JobStatus.QUEUED.value, finished_at=None, error=None):
+            from app.services.runtime import broker as queue
+            queue.enqueue_job(ctx, store.get_job(job_id))
+            print(f"job {job_id}: {log_note}", flush=True)
+        final = SUPERSEDED       # written here: nothing more for the finally below
     finally:
         if proc is not None:
             if proc.poll() is None:
@@ -196,8 +211,10 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
     poll = WATCH_SECONDS
     aborting = False
     disk = quota.Watcher(out, ctx.cfg.job_disk_mb)
+    free_seen: list[tuple[float, int]] = []    # (when, MiB free) of the last DISK_WINDOW_S
     while True:
         done = proc.poll() is not None
+        _sample_free(free_seen, out)
         job = store.get_job(job_id)
         if job is None:          # deleted while running: stop it, record nothing
             sandbox.kill(proc)
@@ -234,7 +251,8 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
                                              "the job trained; resume it to continue from its last snapshot."}
     status, error = classify(_result(out), proc.returncode, aborting,
                              log.tail(CONTEXT_BYTES).decode("utf-8", "replace"),
-                             ctx.cfg.memory_limit_mb, _free_mb(out), sandbox.oom_killed(proc))
+                             ctx.cfg.memory_limit_mb, _sample_free(free_seen, out),
+                             sandbox.oom_killed(proc))
     if status == JobStatus.ABORTED.value and shutdown is not None and shutdown.is_set() \
             and not (ctx.store.get_job(job_id) or {}).get("abort_requested"):
         return JobStatus.INTERRUPTED.value, {"stage": "worker", "message": "The worker was shut down; "
@@ -245,6 +263,22 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
         except OSError:
             pass   # a full disk: the store still gets the reason
     return status, error
+
+
+DISK_WINDOW_S = 10.0
+
+
+def _sample_free(seen: list[tuple[float, int]], out: Path) -> int | None:
+    """Record the jobs volume's free MiB now; the lowest of the last
+    DISK_WINDOW_S. A run that failed writing a snapshot on a full volume is
+    judged by it (outcome.classify): space freed by the time the run's end
+    is classified (the chaos soak's fill ended meanwhile, a temporary file
+    removed) must not turn "the disk was full" into the job's own error."""
+    now, free = time.monotonic(), _free_mb(out)
+    if free is not None:
+        seen.append((now, free))
+    seen[:] = [(t, f) for t, f in seen if now - t <= DISK_WINDOW_S]
+    return min((f for _, f in seen), default=free)
 
 
 def _free_mb(path: Path) -> int | None:

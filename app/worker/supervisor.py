@@ -2,6 +2,7 @@
 per GPU, a few on the CPU) and dataset builds, recovering at start."""
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -12,6 +13,8 @@ from app.services.context import Context
 from app.worker.runner import recover, run_job
 from app.core.status import JobStatus
 from app.store import now_iso
+
+START_MIN_FREE = 1 << 20    # bytes the jobs volume needs before a queued job starts (inputs, logs)
 
 
 def recover_dead_worker(ctx: Context, pid: int, reason: str) -> list[str]:
@@ -91,7 +94,7 @@ class LocalSupervisor:
             self.ctx.store.update_job(job["id"], expect_status=[JobStatus.QUEUED.value],
                                       status=JobStatus.ABORTED.value, finished_at=now_iso())
         queued = [j for j in queued if not j["abort_requested"]]
-        if not queued:
+        if not queued or self._volume_full():
             return
         limit = self.ctx.cfg.user_max_running
         state = self.ctx.store.share_state(j["owner"] for j in queued)
@@ -113,6 +116,16 @@ class LocalSupervisor:
                 state[job["owner"]] = (running + 1, "~" + now_iso())
                 started = True
                 break
+
+    def _volume_full(self) -> bool:
+        """Whether the jobs volume has no room to start a job in (under
+        START_MIN_FREE bytes): a job started now would fail before training,
+        so the queue waits for space instead (run_job puts back one that
+        raced a filling volume)."""
+        try:
+            return shutil.disk_usage(self.ctx.ws.root).free < START_MIN_FREE
+        except OSError:
+            return False
 
     def _datasets(self) -> None:
         if self.dataset_thread is not None and self.dataset_thread.is_alive():

@@ -35,6 +35,7 @@ from app.core.errors import InvalidPythonLayer, ServerFault, Unavailable
 from app.core import infer_wire
 from app.services.inference import cold as inference
 from app.services.layers import environments as layer_env
+from app.services.runtime import run_counts
 from app.services.context import Context
 from app.services.inference.warm_process import LIFETIME_S, WarmProcess, close_when_free
 from app.core.config import Settings
@@ -191,18 +192,30 @@ def request(ctx: Context, job: dict, model: Path, key: tuple, header: dict, blob
     start that reports a layer's failure raises it as the cold path does."""
     seconds = request_seconds(ctx.cfg)
     failures: list[tuple[infer_wire.Broken, str, object, bool]] = []
-    for _ in range(4):      # two breakdowns at most; a retirement meanwhile is none
-        wp = POOL.checkout(ctx, job, key)
-        try:
-            with wp.lock:
-                result = _attempt(job, model, wp, header, blobs, check, seconds, failures)
-        finally:
-            POOL.release(ctx, wp)
-        if result is not _AGAIN:
-            return result
-        if len(failures) == 2:
-            break
-    raise _unanswered(ctx, job, failures, seconds)
+    # Counted once per request (kind infer_warm), however many warm
+    # processes it took: the warm process itself lives on for later ones.
+    outcome = "error"
+    try:
+        for _ in range(4):      # two breakdowns at most; a retirement meanwhile is none
+            wp = POOL.checkout(ctx, job, key)
+            try:
+                with wp.lock:
+                    result = _attempt(job, model, wp, header, blobs, check, seconds, failures)
+            finally:
+                POOL.release(ctx, wp)
+            if result is not _AGAIN:
+                outcome = "ok"
+                return result
+            if len(failures) == 2:
+                break
+        if not failures:
+            outcome = None      # busy with other models: nothing ran for it
+        elif failures[-1][0].kind == "timeout":
+            outcome = "timeout"
+        raise _unanswered(ctx, job, failures, seconds)
+    finally:
+        if outcome:
+            run_counts.count("infer_warm", outcome)
 
 
 _AGAIN = object()

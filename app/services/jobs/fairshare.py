@@ -8,7 +8,11 @@ A job's ``priority`` (low | normal | high; high for admins to grant) ranks
 before all of that. ``USER_MAX_RUNNING`` (0: no limit) keeps a user's
 further jobs queued while that many run.
 
-The same order answers "where is my job in the queue" (``position``).
+The same order answers "where is my job in the queue" (``position``), and
+holds in both queues: the local supervisor starts jobs in this order, and in
+the celery queue each message is a doorbell for its device's queue, whose
+task runs the job this order puts first when a worker takes it
+(app.worker.celery_app.run_job_task).
 """
 from __future__ import annotations
 
@@ -24,6 +28,16 @@ def order(queued: list[dict], state: dict[str, tuple[int, str]], max_running: in
     """``queued`` jobs in the order they should start, as if each started in
     turn; jobs of a user at ``max_running`` come after every other, in
     their own order (they wait for that user's jobs to end)."""
+    out, held = _split(queued, state, max_running)
+    return out + held
+
+
+def runnable(queued: list[dict], state: dict[str, tuple[int, str]], max_running: int = 0) -> list[dict]:
+    """``order`` without the jobs held by ``max_running``: those that may start now."""
+    return _split(queued, state, max_running)[0]
+
+
+def _split(queued: list[dict], state: dict[str, tuple[int, str]], max_running: int) -> tuple[list, list]:
     running = {o: r for o, (r, _) in state.items()}
     last = {o: s for o, (_, s) in state.items()}
     left = sorted(queued, key=lambda j: (j["created_at"], j["id"]))
@@ -39,7 +53,7 @@ def order(queued: list[dict], state: dict[str, tuple[int, str]], max_running: in
         running[pick["owner"]] = running.get(pick["owner"], 0) + 1
         tick += 1
         last[pick["owner"]] = f"~{tick:09d}"   # after every real timestamp: just started
-    return out + held
+    return out, held
 
 
 def position(job: dict, queued: list[dict], state: dict[str, tuple[int, str]], max_running: int = 0) -> int | None:

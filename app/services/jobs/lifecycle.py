@@ -173,16 +173,27 @@ def _open_or_none(path):
 
 
 def resume(c: Context, job: dict) -> dict:
-    """Requeue an interrupted/aborted job from its last solverstate."""
+    """Requeue an interrupted/aborted job from its last solverstate; an
+    interrupted one without any starts again from the beginning."""
     if job["status"] not in (JobStatus.INTERRUPTED.value, JobStatus.ABORTED.value):
         raise Conflict(f"Only interrupted or aborted jobs can be resumed (this one is "
                        f"{job['status']}).")
     # Only whole pairs: one torn by a kill or a full disk is never resumed from.
     snaps = Workspace.complete_snapshots(c.ws.output_dir(job["id"]))
-    if not snaps:
+    if snaps:
+        c.store.update_job(job["id"], expect_status=[job["status"]], status=JobStatus.QUEUED.value,
+                           abort_requested=False, resume_from=max(snaps), error=None, finished_at=None)
+    elif job["status"] == JobStatus.INTERRUPTED.value:
+        # Interrupted (a killed worker or trainer, a full disk) before its
+        # first snapshot: nothing to continue from, and the job was not at
+        # fault, so resuming it runs it again from the start, as the celery
+        # queue's automatic retry does (the row as a fresh run expects it;
+        # files the lost run left are replaced or ignored by the next one).
+        c.store.update_job(job["id"], expect_status=[job["status"]], status=JobStatus.QUEUED.value,
+                           abort_requested=False, resume_from=None, error=None, finished_at=None,
+                           iteration=0, progress=0.0, epoch=0.0, eta_seconds=None, metrics={}, snapshots=[])
+    else:
         raise Conflict("This job has no complete snapshot to resume from.")
-    c.store.update_job(job["id"], expect_status=[job["status"]], status=JobStatus.QUEUED.value,
-                       abort_requested=False, resume_from=max(snaps), error=None, finished_at=None)
     warm.retire_job(c, job["id"])   # its snapshots and layers serve the next life's requests afresh
     queue.enqueue_job(c, c.store.get_job(job["id"]))
     resumed = c.store.get_job(job["id"])

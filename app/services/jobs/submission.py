@@ -19,7 +19,7 @@ from app.core import untrusted
 from app.caffe import network, py2convert
 from app.services.layers import environments as layer_env
 from app.services.layers import files as layer_files
-from app.services.runtime import sandbox
+from app.services.runtime import run_counts, sandbox
 from app.caffe import solver
 from app.caffe.digits_net import MEAN_CHOICES
 from app.core import tracebacks
@@ -315,10 +315,12 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: S
     # bwrap's own complaints (a path it cannot bind, no namespaces) come
     # before the validator opens its log: keep them for the server log.
     with open(out_dir / SANDBOX_LOG, "wb") as box_log:
-        result = sandbox.run(spec, how, limits, stderr=box_log)
+        # Counted below with its verdict, not just its exit status.
+        result = sandbox.run(spec, how, limits, stderr=box_log, count=False)
     seconds = round(time.perf_counter() - t0, 3)
     report = _read_report(report_path)
     if report is None and not result.timed_out and not (out_dir / VALIDATION_STARTED).exists():
+        run_counts.count("validate", "error")      # the validator never started: the server's fault
         raise _server_fault(result, out_dir, log_path)
     if report is None:
         report = {"ok": False, "warnings": [], "layers": [], "timing": [],
@@ -337,6 +339,7 @@ def run_validation(input_dir: Path, out_dir: Path, prepared: Prepared, *, cfg: S
         str(out_dir): "<validation>", **({str(dataset_dir): "<dataset>"} if dataset_dir else {})}))
     report["seconds"] = seconds
     report["containment"] = how
+    run_counts.count("validate", "timeout" if result.timed_out else "ok" if report.get("ok") else "invalid")
     return report
 
 

@@ -23,7 +23,11 @@ file the copied database refers to exists, and a job still running then is
 ``running`` in the copy (a restored local worker marks it interrupted,
 resumable from its snapshots).
 
-PostgreSQL: ``backup`` refuses with the ``pg_dump`` command to run instead
+PostgreSQL: the database is ``layerbench.pgdump`` instead, written by
+``pg_dump --format=custom`` (one transaction: a consistent snapshot while
+the service writes on), listed in the manifest with its size and sha256
+like every other file; ``restore`` checks it and loads it with
+``pg_restore`` into an empty database the operator created
 (docs/OPERATIONS.md, "Backup and restore").
 """
 from __future__ import annotations
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 DATABASE = "layerbench.sqlite3"
+PG_DUMP = "layerbench.pgdump"
 SECRET = "secret_key"
 JOBS = "jobs"
 FORMAT = 1
@@ -54,7 +59,50 @@ _INPUT_TEXT = ".prototxt"     # job inputs name dataset files by absolute path (
 def pg_dump_command(url: str, dest: Path) -> str:
     """The pg_dump command that backs up the PostgreSQL database at ``url``."""
     plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    return f"pg_dump --format=custom --file {dest / 'layerbench.pgdump'} '{plain}'"
+    return f"pg_dump --format=custom --file {dest / PG_DUMP} '{plain}'"
+
+
+def _libpq(url) -> tuple[str, dict]:
+    """(the URL libpq's tools take, their environment) for a SQLAlchemy URL
+    object: the driver name dropped (postgresql+psycopg://), the password
+    in PGPASSWORD, not in an argv every local user can read in /proc."""
+    env = dict(os.environ)
+    if url.password:
+        env["PGPASSWORD"] = str(url.password)
+    return url.set(drivername="postgresql", password=None).render_as_string(hide_password=False), env
+
+
+def _pg_tool(name: str) -> str:
+    """pg_dump or pg_restore: the newest installed (a dump made by an older
+    pg_dump than the server is refused; Debian installs one per version)."""
+    import glob
+    import shutil
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    path = found[-1] if found else shutil.which(name)
+    if not path:
+        raise ServiceError("unsupported", f"{name} is not installed (Debian: postgresql-client)")
+    return path
+
+
+def _run_tool(argv: list[str], what: str, env: dict) -> None:
+    import subprocess
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=24 * 3600, env=env)
+    if done.returncode != 0:
+        raise ServiceError("backup_failed", f"{what} failed (exit status {done.returncode}): "
+                           f"{done.stderr.strip()[-2000:]}")
+
+
+def dump_postgres(url, dest: Path) -> dict:
+    """``pg_dump --format=custom`` of the database at ``url`` (a SQLAlchemy
+    URL) into ``dest``; its size and sha256, read back through untrusted."""
+    plain, env = _libpq(url)
+    _run_tool([_pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(dest), "--dbname", plain],
+              "pg_dump", env)
+    os.chmod(dest, 0o600)
+    with untrusted.open_file(dest) as fh:
+        return {"file": dest.name, "size": os.fstat(fh.fileno()).st_size, "sha256": untrusted.sha256_of(fh),
+                "backend": "postgresql"}
 
 
 def _empty_or_new(path: Path, what: str) -> None:
@@ -68,12 +116,12 @@ def backup(c: Context, dest: Path, instance_dir: Path) -> dict:
     into ``dest`` (new or empty); the manifest written. ServiceError
     ``unsupported`` on PostgreSQL, ``conflict`` when ``dest`` is not empty."""
     engine_url = c.store.engine.url
+    secret = Path(instance_dir).resolve() / SECRET
+    if engine_url.get_backend_name() == "postgresql":
+        return _backup(c, dest, engine_url, secret)
     if engine_url.get_backend_name() != "sqlite":
-        url = engine_url.render_as_string(hide_password=True)
-        raise ServiceError("unsupported", "The database is PostgreSQL: back it up with pg_dump, then copy the "
-                           f"jobs directory with `flask backup --jobs-only DEST`:\n  {pg_dump_command(url, dest)}\n"
-                           "(docs/OPERATIONS.md, \"Backup and restore\").")
-    return _backup(c, dest, Path(str(engine_url.database)).resolve(), Path(instance_dir).resolve() / SECRET)
+        raise ServiceError("unsupported", f"cannot back up a {engine_url.get_backend_name()} database")
+    return _backup(c, dest, Path(str(engine_url.database)).resolve(), secret)
 
 
 def jobs_only(c: Context, dest: Path) -> dict:
@@ -81,7 +129,7 @@ def jobs_only(c: Context, dest: Path) -> dict:
     return _backup(c, dest, None, None)
 
 
-def _backup(c: Context, dest: Path, database: Path | None, secret: Path | None) -> dict:
+def _backup(c: Context, dest: Path, database, secret: Path | None) -> dict:
     dest = Path(dest).resolve()     # untrusted walks from / and follows no link on the way
     root = Path(c.ws.root).resolve()
     if dest == root or root in dest.parents:
@@ -93,7 +141,8 @@ def _backup(c: Context, dest: Path, database: Path | None, secret: Path | None) 
     t0 = time.monotonic()
     manifest = {"format": FORMAT, "created_at": now_iso(), "jobs_root": str(root),
                 # First the database, then the files (see the module docstring).
-                "database": copy_database(database, dest / DATABASE) if database else None}
+                "database": None if database is None else copy_database(database, dest / DATABASE)
+                if isinstance(database, Path) else dump_postgres(database, dest / PG_DUMP)}
     manifest.update(_copy_tree(root, dest / JOBS))
     manifest["secret_key"] = _copy_if_there(secret, dest / SECRET) if secret else False
     Workspace.write_json(dest / MANIFEST, manifest)
@@ -163,17 +212,27 @@ def read_manifest(src: Path) -> dict:
     return manifest
 
 
-def restore(src: Path, instance_dir: Path, jobs_dir: Path) -> dict:
+def restore(src: Path, instance_dir: Path, jobs_dir: Path, database_url: str | None = None) -> dict:
     """Restore the backup at ``src`` into a fresh ``instance_dir`` and
     ``jobs_dir`` (each new or empty: ``conflict`` otherwise). Every file is
     checked against the manifest's sha256 as it is copied (``backup_corrupt``
-    on a mismatch). Returns the manifest."""
+    on a mismatch). A PostgreSQL backup loads into ``database_url``, an
+    empty database (``conflict`` when it has tables; ``invalid`` when none
+    is given). Returns the manifest."""
     src, instance_dir, jobs_dir = Path(src).resolve(), Path(instance_dir).resolve(), Path(jobs_dir).resolve()
     manifest = read_manifest(src)
     db = manifest.get("database")     # None: a --jobs-only backup (the database is pg_restore's)
+    postgres = bool(db) and db.get("backend") == "postgresql"
+    if postgres and not database_url:
+        raise ServiceError("invalid", "This backup holds a PostgreSQL dump: give the empty database to load "
+                           "it into (--database-url postgresql+psycopg://USER@HOST/NEWDB; createdb makes one).")
     if db is not None:
         _empty_or_new(instance_dir, "instance directory")
     _empty_or_new(jobs_dir, "jobs directory")
+    if postgres:
+        # Checked before anything is written: a database in use is never touched.
+        into = _empty_database(database_url)
+        _verify(src / PG_DUMP, db, src)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     old_root, new_root = str(manifest["jobs_root"]), str(jobs_dir.resolve())
     for f in manifest["files"]:
@@ -185,14 +244,47 @@ def restore(src: Path, instance_dir: Path, jobs_dir: Path) -> dict:
         log.info("restored %d files from %s (no database in this backup)", len(manifest["files"]), src)
         return manifest
     instance_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _restore_file(src / DATABASE, instance_dir / DATABASE, db, src)
-    os.chmod(instance_dir / DATABASE, 0o600)
+    if postgres:
+        plain, env = _libpq(into)
+        _run_tool([_pg_tool("pg_restore"), "--no-owner", "--exit-on-error", "--single-transaction",
+                   "--dbname", plain, str(src / PG_DUMP)], "pg_restore", env)
+    else:
+        _restore_file(src / DATABASE, instance_dir / DATABASE, db, src)
+        os.chmod(instance_dir / DATABASE, 0o600)
     if manifest.get("secret_key"):
         with untrusted.open_file(src / SECRET, max_size=1 << 16) as fh:
             untrusted.copy_fd(fh, instance_dir / SECRET)
         os.chmod(instance_dir / SECRET, 0o600)
     log.info("restored %d files and the database from %s", len(manifest["files"]), src)
     return manifest
+
+
+def _empty_database(url: str):
+    """The parsed URL of ``url`` once it names an empty database."""
+    from app.store import Store
+    store = Store(url)
+    try:
+        tables = store.table_names()
+    except Exception as exc:     # cannot connect: say so before anything is written
+        raise ServiceError("invalid", f"cannot open the database to restore into: {exc}") from None
+    finally:
+        store.engine.dispose()
+    if tables:
+        raise Conflict(f"the database to restore into is not empty ({len(tables)} tables): refusing to load "
+                       "over it; create an empty one (createdb).")
+    return store.engine.url
+
+
+def _verify(path: Path, entry: dict, beneath: Path) -> None:
+    """``path`` has the manifest's size and sha256 (``backup_corrupt`` if not)."""
+    try:
+        with untrusted.open_file(path, beneath=beneath, size=int(entry["size"])) as fh:
+            digest = untrusted.sha256_of(fh)
+    except OSError as exc:
+        raise ServiceError("backup_corrupt", f"{path.name}: {exc}; the backup is damaged") from None
+    if digest != entry["sha256"]:
+        raise ServiceError("backup_corrupt", f"{path.name}: its sha256 differs from the manifest's; the backup "
+                           "is damaged")
 
 
 def _is_input_text(rel: str) -> bool:

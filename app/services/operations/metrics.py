@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from app.core.status import DatasetStatus, JobStatus
+from app.services.runtime import run_counts
 from app.services.runtime import workers as workers_svc
 from app.services.context import Context
 
@@ -107,11 +108,41 @@ def exposition(c: Context) -> tuple[bytes, str]:
     from prometheus_client.multiprocess import MultiProcessCollector
     registry = CollectorRegistry()
     if _state["dir"] is not None:
-        MultiProcessCollector(registry, path=str(_state["dir"]))
-    elif _state["http"] is not None:
-        registry.register(_state["http"])
-    registry.register(StoreCollector(c))
+        here = [MultiProcessCollector(None, path=str(_state["dir"]))]
+    else:
+        here = [m for m in (_state["http"], run_counts.collector()) if m is not None]
+    registry.register(_Merged(here, lambda runs: StoreCollector(c, runs)))
     return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+def process_runs(families) -> tuple[list, dict[tuple[str, str], float]]:
+    """Split this host's process-counted contained runs (run_counts) out of
+    ``families``: (the other families, {(kind, outcome): count})."""
+    others, runs = [], {}
+    for fam in families:
+        if fam.name != run_counts.NAME:
+            others.append(fam)
+            continue
+        for s in fam.samples:
+            if s.name.endswith("_total"):
+                key = (s.labels["kind"], s.labels["outcome"])
+                runs[key] = runs.get(key, 0.0) + s.value
+    return others, runs
+
+
+class _Merged:
+    """This process's (or gunicorn master's) metrics, except the contained
+    runs it counted, which go into the store collector's
+    ``layerbench_sandbox_runs_total`` family: one family, two sources."""
+
+    def __init__(self, here: list, store) -> None:
+        self.here, self.store = here, store
+
+    def collect(self):
+        """Yield the metric families (prometheus_client's collector protocol)."""
+        others, runs = process_runs([f for src in self.here for f in src.collect()])
+        yield from others
+        yield from self.store(runs).collect()
 
 
 # ---- from the store, at scrape time -------------------------------------------------
@@ -180,8 +211,9 @@ class StoreCollector:
     """A prometheus_client collector of everything the store knows (see the
     module docstring), computed on each ``collect``."""
 
-    def __init__(self, c: Context) -> None:
+    def __init__(self, c: Context, process_runs: dict[tuple[str, str], float] | None = None) -> None:
         self.c = c
+        self.process_runs = process_runs or {}
 
     def collect(self):
         """Yield the metric families (prometheus_client's collector protocol)."""
@@ -238,21 +270,21 @@ class StoreCollector:
         return out
 
     def _sandbox_runs(self, family, jobs: list[dict], facts: list[dict]):
-        out = family("layerbench_sandbox_runs", "Contained runs the store records, by runner and outcome "
-                     "(train: how each run ended; validate: per submitted job; build_dataset: per upload)",
-                     labels=["kind", "outcome"])
-        counts: dict[tuple[str, str], int] = {}
+        out = family("layerbench_sandbox_runs", "Contained runs by runner and outcome (train: how each run "
+                     "ended, build_dataset: per upload, both from the store; every other kind counted by the "
+                     "web processes that ran it since they started)", labels=["kind", "outcome"])
+        counts: dict[tuple[str, str], float] = {}
 
-        def add(kind: str, outcome: str) -> None:
-            counts[(kind, outcome)] = counts.get((kind, outcome), 0) + 1
+        def add(kind: str, outcome: str, n: float = 1) -> None:
+            counts[(kind, outcome)] = counts.get((kind, outcome), 0) + n
         for f in facts:
             for outcome in f["runs"]:
                 add("train", "handed_over" if outcome == JobStatus.QUEUED.value else outcome)
-        for j in jobs:
-            if isinstance((j.get("params") or {}).get("validation_seconds"), (int, float)):
-                add("validate", "ok")
-            elif (j.get("error") or {}).get("stage") == "validation":
-                add("validate", "invalid")
+        for (kind, outcome), n in self.process_runs.items():
+            # Training runs and builds come from the store (all hosts, exact);
+            # a process's own count of them (none on the web) would add twice.
+            if kind not in run_counts.KINDS_FROM_STORE:
+                add(kind, outcome, n)
         for ds in self.c.store.list_datasets():
             if ds.get("owner") is not None and ds["status"] in (DatasetStatus.DONE.value, DatasetStatus.ERROR.value):
                 add("build_dataset", "ok" if ds["status"] == DatasetStatus.DONE.value else "error")
@@ -280,3 +312,42 @@ def _gpus(family):
         used.add_metric(labels, u["memory_used_mb"] * (1 << 20))
         total.add_metric(labels, u["memory_total_mb"] * (1 << 20))
     yield from (util, used, total)
+
+
+# ---- a Celery worker host's own metrics (app.worker.metrics_port) -------------------
+
+class WorkerCollector:
+    """What one Celery worker host knows first-hand, for its own metrics
+    port: the contained runs its processes ran (the training worker and its
+    side nodes, each writing prometheus_client's multiprocess files under
+    ``path``), the training speed of the jobs it runs now, how many it runs,
+    and its GPUs where NVML answers. ``where()`` gives (context, node name,
+    the set of job ids running here) once the worker has them."""
+
+    def __init__(self, path: str | Path, where) -> None:
+        self.path, self.where = str(path), where
+
+    def collect(self):
+        """Yield the metric families (prometheus_client's collector protocol)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.multiprocess import MultiProcessCollector
+        others, runs = process_runs(MultiProcessCollector(None, path=self.path).collect())
+        yield from others
+        out = CounterMetricFamily("layerbench_sandbox_runs", "Contained runs on this worker host by runner "
+                                  "and outcome, since its worker started (train: the job's final status)",
+                                  labels=["kind", "outcome"])
+        for (kind, outcome), n in sorted(runs.items()):
+            out.add_metric([kind, outcome], n)
+        yield out
+        c, node, running = self.where()
+        yield GaugeMetricFamily("layerbench_worker_running_jobs", "Jobs this worker trains now",
+                                value=len(running or ()))
+        speed = GaugeMetricFamily("layerbench_train_iterations_per_second", "Training speed of the jobs "
+                                  "this worker runs", labels=["job"])
+        if c is not None:
+            for j in c.store.list_jobs(status=JobStatus.RUNNING.value):
+                eta = j.get("eta_seconds")
+                if j.get("worker") == node and eta and eta > 0:
+                    speed.add_metric([j["id"]], max(0, int(j["max_iter"]) - int(j["iteration"])) / float(eta))
+        yield speed
+        yield from _gpus(GaugeMetricFamily)

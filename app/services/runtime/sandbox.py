@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from app.core import config
-from app.services.runtime import cgroups
+from app.services.runtime import cgroups, run_counts
 from app.services.runtime import sandbox_client as sandbox_remote
 
 log = logging.getLogger(__name__)
@@ -424,8 +424,20 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 def run(spec: Spec, how: str, limits: Limits, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL) -> Result:
-    """Run ``spec`` contained to completion (or the wall-clock limit)."""
+        stderr=subprocess.DEVNULL, count: bool = True) -> Result:
+    """Run ``spec`` contained to completion (or the wall-clock limit),
+    counted in ``layerbench_sandbox_runs_total`` by its runner and how it
+    ended (app.services.runtime.run_counts); ``count=False`` for a caller
+    that counts it itself with a better outcome (validation: its verdict)."""
     t0 = time.monotonic()
-    proc = start(spec, how, limits, stdout, stderr)
-    return wait(proc, limits, t0)
+    try:
+        proc = start(spec, how, limits, stdout, stderr)
+    except BaseException:
+        if count:
+            run_counts.count(run_counts.kind_of(spec.argv), "error")   # could not even start
+        raise
+    result = wait(proc, limits, t0)
+    if count:
+        run_counts.count(run_counts.kind_of(spec.argv),
+                         run_counts.outcome_of(result.returncode, result.timed_out, result.oom_killed))
+    return result
