@@ -392,7 +392,7 @@ def newcomer_trains_the_seed_job(home: Path, uid: int | None, env: dict[str, str
             "network": ("lenet.prototxt", LENET_SEED.encode()), "python_layer": ("layers.py", SEED_LAYER.encode())})
         deadline = time.monotonic() + 240
         while job["status"] not in ("done", "error", "aborted", "interrupted"):
-            assert time.monotonic() < deadline, job
+            assert time.monotonic() < deadline, (job, (home / "serve.log").read_text()[-3000:])
             time.sleep(0.5)
             job = api(url, token, "GET", f"/api/v1/jobs/{job['id']}")
         assert job["status"] == "done", (job["error"], job.get("history"), (home / "serve.log").read_text()[-3000:])

@@ -479,13 +479,14 @@ def test_a_worker_serves_its_own_metrics_and_refuses_a_taken_port(solo):
         done = [wait_for(client, first["id"], ENDED, timeout=90)]
         before = scrape()
     assert runs(before, "train", "done") == len(done)          # all trained here
-    # A cold inference run on this host's infer side node (a process of its
-    # own, counting in the worker's multiprocess files).
+    # An inference request on this host's infer side node (a process of its
+    # own, counting in the worker's multiprocess files), answered by the
+    # job's warm process there (app.services.inference.staged).
     sample = sorted((Path(app.config["JOBS_DIR"]) / "datasets" / "sample-digits" / "samples").glob("*.png"))[0]
     resp = _infer(client, done[0]["id"], sample)
     assert resp.status_code == 200 and resp.get_json()["worker"] == "solo@hostM", resp.get_json()
     after = scrape()
-    assert runs(after, "infer", "ok") == runs(before, "infer", "ok") + 1
+    assert runs(after, "infer_warm", "ok") == runs(before, "infer_warm", "ok") + 1
     assert after[("layerbench_worker_running_jobs", ())] == 0
     # The speed of the job it trains now, by job id.
     long = post(client, "/api/v1/jobs", max_iter=100000, name="long").get_json()

@@ -66,3 +66,18 @@ def test_a_ring_to_a_worker_that_is_gone_removes_its_socket(tmp_path):
     assert doorbell.ring(Cfg) == 1 and not dead.exists()
     bell.close()
     assert doorbell.ring(Cfg) == 0
+
+
+def test_an_instance_deep_in_a_home_directory_still_has_a_bell(tmp_path):
+    # A socket path over 107 bytes cannot be bound by name: the first local
+    # worker in such an instance crashed at every start (a clone in a home
+    # directory under pytest's tmp dir was one).
+    class Cfg:
+        instance_dir = tmp_path / ("deep-" * 20) / "instance"
+    assert len(str(Cfg.instance_dir / doorbell.WAKE_DIR / "4194304.sock")) > 108
+    bell = doorbell.Bell(Cfg)
+    try:
+        assert doorbell.ring(Cfg) == 1 and bell.wait(1) is True
+    finally:
+        bell.close()
+    assert list((Cfg.instance_dir / doorbell.WAKE_DIR).iterdir()) == []
