@@ -50,6 +50,9 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("app/services/runtime/sandbox_client.py", "start", "os.fdopen"): "the host's end of a pipe it just made",
     ("app/web/proxy.py", "prepare", "os.open"): "the server's own lock file in its runtime dir",
     ("app/web/auth.py", "ensure_initial_admin", "os.open"): "creates a 0600 file in the instance dir",
+    ("app/services/runtime/doorbell.py", "__init__", "os.open"): "the instance's own wake dir as a directory "
+        "descriptor (socket names through /proc/self/fd): no sandbox ever sees the instance dir",
+    ("app/services/runtime/doorbell.py", "ring", "os.open"): "the same wake dir, to list and ring its sockets",
     ("app/web/auth.py", "ensure_initial_admin", "os.fdopen"): "the descriptor just created above",
     ("app/web/__init__.py", "_instance_secret", "os.open"): "creates the secret key in the instance dir (0600)",
     ("app/web/__init__.py", "_instance_secret", "os.fdopen"): "the descriptor just created above",

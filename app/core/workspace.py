@@ -151,10 +151,23 @@ class Workspace:
         return d
 
     def delete(self, path: Path) -> None:
-        """Remove a job or dataset directory (never follows links out)."""
+        """Remove a job or dataset directory (never follows links out). It is
+        renamed away first, in one step: a build that ended a moment ago may
+        still be removing its own leftovers inside it, and the two removals
+        must not trip over each other's vanished entries."""
         path = Path(path)
-        if path.resolve().is_relative_to(self.root) and path.exists():
-            shutil.rmtree(path)
+        if not (path.resolve().is_relative_to(self.root) and path.exists()):
+            return
+        gone = path.with_name(f".deleted-{path.name}-{os.urandom(4).hex()}")
+        try:
+            os.rename(path, gone)
+        except FileNotFoundError:
+            return
+
+        def vanished(_fn, _name, exc_info):
+            if not issubclass(exc_info[0], FileNotFoundError):
+                raise exc_info[1]
+        shutil.rmtree(gone, onerror=vanished)
 
     # ---- writes --------------------------------------------------------------------
     @staticmethod
