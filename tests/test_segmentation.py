@@ -253,10 +253,12 @@ def test_segmentation_walkthrough_dice_curve_masks_and_overlay_page(server, brow
     # Warm (issue 24): the requests above were answered by one warm process,
     # still alive, which answers again; a cold run (INFER_WARM=0, the same
     # service function on the same files) gives the very same masks.
+    # (One per gunicorn worker at most: serve runs two, each its own pool.)
     servers = infer_server_pids(instance.parent / "jobs" / job["id"])
-    assert len(servers) == 1, servers
+    assert 1 <= len(servers) <= 2, servers
     again = _segment(url, creds["token"], job["id"], [("archive", "held.zip", bulk.getvalue())])
-    assert again == result and infer_server_pids(instance.parent / "jobs" / job["id"]) == servers
+    after = infer_server_pids(instance.parent / "jobs" / job["id"])
+    assert again == result and set(servers) <= set(after) and len(after) <= 2, (servers, after)
     from app.web import create_app
     from app.services.inference import segment as segment_service
     cold_app = create_app({"INSTANCE_DIR": str(instance), "JOBS_DIR": str(instance.parent / "jobs"),
