@@ -22,6 +22,7 @@ import itertools
 import os
 import random
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -389,10 +390,23 @@ def wait_exit(proc, timeout: float) -> int | None:
     the run does (a local Popen, or the launcher's report of a remote one)."""
     if isinstance(proc, sandbox_remote.RemoteRun):
         return proc.wait_for(timeout)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        return None
+    if proc.poll() is not None:
+        return proc.returncode
+    # A pidfd turns readable when the process ends: one sleep, no polling
+    # loop (Popen.wait(timeout) wakes every few ms, beside the training).
+    pidfd = getattr(proc, "_layerbench_pidfd", None)
+    if pidfd is None:
+        try:
+            pidfd = proc._layerbench_pidfd = os.pidfd_open(proc.pid)
+        except (OSError, AttributeError):
+            time.sleep(timeout)
+            return proc.poll()
+    select.select([pidfd], [], [], max(0.0, timeout))
+    code = proc.poll()
+    if code is not None:
+        os.close(pidfd)
+        proc._layerbench_pidfd = -1
+    return code
 
 
 def wait(proc: subprocess.Popen, limits: Limits, t0: float, poll: float = 0.02) -> Result:
