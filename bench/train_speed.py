@@ -74,15 +74,18 @@ def _spread(values: list[float]) -> dict:
             "iqr": round(q(0.75) - q(0.25), 4)}
 
 
-def run(rounds: int = 40, iters: int = 300, compare_readers: bool = True) -> dict:
+def run(rounds: int = 20, iters: int = 300, compare_readers: bool = False) -> dict:
     """Iterations/second of the job and of bare pycaffe, alternated round by
-    round (40 rounds: 20 per reader), and the per-round ratio's median and spread. With
-    ``compare_readers`` every other round's job uses the old metrics reader
-    (_OldTail) instead of the runner's RunTail: both ratios are reported."""
+    round (20 rounds; BENCH_ROUNDS), and the per-round ratio's median and
+    spread. With ``compare_readers`` (BENCH_COMPARE_READERS=1) every other
+    round's job uses the old metrics reader (_OldTail) instead of the
+    runner's RunTail, as the rounds that chose RunTail did: both ratios are
+    reported."""
     import os
     from app.worker import runner
     from app.worker.supervisor import LocalSupervisor
     rounds = int(os.environ.get("BENCH_ROUNDS", rounds))
+    compare_readers = compare_readers or os.environ.get("BENCH_COMPARE_READERS") == "1"
     root = temp_root()
     current = runner.RunTail
     try:
