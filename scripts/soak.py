@@ -37,7 +37,7 @@ The last line is exactly ``soak: <jobs> jobs, <faults> faults, <requests>
 requests, <lost> lost``. Settings (environment): SOAK_SECONDS (600),
 SOAK_FAULT_EVERY (12 s on average), SOAK_FAULTS (the kinds, comma-separated;
 default all three), SOAK_FILL_SECONDS (12), SOAK_VOLUME_MB
-(2048), SOAK_ITERS (24), SOAK_SEED (seeds the random choices; threads
+(8 MB per second of soak, at least 2048), SOAK_ITERS (24), SOAK_SEED (seeds the random choices; threads
 interleave, so two runs still differ), SOAK_KEEP=1 keeps the directory.
 
 Not pytest: it imports the shared data (networks, helpers) from
@@ -71,9 +71,12 @@ USERS = ("ada", "bo", "cy")
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 FAULT_EVERY = float(os.environ.get("SOAK_FAULT_EVERY", "12"))
 FILL_SECONDS = float(os.environ.get("SOAK_FILL_SECONDS", "12"))
-# Each job keeps about 10 MB (three LeNet snapshot pairs); a 600 s soak makes
-# ~160 jobs. tmpfs takes memory only for what is written (and the fill).
-VOLUME_MB = int(os.environ.get("SOAK_VOLUME_MB", "2048"))
+# Each job keeps about 10 MB (three LeNet snapshot pairs), and the users make
+# a job every ~3 s (a 600 s soak made 222 and filled a 2 GB volume for good:
+# the queue then rightly waits for room, and the soak never settles), so the
+# volume grows with the run. tmpfs takes memory only for what is written
+# (and the fill).
+VOLUME_MB = int(os.environ.get("SOAK_VOLUME_MB", str(max(2048, int(SECONDS * 8)))))
 ITERS = int(os.environ.get("SOAK_ITERS", "24"))
 FAULTS = os.environ.get("SOAK_FAULTS", "kill_trainer,kill_worker,fill_disk").split(",")
 GRACE_507_S = 5.0      # a request that began while the disk was full can end just after
