@@ -49,7 +49,9 @@ def _ask(path: str, body: dict, as_uid: int | None = None) -> dict:
             "r, w = os.pipe()\n"
             f"socket.send_fds(s, [json.dumps({body!r}).encode()], [r, w, w])\n"
             "print(s.recv(1 << 20).decode())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    # Debian's own interpreter (stdlib only): another account may not reach
+    # the checkout's venv at all (a clone in a 0700 home directory).
+    out = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=60,
                          user=as_uid, group=as_uid and pwd.getpwuid(as_uid).pw_gid)
     if out.returncode:
         return {"failed": out.stderr.strip().splitlines()[-1]}
