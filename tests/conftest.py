@@ -15,6 +15,15 @@ from helpers import DATA, Workers, client_for, make_app, serve
 # before pycaffe initialises glog.
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+# One BLAS thread per process. OpenBLAS starts a thread per core and spins
+# them between calls; with four pytest workers on two cores every contained
+# run (validation, training, inference) then burned about twice the CPU it
+# used (validation of LeNet + the seed layer: 0.47 CPU-s vs 0.27 with one
+# thread, the same wall time). The sandbox passes the variable through
+# (app.services.runtime.sandbox._env), so every run the suite starts gets it;
+# the service itself leaves BLAS at its default, and bench/ measures that.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def sample_datasets(tmp_path_factory) -> Path:
