@@ -221,6 +221,31 @@ def test_endless_forward_during_training_hits_time_limit(app, client, guard, wor
     assert ended["status"] == "error" and "time limit" in ended["error"]["message"]
 
 
+def test_abort_of_a_layer_that_never_returns_ends_aborted_after_the_grace(app, client, guard, worker):
+    # The trainer looks for an abort between iterations; this layer's
+    # training forward never returns, so only a kill can end the run (the
+    # job used to stay running until TRAIN_TIMEOUT, and a delete waited 30 s).
+    layer = SEED_LAYER.replace("        num_correct = 0.0\n", """        num_correct = 0.0
+        import os, time
+        if os.path.basename(os.getcwd()) == 'output':     # training, not validation
+            open('hung', 'w').close()
+            time.sleep(10 ** 6)
+""")
+    worker.procs[0].stop()
+    worker.start(LAYERBENCH_ABORT_GRACE_SECONDS="2")
+    job = post(client, "/api/v1/jobs", layer=layer, max_iter=5000, val_interval=0.01).get_json()
+    hung = Path(app.config["JOBS_DIR"]) / job["id"] / "output" / "hung"
+    deadline = time.monotonic() + 60
+    while not hung.exists():
+        assert time.monotonic() < deadline, client.get(f"/api/v1/jobs/{job['id']}").get_json()
+        time.sleep(0.1)
+    assert client.post(f"/api/v1/jobs/{job['id']}/abort").status_code == 202
+    ended = wait_for(client, job["id"], {"aborted", "error", "done", "interrupted"}, timeout=30)
+    assert ended["status"] == "aborted" and ended["error"] is None, ended
+    log = client.get(f"/api/v1/jobs/{job['id']}/log").get_data(as_text=True)
+    assert "of the abort (a layer that does not return?); killed" in log, log[-2000:]
+
+
 def test_daemon_outliving_its_parent(client, guard, tmp_path):
     layer = ("import os, time\n"
              "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"

@@ -43,7 +43,9 @@ def _processes_of(uid: int) -> int:
 
 def test_a_fork_bomb_in_one_job_leaves_another_jobs_validation_and_training_alone(app, client, worker):
     worker.procs[0].stop()
-    worker.start(LAYERBENCH_WORKER_CONCURRENCY="2")      # both jobs train at once
+    # Both jobs train at once; the bomb's layer never returns, so its delete
+    # ends it after the abort grace.
+    worker.start(LAYERBENCH_WORKER_CONCURRENCY="2", LAYERBENCH_ABORT_GRACE_SECONDS="2")
     bomb = post(client, "/api/v1/jobs", layer=BOMB, max_iter=100000).get_json()
     wait_for(client, bomb["id"], {"running"})
     uid = _uid_of(training_pid(Path(app.config["JOBS_DIR"]) / bomb["id"] / "output"))

@@ -48,6 +48,7 @@ _SETTINGS: dict[str, tuple[object, type]] = {
     "ALLOW_UNCONTAINED": (False, bool),
     "VALIDATE_TIMEOUT": (60, int),          # seconds, wall clock
     "TRAIN_TIMEOUT": (24 * 3600, int),      # seconds, wall clock per job
+    "ABORT_GRACE_SECONDS": (30.0, float),   # an aborted run still going this long (x3 its iteration time) is killed (app.worker.runner)
     "MEMORY_LIMIT_MB": (8192, int),          # address space of user code
     "LOG_MAX_MB": (64, int),                 # a job's train.log: first and latest output kept
     "DATASET_MAX_FILES": (200_000, int),     # entries in an uploaded archive

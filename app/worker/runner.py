@@ -98,6 +98,19 @@ def _progress(path: Path) -> dict:
     return out
 
 
+def _abort_grace(base: float, out: Path) -> float:
+    """Seconds an aborted run gets to reach its next iteration's end and
+    snapshot: ``base`` (ABORT_GRACE_SECONDS), or three of its iterations when
+    they are slower (its progress.json says how fast it went)."""
+    try:
+        rate = json.loads(Workspace.read_capped(out / PROGRESS_FILE, 1 << 16)).get("iterations_per_second")
+    except (OSError, ValueError, AttributeError):
+        rate = None
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+        return max(base, 3.0 / rate)
+    return base
+
+
 def _resume_point(out: Path, wanted: int | None) -> int | None:
     """The snapshot to resume from: ``wanted`` if it is complete, else the
     newest complete one before it (a torn pair is never restored)."""
@@ -209,7 +222,7 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
     # queue poll must not make a job's end slow to notice), and each sleep
     # ends the moment the trainer exits.
     poll = WATCH_SECONDS
-    aborting = False
+    aborting, abort_at = False, float("inf")
     disk = quota.Watcher(out, ctx.cfg.job_disk_mb)
     free_seen: list[tuple[float, int]] = []    # (when, MiB free) of the last DISK_WINDOW_S
     while True:
@@ -229,12 +242,21 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
             return SUPERSEDED, None
         stopping = shutdown is not None and shutdown.is_set()
         if (job["abort_requested"] or stopping) and not aborting:
-            aborting = True
+            aborting, abort_at = True, time.monotonic()
             Workspace.write_atomic(control / ABORT_FILE, b"1")
             if ctx.containment != "bwrap":
                 _signal(proc)
         if done:
             break
+        if aborting and time.monotonic() - abort_at > _abort_grace(ctx.cfg.abort_grace_seconds, out):
+            # The trainer looks for the abort between iterations: a layer that
+            # never returns would hold the job (and a delete) until the wall
+            # clock. Killed now, it ends aborted with its last complete snapshot.
+            sandbox.kill(proc)
+            log.note(f"the run did not stop within {_abort_grace(ctx.cfg.abort_grace_seconds, out):g} s "
+                     "of the abort (a layer that does not return?); killed")
+            abort_at = float("inf")   # killed once; the next look sees it gone
+            continue
         if disk.over():   # what user code writes is bounded too, not only the time it takes
             sandbox.kill(proc)
             return JobStatus.INTERRUPTED.value, disk.error()

@@ -121,7 +121,9 @@ def delete(c: Context, job: dict) -> None:
     """Abort if running, then remove the job's files and record."""
     if not JobStatus(job["status"]).ended:
         c.store.update_job(job["id"], abort_requested=True)
-        deadline = time.monotonic() + 30
+        # The runner kills a run still going after the abort grace; a row
+        # deleted under a run stops it too (the runner's next look).
+        deadline = time.monotonic() + c.cfg.abort_grace_seconds + 5
         while time.monotonic() < deadline:
             cur = c.store.get_job(job["id"])
             if cur is None or JobStatus(cur["status"]).ended:
