@@ -68,8 +68,20 @@ def fresh_layer_module():
 
 @pytest.fixture
 def worker(app):
-    """The real worker process for ``app`` (one started); stopped after the test."""
+    """The local worker for ``app`` (one started) on a thread of this process
+    (helpers.InProcessWorker); stopped after the test."""
     workers = Workers(app)
+    workers.start()
+    yield workers
+    for w in workers.procs:
+        w.stop()
+
+
+@pytest.fixture
+def worker_process(app):
+    """The real `flask worker` process for ``app`` (one started), for tests
+    of supervision itself: killing, freezing or restarting the worker."""
+    workers = Workers(app, process=True)
     workers.start()
     yield workers
     for w in workers.procs:

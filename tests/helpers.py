@@ -147,14 +147,47 @@ class WorkerProcess:
         self.log.close()
 
 
+class InProcessWorker:
+    """The local worker's supervisor (app.worker.supervisor.for_this_host,
+    what `flask worker` runs) on a thread of this test process, for tests
+    whose subject is not supervision: a worker process costs ~0.7 CPU-s to
+    start (its interpreter, imports and app), paid ~60 times a suite.
+    Settings come as the process's environment would give them
+    (``LAYERBENCH_TRAIN_TIMEOUT="6"``) over the app's own; runs are the real
+    sandboxed subprocesses either way. Tests that kill, freeze or count the
+    worker use WorkerProcess (``Workers(app, process=True)``)."""
+
+    def __init__(self, app, **extra_env: str) -> None:
+        import dataclasses
+        import threading
+        from app.worker.supervisor import for_this_host
+        ctx = app.extensions["ctx"]
+        changes = {k.removeprefix("LAYERBENCH_"): v for k, v in extra_env.items()}
+        self.ctx = dataclasses.replace(ctx, cfg=ctx.cfg.replace(**changes)) if changes else ctx
+        self.sup = for_this_host(self.ctx)
+        self.thread = threading.Thread(target=self.sup.serve_forever, daemon=True, name="in-process worker")
+        self.thread.start()
+        deadline = time.monotonic() + 10    # ready once its doorbell is up, as a started process would be
+        while getattr(self.sup, "bell_path", None) is None and self.thread.is_alive():
+            assert time.monotonic() < deadline, "the in-process worker did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """As SIGTERM does: running jobs stop with a snapshot; returns once they have."""
+        self.sup.stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the in-process worker did not stop"
+
+
 class Workers:
-    """Worker processes of one test; ``start()`` adds one."""
+    """Workers of one test; ``start()`` adds one: in this process unless
+    ``process`` (a real `flask worker` subprocess, WorkerProcess)."""
 
-    def __init__(self, app) -> None:
-        self.app, self.procs = app, []
+    def __init__(self, app, process: bool = False) -> None:
+        self.app, self.process, self.procs = app, process, []
 
-    def start(self, **extra_env: str) -> WorkerProcess:
-        w = WorkerProcess(self.app, **extra_env)
+    def start(self, **extra_env: str):
+        w = (WorkerProcess if self.process else InProcessWorker)(self.app, **extra_env)
         self.procs.append(w)
         return w
 

@@ -126,7 +126,8 @@ def test_delete_removes_files_and_record(app, client, worker):
     assert not (Path(app.config["JOBS_DIR"]) / job["id"]).exists()
 
 
-def test_killed_worker_leaves_job_interrupted_not_running(app, client, worker):
+def test_killed_worker_leaves_job_interrupted_not_running(app, client, worker_process):
+    worker = worker_process
     job = _create(client, max_iter=5000, snapshot_interval=50)
     running = wait_for(client, job["id"], {"running"})
     deadline = time.monotonic() + 60

@@ -64,11 +64,11 @@ def test_training_that_fills_the_volume_is_interrupted_and_keeps_its_snapshot(tm
                                                                              small_volume):
     # Caffe's answer used to be "Check failed: proto.SerializeToOstream" and
     # the job ended `error`; the half-written pair then broke resume.
-    from helpers import WorkerProcess, wait_for
+    from helpers import InProcessWorker, wait_for
     shutil.copytree(sample_datasets, small_volume / "datasets")
     app = create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(small_volume),
                       "TESTING": True, "WORKER_POLL_SECONDS": 0.1})
-    worker = WorkerProcess(app)
+    worker = InProcessWorker(app)
     try:
         client = client_for(app)
         job = post(client, "/api/v1/jobs", max_iter=100, snapshot_interval=1).get_json()   # ~5 pairs
@@ -96,7 +96,7 @@ def test_a_queued_job_waits_for_room_instead_of_failing(tmp_path, sample_dataset
     # `error` with no reason (its run file could not be written). Now the
     # local queue starts nothing while the volume is full, and runs the job
     # once there is room again.
-    from helpers import WorkerProcess, wait_for
+    from helpers import InProcessWorker, wait_for
     shutil.copytree(sample_datasets, small_volume / "datasets")
     app = create_app({"INSTANCE_DIR": str(tmp_path / "instance"), "JOBS_DIR": str(small_volume),
                       "TESTING": True, "WORKER_POLL_SECONDS": 0.1})
@@ -105,7 +105,7 @@ def test_a_queued_job_waits_for_room_instead_of_failing(tmp_path, sample_dataset
         client = client_for(app)
         job = post(client, "/api/v1/jobs", max_iter=4).get_json()
         _fill(small_volume, 0)
-        worker = WorkerProcess(app)
+        worker = InProcessWorker(app)
         time.sleep(3)       # many polls of a worker that could take it
         held = client.get(f"/api/v1/jobs/{job['id']}").get_json()
         assert held["status"] == "queued" and [e["status"] for e in held["history"]] == ["queued"], held

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.services.runtime import doorbell
-from helpers import digit_pngs, post, upload_dataset, wait_for, zip_of
+from helpers import WorkerProcess, digit_pngs, post, upload_dataset, wait_for, zip_of
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +20,15 @@ def _bells(app) -> list[Path]:
     return sorted((Path(app.config["INSTANCE_DIR"]) / doorbell.WAKE_DIR).glob("*.sock"))
 
 
-def test_a_worker_polling_every_30_s_starts_jobs_and_builds_at_once(app, client, worker):
-    worker.procs[0].stop()
-    worker.start(LAYERBENCH_WORKER_POLL_SECONDS="30")
+def test_a_worker_polling_every_30_s_starts_jobs_and_builds_at_once(app, client):
+    worker = WorkerProcess(app, LAYERBENCH_WORKER_POLL_SECONDS="30")   # a process: this one rings its bell
+    try:
+        _starts_at_once(app, client)
+    finally:
+        worker.stop()
+
+
+def _starts_at_once(app, client) -> None:
     deadline = time.monotonic() + 30
     while not _bells(app):                  # the worker listens once it has recovered
         assert time.monotonic() < deadline, "the worker never bound its doorbell"

@@ -28,7 +28,8 @@ def _until(check, timeout: float = 60.0, what: str = ""):
         time.sleep(0.1)
 
 
-def test_a_frozen_run_that_comes_back_is_fenced(app, client, worker):
+def test_a_frozen_run_that_comes_back_is_fenced(app, client, worker_process):
+    worker = worker_process
     store, ctx = app.extensions["store"], app.extensions["ctx"]
     a = worker.procs[0]
     job = post(client, "/api/v1/jobs", max_iter=300, snapshot_interval=0.1).get_json()

@@ -365,12 +365,12 @@ def test_layer_environment_lists_what_layers_need_first_with_a_search(site, driv
 def trained(site) -> str:
     """A job of viewer's trained for 2 iterations (the module's other jobs
     aborted first: nothing else needs to train); its id."""
-    from helpers import WorkerProcess, wait_for
+    from helpers import InProcessWorker, wait_for
     for j in site.client.get("/api/v1/jobs").get_json()["jobs"]:
         if j["status"] == "queued":
             site.client.post(f"/api/v1/jobs/{j['id']}/abort")
     job = post(site.client, "/api/v1/jobs", max_iter=2, snapshot_interval=1, name="to classify with").get_json()
-    worker = WorkerProcess(site.app)
+    worker = InProcessWorker(site.app)
     try:
         assert wait_for(site.client, job["id"], {"done", "error"}, timeout=180)["status"] == "done"
     finally:

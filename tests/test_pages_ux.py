@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from app.core.workspace import METRICS_FILE
-from helpers import LENET_SEED, SEED_LAYER, WorkerProcess, api, chrome, client_for, make_app, sign_in, wait_in_browser
+from helpers import InProcessWorker, LENET_SEED, SEED_LAYER, api, chrome, client_for, make_app, sign_in, wait_in_browser
 
 PASSWORD = "pw-for-pages-ux"
 NAN_AFTER = 12   # the diverging layer's loss is NaN from iteration NAN_AFTER + 1
@@ -78,7 +78,7 @@ def site(tmp_path_factory, sample_datasets):
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{srv.server_port}"
-    worker = WorkerProcess(app)
+    worker = InProcessWorker(app)
     diverging = api(url, client.token, "POST", "/api/v1/jobs", {
         "network": ("lenet_diverge.prototxt", DIVERGE_NET.encode()),
         "python_layer": ("diverge_layers.py", DIVERGE_SOURCE.encode()),

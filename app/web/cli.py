@@ -299,15 +299,12 @@ def worker(slots: int | None) -> None:
         # the one local worker, wrong while Celery workers on other hosts train.
         raise click.ClickException("LAYERBENCH_QUEUE is not 'local': start Celery workers with `make worker` "
                                    "(python -m app.worker.celery_app) instead")
-    from app.services.runtime import gpus
-    from app.worker.supervisor import LocalSupervisor
-    from app.services.runtime.caffe_info import caffe_info
+    from app.worker.supervisor import for_this_host
     ctx = current_app.extensions["ctx"]
-    found = [g["index"] for g in gpus.detect()] if caffe_info(settings().caffe_python).get("gpu_build") else []
-    n = slots or settings().worker_concurrency or 1
-    sup = LocalSupervisor(ctx, cpu_slots=n, gpu_indices=found)
+    sup = for_this_host(ctx, slots)
     signal.signal(signal.SIGTERM, lambda *_: sup.stop())
-    click.echo(f"worker: {len(found)} GPU(s) {found}, {n} CPU slot(s), containment {ctx.containment}", err=True)
+    click.echo(f"worker: {len(sup.alloc.gpus)} GPU(s) {sup.alloc.gpus}, {sup.alloc.cpu_slots} CPU slot(s), "
+               f"containment {ctx.containment}", err=True)
     try:
         sup.serve_forever()
     except KeyboardInterrupt:

@@ -45,7 +45,8 @@ class Allocator:
     (wait)."""
 
     def __init__(self, gpu_indices: list[int], cpu_slots: int) -> None:
-        self.free_gpus, self.cpu_free = list(gpu_indices), max(1, cpu_slots)
+        self.gpus, self.cpu_slots = list(gpu_indices), max(1, cpu_slots)   # what this host offers
+        self.free_gpus, self.cpu_free = list(gpu_indices), self.cpu_slots
 
     def pick(self, device: str) -> tuple[str, int | None] | None:
         """Reserve a device for a job asking for ``device`` (auto|cpu|gpu|gpu:N)."""
@@ -166,3 +167,12 @@ class LocalSupervisor:
             bell.close()
         for t in self.threads.values():
             t.join(timeout=30)
+
+
+def for_this_host(ctx: Context, slots: int | None = None) -> LocalSupervisor:
+    """The local supervisor `flask worker` runs: one slot per GPU this host's
+    Caffe can use, ``slots`` (default WORKER_CONCURRENCY, else 1) on the CPU."""
+    from app.services.runtime import gpus
+    from app.services.runtime.caffe_info import caffe_info
+    found = [g["index"] for g in gpus.detect()] if caffe_info(ctx.cfg.caffe_python).get("gpu_build") else []
+    return LocalSupervisor(ctx, cpu_slots=slots or ctx.cfg.worker_concurrency or 1, gpu_indices=found)

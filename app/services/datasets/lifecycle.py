@@ -187,8 +187,9 @@ def _create(ctx: Context, params: dict, owner: str, archive: IO[bytes] | None = 
     ctx.store.upsert_dataset(ds_id, name=params["name"], owner=owner, status=DatasetStatus.QUEUED.value,
                              info={"params": params, "progress": 0.0}, created_at=now_iso())
     from app.services.runtime import broker as queue
+    accepted = ctx.store.get_dataset(ds_id)   # what was accepted: queued, however soon a worker takes it
     queue.enqueue_dataset(ctx, ds_id)   # the broker, or the local workers' doorbell
-    return ctx.store.get_dataset(ds_id)
+    return accepted
 
 
 BEAT_EVERY_S = 1.0    # how often a build writes its heartbeat (celery: app.worker.heartbeat)

@@ -197,8 +197,8 @@ def resume(c: Context, job: dict) -> dict:
     else:
         raise Conflict("This job has no complete snapshot to resume from.")
     warm.retire_job(c, job["id"])   # its snapshots and layers serve the next life's requests afresh
-    queue.enqueue_job(c, c.store.get_job(job["id"]))
-    resumed = c.store.get_job(job["id"])
+    resumed = c.store.get_job(job["id"])   # what was accepted: queued, however soon a worker takes it
+    queue.enqueue_job(c, resumed)
     changed = layer_env.job_warnings(c.cfg, resumed)   # other added packages than at validation
     return dict(resumed, warnings=changed) if changed else resumed
 
