@@ -22,8 +22,9 @@ worker: setup
 # Four pytest workers on the two cores (most tests wait on real processes
 # much of the time; measured: -n 2 slower, -n 6 slower), one test module
 # each at a time (module fixtures, such as a trained model shared by a
-# module's tests, are built once). XDIST= make test runs serially.
-XDIST ?= -n 4 --dist loadfile
+# module's tests, are built once), longest modules first (conftest's
+# SLOW_FIRST; xdist would order them by test count). XDIST= make test runs serially.
+XDIST ?= -n 4 --dist loadfile --no-loadscope-reorder
 
 # The test tools too (requirements-dev.txt; `make run` leaves them out).
 setup-dev:

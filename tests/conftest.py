@@ -152,13 +152,18 @@ def rgb_dataset(app):
     return "rgb256"
 
 
-# The longest modules first (measured: `--durations` of a whole run). Pytest
-# workers take whole modules (make test: --dist loadfile); a long one started
-# last would leave one worker running alone at the end.
-SLOW_FIRST = ("test_celery", "test_newcomer", "test_newcomer_user", "test_isolation", "test_auto_resume",
-              "test_fencing", "test_worker_supervision", "test_fuzz_api", "test_warm_inference", "test_hostile",
-              "test_finetune", "test_identity", "test_hostile_files", "test_browser", "test_digits_networks",
-              "test_digits_compat", "test_digits_views", "test_digits_classes", "test_digits_dataset_classes", "test_datasets", "test_api", "test_recovery")
+# The longest modules first (measured: each module's wall time in a serial
+# run, `--durations=0`). Pytest workers take whole modules (make test:
+# --dist loadfile, in this order: --no-loadscope-reorder; xdist's own order
+# is by test count, which started the one-test newcomer modules last and
+# left a worker running alone at the end).
+SLOW_FIRST = ("test_hostile", "test_celery", "test_newcomer", "test_newcomer_user", "test_browser",
+              "test_digits_networks", "test_backup", "test_warm_inference", "test_worker_supervision", "test_api",
+              "test_hostile_files", "test_auto_resume", "test_fuzz_api", "test_datasets",
+              "test_digits_dataset_classes", "test_auth_hardening", "test_fencing", "test_digits_classes",
+              "test_recovery", "test_validate", "test_live_charts", "test_finetune", "test_offload",
+              "test_digits_views", "test_disk_full", "test_pages_more", "test_compare", "test_identity",
+              "test_segmentation", "test_sandbox", "test_isolation", "test_pages_ux")
 
 
 def pytest_collection_modifyitems(items):

@@ -56,12 +56,28 @@ def make_app(tmp_path: Path, sample_datasets: Path, **overrides):
                        "TESTING": True, "WORKER_POLL_SECONDS": 0.1, **overrides})
 
 
+_PASSWORD_HASHES: dict[str, str] = {}
+
+
+def password_hash(password: str) -> str:
+    """The stored form of ``password``, hashed once per test process: a real
+    scrypt hash (sign-ins check it as ever) without paying its ~60 ms for
+    each of the suite's hundreds of users (measured with py-spy: a sixth of
+    the test processes' CPU). Creating a user the service's way
+    (app.services.accounts.users.create) is tested on its own (test_auth*)."""
+    if password not in _PASSWORD_HASHES:
+        from app.services.accounts.users import hash_password
+        _PASSWORD_HASHES[password] = hash_password(password)
+    return _PASSWORD_HASHES[password]
+
+
 def client_for(app, name: str = "admin", admin: bool = False, password: str = "pw-for-tests"):
     """A test client sending ``name``'s API token (the user is created if new)."""
     from app.web import auth
+    store = app.extensions["store"]
     with app.app_context():
-        if app.extensions["store"].get_user(name) is None:
-            auth.create_user(name, password, admin)
+        if store.get_user(name) is None:
+            store.add_user(name, password_hash(password), admin)
         token = auth.new_token(name)
     c = app.test_client()
     c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
