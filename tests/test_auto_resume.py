@@ -63,7 +63,7 @@ def test_killing_the_whole_service_mid_training_resumes_by_itself(sample_dataset
         url, token = f"http://127.0.0.1:{port}", initial_token(base / "instance")
         fields = {"network": ("lenet.prototxt", (DATA / "lenet_seed.prototxt").read_bytes()),
                   "python_layer": ("layer.py", (DATA / "seed_accuracy_layer.py").read_bytes()),
-                  "dataset": (None, b"sample-digits"), "max_iter": (None, b"400"),
+                  "dataset": (None, b"sample-digits"), "max_iter": (None, b"150"),
                   "snapshot_interval": (None, b"0.5")}
         job = api(url, token, "POST", "/api/v1/jobs", fields)
         stopped = api(url, token, "POST", "/api/v1/jobs", dict(fields, max_iter=(None, b"100000")))
