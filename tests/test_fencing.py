@@ -32,7 +32,8 @@ def test_a_frozen_run_that_comes_back_is_fenced(app, client, worker_process):
     worker = worker_process
     store, ctx = app.extensions["store"], app.extensions["ctx"]
     a = worker.procs[0]
-    job = post(client, "/api/v1/jobs", max_iter=300, snapshot_interval=0.1).get_json()
+    # A snapshot every 11 iterations: run 1 is still far from 300 when run 2 claims the job.
+    job = post(client, "/api/v1/jobs", max_iter=300, snapshot_interval=0.5).get_json()
     out = Path(app.config["JOBS_DIR"]) / job["id"] / "output"
     _until(lambda: wait_for(client, job["id"], {"running"})["snapshots"], what="a first snapshot")
     old_trainer = training_pid(out)

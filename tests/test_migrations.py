@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from alembic.config import Config
 
 from helpers import DATA, ROOT
-from app.store import MIGRATIONS, Store, metadata
+from app.store import MIGRATIONS, SCHEMA_HEAD, Store, metadata
 
 OLD_JOB = "20260101-000000-aaaaaaaa"
 
@@ -66,6 +66,24 @@ def _old_rows_survive(store: Store) -> None:
     assert store.hand_over_dataset_build("old-ds", "t1", 6.0, status="queued",
                                          handovers=[{"worker": None}, {"worker": "w@h"}])
     assert [h["worker"] for h in store.get_dataset("old-ds")["handovers"]] == [None, "w@h"]
+
+
+def test_the_head_a_start_trusts_is_alembics(tmp_path):
+    # A database at SCHEMA_HEAD skips Alembic at start: a migration added
+    # without moving SCHEMA_HEAD would never run on an existing database.
+    assert SCHEMA_HEAD == _head()
+    # And a database one revision behind is still migrated at start.
+    from alembic import command
+    store = Store(f"sqlite:///{tmp_path / 'behind.sqlite3'}")
+    store.create_schema()
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0003")
+    assert store.schema_revision() == "0003" and _drift(store) != []
+    store.create_schema()
+    assert store.schema_revision() == SCHEMA_HEAD and _drift(store) == []
 
 
 def test_a_new_sqlite_database_is_created_at_head_and_matches_the_model(tmp_path):

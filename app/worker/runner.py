@@ -84,31 +84,33 @@ def _fold(job: dict, records: list[dict]) -> dict:
     return {"metrics": metrics, "snapshots": snapshots}
 
 
-def _progress(path: Path) -> dict:
+def _read_progress(path: Path) -> dict:
+    """The trainer's progress.json (written by user-reachable code: read
+    capped, through app.core.untrusted), or {}."""
     try:
         p = json.loads(Workspace.read_capped(path, 1 << 16))
     except (OSError, ValueError):
         return {}
+    return p if isinstance(p, dict) else {}
+
+
+def _number(p: dict, key: str) -> float | None:
+    v = p.get(key)
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _progress(p: dict) -> dict:
+    """The job-row fields a progress.json gives, typed."""
     keys = {"iteration": int, "progress": float, "eta_seconds": float, "epoch": float}
-    out = {}
-    for k, kind in keys.items():
-        v = p.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = kind(v)
-    return out
+    return {k: kind(v) for k, kind in keys.items() if (v := _number(p, k)) is not None}
 
 
-def _abort_grace(base: float, out: Path) -> float:
+def _abort_grace(base: float, p: dict) -> float:
     """Seconds an aborted run gets to reach its next iteration's end and
     snapshot: ``base`` (ABORT_GRACE_SECONDS), or three of its iterations when
-    they are slower (its progress.json says how fast it went)."""
-    try:
-        rate = json.loads(Workspace.read_capped(out / PROGRESS_FILE, 1 << 16)).get("iterations_per_second")
-    except (OSError, ValueError, AttributeError):
-        rate = None
-    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
-        return max(base, 3.0 / rate)
-    return base
+    they are slower (``p``, its progress.json, says how fast it went)."""
+    rate = _number(p, "iterations_per_second")
+    return max(base, 3.0 / rate) if rate and rate > 0 else base
 
 
 def _resume_point(out: Path, wanted: int | None) -> int | None:
@@ -233,7 +235,8 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
             sandbox.kill(proc)
             return JobStatus.ABORTED.value, None
         fields = _fold(job, tail.records())
-        fields.update(_progress(out / PROGRESS_FILE))
+        progress = _read_progress(out / PROGRESS_FILE)
+        fields.update(_progress(progress))
         if not store.update_job(job_id, expect_run=run, heartbeat_at=time.time(), **fields):
             # Another run owns the job now (this worker was presumed dead):
             # stop ours at once and record nothing more.
@@ -248,13 +251,13 @@ def _watch(ctx: Context, job_id: str, run: int, proc: subprocess.Popen, limits: 
                 _signal(proc)
         if done:
             break
-        if aborting and time.monotonic() - abort_at > _abort_grace(ctx.cfg.abort_grace_seconds, out):
+        grace = _abort_grace(ctx.cfg.abort_grace_seconds, progress)
+        if aborting and time.monotonic() - abort_at > grace:
             # The trainer looks for the abort between iterations: a layer that
             # never returns would hold the job (and a delete) until the wall
             # clock. Killed now, it ends aborted with its last complete snapshot.
             sandbox.kill(proc)
-            log.note(f"the run did not stop within {_abort_grace(ctx.cfg.abort_grace_seconds, out):g} s "
-                     "of the abort (a layer that does not return?); killed")
+            log.note(f"the run did not stop within {grace:g} s of the abort (a layer that does not return?); killed")
             abort_at = float("inf")   # killed once; the next look sees it gone
             continue
         if disk.over():   # what user code writes is bounded too, not only the time it takes
